@@ -1,0 +1,1 @@
+"""renderfarm-cli: the farm command."""

@@ -1,0 +1,90 @@
+"""The `farm` command: the Typer app, its command list, and the one place errors become exit codes."""
+
+from __future__ import annotations
+
+import sys
+
+import typer
+
+from renderfarm_cli import farm_commands, job_commands, preview_commands, top, wrangle_commands
+
+app = typer.Typer(
+    name="farm",
+    help="renderfarm: submit shots, watch them render, and run the farm.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    rich_markup_mode=None,  # plain help: importing Rich would double `farm --help`'s start-up time
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+
+@app.callback()
+def _root(
+    debug: bool = typer.Option(False, "--debug", help="Show the traceback of an unexpected error."),
+) -> None:
+    """renderfarm: submit shots, watch them render, and run the farm."""
+
+
+# The command line contract (DESIGN.md): names here are what scripts rely on.
+app.command("up")(farm_commands.up)
+app.command("down")(farm_commands.down)
+app.command("demo")(farm_commands.demo)
+app.command("env")(farm_commands.env)
+app.command("config")(farm_commands.config)
+app.command("manager")(farm_commands.manager)
+app.command("submit")(job_commands.submit)
+app.command("jobs")(job_commands.jobs)
+app.command("top")(top.top)
+app.command("status")(job_commands.status)
+app.command("tasks")(job_commands.tasks)
+app.command("workers")(job_commands.workers)
+app.command("download")(job_commands.download)
+app.command("log")(job_commands.log)
+app.command("report")(job_commands.report)
+app.command("cancel")(wrangle_commands.cancel)
+app.command("suspend")(wrangle_commands.suspend)
+app.command("resume")(wrangle_commands.resume)
+app.command("retry")(wrangle_commands.retry)
+app.command("priority")(wrangle_commands.priority)
+app.command("contact-sheet")(preview_commands.contact_sheet)
+app.command("movie")(preview_commands.movie)
+
+db = typer.Typer(help="Database maintenance.", no_args_is_help=True)
+db.command("upgrade")(farm_commands.db_upgrade)
+app.add_typer(db, name="db")
+
+
+def main() -> None:
+    """Entry point: run the app; a RenderFarmError or a usage error is one red line and exit 1."""
+    try:  # Typer >= 0.22 carries its own copy of Click
+        from typer._click.exceptions import ClickException
+    except ImportError:  # pragma: no cover
+        from click import ClickException
+
+    from renderfarm_cli.console import error_line
+
+    debug = "--debug" in sys.argv[1:]
+    try:
+        code = app(standalone_mode=False)
+    except typer.Abort:
+        error_line("aborted")
+        code = 130
+    except ClickException as e:
+        hint = f" (see `farm {e.ctx.info_name} --help`)" if getattr(e, "ctx", None) and e.ctx.parent else ""
+        error_line(f"{e.format_message()}{hint}")
+        code = 2
+    except KeyboardInterrupt:
+        error_line("interrupted")
+        code = 130
+    except Exception as e:
+        from renderfarm.errors import RenderFarmError
+
+        if debug:
+            raise
+        if isinstance(e, RenderFarmError):
+            error_line(str(e))
+        else:
+            error_line(f"unexpected error: {type(e).__name__}: {e} (run with --debug for the traceback)")
+        code = 1
+    sys.exit(code if isinstance(code, int) else 0)

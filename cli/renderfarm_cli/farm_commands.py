@@ -1,0 +1,200 @@
+"""Commands on the farm itself: up, down, demo, env, config, manager, db."""
+
+from __future__ import annotations
+
+import os
+import shlex
+import signal
+import time
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from renderfarm_cli.console import duration, err, note, out, print_json
+
+DEMO_SCENE = "bouncing-balls.toml"
+
+
+def _settings():
+    from renderfarm.config import load_settings
+
+    return load_settings()
+
+
+def _default_workers() -> int:
+    return os.cpu_count() or 1
+
+
+def _interrupt_on_sigterm() -> None:
+    """Treat SIGTERM (and a closed terminal) like Ctrl-C, so the farm we started is stopped."""
+
+    def interrupt(*_: object) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, interrupt)
+    signal.signal(signal.SIGHUP, interrupt)
+
+
+WorkersOpt = Annotated[Optional[int], typer.Option("--workers", "-w", help="Number of workers (default: number of cores).", min=1, max=256)]
+
+
+def up(
+    workers: WorkersOpt = None,
+    detach: Annotated[bool, typer.Option("--detach", "-d", help="Start in the background and return.")] = False,
+    site: Annotated[Optional[list[str]], typer.Option(help="Put workers at these sites, in turn (repeatable; see [sites] in farm.toml).")] = None,
+) -> None:
+    """Start the local farm: Valkey, SeaweedFS, the manager and N workers (what is configured
+    elsewhere is used instead)."""
+    from renderfarm.localfarm import LocalFarm
+
+    settings = _settings()
+    farm = LocalFarm(settings)
+    count = workers or _default_workers()
+    started = time.monotonic()
+    if not detach:
+        _interrupt_on_sigterm()
+    farm.up(count, detach=detach, on_step=lambda step: err().print(f"starting {step}...", style="dim"), sites=site)
+    out().print(f"[ok]farm up[/] in {time.monotonic() - started:.1f} s: {count} worker(s), state in {settings.state_dir}")
+    if detach:
+        out().print("`farm down` stops it; `eval \"$(farm env)\"` points standard tools at it")
+        return
+    out().print("running in the foreground; Ctrl-C stops it")
+    try:
+        while True:
+            time.sleep(1.0)
+            dead = [p for p in farm.processes if not p.alive()]
+            if dead:
+                note(f"{', '.join(p.name for p in dead)} exited; stopping the farm (logs in {settings.state_dir / 'logs'})")
+                break
+    except KeyboardInterrupt:
+        pass
+    finally:
+        err().print("stopping the farm...", style="dim")
+        farm.down()
+
+
+def down() -> None:
+    """Stop every process the local farm started."""
+    from renderfarm.localfarm import LocalFarm
+
+    stopped = LocalFarm(_settings()).down()
+    out().print(f"farm down: stopped {len(stopped)} process(es)" if stopped else "the local farm is not running")
+
+
+def demo(
+    workers: WorkersOpt = None,
+    dest: Annotated[str, typer.Option(help="Where to put the frames (a folder per job is made in it).")] = "renders",
+) -> None:
+    """Render the 48-frame example shot on a local farm, download the frames, stop the farm."""
+    from renderfarm.client import Submission, download as fetch, submit as submit_shot
+    from renderfarm.localfarm import LocalFarm
+
+    from renderfarm_cli.progress import Progress, follow_job
+
+    settings = _settings()
+    scene = find_example(DEMO_SCENE)
+    farm = LocalFarm(settings)
+    started = time.monotonic()
+    ours = not farm.running()
+    _interrupt_on_sigterm()
+    try:
+        if ours:
+            count = workers or _default_workers()
+            farm.up(count, detach=False, on_step=lambda step: err().print(f"starting {step}...", style="dim"))
+            out().print(f"farm up in {time.monotonic() - started:.1f} s with {count} worker(s)")
+        else:
+            out().print("using the local farm that is already running")
+        settings = _settings()
+        job_id = submit_shot(settings, Submission(scene=scene, name="demo"))
+        out().print(f"submitted {scene.name} as job [bold]{job_id}[/]")
+        status = follow_job(settings, job_id, f"rendering {job_id}")
+        if status.state != "done":
+            raise typer.Exit(1)
+        target = Path(dest) / job_id
+        with Progress(f"downloading {job_id}", status.frames, "frames") as bar:
+            paths = fetch(settings, job_id, target, lambda i, n, name: bar.update(i, name, force=i == n))
+        out().print(f"[ok]{len(paths)} frames[/] in {target}/ (rendered in {duration(status.elapsed)}, "
+                  f"{duration(time.monotonic() - started)} in all)")
+    finally:
+        if ours:
+            err().print("stopping the farm...", style="dim")
+            farm.down()
+
+
+def find_example(name: str) -> Path:
+    """An example shot: shipped inside the package, or in the repository's examples/."""
+    import renderfarm
+
+    from renderfarm.errors import SceneError
+
+    package = Path(renderfarm.__file__).parent
+    for candidate in (package / "_examples" / name, package.parent / "examples" / name, Path("examples") / name):
+        if candidate.is_file():
+            return candidate
+    raise SceneError(f"example {name}: not found next to the renderfarm package or in ./examples")
+
+
+def env() -> None:
+    """Print shell exports that point renderfarm, the AWS CLI, redis-cli and `rq info` at the farm."""
+    from urllib.parse import urlsplit
+
+    from renderfarm.config import read_local_file, settings_env
+    from renderfarm.errors import ConfigError
+    from renderfarm.storage.s3 import local_credentials
+
+    settings = _settings()
+    if not settings.redis_url and not read_local_file(settings.state_dir):
+        raise ConfigError(f"no farm configured and no local farm ever started in {settings.state_dir} (`farm up -d` first)")
+    exports = settings_env(settings)
+    creds = local_credentials(settings)
+    if creds:
+        exports["AWS_ACCESS_KEY_ID"], exports["AWS_SECRET_ACCESS_KEY"] = creds
+    if settings.s3_endpoint_url:
+        exports["AWS_ENDPOINT_URL"] = settings.s3_endpoint_url
+    exports["AWS_DEFAULT_REGION"] = settings.s3_region
+    if settings.redis_url:
+        exports["RQ_REDIS_URL"] = settings.redis_url
+        url = urlsplit(settings.redis_url)
+        if url.password:
+            exports["REDISCLI_AUTH"] = url.password
+    for key, value in exports.items():
+        print(f"export {key}={shlex.quote(value)}")
+
+
+def config(json_: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False) -> None:
+    """Print the effective settings and where each came from (secrets masked)."""
+    from renderfarm.config import effective_settings
+
+    rows = effective_settings(_settings())
+    if json_:
+        print_json({name: {"value": value, "source": source} for name, value, source in rows})
+        return
+    from rich.table import Table
+
+    table = Table(box=None, header_style="bold")
+    for col in ("SETTING", "VALUE", "FROM"):
+        table.add_column(col)
+    for row in rows:
+        table.add_row(*row)
+    out().print(table)
+
+
+def manager() -> None:
+    """Run the manager in the foreground (the farm's only database writer)."""
+    import logging
+
+    from renderfarm.manager import run_manager
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    run_manager(_settings())
+
+
+def db_upgrade() -> None:
+    """Apply database migrations (the manager also does this when it starts)."""
+    from renderfarm.db import current_revision, head_revision, make_engine, upgrade
+
+    engine = make_engine(_settings().database_url, writer=True)
+    before = current_revision(engine)
+    upgrade(engine)
+    out().print(f"database at revision {head_revision()} (was {before or 'empty'})")

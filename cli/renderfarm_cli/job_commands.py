@@ -1,0 +1,367 @@
+"""Artist and admin commands on jobs: submit, jobs, status, tasks, workers, download, log."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from renderfarm_cli.console import age, duration, note, out, print_json, state_text
+
+JobArg = Annotated[str, typer.Argument(help="Job id, or a unique prefix of one.", show_default=False)]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
+
+
+def _path(field: str, text: str) -> Path:
+    """A path from the command line, refused in one line if the system could never open it."""
+    from renderfarm.errors import InputError, shown
+
+    if not text or "\x00" in text:
+        raise InputError(f"{field}: {shown(text)} is not a usable path")
+    return Path(text)
+
+
+def _settings():
+    from renderfarm.config import load_settings
+
+    return load_settings()
+
+
+def farm_state_note(settings) -> dict | None:
+    """Live worker heartbeats when the farm runs; otherwise say on stderr that it is not running."""
+    from renderfarm import keys, presence
+    from renderfarm.errors import FarmNotRunningError
+    from renderfarm.redisconn import NOT_RUNNING_HINT, connect
+
+    try:
+        r = connect(settings, timeout=1.0)
+        live = presence.live_workers(r)
+        if not r.exists(keys.MANAGER_LEADER):
+            note(f"the farm's manager is not running; {NOT_RUNNING_HINT}")
+        return live
+    except FarmNotRunningError:
+        note(f"the farm is not running (showing the database only); {NOT_RUNNING_HINT}")
+        return None
+
+
+def _read(settings):
+    """A read-only session on the farm's database, or None if it does not exist yet."""
+    from renderfarm.db import session_scope
+    from renderfarm.status import reader_engine
+
+    engine = reader_engine(settings)
+    return None if engine is None else session_scope(engine)
+
+
+def _job_session(settings, job: str):
+    """A read-only session for a command about one job; no database means no such job."""
+    from renderfarm.errors import NotFoundError
+
+    reader = _read(settings)
+    if reader is None:
+        raise NotFoundError(f"job {job!r}: no such job (no job was ever submitted here)")
+    return reader
+
+
+def submit(
+    scene: Annotated[str, typer.Argument(help="The scene file to render.", show_default=False)],
+    frames: Annotated[Optional[str], typer.Option(help="Frames to render, e.g. 1-100, 1-100x2, 1,5,10-20 (default: the scene's own range).")] = None,
+    chunk: Annotated[str, typer.Option(help="Frames per task.")] = "1",
+    renderer: Annotated[str, typer.Option(help="Renderer: builtin, null (draws nothing: measures the farm) or command.")] = "builtin",
+    priority: Annotated[str, typer.Option(help="0-100, higher renders first.")] = "50",
+    pool: Annotated[str, typer.Option(help="Worker pool to render on.")] = "default",
+    name: Annotated[Optional[str], typer.Option(help="Job name, used in frame file names (default: the scene's file name).")] = None,
+    timeout: Annotated[Optional[str], typer.Option(help="Seconds a task may render before it is killed and retried (default: FARM_TASK_TIMEOUT).")] = None,
+    tiles: Annotated[Optional[str], typer.Option(help="Split each frame into C columns by R rows of tiles, e.g. 2x2, 4x4.")] = None,
+    tile_size: Annotated[Optional[str], typer.Option(help="Or split each frame into tiles of at most PX by PX pixels.")] = None,
+    format_: Annotated[str, typer.Option("--format", help="Output format: png (8-bit), png16 (16-bit PNG) or exr (float RGBA).")] = "png",
+    keep_tiles: Annotated[bool, typer.Option("--keep-tiles", help="Keep a tiled frame's tiles after it is assembled.")] = False,
+    max_workers: Annotated[Optional[str], typer.Option(help="Render on at most N workers at once.")] = None,
+    after: Annotated[Optional[str], typer.Option(help="Start only once this job (id or prefix) is done.")] = None,
+    first_last: Annotated[bool, typer.Option("--first-last", help="Render the first, middle and last frames before the rest.")] = False,
+    site: Annotated[Optional[str], typer.Option(help="Render only at this site (a [sites.NAME] of farm.toml).")] = None,
+    prefer: Annotated[Optional[str], typer.Option(help="cheapest: the cheapest site with idle workers first.")] = None,
+    wait: Annotated[bool, typer.Option("--wait", help="Wait for the job to finish, showing progress.")] = False,
+    json_: JsonOpt = False,
+) -> None:
+    """Submit a shot: split its frames into tasks and queue them on the farm."""
+    from renderfarm.client import Submission, submit as submit_shot
+
+    settings = _settings()
+    sub = Submission(scene=scene, frames=frames, chunk=chunk, renderer=renderer, priority=priority, pool=pool,
+                     name=name, timeout=timeout, tiles=tiles, tile_size=tile_size, format=format_,
+                     keep_tiles=keep_tiles, max_workers=max_workers, after=after, first_last=first_last,
+                     site=site, prefer=prefer)
+    job_id = submit_shot(settings, sub)
+    status = _status_of(settings, job_id)
+    if wait:
+        from renderfarm_cli.progress import follow_job
+
+        if not json_:
+            out().print(f"submitted job [bold]{job_id}[/] ({status.frames} frames in {status.tasks} tasks)")
+        status = follow_job(settings, job_id, f"job {job_id}")
+    if json_:
+        print_json(status.to_json())
+    elif not wait:
+        out().print(f"submitted job [bold]{job_id}[/] ({status.frames} frames in {status.tasks} tasks)")
+    if wait and status.state != "done":
+        raise typer.Exit(1)
+
+
+def _status_of(settings, job_id: str):
+    """A job's status through the fast read path (plain SQL: `farm status` must answer at once)."""
+    from renderfarm.errors import NotFoundError
+    from renderfarm.quickread import QuickReader
+
+    reader = QuickReader.open(settings)
+    if reader is None:
+        raise NotFoundError(f"job {job_id!r}: no such job (no job was ever submitted here)")
+    try:
+        return reader.job_status(job_id)
+    finally:
+        reader.close()
+
+
+def quick_note(settings) -> None:
+    """Say on stderr when the farm (or its manager) is not running, asking Redis over a bare socket."""
+    from renderfarm.redisconn import NOT_RUNNING_HINT, probe
+
+    reachable, manager = probe(settings)
+    if not reachable:
+        note(f"the farm is not running (showing the database only); {NOT_RUNNING_HINT}")
+    elif not manager:
+        note(f"the farm's manager is not running; {NOT_RUNNING_HINT}")
+
+
+def jobs(
+    limit: Annotated[int, typer.Option(help="Show at most this many jobs, newest first.")] = 50,
+    json_: JsonOpt = False,
+) -> None:
+    """List jobs, newest first, with their progress."""
+    from renderfarm.quickread import QuickReader
+
+    settings = _settings()
+    reader = QuickReader.open(settings)
+    rows = []
+    if reader is not None:
+        try:
+            rows = reader.list_jobs(limit)
+        finally:
+            reader.close()
+    quick_note(settings)
+    if json_:
+        print_json([r.to_json() for r in rows])
+        return
+    from rich.table import Table
+
+    table = Table(box=None, header_style="bold")
+    for col in ("JOB", "NAME", "OWNER", "STATE", "PRI", "FRAMES", "DONE", "ELAPSED", "ETA", "SUBMITTED"):
+        table.add_column(col, justify="right" if col in ("PRI", "FRAMES", "DONE") else "left")
+    for s in rows:
+        table.add_row(
+            s.id, s.name, s.owner, state_text(s.state), str(s.priority), str(s.frames), f"{s.progress:.0%}",
+            duration(s.elapsed), duration(s.eta), age(s.submitted_at),
+        )
+    out().print(table if rows else "no jobs yet")
+
+
+def status(
+    job: Annotated[Optional[str], typer.Argument(help="Job id or prefix (default: the whole farm).", show_default=False)] = None,
+    json_: JsonOpt = False,
+) -> None:
+    """Show a job's progress (tasks by state, elapsed, ETA), or the farm's."""
+    settings = _settings()
+    if job is None:
+        return _farm_status(settings, json_)
+    s = _status_of(settings, job)
+    quick_note(settings)
+    if json_:
+        print_json(s.to_json())
+        return
+    out().print(f"[bold]job {s.id}[/] {s.name} ({s.owner}), priority {s.priority}, pool {s.pool}, renderer {s.renderer}")
+    out().print("  state     ", state_text(s.state), sep="")
+    out().print(f"  frames    {s.frames_spec} = {s.frames} frames in {s.tasks} tasks of up to {s.chunk}, {s.width}x{s.height}")
+    out().print(f"  progress  {s.progress:.1%}  ({s.frames_done}/{s.frames} frames done)")
+    counts = ", ".join(f"{n} {state}" for state, n in s.counts.items() if n)
+    out().print(f"  tasks     {counts or 'none'}")
+    out().print(f"  elapsed   {duration(s.elapsed)}   ETA {duration(s.eta)}")
+    if s.cost:
+        so_far = ", ".join(f"{v:.4f} {c}".strip() for c, v in s.cost.items())
+        projected = ", ".join(f"{v:.4f} {c}".strip() for c, v in s.projected_cost.items()) or "-"
+        out().print(f"  cost      {so_far} so far, {projected} projected")
+    if s.error:
+        out().print(f"  error     [error]{s.error}[/]")
+
+
+def _farm_status(settings, json_: bool) -> None:
+    from renderfarm.status import list_jobs, list_workers
+
+    live = farm_state_note(settings)
+    reader = _read(settings)
+    jobs_, workers_ = [], []
+    if reader is not None:
+        with reader as session:
+            jobs_ = list_jobs(session, 1000)
+            workers_ = list_workers(session, live)
+    active = [j for j in jobs_ if j.state in ("queued", "running")]
+    doc = {
+        "running": live is not None,
+        "workers": {"live": len(live or {}), "known": len(workers_)},
+        "jobs": {state: sum(1 for j in jobs_ if j.state == state) for state in ("queued", "running", "done", "failed", "cancelled")},
+        "active": [j.to_json() for j in active],
+    }
+    if json_:
+        print_json(doc)
+        return
+    out().print(f"farm {'[ok]running[/]' if live is not None else '[warn]not running[/]'}, {len(live or {})} live worker(s)")
+    out().print("jobs: " + ", ".join(f"{n} {state}" for state, n in doc["jobs"].items() if n) if jobs_ else "jobs: none")
+    for j in active:
+        out().print(f"  {j.id} {j.name}: {j.progress:.0%} of {j.frames} frames, {j.state}, ETA {duration(j.eta)}")
+
+
+def tasks(
+    job: JobArg,
+    state: Annotated[Optional[str], typer.Option(help="Only tasks in this state (pending, queued, running, done, failed, cancelled).")] = None,
+    json_: JsonOpt = False,
+) -> None:
+    """List a job's tasks with their frames, state and the worker of each attempt."""
+    from renderfarm.status import list_tasks, resolve_job
+
+    settings = _settings()
+    with _job_session(settings, job) as session:
+        rows = list_tasks(session, resolve_job(session, job), state)
+    if json_:
+        print_json([r.to_json() for r in rows])
+        return
+    from rich.table import Table
+
+    table = Table(box=None, header_style="bold")
+    for col in ("TASK", "FRAMES", "STATE", "WORKER", "ATTEMPTS", "TIME", "ERROR"):
+        table.add_column(col)
+    for t in rows:
+        took = (t.finished_at - t.started_at) if t.finished_at and t.started_at else None
+        tries = ", ".join(f"{a['number']}:{a['worker']}:{a['state']}" for a in t.attempts) or "-"
+        table.add_row(t.id, t.frames, state_text(t.state), t.worker or "-", tries, duration(took), (t.error or "")[:60])
+    out().print(table if rows else "no tasks")
+
+
+def workers(json_: JsonOpt = False) -> None:
+    """List workers: name, host, pid, pool, state, current task, last heartbeat."""
+    from renderfarm.status import list_workers
+
+    settings = _settings()
+    live = farm_state_note(settings)
+    reader = _read(settings)
+    rows = []
+    if reader is not None:
+        with reader as session:
+            rows = list_workers(session, live)
+    if json_:
+        print_json([r.to_json() for r in rows])
+        return
+    from rich.table import Table
+
+    table = Table(box=None, header_style="bold")
+    for col in ("WORKER", "HOST", "PID", "POOL", "STATE", "TASK", "HEARTBEAT"):
+        table.add_column(col)
+    now = time.time()
+    for w in rows:
+        table.add_row(w.name, w.host, str(w.pid), w.pool, state_text(w.state), w.current_task or "-", age(w.last_heartbeat, now))
+    out().print(table if rows else "no workers yet")
+
+
+def download(
+    job: JobArg,
+    dest: Annotated[str, typer.Argument(help="Directory to put the frames in.", show_default=False)],
+) -> None:
+    """Download a job's finished frames into DEST."""
+    from renderfarm.client import download as fetch
+    from renderfarm.status import resolve_job
+
+    from renderfarm_cli.progress import Progress
+
+    settings = _settings()
+    with _job_session(settings, job) as session:
+        job_id = resolve_job(session, job).id
+    progress: dict[str, Progress] = {}
+
+    def on_progress(i: int, total: int, name: str) -> None:
+        if "p" not in progress:
+            progress["p"] = Progress(f"download {job_id}", total, "frames").__enter__()
+        progress["p"].update(i, name, force=i == total)
+
+    try:
+        paths = fetch(settings, job_id, _path("dest", dest), on_progress)
+    finally:
+        if "p" in progress:
+            progress["p"].__exit__(None, None, None)
+    out().print(f"{len(paths)} frame(s) in {dest}")
+
+
+def log(
+    task: Annotated[str, typer.Argument(help="Task id JOB:INDEX, optionally /ATTEMPT (default: the latest attempt).", show_default=False)],
+    follow: Annotated[bool, typer.Option("--follow", "-f", help="Follow a running attempt's output as it comes.")] = False,
+) -> None:
+    """Print the stored renderer log of a task's attempt (or follow a running one)."""
+    import sys
+
+    from renderfarm.client import follow_task_log, read_task_log
+
+    settings = _settings()
+    if follow:
+        follow_task_log(settings, task, lambda text: (sys.stdout.write(text), sys.stdout.flush()))
+        return
+    with _job_session(settings, task.split(":")[0]) as session:
+        text = read_task_log(settings, session, task)
+    out().file.write(text if text.endswith("\n") else text + "\n")
+
+
+def report(
+    job: JobArg,
+    png: Annotated[Optional[str], typer.Option("--png", help="Also draw a chart: cost per frame by site, and the running total.")] = None,
+    json_: JsonOpt = False,
+) -> None:
+    """What a job cost: time, energy, money and CO2 per frame, per site, per worker and in total."""
+    from renderfarm.report import job_report
+    from renderfarm.status import resolve_job
+
+    settings = _settings()
+    with _job_session(settings, job) as session:
+        result = job_report(session, resolve_job(session, job), settings.sites)
+    if png is not None:
+        from renderfarm.charts import cost_chart
+        from renderfarm.errors import InputError
+
+        png = _path("png", png)
+        if png.suffix.lower() != ".png":
+            raise InputError(f"png: {str(png)[:100]!r} must end in .png")
+        try:
+            cost_chart(result, png)
+        except OSError as e:
+            raise InputError(f"png: cannot write {str(png)[:100]!r} ({e.strerror})") from None
+    if json_:
+        print_json(result.to_json())
+        return
+    from rich.table import Table
+
+    table = Table(box=None, header_style="bold")
+    for col in ("", "ATTEMPTS", "WALL", "CPU", "ENERGY kWh", "COST", "CO2 kg"):
+        table.add_column(col, justify="left" if not col else "right")
+
+    def row(label: str, usage) -> None:
+        doc = usage.to_json()
+        cost = ", ".join(f"{v:.6g} {c}".strip() for c, v in doc["cost"].items()) or "-"
+        table.add_row(label, str(doc["attempts"]), duration(doc["wall_seconds"]), duration(doc["cpu_seconds"]),
+                      f"{doc['energy_kwh']:.6f}", cost, f"{doc['co2_kg']:.6f}")
+
+    for name, usage in result.by_site.items():
+        row(f"site {name}", usage)
+    for name, usage in result.by_worker.items():
+        row(f"worker {name}", usage)
+    row("total", result.total)
+    out().print(f"[bold]job {result.job_id}[/] {result.name} ({result.state})")
+    out().print(table)
+    if png is not None:
+        out().print(f"chart in {png}")

@@ -1,0 +1,615 @@
+"""`farm top`: the wranglers' terminal view of the farm, with keys to steer its jobs.
+
+The screens are Textual classes defined inside builder functions: the CLI imports this module at
+start-up, and importing Textual (~250 ms, Rich with it) there would slow down every `farm --help`.
+The data comes from renderfarm.dashboard; the formatters below are plain functions.
+"""
+
+from __future__ import annotations
+
+import time
+from functools import cache
+from typing import TYPE_CHECKING, Any
+
+from renderfarm_cli.console import STYLES, duration
+
+if TYPE_CHECKING:
+    from rich.text import Text
+    from textual.app import App
+
+    from renderfarm.config import Settings
+    from renderfarm.dashboard import Snapshot
+
+REFRESH = 1.0  # seconds between snapshots of the farm
+TASKS_REFRESH = 2.0  # a job's task list costs more to read
+MESSAGE_SECONDS = 8.0  # how long a verb's answer stays in the status line
+SPARKS = "▁▂▃▄▅▆▇█"
+EIGHTHS = " ▏▎▍▌▋▊▉"
+BAR_WIDTH = 6
+
+
+def top() -> None:
+    """Watch and steer the farm in a terminal UI: jobs, workers, queues, throughput, failures."""
+    from renderfarm.config import load_settings
+
+    farm_top(load_settings()).run()
+
+
+def farm_top(settings: Settings) -> App:
+    """The `farm top` app for the farm these settings point at (not started)."""
+    return _app_class()(settings)
+
+
+# -- formatting (plain text, testable without a terminal) ----------------------------------------
+
+
+def progress_bar(progress: float, width: int = BAR_WIDTH) -> str:
+    """A bar of `width` cells in eighths of a cell, and a percentage: `███    50%`."""
+    progress = max(0.0, min(1.0, progress))
+    full, part = divmod(int(progress * width * 8), 8)
+    return ("█" * full + (EIGHTHS[part] if part else "")).ljust(width) + f" {progress:4.0%}"
+
+
+def sparkline(counts: list[int]) -> str:
+    """One character per count, scaled to the largest; zero is the lowest bar."""
+    top_count = max(counts, default=0)
+    if top_count == 0:
+        return SPARKS[0] * len(counts)
+    return "".join(SPARKS[min(len(SPARKS) - 1, round(n / top_count * (len(SPARKS) - 1)))] for n in counts)
+
+
+def short_count(n: int) -> str:
+    """12, 9999, 12k, 100k: frame counts that fit a narrow column."""
+    return str(n) if n < 10_000 else f"{n // 1000}k"
+
+
+def clip(text: str, width: int) -> str:
+    return text if len(text) <= width else text[: max(0, width - 1)] + "…"
+
+
+def styled(text: str, style_of: str | None = None) -> Text:
+    """Text in the CLI's named style for a state (running, failed...), if it has one."""
+    from rich.text import Text
+
+    key = text if style_of is None else style_of
+    return Text(text, style=STYLES.get(key, ""))
+
+
+def job_cells(j) -> dict[str, Any]:
+    return {
+        "id": j.id, "name": clip(j.name, 10), "owner": clip(j.owner, 8), "state": styled(j.state),
+        "priority": str(j.priority), "progress": _bar_text(j.progress, j.state),
+        "frames": f"{short_count(j.frames_done)}/{short_count(j.frames)}",
+        # Only a running job's ETA means anything: a suspended one's would grow while it waits.
+        "eta": duration(j.eta) if j.state == "running" else "-",
+    }
+
+
+def worker_cells(w) -> dict[str, Any]:
+    return {
+        "name": clip(w.name, 18), "state": styled(w.state), "task": w.current_task or "-",
+        "beat": duration(w.heartbeat_age), "queued": "-" if w.queued is None else str(w.queued),
+        "pool": clip(w.pool, 10),
+    }
+
+
+def task_cells(t, now: float) -> dict[str, Any]:
+    took = None
+    if t.started_at is not None:
+        took = (t.finished_at or now) - t.started_at
+    error = t.error.strip().splitlines()[0] if t.error and t.error.strip() else ""
+    return {
+        "task": str(t.index), "frames": clip(t.frames, 9), "state": styled(t.state),
+        "worker": clip(t.worker or "-", 12), "tries": str(len(t.attempts)), "time": duration(took),
+        "error": error,
+    }
+
+
+def _bar_text(progress: float, state: str) -> Text:
+    from rich.text import Text
+
+    bar = progress_bar(progress)
+    colour = {"done": "green", "failed": "red", "suspended": "yellow", "cancelled": "dim"}.get(state, "blue")
+    text = Text(bar[:BAR_WIDTH], style=f"{colour} on grey23")
+    text.append(bar[BAR_WIDTH:])
+    return text
+
+
+def summary_text(snap: Snapshot) -> Text:
+    from rich.text import Text
+
+    text = Text(" ")
+    if not snap.farm_running:
+        text.append("farm not running", style="bold red")
+    elif not snap.manager_running:
+        text.append("manager not running", style="bold yellow")
+    else:
+        text.append("farm running", style="bold green")
+    live = [w for w in snap.workers if w.state not in ("offline", "missing")]
+    busy = sum(1 for w in live if w.state == "busy")
+    active = sum(1 for j in snap.jobs if j.state in ("queued", "running", "suspended"))
+    text.append(f" · {len(live)} worker(s), {busy} busy · {active} active job(s)")
+    if snap.queues is not None:
+        text.append(f" · {sum(snap.queues.values())} queued")
+    text.append(" · " + time.strftime("%H:%M:%S", time.localtime(snap.taken_at)), style="dim")
+    return text
+
+
+def activity_text(snap: Snapshot) -> Text:
+    from rich.text import Text
+
+    tp = snap.throughput
+    text = Text(" done/min ")
+    text.append(sparkline(tp.per_minute), style="cyan")
+    text.append(f" {tp.last} now, {tp.average:.1f} avg over {len(tp.per_minute)} min")
+    failed = len(snap.failures)
+    text.append(" · " + ("no recent failures" if not failed else f"latest {failed} failure(s):"),
+                style="dim" if not failed else "bold red")
+    return text
+
+
+def failures_text(snap: Snapshot, limit: int = 3) -> Text:
+    from rich.text import Text
+
+    text = Text()
+    for i, f in enumerate(snap.failures[:limit]):
+        if i:
+            text.append("\n")
+        ago = "-" if f.finished_at is None else duration(max(0.0, snap.taken_at - f.finished_at))
+        text.append(" ✗ ", style="bold red")
+        text.append(f"{f.task} ", style="bold")
+        text.append(f"{f.worker} {ago} ago: ", style="dim")
+        text.append(f.first_line)
+    return text
+
+
+def error_text(e: BaseException) -> str:
+    """One line for the status line: our own errors as they are, others with their type."""
+    from renderfarm.errors import RenderFarmError
+
+    if isinstance(e, RenderFarmError):
+        return str(e)
+    return f"unexpected error: {type(e).__name__}: {e}"
+
+
+# -- the Textual app --------------------------------------------------------------------------
+
+
+JOB_COLUMNS = [("id", "JOB", 8), ("name", "NAME", 10), ("owner", "OWNER", 8), ("state", "STATE", 9),
+               ("priority", "PRI", 3), ("progress", "PROGRESS", 11), ("frames", "FRAMES", 9), ("eta", "ETA", 5)]
+WORKER_COLUMNS = [("name", "WORKER", 18), ("state", "STATE", 8), ("task", "TASK", 13), ("beat", "BEAT", 5),
+                  ("queued", "Q", 2), ("pool", "POOL", 10)]
+TASK_COLUMNS = [("task", "TASK", 5), ("frames", "FRAMES", 9), ("state", "STATE", 9), ("worker", "WORKER", 12),
+                ("tries", "TRY", 3), ("time", "TIME", 5), ("error", "ERROR", 21)]
+
+
+def sync_table(table, columns, rows: list[tuple[str, dict[str, Any]]]) -> None:
+    """Make a DataTable show `rows` (key, cells) in order, in place: changed cells are updated;
+    the rows are laid anew only when the keys or their order change, and the cursor stays on
+    the same key (so a refresh never moves the wrangler's selection to another job)."""
+    keys = [key for key, _ in rows]
+    if [r.key.value for r in table.ordered_rows] == keys:
+        for key, cells in rows:
+            for col, _label, _width in columns:
+                if not _same(table.get_cell(key, col), cells[col]):
+                    table.update_cell(key, col, cells[col])
+        return
+    selected = selected_key(table)
+    table.clear()
+    for key, cells in rows:
+        table.add_row(*(cells[col] for col, _label, _width in columns), key=key)
+    if selected in keys:
+        table.move_cursor(row=keys.index(selected), animate=False)
+
+
+def _same(old: Any, new: Any) -> bool:
+    """Whether a cell would look the same (Rich's Text compares text and spans, not its style)."""
+    from rich.text import Text
+
+    if isinstance(old, Text) and isinstance(new, Text):
+        return (old.plain, str(old.style), old.spans) == (new.plain, str(new.style), new.spans)
+    return old == new
+
+
+def selected_key(table) -> str | None:
+    """The key of the row under the table's cursor, or None for an empty table."""
+    from textual.coordinate import Coordinate
+
+    if table.row_count == 0:
+        return None
+    row = min(max(table.cursor_row, 0), table.row_count - 1)
+    return table.coordinate_to_cell_key(Coordinate(row, 0)).row_key.value
+
+
+def _add_columns(table, columns) -> None:
+    for key, label, width in columns:
+        table.add_column(label, width=width, key=key)
+
+
+@cache
+def _dialogs():
+    """The cancel confirmation and the priority input (modal screens)."""
+    from textual.app import ComposeResult
+    from textual.binding import Binding
+    from textual.containers import Vertical
+    from textual.screen import ModalScreen
+    from textual.widgets import Input, Label, Static
+
+    class Confirm(ModalScreen[bool]):
+        """A yes/no question: only y says yes (a stray Enter must not cancel a shot); n or Escape says no."""
+
+        BINDINGS = [Binding("y", "answer(True)", "Yes"), Binding("n,escape", "answer(False)", "No")]
+
+        def __init__(self, question: str) -> None:
+            super().__init__()
+            self.question = question
+
+        def compose(self) -> ComposeResult:
+            with Vertical(classes="dialog"):
+                yield Static(self.question, id="question", markup=False)
+                yield Label("[b]y[/b] yes   [b]n[/b] no", classes="hint")
+
+        def action_answer(self, yes: bool) -> None:
+            self.dismiss(yes)
+
+    class AskPriority(ModalScreen[int | None]):
+        """A job's new priority, 0-100; Escape leaves it as it is."""
+
+        BINDINGS = [Binding("escape", "dismiss(None)", "Back")]
+
+        def __init__(self, job_id: str, current: int) -> None:
+            super().__init__()
+            self.job_id, self.current = job_id, current
+
+        def compose(self) -> ComposeResult:
+            with Vertical(classes="dialog"):
+                yield Label(f"Priority of job {self.job_id} (0-100, higher renders first):")
+                yield Input(str(self.current), id="priority", restrict=r"\d{0,3}", max_length=3)
+                yield Label("Enter to set, Escape to leave it", classes="hint", id="priority-hint")
+
+        def on_input_submitted(self, event: Input.Submitted) -> None:
+            from renderfarm.errors import InputError
+            from renderfarm.planning import check_priority
+
+            try:
+                self.dismiss(check_priority(event.value))
+            except InputError as e:
+                self.query_one("#priority-hint", Label).update(styled(str(e), "error"))
+
+    return Confirm, AskPriority
+
+
+@cache
+def _job_screens():
+    """A job's tasks, and a task's log."""
+    import asyncio
+
+    from textual.app import ComposeResult
+    from textual.binding import Binding
+    from textual.screen import Screen
+    from textual.widgets import DataTable, Footer, Log, Static
+
+    class TaskLog(Screen):
+        """The stored renderer log of a task's latest attempt (or a running one's output so far)."""
+
+        BINDINGS = [Binding("escape,q", "app.pop_screen", "Back"), Binding("r", "reload", "Reload")]
+
+        def __init__(self, dashboard, task_ref: str) -> None:
+            super().__init__()
+            self.dashboard, self.task_ref = dashboard, task_ref
+
+        def compose(self) -> ComposeResult:
+            yield Static(f" log of task {self.task_ref}", classes="title")
+            yield Log(id="log", highlight=False)
+            yield Static("", id="status")
+            yield Footer()
+
+        async def on_mount(self) -> None:
+            await self.action_reload()
+
+        async def action_reload(self) -> None:
+            log, status = self.query_one("#log", Log), self.query_one("#status", Static)
+            try:
+                text = await asyncio.to_thread(self.dashboard.task_log, self.task_ref)
+            except Exception as e:  # a status line, never a traceback
+                status.update(styled(" " + error_text(e), "error"))
+                return
+            log.clear()
+            log.write(text)
+            read = time.strftime("%H:%M:%S")
+            status.update(styled(f" {len(text.splitlines())} line(s), read {read} · r reads it again", "dim"))
+
+    class JobTasks(Screen):
+        """A job's tasks, refreshed in place; Enter opens the selected task's log."""
+
+        BINDINGS = [
+            Binding("escape", "app.pop_screen", "Back"),
+            Binding("l", "open_log", "Log"),
+            Binding("f", "toggle_failed", "Failed only"),
+        ]
+
+        def __init__(self, dashboard, job_id: str) -> None:
+            super().__init__()
+            self.dashboard, self.job_id = dashboard, job_id
+            self.only_failed = False
+            self.reading = False  # not `loading`: that is Textual's, and covers the screen with a spinner
+            self.next_read = 0.0  # monotonic time before which a timer tick reads nothing
+
+        def compose(self) -> ComposeResult:
+            yield Static(f" tasks of job {self.job_id}", id="title", classes="title")
+            yield DataTable(id="tasks", cursor_type="row", zebra_stripes=True)
+            yield Static("", id="status")
+            yield Footer()
+
+        async def on_mount(self) -> None:
+            _add_columns(self.query_one("#tasks", DataTable), TASK_COLUMNS)
+            self.set_interval(TASKS_REFRESH, self.tick)
+            await self.reload()
+
+        async def tick(self) -> None:
+            if time.monotonic() >= self.next_read:
+                await self.reload()
+
+        async def reload(self) -> None:
+            if self.reading:
+                return
+            self.reading = True
+            state = "failed" if self.only_failed else None
+            started = time.monotonic()
+            try:
+                rows = await asyncio.to_thread(self.dashboard.tasks, self.job_id, state=state)
+            except Exception as e:  # whatever it is, a status line and not a traceback
+                self.query_one("#status", Static).update(styled(" " + error_text(e), "error"))
+                return
+            finally:
+                self.reading = False
+                # A job of many tasks is slow to read: read it less often rather than all the time.
+                self.next_read = time.monotonic() + 4 * (time.monotonic() - started)
+            now = time.time()
+            sync_table(self.query_one("#tasks", DataTable), TASK_COLUMNS,
+                       [(t.id, task_cells(t, now)) for t in rows])
+            which = "failed task(s)" if self.only_failed else "task(s)"
+            self.query_one("#title", Static).update(f" {len(rows)} {which} of job {self.job_id}")
+            self.query_one("#status", Static).update(
+                styled(f" read {time.strftime('%H:%M:%S')} · Enter or l opens a task's log", "dim"))
+
+        def on_data_table_row_selected(self, event: DataTable.RowSelected) -> None:
+            self.app.push_screen(TaskLog(self.dashboard, event.row_key.value))
+
+        def action_open_log(self) -> None:
+            key = selected_key(self.query_one("#tasks", DataTable))
+            if key is not None:
+                self.app.push_screen(TaskLog(self.dashboard, key))
+
+        async def action_toggle_failed(self) -> None:
+            self.only_failed = not self.only_failed
+            await self.reload()
+
+    return JobTasks, TaskLog
+
+
+@cache
+def _farm_screen():
+    """The main screen: jobs, workers, throughput, failures, and the verbs on the selected job."""
+    import asyncio
+
+    from textual.app import ComposeResult
+    from textual.binding import Binding
+    from textual.screen import Screen
+    from textual.widgets import DataTable, Footer, Static
+
+    Confirm, AskPriority = _dialogs()
+    JobTasks, _TaskLog = _job_screens()
+
+    class Farm(Screen):
+        BINDINGS = [
+            Binding("s", "verb('suspend')", "Suspend"),
+            Binding("S", "verb('suspend', True)", "Suspend+kill", show=False),
+            Binding("r", "verb('resume')", "Resume"),
+            Binding("f", "verb('retry')", "Retry"),
+            Binding("p", "priority", "Priority"),
+            Binding("c", "cancel", "Cancel"),
+            Binding("enter", "open_tasks", "Tasks"),
+        ]
+
+        def __init__(self, dashboard) -> None:
+            super().__init__()
+            self.dashboard = dashboard
+            self.snap: Snapshot | None = None
+            self.reading = False  # not `loading`: that is Textual's, and covers the screen with a spinner
+            self.message: tuple[float, Text] | None = None
+
+        def compose(self) -> ComposeResult:
+            yield Static(" reading the farm…", id="summary")
+            yield DataTable(id="jobs", cursor_type="row", zebra_stripes=True)
+            workers = DataTable(id="workers", cursor_type="none")
+            workers.can_focus = False  # the keys always act on the jobs table
+            yield workers
+            yield Static("", id="activity")
+            yield Static("", id="failures")
+            yield Static("", id="status")
+            yield Footer()
+
+        async def on_mount(self) -> None:
+            _add_columns(self.query_one("#jobs", DataTable), JOB_COLUMNS)
+            _add_columns(self.query_one("#workers", DataTable), WORKER_COLUMNS)
+            self.query_one("#jobs", DataTable).focus()
+            self.timer = self.set_interval(REFRESH, self.reload)
+            await self.reload()
+
+        async def on_screen_resume(self) -> None:
+            # Another screen covered this one: read the farm again at once, then every second.
+            if hasattr(self, "timer"):
+                self.timer.resume()
+                await self.reload()
+
+        def on_screen_suspend(self) -> None:
+            if hasattr(self, "timer"):
+                self.timer.pause()
+
+        async def reload(self) -> None:
+            """Read a snapshot in a thread (a slow database or Redis never blocks the keys) and
+            show it; an error keeps the last snapshot on screen and says what went wrong."""
+            if self.reading:
+                return
+            self.reading = True
+            try:
+                snap = await asyncio.to_thread(self.dashboard.snapshot)
+            except Exception as e:  # whatever it is, a status line and not a traceback
+                self.say(error_text(e), error=True)
+                return
+            finally:
+                self.reading = False
+            self.snap = snap
+            self.show(snap)
+
+        def show(self, snap: Snapshot) -> None:
+            self.query_one("#summary", Static).update(summary_text(snap))
+            sync_table(self.query_one("#jobs", DataTable), JOB_COLUMNS,
+                       [(j.id, job_cells(j)) for j in snap.jobs])
+            sync_table(self.query_one("#workers", DataTable), WORKER_COLUMNS,
+                       [(w.name, worker_cells(w)) for w in snap.workers])
+            self.query_one("#activity", Static).update(activity_text(snap))
+            self.query_one("#failures", Static).update(failures_text(snap))
+            self.query_one("#failures", Static).display = bool(snap.failures)
+            self.show_status()
+
+        def say(self, message: str, *, error: bool = False) -> None:
+            self.message = (time.monotonic(), styled(" " + message, "error" if error else "ok"))
+            self.show_status()
+
+        def show_status(self) -> None:
+            if self.message and time.monotonic() - self.message[0] < MESSAGE_SECONDS:
+                text = self.message[1]
+            elif self.snap and self.snap.notes:
+                text = styled(" " + self.snap.notes[0], "warn")
+            elif self.snap and not self.snap.jobs:
+                text = styled(" no jobs yet: `farm submit SCENE` queues one", "dim")
+            else:
+                text = styled(" ↑↓ select a job · Enter: its tasks · S: suspend and kill · ?: all keys", "dim")
+            self.query_one("#status", Static).update(text)
+
+        def selected(self):
+            """The selected job's row, or None (saying so)."""
+            key = selected_key(self.query_one("#jobs", DataTable))
+            job = next((j for j in (self.snap.jobs if self.snap else []) if j.id == key), None)
+            if job is None:
+                self.say("no job selected", error=True)
+            return job
+
+        def action_verb(self, verb: str, kill: bool = False) -> None:
+            job = self.selected()
+            if job is None:
+                return
+            body = {"kill": kill} if verb == "suspend" else {"all": False} if verb == "retry" else {}
+            self.send(verb, job.id, **body)
+
+        def action_priority(self) -> None:
+            job = self.selected()
+            if job is None:
+                return
+
+            def chosen(value: int | None) -> None:
+                if value is not None:
+                    self.send("priority", job.id, priority=value)
+
+            self.app.push_screen(AskPriority(job.id, job.priority), chosen)
+
+        def action_cancel(self) -> None:
+            job = self.selected()
+            if job is None:
+                return
+            left = job.frames - job.frames_done
+            question = (f"Cancel job {job.id} ({job.name}, {job.owner}), {left} frame(s) not done?\n"
+                        "Queued work is dropped and running renders are killed.")
+
+            def answered(yes: bool | None) -> None:
+                if yes:
+                    self.send("cancel", job.id)
+
+            self.app.push_screen(Confirm(question), answered)
+
+        def action_open_tasks(self) -> None:
+            job = self.selected()
+            if job is not None:
+                self.app.push_screen(JobTasks(self.dashboard, job.id))
+
+        def on_data_table_row_selected(self, event: DataTable.RowSelected) -> None:
+            if event.data_table.id == "jobs":
+                self.app.push_screen(JobTasks(self.dashboard, event.row_key.value))
+
+        def send(self, verb: str, job_id: str, **body) -> None:
+            """Hand a verb to the manager without blocking the keys; its answer goes to the status line."""
+            self.say(f"job {job_id}: {verb}…")
+            self.run_worker(self._send(verb, job_id, body), group="verbs")
+
+        async def _send(self, verb: str, job_id: str, body: dict) -> None:
+            from renderfarm.client import send_verb
+
+            try:
+                reply = await asyncio.to_thread(send_verb, self.dashboard.settings, verb, job_id, **body)
+            except Exception as e:
+                self.say(error_text(e), error=True)
+                return
+            extra = f", priority {reply['priority']}" if verb == "priority" else ""
+            self.say(f"job {reply['job_id']}: {verb} applied; now {reply['state']}{extra}")
+            await self.reload()
+
+    return Farm
+
+
+TOP_CSS = """
+Screen { layout: vertical; }
+#summary, .title { height: 1; background: $panel; }
+#jobs { height: 1fr; min-height: 4; scrollbar-size-vertical: 1; }
+#workers { height: auto; max-height: 6; scrollbar-size-vertical: 1; }
+#activity { height: 1; background: $panel; }
+#failures { height: auto; max-height: 3; text-wrap: nowrap; text-overflow: ellipsis; }
+#status { height: 1; text-wrap: nowrap; text-overflow: ellipsis; }
+#tasks { height: 1fr; scrollbar-size-vertical: 1; }
+#log { height: 1fr; }
+ModalScreen { align: center middle; }
+.dialog { width: 64; height: auto; border: thick $accent; background: $surface; padding: 0 1; }
+.hint { color: $text-muted; }
+"""
+
+
+@cache
+def _app_class():
+    from textual.app import App
+    from textual.binding import Binding
+
+    from renderfarm.dashboard import Dashboard
+
+    Farm = _farm_screen()
+
+    class FarmTop(App):
+        """`farm top`."""
+
+        TITLE = "farm top"
+        ENABLE_COMMAND_PALETTE = False  # its footer entry would not fit 80 columns; ? lists the keys
+        CSS = TOP_CSS
+        BINDINGS = [Binding("q", "quit", "Quit"), Binding("question_mark", "toggle_keys", "Keys")]
+
+        def __init__(self, settings: Settings) -> None:
+            super().__init__()
+            self.dashboard = Dashboard(settings)
+
+        def on_mount(self) -> None:
+            self.push_screen(Farm(self.dashboard))
+
+        def on_unmount(self) -> None:
+            self.dashboard.close()
+
+        def action_toggle_keys(self) -> None:
+            if self.screen.query("HelpPanel"):
+                self.action_hide_help_panel()
+            else:
+                self.action_show_help_panel()
+
+        @property
+        def farm(self):
+            """The main screen (for tests and scripts)."""
+            return next(s for s in self.screen_stack if isinstance(s, Farm))
+
+    return FarmTop

@@ -1,0 +1,304 @@
+"""Settings: where the farm's Redis, database and storage are, from the environment and farm.toml.
+
+Precedence, highest first: environment (``FARM_*``), ``./farm.toml``, ``<state dir>/farm.toml``,
+the embedded local farm's generated settings (``<state dir>/local.json``), built-in defaults.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import tomllib
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
+
+from renderfarm.errors import ConfigError
+from renderfarm.sites import DEFAULT_SITE, Site, parse_sites
+
+DEFAULT_STATE_DIR = "~/.local/state/renderfarm"
+LOCAL_FILE = "local.json"
+TOML_FILE = "farm.toml"
+LOCAL_BUCKET = "renderfarm"
+
+
+@dataclass(frozen=True)
+class Settings:
+    """The effective configuration of one process."""
+
+    state_dir: Path
+    redis_url: str | None = None
+    redis_ca: str | None = None  # CA bundle to verify a rediss:// server with (default: the system's)
+    database_url: str = ""
+    storage_url: str = ""
+    s3_endpoint_url: str | None = None
+    s3_region: str = "us-east-1"
+    # botocore >= 1.36 sends CRC checksums that some S3-compatible servers reject (FACTS.md).
+    s3_checksums: str = "when_required"
+    heartbeat_ttl: float = 30.0
+    max_tasks: int = 100_000
+    max_attempts: int = 3
+    task_timeout: float = 3600.0
+    # How long a worker keeps retrying storage before it fails an attempt (links drop).
+    storage_retry: float = 300.0
+    # After a first SIGTERM, how long a worker lets its render finish before handing it back.
+    shutdown_grace: float = 300.0
+    # Whether this worker runs the `command` renderer (programs named by the job).
+    allow_commands: bool = False
+    # The sites workers may declare, from [sites.NAME] tables of farm.toml (see renderfarm.sites).
+    sites: dict[str, Site] = field(default_factory=dict, compare=False, repr=False)
+    # Where each value came from ("env FARM_REDIS_URL", "./farm.toml", "local farm", "default").
+    sources: dict[str, str] = field(default_factory=dict, compare=False, repr=False)
+
+    @property
+    def local_file(self) -> Path:
+        return self.state_dir / LOCAL_FILE
+
+    @property
+    def database_file(self) -> Path:
+        return self.state_dir / "farm.db"
+
+    def site(self, name: str) -> Site:
+        """A configured site, or the built-in `local` site (no price) when none are configured."""
+        if name in self.sites:
+            return self.sites[name]
+        if name == DEFAULT_SITE and DEFAULT_SITE not in self.sites:
+            return Site(DEFAULT_SITE)
+        known = ", ".join(sorted(self.sites)) or "none configured"
+        raise ConfigError(f"site: {name!r} is not a configured site ({known}; add [sites.{name}] to farm.toml)")
+
+    def configured_elsewhere(self, name: str) -> bool:
+        """True when `name` was set by the user rather than by the local farm or a default."""
+        return self.sources.get(name, "default") not in ("default", "local farm")
+
+
+_ENV = {
+    "redis_url": "FARM_REDIS_URL",
+    "redis_ca": "FARM_REDIS_CA",
+    "database_url": "FARM_DATABASE_URL",
+    "storage_url": "FARM_STORAGE_URL",
+    "s3_endpoint_url": "FARM_S3_ENDPOINT_URL",
+    "s3_region": "FARM_S3_REGION",
+    "s3_checksums": "FARM_S3_CHECKSUMS",
+    "heartbeat_ttl": "FARM_HEARTBEAT_TTL",
+    "max_tasks": "FARM_MAX_TASKS",
+    "max_attempts": "FARM_MAX_ATTEMPTS",
+    "task_timeout": "FARM_TASK_TIMEOUT",
+    "storage_retry": "FARM_STORAGE_RETRY",
+    "shutdown_grace": "FARM_SHUTDOWN_GRACE",
+    "allow_commands": "FARM_ALLOW_COMMANDS",
+}
+_SETTABLE = set(_ENV)
+
+
+def load_settings(environ: dict[str, str] | None = None, cwd: Path | None = None) -> Settings:
+    """Resolve the settings of this process from the environment, farm.toml files and the local farm."""
+    env = os.environ if environ is None else environ
+    cwd = Path.cwd() if cwd is None else cwd
+    local_toml = _read_toml(cwd / TOML_FILE)
+    if env.get("FARM_STATE_DIR"):
+        state_raw, state_source = env["FARM_STATE_DIR"], "env FARM_STATE_DIR"
+    elif local_toml.get("state_dir"):
+        state_raw, state_source = local_toml["state_dir"], "./" + TOML_FILE
+    else:
+        state_raw, state_source = DEFAULT_STATE_DIR, "default"
+    # A relative state directory is relative to `cwd`, like the ./farm.toml that may name it.
+    state_dir = (cwd / os.path.expanduser(str(state_raw))).absolute()
+
+    values: dict[str, object] = {
+        "database_url": f"sqlite:///{state_dir / 'farm.db'}",
+        "storage_url": f"s3://{LOCAL_BUCKET}/",
+    }
+    sources = {name: "default" for name in values}
+    layers: list[tuple[str, dict]] = [
+        ("local farm", _local_farm_layer(state_dir)),
+        (str(state_dir / TOML_FILE), _read_toml(state_dir / TOML_FILE)),
+        ("./" + TOML_FILE, local_toml),
+    ]
+    sites: dict[str, Site] = {}
+    for source, layer in layers:
+        for key, value in layer.items():
+            if key == "state_dir":
+                continue
+            if key == "sites":
+                sites.update(parse_sites(value, source))
+                continue
+            if key not in _SETTABLE:
+                raise ConfigError(f"{source}: unknown setting {key!r}")
+            values[key] = value
+            sources[key] = source
+    defaults = {f.name: f.default for f in fields(Settings)}
+    for key, var in _ENV.items():
+        # `eval "$(farm env)"` exports the local farm's own values (and the defaults): they stay
+        # the local farm's (and defaults).
+        current = values.get(key, defaults[key])
+        if env.get(var) and (current is None or env[var] != _text(current)):
+            values[key] = env[var]
+            sources[key] = f"env {var}"
+    # The local farm's S3 endpoint serves only the local farm's bucket.
+    if sources.get("s3_endpoint_url") == "local farm" and sources["storage_url"] != "default":
+        values.pop("s3_endpoint_url")
+        sources.pop("s3_endpoint_url")
+    settings = Settings(state_dir=state_dir, sites=sites, sources=sources, **_coerce(values, sources))
+    sources["state_dir"] = state_source
+    _check(settings)
+    return settings
+
+
+def _local_farm_layer(state_dir: Path) -> dict:
+    """Settings the embedded local farm generated: its Redis and S3 endpoints."""
+    local = read_local_file(state_dir)
+    layer: dict[str, object] = {}
+    if "valkey_port" in local and "valkey_password" in local:
+        layer["redis_url"] = f"redis://:{local['valkey_password']}@127.0.0.1:{local['valkey_port']}/0"
+    if "s3_port" in local:
+        layer["s3_endpoint_url"] = f"http://127.0.0.1:{local['s3_port']}"
+    return layer
+
+
+def read_local_file(state_dir: Path) -> dict:
+    """The local farm's generated settings (ports, passwords), or {} when it never ran here."""
+    path = state_dir / LOCAL_FILE
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        return {}
+    except (OSError, ValueError) as e:
+        raise ConfigError(f"{path}: unreadable ({e})") from None
+
+
+def _read_toml(path: Path) -> dict:
+    try:
+        with path.open("rb") as f:
+            data = tomllib.load(f)
+    except FileNotFoundError:
+        return {}
+    except (OSError, tomllib.TOMLDecodeError) as e:
+        raise ConfigError(f"{path}: invalid TOML ({e})") from None
+    # Accept both top-level keys and a [farm] table.
+    farm = data.pop("farm", {})
+    if not isinstance(farm, dict):
+        raise ConfigError(f"{path}: [farm] must be a table")
+    return {**data, **farm}
+
+
+def _coerce(values: dict[str, object], sources: dict[str, str]) -> dict[str, object]:
+    types = {f.name: f.type for f in fields(Settings)}
+    out: dict[str, object] = {}
+    for key, value in values.items():
+        kind = types[key]
+        if kind in ("float", "int"):
+            out[key] = _number(key, value, kind, sources[key])
+        elif kind == "bool":
+            out[key] = _boolean(key, value, sources[key])
+        else:
+            out[key] = None if value in ("", None) else str(value)
+    return out
+
+
+_TRUE = ("1", "true", "yes", "on")
+_FALSE = ("0", "false", "no", "off", "")
+
+
+def _boolean(key: str, value: object, source: str) -> bool:
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text in _TRUE or text in _FALSE:
+        return text in _TRUE
+    raise ConfigError(f"{key} (from {source}): expected true or false, got {value!r}")
+
+
+def _number(key: str, value: object, kind: str, source: str) -> float | int:
+    """A finite number (a whole one for an int setting); TOML's true/false are not numbers."""
+    try:
+        if isinstance(value, bool):
+            raise ValueError
+        if kind == "int":
+            if isinstance(value, float) and not value.is_integer():
+                raise ValueError
+            return int(value)  # type: ignore[call-overload]
+        number = float(value)  # type: ignore[arg-type]
+        if not math.isfinite(number):
+            raise ValueError
+        return number
+    except (TypeError, ValueError, OverflowError):
+        wanted = "a whole number" if kind == "int" else "a number"
+        raise ConfigError(f"{key} (from {source}): expected {wanted}, got {value!r}") from None
+
+
+def _check(s: Settings) -> None:
+    def bad(name: str, why: str) -> ConfigError:
+        return ConfigError(f"{name} (from {s.sources.get(name, 'default')}): {why}")
+
+    if s.redis_url is not None and urlsplit(s.redis_url).scheme not in ("redis", "rediss", "unix"):
+        raise bad("redis_url", f"{mask_url(s.redis_url)!r} is not a redis://, rediss:// or unix:// URL")
+    db_scheme = urlsplit(s.database_url).scheme
+    if not (db_scheme.startswith("sqlite") or db_scheme.startswith("postgresql")):
+        raise bad("database_url", f"{mask_url(s.database_url)!r} is neither sqlite:/// nor postgresql+psycopg://")
+    store = urlsplit(s.storage_url)
+    if store.scheme not in ("s3", "file") or (store.scheme == "s3" and not store.netloc):
+        raise bad("storage_url", f"{s.storage_url!r} is neither s3://bucket/prefix nor file:///path")
+    if s.s3_endpoint_url is not None:
+        endpoint = urlsplit(s.s3_endpoint_url)
+        if endpoint.scheme not in ("http", "https") or not endpoint.hostname:
+            raise bad("s3_endpoint_url", f"{mask_url(s.s3_endpoint_url)!r} is not an http:// or https:// URL")
+    if s.s3_checksums not in ("when_required", "when_supported"):
+        raise bad("s3_checksums", f"{s.s3_checksums!r} is neither when_required nor when_supported")
+    if s.heartbeat_ttl < 1:
+        raise bad("heartbeat_ttl", f"{s.heartbeat_ttl:g} must be at least 1 second")
+    if s.task_timeout <= 0:
+        raise bad("task_timeout", f"{s.task_timeout:g} must be more than 0 seconds")
+    if s.max_tasks < 1:
+        raise bad("max_tasks", f"{s.max_tasks} must be at least 1")
+    if s.max_attempts < 1:
+        raise bad("max_attempts", f"{s.max_attempts} must be at least 1")
+
+
+def mask_url(url: str | None) -> str | None:
+    """The URL with any password replaced by ***."""
+    if not url:
+        return url
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    user = parts.username or ""
+    host = parts.netloc.rpartition("@")[2]  # as written: keeps [::1] brackets and the port
+    return urlunsplit(parts._replace(netloc=f"{user}:***@{host}"))
+
+
+def effective_settings(settings: Settings) -> list[tuple[str, str, str]]:
+    """(name, value with secrets masked, source) for `farm config`."""
+    rows = [("state_dir", str(settings.state_dir), settings.sources.get("state_dir", "default"))]
+    for f in fields(Settings):
+        if f.name in ("state_dir", "sources", "sites"):
+            continue
+        value = getattr(settings, f.name)
+        shown = mask_url(value) if isinstance(value, str) and "url" in f.name else value
+        rows.append((f.name, "" if shown is None else str(shown), settings.sources.get(f.name, "default")))
+    return rows
+
+
+def settings_env(settings: Settings) -> dict[str, str]:
+    """The settings as FARM_* environment variables, for child processes and `farm env`."""
+    env = {"FARM_STATE_DIR": str(settings.state_dir)}
+    for name, var in _ENV.items():
+        value = getattr(settings, name)
+        if value is not None:
+            env[var] = _text(value)
+    return env
+
+
+def _text(value: object) -> str:
+    """A setting as environment text that reads back to the same value (30.0 -> "30")."""
+    if isinstance(value, bool):
+        return "1" if value else "0"
+    if isinstance(value, float):
+        return str(int(value)) if value.is_integer() else repr(value)
+    return str(value)
+
+
+def with_overrides(settings: Settings, **changes: object) -> Settings:
+    """A copy of settings with some values replaced (used by tests and the local farm)."""
+    return replace(settings, **changes)

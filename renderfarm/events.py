@@ -1,0 +1,94 @@
+"""Worker events (started, progress, done, failed, released, bye) and the sender that never drops one.
+
+Events are queued in memory and posted to the event stream by a background thread, so a render
+never waits on Redis and events survive a Redis outage until it comes back.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import threading
+import time
+from enum import Enum
+from typing import TYPE_CHECKING, Any
+
+from renderfarm import keys, streams
+
+if TYPE_CHECKING:
+    from redis import Redis
+
+log = logging.getLogger(__name__)
+
+
+class EventType(str, Enum):
+    STARTED = "started"
+    PROGRESS = "progress"
+    DONE = "done"
+    FAILED = "failed"
+    RELEASED = "released"  # handed back unfinished (shutdown): not a failure of the task
+    BYE = "bye"
+
+
+class EventSender:
+    """Posts events in order from a background thread, retrying while Redis is unreachable."""
+
+    def __init__(self, r: Redis, worker: str) -> None:
+        self._r = r
+        self._worker = worker
+        self._pending: collections.deque[dict[str, Any]] = collections.deque()
+        self._cond = threading.Condition()
+        self._closed = False
+        self._thread = threading.Thread(target=self._run, name="event-sender", daemon=True)
+        self._thread.start()
+
+    def send(self, kind: EventType, **fields: Any) -> None:
+        doc = {"type": kind.value, "worker": self._worker, "ts": time.time(), **fields}
+        with self._cond:
+            # Progress is advisory: keep only the newest one for an attempt while Redis is slow.
+            if kind is EventType.PROGRESS and self._pending and self._pending[-1].get("type") == "progress" \
+                    and self._pending[-1].get("attempt_id") == fields.get("attempt_id"):
+                self._pending[-1] = doc
+            else:
+                self._pending.append(doc)
+            self._cond.notify()
+
+    def flush(self, timeout: float) -> bool:
+        """Wait until every queued event is posted; False if some are still unsent at the deadline."""
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            while self._pending and time.monotonic() < deadline:
+                self._cond.wait(0.05)
+            return not self._pending
+
+    def close(self, timeout: float = 10.0) -> bool:
+        sent = self.flush(timeout)
+        with self._cond:
+            self._closed = True
+            self._cond.notify_all()
+        self._thread.join(1.0)
+        return sent
+
+    def _run(self) -> None:
+        import redis
+
+        backoff = 0.1
+        while True:
+            with self._cond:
+                while not self._pending and not self._closed:
+                    self._cond.wait()
+                if self._closed and not self._pending:
+                    return
+                doc = self._pending[0]
+            try:
+                streams.post(self._r, keys.EVENT_STREAM, doc)
+            except redis.RedisError as e:
+                log.warning("event stream unreachable (%s); %d event(s) kept, retrying", e, len(self._pending))
+                time.sleep(backoff)
+                backoff = min(backoff * 2, 5.0)
+                continue
+            backoff = 0.1
+            with self._cond:
+                if self._pending and self._pending[0] is doc:
+                    self._pending.popleft()
+                self._cond.notify_all()

@@ -1,0 +1,88 @@
+"""A job's status as the CLI shows it (tasks by state, progress, elapsed, ETA, cost), computed
+from a few rows. No database imports: both the ORM reads and the CLI's fast reads use it."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable, Mapping
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from renderfarm.sites import PICO
+from renderfarm.states import JobState, TaskState
+
+JOB_COLUMNS = (
+    "id", "name", "owner", "state", "priority", "pool", "renderer", "frames", "frame_count", "task_count", "chunk",
+    "width", "height", "submitted_at", "started_at", "finished_at", "error",
+)
+
+
+@dataclass(frozen=True)
+class JobStatus:
+    id: str
+    name: str
+    owner: str
+    state: str
+    priority: int
+    pool: str
+    renderer: str
+    frames_spec: str
+    frames: int
+    tasks: int
+    chunk: int
+    width: int
+    height: int
+    frames_done: int
+    progress: float  # 0..1, counting partly rendered tasks
+    counts: dict[str, int] = field(default_factory=dict)  # tasks by state
+    submitted_at: float = 0.0
+    started_at: float | None = None
+    finished_at: float | None = None
+    elapsed: float | None = None  # seconds since the first task started (until the job finished)
+    eta: float | None = None  # seconds until done at the rate so far
+    error: str | None = None
+    cost: dict[str, float] = field(default_factory=dict)  # so far, per currency (failed attempts too)
+    projected_cost: dict[str, float] = field(default_factory=dict)  # at completion, at the rate so far
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def summarize(job: Mapping[str, Any], state_rows: Iterable[tuple], costs: Mapping[str, int],
+              now: float | None = None) -> JobStatus:
+    """A job's status from its row (JOB_COLUMNS), its tasks grouped by state as (state, count,
+    frames finished, weight, weight x progress), and its cost so far per currency (10^-12 units)."""
+    now = time.time() if now is None else now
+    counts = {s.value: 0 for s in TaskState}
+    frames_done = 0
+    done_share = partial = 0.0
+    for state, n, frames, share, weighted in state_rows:
+        counts[state] = int(n)
+        if state == TaskState.DONE.value:
+            frames_done += int(frames)
+            done_share += float(share)
+        elif state == TaskState.RUNNING.value:
+            partial += float(weighted)
+    total = max(job["frame_count"], 1)
+    done = job["state"] == JobState.DONE.value
+    progress = 1.0 if done else min((done_share + partial) / total, 1.0)
+    done_fraction = min(done_share / total, 1.0)
+    if done or done_fraction >= 1.0:
+        projected = dict(costs)
+    elif done_fraction > 0:
+        projected = {c: round(v / done_fraction) for c, v in costs.items()}
+    else:
+        projected = {}
+    elapsed = eta = None
+    if job["started_at"] is not None:
+        elapsed = (job["finished_at"] or now) - job["started_at"]
+        if job["finished_at"] is None and progress > 0 and elapsed > 0:
+            eta = elapsed * (1 - progress) / progress
+    return JobStatus(
+        id=job["id"], name=job["name"], owner=job["owner"], state=job["state"], priority=job["priority"],
+        pool=job["pool"], renderer=job["renderer"], frames_spec=job["frames"], frames=job["frame_count"],
+        tasks=job["task_count"], chunk=job["chunk"], width=job["width"], height=job["height"],
+        frames_done=frames_done, progress=round(progress, 4), counts=counts, submitted_at=job["submitted_at"],
+        started_at=job["started_at"], finished_at=job["finished_at"], elapsed=elapsed, eta=eta, error=job["error"],
+        cost={c: v / PICO for c, v in costs.items()}, projected_cost={c: v / PICO for c, v in projected.items()},
+    )

@@ -1,0 +1,402 @@
+"""The state machine: the only code that changes a job's, task's, attempt's or worker's state.
+
+Every function takes the manager's open session and the time, and is safe to call with a stale
+event (an attempt that is no longer current is left alone), so replaying events changes nothing.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import TYPE_CHECKING
+
+from sqlalchemy import func, insert, select, update
+
+from renderfarm.models import (
+    ATTEMPT_ACTIVE,
+    JOB_FINAL,
+    TASK_FINAL,
+    Attempt,
+    AttemptState,
+    Job,
+    JobState,
+    Task,
+    TaskKind,
+    TaskState,
+    Worker,
+    WorkerState,
+)
+
+if TYPE_CHECKING:
+    from sqlmodel import Session
+
+    from renderfarm.sites import Usage
+
+    from renderfarm.planning import TaskPlan
+
+_INSERT_BATCH = 5000
+
+
+def create_job(session: Session, job: Job, plans: list[TaskPlan]) -> None:
+    """Insert a job and all its tasks (pending) in the caller's transaction."""
+    job.state = JobState.QUEUED.value
+    job.task_count = len(plans)
+    session.add(job)
+    session.flush()
+    rows = [
+        {
+            "job_id": job.id,
+            "index": p.index,
+            "kind": p.kind,
+            "frames": p.spec,
+            "first_frame": p.frames[0],
+            "frame_count": len(p.frames),
+            "tile": p.tile,
+            "weight": p.share,
+            "rank": p.rank,
+            # A frame's assembly waits until all its tiles are committed.
+            "state": (TaskState.WAITING if p.kind == TaskKind.ASSEMBLE.value else TaskState.PENDING).value,
+            "attempts": 0,
+            "progress": 0.0,
+        }
+        for p in plans
+    ]
+    for start in range(0, len(rows), _INSERT_BATCH):
+        session.execute(insert(Task), rows[start : start + _INSERT_BATCH])
+
+
+def queue_attempt(session: Session, task: Task, worker: str, now: float) -> Attempt:
+    """A new attempt of a pending task, handed to `worker`'s queue."""
+    assert task.state == TaskState.PENDING.value, f"task {task.id} is {task.state}, not pending"
+    task.attempts += 1
+    task.state = TaskState.QUEUED.value
+    task.worker = worker
+    task.progress = 0.0
+    attempt = Attempt(
+        task_id=task.id, job_id=task.job_id, number=task.attempts, worker=worker,
+        state=AttemptState.QUEUED.value, queued_at=now,
+    )
+    session.add(attempt)
+    session.flush()
+    return attempt
+
+
+def _is_current(task: Task, attempt: Attempt) -> bool:
+    return attempt.number == task.attempts and task.state not in {s.value for s in TASK_FINAL}
+
+
+def start_attempt(session: Session, attempt: Attempt, now: float) -> bool:
+    """A worker began rendering the attempt. False if the attempt is no longer live."""
+    if attempt.state != AttemptState.QUEUED.value:
+        return False
+    task = session.get(Task, attempt.task_id)
+    attempt.state = AttemptState.RUNNING.value
+    attempt.started_at = now
+    if _is_current(task, attempt):
+        task.state = TaskState.RUNNING.value
+        task.started_at = task.started_at or now
+        job = session.get(Job, attempt.job_id)
+        if job.state == JobState.QUEUED.value:
+            job.state = JobState.RUNNING.value
+            job.started_at = now
+    _set_worker_task(session, attempt.worker, f"{attempt.job_id}:{task.index}")
+    return True
+
+
+def note_progress(session: Session, attempt: Attempt, progress: float) -> None:
+    if attempt.state != AttemptState.RUNNING.value:
+        return
+    task = session.get(Task, attempt.task_id)
+    if _is_current(task, attempt):
+        task.progress = max(0.0, min(1.0, progress))
+
+
+def is_current(session: Session, attempt: Attempt) -> bool:
+    """Whether the attempt is still its task's live attempt (no other won, none superseded it)."""
+    return _is_current(session.get(Task, attempt.task_id), attempt)
+
+
+def complete_attempt(session: Session, attempt: Attempt, now: float, log_key: str | None) -> bool:
+    """The attempt's outputs were verified and promoted: the task is done, exactly once.
+
+    False for a stale event: an attempt that is no longer live is left as it is, and a live one
+    whose task has moved on (a newer attempt, or a final state) is discarded, its task untouched.
+    """
+    if attempt.state not in {s.value for s in ATTEMPT_ACTIVE}:
+        return False
+    task = session.get(Task, attempt.task_id)
+    if not _is_current(task, attempt):
+        discard_attempt(session, attempt, now, "superseded before it finished")
+        return False
+    attempt.state = AttemptState.DONE.value
+    attempt.finished_at = now
+    attempt.log_key = log_key
+    task.state = TaskState.DONE.value
+    task.worker = attempt.worker
+    task.progress = 1.0
+    task.finished_at = now
+    task.error = None
+    _set_worker_task(session, attempt.worker, None)
+    if task.kind == TaskKind.TILE.value:
+        _release_assembly(session, task)
+    return True
+
+
+def _frame_tasks(session: Session, tile_task: Task) -> tuple[int, int]:
+    """The index range of a tile task's frame: its tiles are [first, last), its assembly is last."""
+    job = session.get(Job, tile_task.job_id)
+    first = tile_task.index - tile_task.tile
+    return first, first + job.tile_count
+
+
+def _release_assembly(session: Session, tile_task: Task) -> None:
+    """Once every tile of a frame is committed, its assembly may be handed out."""
+    first, assembly = _frame_tasks(session, tile_task)
+    unfinished = session.scalar(
+        select(func.count()).select_from(Task).where(
+            Task.job_id == tile_task.job_id, Task.index >= first, Task.index < assembly,
+            Task.state != TaskState.DONE.value,
+        )
+    )
+    if unfinished == 0:
+        session.execute(
+            update(Task)
+            .where(Task.job_id == tile_task.job_id, Task.index == assembly, Task.state == TaskState.WAITING.value)
+            .values(state=TaskState.PENDING.value)
+        )
+
+
+def reopen_tiles(session: Session, assembly: Task, tiles: list[int]) -> list[Task]:
+    """An assembly found these tiles missing or broken in storage: render them again, and let the
+    assembly wait for them. Returns the reopened tile tasks."""
+    job = session.get(Job, assembly.job_id)
+    first = assembly.index - job.tile_count
+    reopened = session.scalars(
+        select(Task).where(
+            Task.job_id == assembly.job_id, Task.index.in_([first + t for t in tiles if 0 <= t < job.tile_count]),
+            Task.kind == TaskKind.TILE.value,
+        )
+    ).all()
+    for task in reopened:
+        if task.state == TaskState.DONE.value:
+            task.state = TaskState.PENDING.value
+            task.progress = 0.0
+            task.finished_at = None
+    if reopened and assembly.state == TaskState.PENDING.value:
+        assembly.state = TaskState.WAITING.value
+    return list(reopened)
+
+
+def discard_attempt(session: Session, attempt: Attempt, now: float, why: str) -> None:
+    """A later attempt of a task that is already done (or no longer wanted)."""
+    if attempt.state in {s.value for s in ATTEMPT_ACTIVE}:
+        attempt.state = AttemptState.CANCELLED.value
+        attempt.finished_at = now
+        attempt.error = why
+    _set_worker_task(session, attempt.worker, None)
+
+
+def fail_attempt(session: Session, attempt: Attempt, now: float, error: str, log_key: str | None, max_attempts: int) -> None:
+    """The attempt failed: retry the task, or fail it once it has used up its attempts."""
+    if attempt.state not in {s.value for s in ATTEMPT_ACTIVE}:
+        return
+    attempt.state = AttemptState.FAILED.value
+    attempt.finished_at = now
+    attempt.error = error[:4000]
+    attempt.log_key = log_key
+    _set_worker_task(session, attempt.worker, None)
+    task = session.get(Task, attempt.task_id)
+    if not _is_current(task, attempt):
+        return
+    task.failures += 1
+    task.error = error[:4000]
+    task.progress = 0.0
+    if task.failures >= max_attempts:
+        task.state = TaskState.FAILED.value
+        task.finished_at = now
+    else:
+        task.state = TaskState.PENDING.value
+
+
+def lose_attempt(session: Session, attempt: Attempt, now: float, why: str) -> None:
+    """The attempt's worker left or vanished: the task goes back to pending, not counted as a failure."""
+    if attempt.state not in {s.value for s in ATTEMPT_ACTIVE}:
+        return
+    started = attempt.state == AttemptState.RUNNING.value
+    attempt.state = (AttemptState.LOST if started else AttemptState.CANCELLED).value
+    attempt.finished_at = now
+    attempt.error = why
+    task = session.get(Task, attempt.task_id)
+    if _is_current(task, attempt):
+        task.state = TaskState.PENDING.value
+        task.progress = 0.0
+
+
+def refresh_job(session: Session, job: Job, now: float) -> None:
+    """Finish a job whose tasks are all final: done, or failed naming its failed tasks."""
+    if job.state not in (JobState.QUEUED.value, JobState.RUNNING.value):
+        return
+    # One index probe while any task is unfinished (a 100,000-task job is asked after every batch).
+    unfinished = [s.value for s in TaskState if s not in TASK_FINAL]
+    if session.scalar(select(Task.id).where(Task.job_id == job.id, Task.state.in_(unfinished)).limit(1)) is not None:
+        return
+    failed = task_counts(session, job.id).get(TaskState.FAILED.value, 0)
+    job.finished_at = now
+    job.started_at = job.started_at or now
+    if failed:
+        indexes = session.scalars(
+            select(Task.index).where(Task.job_id == job.id, Task.state == TaskState.FAILED.value)
+            .order_by(Task.index).limit(20)
+        ).all()
+        more = f" and {failed - len(indexes)} more" if failed > len(indexes) else ""
+        job.state = JobState.FAILED.value
+        job.error = f"{failed} task(s) failed: " + ", ".join(f"{job.id}:{i}" for i in indexes) + more
+    else:
+        job.state = JobState.DONE.value
+
+
+def task_counts(session: Session, job_id: str) -> dict[str, int]:
+    rows = session.execute(
+        select(Task.state, func.count()).where(Task.job_id == job_id).group_by(Task.state)
+    ).all()
+    return {state: n for state, n in rows}
+
+
+def see_worker(session: Session, name: str, info: dict, now: float) -> Worker:
+    """Record a live worker from its heartbeat (creating it on first sight)."""
+    worker = session.get(Worker, name)
+    if worker is None:
+        worker = Worker(name=name, host="", pid=0, started_at=now, last_seen=now)
+        session.add(worker)
+    worker.host = str(info.get("host", ""))[:255]
+    worker.pid = int(info.get("pid", 0) or 0)
+    worker.pool = str(info.get("pool", "default"))[:64]
+    worker.site = str(info.get("site") or "local")[:64]
+    worker.cores = int(info.get("cores", 1) or 1)
+    worker.version = str(info.get("version", ""))[:32]
+    worker.started_at = float(info.get("started_at", now) or now)
+    worker.last_seen = now
+    stopping = info.get("state") == WorkerState.STOPPING.value
+    if stopping:
+        worker.state = WorkerState.STOPPING.value
+    elif worker.state in (WorkerState.OFFLINE.value, WorkerState.STOPPING.value):
+        worker.state = WorkerState.BUSY.value if worker.current_task else WorkerState.IDLE.value
+    return worker
+
+
+def worker_offline(session: Session, name: str, now: float, why: str) -> list[Attempt]:
+    """A worker left or died: it goes offline and its live attempts are lost; returns them."""
+    worker = session.get(Worker, name)
+    if worker is not None:
+        worker.state = WorkerState.OFFLINE.value
+        worker.current_task = None
+    attempts = session.scalars(
+        select(Attempt).where(Attempt.worker == name, Attempt.state.in_([s.value for s in ATTEMPT_ACTIVE]))
+    ).all()
+    for attempt in attempts:
+        lose_attempt(session, attempt, now, why)
+    return list(attempts)
+
+
+def _set_worker_task(session: Session, name: str, task: str | None) -> None:
+    worker = session.get(Worker, name)
+    if worker is None or worker.state == WorkerState.OFFLINE.value:
+        return
+    worker.current_task = task
+    if worker.state != WorkerState.STOPPING.value:
+        worker.state = (WorkerState.BUSY if task else WorkerState.IDLE).value
+
+
+def mark_tasks(session: Session, task_ids: Iterable[int], state: TaskState) -> None:
+    ids = list(task_ids)
+    if ids:
+        session.execute(update(Task).where(Task.id.in_(ids)).values(state=state.value))
+
+
+# -- wrangler verbs ---------------------------------------------------------------------------
+
+
+def cancel_job(session: Session, job: Job, now: float) -> list[Attempt]:
+    """Cancel a job: every unfinished task is cancelled with its live attempts; returns those
+    attempts (the caller takes them back from their workers)."""
+    live = _live_attempts(session, job.id)
+    for attempt in live:
+        attempt.state = AttemptState.CANCELLED.value
+        attempt.finished_at = now
+        attempt.error = "job cancelled"
+        _set_worker_task(session, attempt.worker, None)
+    final = [s.value for s in TASK_FINAL]
+    session.execute(
+        update(Task).where(Task.job_id == job.id, Task.state.not_in(final))
+        .values(state=TaskState.CANCELLED.value, finished_at=now)
+    )
+    if job.state not in {s.value for s in JOB_FINAL}:
+        job.state = JobState.CANCELLED.value
+        job.finished_at = now
+    return live
+
+
+def suspend_job(session: Session, job: Job) -> list[Attempt]:
+    """No new task of the job starts until it is resumed; returns its live attempts."""
+    if job.state in (JobState.QUEUED.value, JobState.RUNNING.value):
+        job.state = JobState.SUSPENDED.value
+    return _live_attempts(session, job.id)
+
+
+def resume_job(session: Session, job: Job) -> None:
+    if job.state == JobState.SUSPENDED.value:
+        job.state = (JobState.RUNNING if job.started_at else JobState.QUEUED).value
+
+
+def retry_job(session: Session, job: Job, *, everything: bool) -> int:
+    """Render the job's failed tasks again (with `everything`, every task but cancelled ones),
+    each with its full number of attempts; returns how many tasks go back to pending."""
+    states = [TaskState.FAILED.value] + ([TaskState.DONE.value, TaskState.CANCELLED.value] if everything else [])
+    tasks = session.scalars(select(Task).where(Task.job_id == job.id, Task.state.in_(states))).all()
+    for task in tasks:
+        task.state = (TaskState.WAITING if task.kind == TaskKind.ASSEMBLE.value else TaskState.PENDING).value
+        task.failures = 0
+        task.error = None
+        task.progress = 0.0
+        task.finished_at = None
+    if tasks or everything:
+        if job.state in {s.value for s in JOB_FINAL}:
+            job.state = (JobState.RUNNING if job.started_at else JobState.QUEUED).value
+            job.finished_at = None
+            job.error = None
+    _release_waiting_assemblies(session, job, [t for t in tasks if t.kind == TaskKind.ASSEMBLE.value])
+    return len(tasks)
+
+
+def _release_waiting_assemblies(session: Session, job: Job, assemblies: list[Task]) -> None:
+    """Assemblies retried on their own (their tiles still committed) may go at once."""
+    for assembly in assemblies:
+        first = assembly.index - job.tile_count
+        unfinished = session.scalar(
+            select(func.count()).select_from(Task).where(
+                Task.job_id == job.id, Task.index >= first, Task.index < assembly.index,
+                Task.state != TaskState.DONE.value,
+            )
+        )
+        if unfinished == 0:
+            assembly.state = TaskState.PENDING.value
+
+
+def _live_attempts(session: Session, job_id: str) -> list[Attempt]:
+    return list(session.scalars(
+        select(Attempt).where(Attempt.job_id == job_id, Attempt.state.in_([s.value for s in ATTEMPT_ACTIVE]))
+    ).all())
+
+
+def record_usage(session: Session, attempt: Attempt, site: str, usage: Usage, *, wall: float, cpu: float) -> bool:
+    """What an attempt burned, once (a replayed event changes nothing); failed and handed-back
+    attempts too, since they burned power as well."""
+    if attempt.wall_seconds is not None:
+        return False
+    attempt.site = site
+    attempt.wall_seconds = wall
+    attempt.cpu_seconds = cpu
+    attempt.energy_ukwh = usage.energy_ukwh
+    attempt.cost_pico = usage.cost_pico
+    attempt.co2_ng = usage.co2_ng
+    attempt.currency = usage.currency
+    return True

@@ -1,0 +1,295 @@
+"""`farm up` / `farm down`: a whole farm on one machine, started from the state directory.
+
+What the configuration already points elsewhere (a Redis, an S3 endpoint, a file:// store) is
+used instead of being started. Ports, passwords and keys are generated once, kept 0600 in
+``local.json`` and reused, so `farm env` stays valid across restarts.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import secrets
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from renderfarm import keys
+from renderfarm.config import LOCAL_BUCKET, Settings, load_settings, read_local_file, settings_env
+from renderfarm.errors import RenderFarmError
+from renderfarm.localfarm import services
+
+RUN_FILE = "run.json"
+STOP_ORDER = ("worker", "manager", "weed", "valkey")
+
+
+@dataclass
+class FarmProcess:
+    role: str
+    name: str
+    pid: int
+    start_time: int | None
+    log: str
+    popen: subprocess.Popen | None = field(default=None, repr=False, compare=False)
+
+    def alive(self) -> bool:
+        if self.popen is not None:
+            return self.popen.poll() is None
+        return services.alive(self.pid, self.start_time)
+
+    def signal(self, sig: int) -> None:
+        if self.alive():
+            try:
+                os.kill(self.pid, sig)
+            except ProcessLookupError:
+                pass
+
+
+class LocalFarm:
+    """The local farm of one state directory."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.state_dir = settings.state_dir
+        self.processes: list[FarmProcess] = []
+
+    # -- the state directory ------------------------------------------------------------------
+
+    @property
+    def run_file(self) -> Path:
+        return self.state_dir / RUN_FILE
+
+    @contextmanager
+    def _locked(self) -> Iterator[None]:
+        """One `farm up` or `farm down` at a time per state directory."""
+        self._prepare_state_dir()
+        with (self.state_dir / ".lock").open("w") as f:
+            fcntl.flock(f, fcntl.LOCK_EX)
+            yield
+
+    def _prepare_state_dir(self) -> None:
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        os.chmod(self.state_dir, 0o700)
+
+    def _local_settings(self, starting: set[str]) -> dict:
+        """Generated once: ports, the Valkey password, the S3 keys. The ports of the servers about
+        to start are replaced if something else took them meanwhile."""
+        local = read_local_file(self.state_dir)
+        changed = False
+        if "valkey_password" not in local:
+            local.update(
+                valkey_password=secrets.token_urlsafe(24),
+                s3_access_key="RF" + secrets.token_hex(9).upper(),
+                s3_secret_key=secrets.token_urlsafe(30),
+            )
+            changed = True
+        wanted = ["valkey_port", "s3_port"] + [f"weed_{s}" for s in services.WEED_SERVICES if s != "s3"]
+        for name in wanted:
+            port = local.get(name)
+            server = "valkey" if name == "valkey_port" else "seaweedfs"
+            if isinstance(port, int) and (
+                server not in starting or (services.port_free(port) and services.port_free(port + 10000))
+            ):
+                continue
+            taken = {v for k, v in local.items() if k.endswith("_port") or k.startswith("weed_")}
+            local[name] = services.free_ports(1, avoid=taken)[0]
+            changed = True
+        if changed:
+            services.write_private(self.state_dir / "local.json", json.dumps(local, indent=2))
+        return local
+
+    def read_run_file(self) -> list[FarmProcess]:
+        try:
+            doc = json.loads(self.run_file.read_text())
+        except (FileNotFoundError, ValueError):
+            return []
+        return [FarmProcess(**p) for p in doc.get("processes", [])]
+
+    def _write_run_file(self, detached: bool) -> None:
+        doc = {
+            "started_at": time.time(),
+            "detached": detached,
+            "processes": [
+                {"role": p.role, "name": p.name, "pid": p.pid, "start_time": p.start_time, "log": p.log}
+                for p in self.processes
+            ],
+        }
+        services.write_private(self.run_file, json.dumps(doc, indent=2))
+
+    def running(self) -> list[FarmProcess]:
+        """The farm processes of this state directory that are alive now."""
+        return [p for p in self.read_run_file() if p.alive()]
+
+    # -- up -----------------------------------------------------------------------------------
+
+    def up(self, workers: int, *, detach: bool, on_step: Callable[[str], None] = lambda _: None,
+           sites: list[str] | None = None) -> Settings:
+        """Start what this farm needs and is not running (all of it, or what died: a farm whose
+        Valkey crashed gets its Valkey back); returns the settings every farm process uses."""
+        with self._locked():
+            alive = [p for p in self.read_run_file() if p.alive()]
+            names = [f"{self._host()}-w{i}" for i in range(1, workers + 1)]
+            wanted = {"valkey", "seaweedfs", "manager", *names}
+            if alive and wanted <= {p.name for p in alive} | self._not_ours():
+                raise AlreadyRunning(f"the local farm is already running ({len(alive)} processes); `farm down` stops it")
+            self.processes = alive
+            try:
+                for site in sites or ():
+                    self.settings.site(site)  # a site farm.toml does not name is refused here
+                settings = self._start(names, detach, on_step, running={p.name for p in alive}, sites=sites or [])
+            except BaseException:
+                self._stop([p for p in self.processes if p not in alive], grace=3.0)
+                self.processes = alive
+                self._write_run_file(detach)
+                raise
+            self._write_run_file(detach)
+            return settings
+
+    def _not_ours(self) -> set[str]:
+        """Services configured elsewhere, which this farm never starts."""
+        out = set()
+        if self.settings.configured_elsewhere("redis_url"):
+            out.add("valkey")
+        if not self._runs_s3():
+            out.add("seaweedfs")
+        return out
+
+    def _runs_s3(self) -> bool:
+        s = self.settings
+        return s.storage_url.startswith("s3://") and not s.configured_elsewhere("s3_endpoint_url") \
+            and not s.configured_elsewhere("storage_url")
+
+    @staticmethod
+    def _host() -> str:
+        return os.uname().nodename.split(".")[0]
+
+    def _start(self, names: list[str], detach: bool, on_step: Callable[[str], None], running: set[str],
+               sites: list[str]) -> Settings:
+        starting = {"valkey", "seaweedfs"} - self._not_ours() - running
+        local = self._local_settings(starting)
+        settings = load_settings()
+        if settings.state_dir != self.state_dir:  # FARM_STATE_DIR changed under us: keep ours
+            raise RenderFarmError(f"state directory moved from {self.state_dir} to {settings.state_dir}")
+        logs = self.state_dir / "logs"
+        if "valkey" in starting:
+            on_step("valkey")
+            self._start_valkey(local, logs, detach)
+        if "seaweedfs" in starting:
+            on_step("seaweedfs")
+            self._start_weed(local, logs, detach)
+        env = {**os.environ, **settings_env(settings)}
+        if "manager" not in running:
+            on_step("manager")
+            manager = self._spawn("manager", "manager", [sys.executable, "-m", "renderfarm.manager"], env, logs, detach)
+            self._wait_for_manager(settings, manager)
+        missing = [n for n in names if n not in running]
+        if missing:
+            on_step(f"{len(missing)} worker(s)")
+        for name in missing:
+            argv = [sys.executable, "-m", "renderfarm_worker", f"--name={name}"]
+            if sites:  # workers spread over the given sites in turn
+                argv.append(f"--site={sites[names.index(name) % len(sites)]}")
+            self._spawn("worker", name, argv, env, logs, detach)
+        self._wait_for_workers(settings, missing)
+        return settings
+
+    def _spawn(self, role: str, name: str, argv: list[str], env: dict, logs: Path, detach: bool) -> FarmProcess:
+        log_path = logs / f"{name}.log"
+        popen = services.spawn(argv, cwd=self.state_dir, env=env, log_path=log_path, detach=detach)
+        proc = FarmProcess(role, name, popen.pid, services.process_start_time(popen.pid), str(log_path), popen)
+        self.processes.append(proc)
+        return proc
+
+    def _start_valkey(self, local: dict, logs: Path, detach: bool) -> None:
+        import redis
+
+        argv = services.valkey_argv(self.state_dir / "valkey", local["valkey_port"], local["valkey_password"], "127.0.0.1")
+        proc = self._spawn("valkey", "valkey", argv, dict(os.environ), logs, detach)
+        client = redis.Redis(host="127.0.0.1", port=local["valkey_port"], password=local["valkey_password"], socket_timeout=2)
+        services.wait_until(client.ping, timeout=30, proc=proc.popen, what="valkey", log_path=Path(proc.log))
+        # Valkey loads its append-only file before answering; PING answers LOADING errors until then.
+        client.close()
+
+    def _start_weed(self, local: dict, logs: Path, detach: bool) -> None:
+        ports = {"s3": local["s3_port"], **{s: local[f"weed_{s}"] for s in services.WEED_SERVICES if s != "s3"}}
+        ports.update({f"{s}.grpc": p + 10000 for s, p in list(ports.items())})
+        argv = services.weed_argv(
+            self.state_dir / "s3", ports, local["s3_access_key"], local["s3_secret_key"], "127.0.0.1", LOCAL_BUCKET
+        )
+        proc = self._spawn("weed", "seaweedfs", argv, dict(os.environ), logs, detach)
+        from renderfarm.storage import open_storage
+
+        storage = open_storage(load_settings())
+
+        def ready() -> bool:
+            # A bucket answers before the volume servers do: write and read an object.
+            storage.check()
+            storage.put_bytes(".farm-probe", b"ok")
+            return storage.get_bytes(".farm-probe") == b"ok"
+
+        services.wait_until(ready, timeout=60, proc=proc.popen, what="SeaweedFS", log_path=Path(proc.log))
+
+    def _wait_for_manager(self, settings: Settings, proc: FarmProcess) -> None:
+        from renderfarm.redisconn import connect
+
+        r = connect(settings)
+        services.wait_until(
+            lambda: r.exists(keys.MANAGER_LEADER) and proc.alive(), timeout=60, proc=proc.popen,
+            what="the manager", log_path=Path(proc.log),
+        )
+
+    def _wait_for_workers(self, settings: Settings, names: list[str]) -> None:
+        from renderfarm import presence
+        from renderfarm.redisconn import connect
+
+        r = connect(settings)
+        workers = {p.name: p for p in self.processes if p.name in names}
+
+        def all_live() -> bool:
+            for name, proc in workers.items():
+                if not proc.alive():
+                    raise services.ServiceError(f"worker {name} exited while starting; see {proc.log}")
+            return set(names) <= set(presence.live_workers(r))
+
+        services.wait_until(all_live, timeout=60, proc=None, what="the workers", log_path=None)
+
+    # -- down ---------------------------------------------------------------------------------
+
+    def down(self, *, grace: float = 10.0) -> list[FarmProcess]:
+        """Stop every process this farm started; returns those that were running."""
+        with self._locked():
+            procs = self.processes or self.read_run_file()
+            alive = [p for p in procs if p.alive()]
+            self._stop(procs, grace)
+            self.run_file.unlink(missing_ok=True)
+            self.processes = []
+            return alive
+
+    def _stop(self, procs: list[FarmProcess], grace: float) -> None:
+        """Workers first (they finish or abandon their task), then the manager, then the servers."""
+        for role in STOP_ORDER:
+            group = [p for p in procs if p.role == role]
+            if not group:
+                continue
+            _signal_and_wait(group, signal.SIGTERM, grace)
+            if role == "worker":  # a second SIGTERM is RQ's cold shutdown
+                _signal_and_wait(group, signal.SIGTERM, 5.0)
+            _signal_and_wait(group, signal.SIGKILL, 5.0)
+
+
+class AlreadyRunning(RenderFarmError):
+    """`farm up` found this state directory's farm already running."""
+
+
+def _signal_and_wait(procs: list[FarmProcess], sig: int, timeout: float) -> None:
+    for p in procs:
+        p.signal(sig)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and any(p.alive() for p in procs):
+        time.sleep(0.05)

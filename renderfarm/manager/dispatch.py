@@ -1,0 +1,229 @@
+"""Keeping every live worker's queue filled: one task running plus one prefetched, chosen by pick_task."""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from sqlalchemy import func, select
+
+from renderfarm import lifecycle
+from renderfarm.frames import parse_frames
+from renderfarm.manager.expected import frame_tile_keys, job_tiles
+from renderfarm.models import ATTEMPT_ACTIVE, Attempt, AttemptState, Job, JobState, Task, TaskKind, TaskState
+from renderfarm.scheduling import Candidate, WorkerView, pick_task
+
+if TYPE_CHECKING:
+    from sqlmodel import Session
+
+QUEUE_DEPTH = 2  # one running + one prefetched
+MAX_JOBS_CONSIDERED = 200
+BLOCKLIST_AFTER = 3  # failed tasks of one job after which a worker gets no more of it
+
+
+@dataclass(frozen=True)
+class Handout:
+    """An attempt created in the database, to be put on its worker's queue after commit."""
+
+    worker: str
+    payload: dict[str, Any]
+    timeout: float
+
+
+@dataclass
+class Hands:
+    """Who holds what right now: active attempts per worker and per job, and which workers."""
+
+    per_worker: Counter
+    per_job: Counter
+    holders: dict[str, set[str]]
+
+    @classmethod
+    def load(cls, session: Session) -> Hands:
+        rows = session.execute(
+            select(Attempt.worker, Attempt.job_id, func.count())
+            .where(Attempt.state.in_([s.value for s in ATTEMPT_ACTIVE]))
+            .group_by(Attempt.worker, Attempt.job_id)
+        ).all()
+        hands = cls(Counter(), Counter(), {})
+        for worker, job_id, n in rows:
+            hands.add(worker, job_id, n)
+        return hands
+
+    def add(self, worker: str, job_id: str, n: int = 1) -> None:
+        self.per_worker[worker] += n
+        self.per_job[job_id] += n
+        self.holders.setdefault(job_id, set()).add(worker)
+
+
+class FairShare:
+    """Stride scheduling among jobs of equal priority: each hand-out advances its job's pass by
+    one, and the lowest pass goes next. A job joining the farm starts at the lowest pass of the
+    others, so it gets its share at once without a burst that would starve the older jobs."""
+
+    def __init__(self) -> None:
+        self.passes: dict[str, float] = {}
+
+    def view(self, job_ids: set[str]) -> dict[str, float]:
+        known = [self.passes[j] for j in job_ids if j in self.passes]
+        floor = min(known, default=0.0)
+        for job_id in job_ids:
+            self.passes.setdefault(job_id, floor)
+        for gone in set(self.passes) - job_ids:  # finished or suspended: forget them
+            del self.passes[gone]
+        return self.passes
+
+    def charge(self, job_id: str) -> None:
+        self.passes[job_id] = self.passes.get(job_id, 0.0) + 1.0
+
+
+def plan_handouts(session: Session, workers: list[WorkerView], fair: FairShare | None = None) -> list[Handout]:
+    """Create attempts for the free slots of `workers` (the live ones taking work), in the
+    caller's transaction."""
+    fair = fair or FairShare()
+    hands = Hands.load(session)
+    free = {w.name: QUEUE_DEPTH - hands.per_worker[w.name] for w in workers if hands.per_worker[w.name] < QUEUE_DEPTH}
+    if not free:
+        return []
+    candidates = runnable_candidates(session, sum(free.values()))
+    if not candidates:
+        return []
+    peers: dict[str, set[str]] = {}
+    for w in workers:
+        peers.setdefault(w.pool, set()).add(w.name)
+    shares = fair.view({c.job_id for c in candidates} | set(hands.per_job))
+    jobs: dict[str, Job] = {}
+    handouts: list[Handout] = []
+    now = time.time()
+    # First give every idle worker something to run, then fill the prefetch slots, so that a
+    # short job spreads over all workers instead of queueing two deep on the first one.
+    for depth in range(1, QUEUE_DEPTH + 1):
+        # Cheaper sites pick first, so cheapest-first jobs land there.
+        for view in sorted(workers, key=lambda w: (hands.per_worker[w.name], w.price, w.name)):
+            if hands.per_worker[view.name] >= depth:
+                continue
+            held = {job: frozenset(ws) for job, ws in hands.holders.items()}
+            idle = [w.price for w in workers if w.pool == view.pool and hands.per_worker[w.name] == 0]
+            choice = pick_task(view, candidates, peers[view.pool], shares, held, min(idle, default=None))
+            if choice is None:
+                continue
+            candidates.remove(choice)
+            task = session.get(Task, choice.task_id)
+            job = jobs.get(choice.job_id) or jobs.setdefault(choice.job_id, session.get(Job, choice.job_id))
+            attempt = lifecycle.queue_attempt(session, task, view.name, now)
+            handouts.append(Handout(view.name, attempt_payload(job, task, attempt), job.timeout))
+            hands.add(view.name, job.id)
+            fair.charge(job.id)
+    return handouts
+
+
+def runnable_jobs(session: Session) -> list[tuple]:
+    """Jobs that may start tasks now: queued or running (not suspended), and whose --after job is
+    done; most urgent first."""
+    rows = session.execute(
+        select(Job.id, Job.priority, Job.submitted_at, Job.pool, Job.max_workers, Job.after, Job.site, Job.prefer)
+        .where(Job.state.in_([JobState.QUEUED.value, JobState.RUNNING.value]))
+        .order_by(Job.priority.desc(), Job.submitted_at)
+        .limit(MAX_JOBS_CONSIDERED)
+    ).all()
+    parents = {r.after for r in rows if r.after}
+    done = set()
+    if parents:
+        done = set(session.scalars(select(Job.id).where(Job.id.in_(parents), Job.state == JobState.DONE.value)))
+    return [r for r in rows if not r.after or r.after in done]
+
+
+def runnable_candidates(session: Session, wanted: int) -> list[Candidate]:
+    """The first `wanted` pending tasks of each runnable job (first-last frames first), with the
+    workers each already failed on and the workers blocklisted for its job."""
+    jobs = runnable_jobs(session)
+    if not jobs:
+        return []
+    failed = AttemptState.FAILED.value
+    blocked: dict[str, set[str]] = {}
+    for job_id, worker in session.execute(
+        select(Attempt.job_id, Attempt.worker)
+        .where(Attempt.job_id.in_([j.id for j in jobs]), Attempt.state == failed)
+        .group_by(Attempt.job_id, Attempt.worker)
+        .having(func.count(func.distinct(Attempt.task_id)) >= BLOCKLIST_AFTER)
+    ):
+        blocked.setdefault(job_id, set()).add(worker)
+    rows: list[tuple] = []
+    for job in jobs:
+        tasks = session.execute(
+            select(Task.id, Task.index, Task.attempts, Task.rank)
+            .where(Task.job_id == job.id, Task.state == TaskState.PENDING.value)
+            .order_by(Task.rank, Task.index)
+            .limit(wanted)
+        ).all()
+        rows += [(t.id, job, t.index, t.attempts, t.rank) for t in tasks]
+    failed_on: dict[int, set[str]] = {}
+    retried = [r[0] for r in rows if r[3] > 0]
+    for start in range(0, len(retried), 500):
+        for task_id, worker in session.execute(
+            select(Attempt.task_id, Attempt.worker).where(
+                Attempt.task_id.in_(retried[start : start + 500]), Attempt.state == failed
+            )
+        ):
+            failed_on.setdefault(task_id, set()).add(worker)
+    return [
+        Candidate(task_id, job.id, index, job.priority, job.submitted_at, job.pool,
+                  frozenset(failed_on.get(task_id, ())), frozenset(blocked.get(job.id, ())), rank, job.max_workers,
+                  job.site, job.prefer == "cheapest")
+        for task_id, job, index, _attempts, rank in rows
+    ]
+
+
+def outranked_prefetches(session: Session) -> list[tuple[Attempt, int]]:
+    """Prefetched attempts (queued, not started, behind a running one) of jobs that a runnable
+    job with pending tasks outranks in priority, in the same pool: withdrawn, they let the more
+    urgent work start as soon as a worker frees up. Returns (attempt, task index) pairs."""
+    jobs = runnable_jobs(session)
+    waiting: dict[str, int] = {}
+    for job in jobs:
+        has_pending = session.scalar(
+            select(Task.id).where(Task.job_id == job.id, Task.state == TaskState.PENDING.value).limit(1)
+        )
+        if has_pending is not None:
+            waiting[job.pool] = max(waiting.get(job.pool, -1), job.priority)
+    if not waiting:
+        return []
+    busy = select(Attempt.worker).where(Attempt.state == AttemptState.RUNNING.value)
+    rows = session.execute(
+        select(Attempt, Task.index, Job.priority, Job.pool)
+        .join(Task, Task.id == Attempt.task_id).join(Job, Job.id == Attempt.job_id)
+        .where(Attempt.state == AttemptState.QUEUED.value, Attempt.worker.in_(busy))
+    ).all()
+    return [(a, index) for a, index, priority, pool in rows if priority < waiting.get(pool, -1)]
+
+
+def attempt_payload(job: Job, task: Task, attempt: Attempt) -> dict[str, Any]:
+    """The JSON a worker receives: ids and plain values only, never secrets."""
+    payload: dict[str, Any] = {
+        "v": 1,
+        "kind": task.kind,
+        "attempt_id": attempt.id,
+        "attempt": attempt.number,
+        "task_id": task.id,
+        "task_index": task.index,
+        "job_id": job.id,
+        "name": job.name,
+        "renderer": job.renderer,
+        "scene_key": job.scene_key,
+        "scene_sha256": job.scene_sha256,
+        "frames": parse_frames(task.frames),
+        "format": job.output_format,
+        "width": job.width,
+        "height": job.height,
+        "timeout": job.timeout,
+    }
+    tiles = job_tiles(job)
+    if task.kind == TaskKind.TILE.value:
+        t = tiles[task.tile]
+        payload["region"] = [t.x, t.y, t.width, t.height]
+    elif task.kind == TaskKind.ASSEMBLE.value:
+        payload["grid"] = job.tiles
+        payload["tile_keys"] = frame_tile_keys(job, task.first_frame)
+    return payload

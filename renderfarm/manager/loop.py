@@ -1,0 +1,391 @@
+"""The manager: the farm's only database writer. It applies intents and worker events, keeps
+every live worker's queue filled, reaps dead workers, reconciles against Redis, finishes jobs."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from typing import TYPE_CHECKING
+
+from sqlalchemy import select
+
+from renderfarm import lifecycle, presence, queues, streams
+from renderfarm.db import make_engine, session_scope, upgrade
+from renderfarm.errors import StorageError
+from renderfarm.manager.dispatch import FairShare, outranked_prefetches, plan_handouts
+from renderfarm.manager.intake import Batch, apply_event, apply_intent
+from renderfarm.manager.leader import LeaderLock
+from renderfarm.manager.reconcile import SWEEP_EVERY, Reconciler
+from renderfarm.models import Job, Worker, WorkerState
+from renderfarm.redisconn import connect
+from renderfarm.scheduling import WorkerView
+from renderfarm.storage import open_storage
+
+if TYPE_CHECKING:
+    from renderfarm.config import Settings
+
+log = logging.getLogger("renderfarm.manager")
+
+LEADER_TTL = 10.0
+LEADER_RENEW = 2.0
+WORKER_REFRESH = 5.0  # how often a live worker's row (last seen) is written
+REAP_EVERY = 1.0  # seconds between reaper sweeps
+DEFER_RETRY = 2.0  # seconds before an event deferred by a storage outage is tried again
+REBALANCE_EVERY = 1.0
+DELETE_EVERY = 5.0  # seconds between bulk deletes of storage copies nothing needs any more  # seconds between looks for prefetched work that more urgent work outranks
+
+
+class Manager:
+    """One manager process. `run()` blocks until `stop` is set."""
+
+    def __init__(self, settings: Settings, *, poll_ms: int = 200) -> None:
+        self.settings = settings
+        self.poll_ms = poll_ms
+        self.engine = make_engine(settings.database_url, writer=True)
+        self.storage = open_storage(settings)
+        self.r = None
+        self.lock: LeaderLock | None = None
+        self.live: dict[str, dict] = {}
+        self.reconciler = Reconciler()
+        self.fair = FairShare()
+        self.deferred: list[tuple[str, str, dict]] = []
+        self._retry_deferred_at = 0.0
+        self._missing: dict[str, int] = {}
+        self._beat_at: dict[str, float] = {}  # when the latest beat of each worker was first seen
+        self._beat_ts: dict[str, object] = {}
+        self._ttl: dict[str, float] = {}
+        self._written_at: dict[str, float] = {}
+        self._started = time.time()
+        self._redis_back_at = 0.0
+        self._next_reap = 0.0
+        self._next_reconcile = 0.0
+        self._next_rebalance = 0.0
+        self._doomed: list[str] = []  # storage keys to delete in bulk
+        self._next_delete = 0.0
+        self._next_renew = 0.0
+
+    # -- start and stop -------------------------------------------------------------------
+
+    def run(self, stop: threading.Event) -> None:
+        upgrade(self.engine)
+        self.r = self._connect(stop)
+        if self.r is None:
+            return
+        self.lock = LeaderLock(self.r, LEADER_TTL)
+        if not self._lead(stop):
+            return
+        try:
+            streams.ensure_groups(self.r)
+            self._check_storage(stop)
+            log.info("manager %s leading; database %s", self.lock.token, self.engine.url.render_as_string(hide_password=True))
+            self._loop(stop)
+        finally:
+            try:
+                self.delete_doomed(now=True)
+                self.lock.release()
+            except Exception:  # Redis may be gone already; the lock expires on its own
+                pass
+            self.engine.dispose()
+            log.info("manager stopped")
+
+    def _connect(self, stop: threading.Event):
+        from renderfarm.errors import FarmNotRunningError
+
+        while not stop.is_set():
+            try:
+                return connect(self.settings)
+            except FarmNotRunningError as e:
+                log.warning("%s; retrying", e)
+                stop.wait(2.0)
+        return None
+
+    def _check_storage(self, stop: threading.Event) -> None:
+        while not stop.is_set():
+            try:
+                self.storage.check()
+                return
+            except StorageError as e:
+                log.warning("%s; retrying", e)
+                stop.wait(2.0)
+
+    def _lead(self, stop: threading.Event) -> bool:
+        """Wait for the leader lock: a second manager waits while the first one lives."""
+        announced = False
+        while not stop.is_set():
+            if self.lock.acquire():
+                self._next_renew = time.monotonic() + LEADER_RENEW
+                return True
+            if not announced:
+                log.info("another manager (%s) is leading; waiting", self.lock.holder())
+                announced = True
+            stop.wait(1.0)
+        return False
+
+    # -- the loop -------------------------------------------------------------------------
+
+    def _loop(self, stop: threading.Event) -> None:
+        import redis
+
+        pending = True  # first re-read what we read but never acknowledged before a restart
+        idle = False
+        backoff = 0.5
+        while not stop.is_set():
+            try:
+                if time.monotonic() >= self._next_renew:
+                    if not self.lock.renew():
+                        log.error("lost the leader lock; waiting to lead again")
+                        if not self._lead(stop):
+                            return
+                    self._next_renew = time.monotonic() + LEADER_RENEW
+                # An idle manager blocks in Redis for the next entry rather than sleeping,
+                # so an intent or an event is applied the moment it arrives.
+                idle = not self.tick(pending=pending, block_ms=None if pending or not idle else self.poll_ms)
+                pending = False
+                backoff = 0.5
+            except redis.RedisError as e:
+                log.warning("Redis error (%s); retrying in %.1f s", e, backoff)
+                stop.wait(backoff)
+                backoff = min(backoff * 2, 5.0)
+                pending = True
+                # Workers could not beat while Redis was away: their TTLs count from its return.
+                self._redis_back_at = time.time() + backoff
+            except Exception:  # a bug must not stop the farm: log it, back off, carry on
+                log.exception("unexpected error in the manager loop; retrying in %.1f s", backoff)
+                stop.wait(backoff)
+                backoff = min(backoff * 2, 5.0)
+                pending = True
+
+    def tick(self, *, pending: bool = False, block_ms: int | None = None) -> bool:
+        """One round: apply what arrived, watch workers, reconcile, fill queues. True if anything
+        happened."""
+        if self.deferred and time.monotonic() >= self._retry_deferred_at:
+            again, self.deferred = self.deferred, []
+            self.apply(again)
+        entries = streams.read(self.r, pending=pending, block_ms=None if self.deferred else block_ms)
+        if pending:  # entries deferred before a reconnect come back as pending ones
+            held = {e for _, e, _ in self.deferred}
+            entries = [x for x in entries if x[1] not in held]
+        if entries:
+            self.apply(entries)
+            if any(stream == streams.keys.CONTROL_STREAM for stream, _, _ in entries):
+                self._next_rebalance = 0.0
+        self._doomed: list[str] = []  # storage keys to delete in bulk
+        self._next_delete = 0.0  # a new or reprioritised job may outrank prefetched work
+        self.watch_workers()
+        self.delete_doomed()
+        if time.monotonic() >= self._next_reconcile:
+            self._next_reconcile = time.monotonic() + SWEEP_EVERY
+            self.reconcile()
+        handed = self.dispatch()
+        return bool(entries) or handed > 0
+
+    def apply(self, entries: list[tuple[str, str, dict]]) -> None:
+        """Apply entries in one transaction; each in a savepoint, so one that meets a storage
+        outage is rolled back alone and deferred (not acknowledged) to be applied later."""
+        batch = Batch()
+        deferred: list[tuple[str, str, dict]] = []
+        with session_scope(self.engine) as session:
+            _preload(session, entries)
+            for entry in entries:
+                stream, _entry_id, doc = entry
+                savepoint = session.begin_nested()
+                try:
+                    if stream == streams.keys.CONTROL_STREAM:
+                        apply_intent(session, self.settings, self.r, doc, batch)
+                    else:
+                        apply_event(session, self.settings, self.storage, doc, batch)
+                    savepoint.commit()
+                except StorageError as e:  # only transient ones come through apply_event
+                    savepoint.rollback()
+                    deferred.append(entry)
+                    log.warning("storage unreachable (%s); event deferred", e)
+            self._refresh_jobs(session, batch.jobs)
+        self._after_commit(batch)
+        for request_id, reply in batch.replies.items():
+            streams.send_reply(self.r, request_id, reply)
+        held = {e for _, e, _ in deferred}
+        for stream in streams.STREAMS:
+            done = [e for s, e, _ in entries if s == stream and e not in held]
+            keep = [e for s, e, _ in deferred if s == stream]
+            streams.ack(self.r, stream, done, keep_from=min(keep, key=streams.entry_order) if keep else None)
+        if deferred:
+            self.deferred += deferred
+            self._retry_deferred_at = time.monotonic() + DEFER_RETRY
+
+    def _after_commit(self, batch: Batch) -> None:
+        for worker in batch.left_workers:
+            queues.withdraw_queue(self.r, worker)
+        queues.release_leases(self.r, batch.released)
+        queues.age_out_leases(self.r, batch.won)
+        self._doomed += batch.delete_keys
+        self.delete_doomed()
+
+    def delete_doomed(self, *, now: bool = False) -> None:
+        """Delete promoted attempts' copies (and assembled frames' tiles) in bulk, a request per
+        thousand keys at most every few seconds rather than one per task."""
+        if not self._doomed or (not now and len(self._doomed) < 1000 and time.monotonic() < self._next_delete):
+            return
+        keys, self._doomed = self._doomed, []
+        self._next_delete = time.monotonic() + DELETE_EVERY
+        try:
+            self.storage.delete(keys)
+        except StorageError as e:  # only copies of committed frames: leaving them costs space
+            log.warning("could not delete %d promoted attempt copies: %s", len(keys), e)
+
+    def _refresh_jobs(self, session, job_ids: set[str]) -> None:
+        now = time.time()
+        for job_id in job_ids:
+            job = session.get(Job, job_id)
+            if job is not None:
+                before = job.state
+                lifecycle.refresh_job(session, job, now)
+                if job.state != before:
+                    log.info("job %s %s", job.id, job.state)
+
+    # -- workers --------------------------------------------------------------------------
+
+    def watch_workers(self) -> None:
+        """Record live workers; declare one dead when its heartbeat key has been missing on two
+        reaper sweeps and its last beat is at least a TTL old (a wiped Redis loses every
+        heartbeat key at once, but the workers beat again well within their TTL)."""
+        self.live = presence.live_workers(self.r)
+        now = time.time()
+        for name, info in self.live.items():
+            # When each beat was first seen, by our clock (the worker's may be skewed).
+            if info.get("ts") != self._beat_ts.get(name):
+                self._beat_ts[name] = info.get("ts")
+                self._beat_at[name] = now
+            try:  # each worker declares its TTL (sites with slow links may set longer ones)
+                self._ttl[name] = max(1.0, float(info.get("ttl") or self.settings.heartbeat_ttl))
+            except (TypeError, ValueError):
+                self._ttl[name] = self.settings.heartbeat_ttl
+        due = [n for n in self.live if now - self._written_at.get(n, 0.0) >= WORKER_REFRESH]
+        reap = time.monotonic() >= self._next_reap
+        if not due and not reap:
+            return
+        batch = Batch()
+        dead: list[str] = []
+        with session_scope(self.engine) as session:
+            for name in due:
+                lifecycle.see_worker(session, name, self.live[name], now)
+                self._written_at[name] = now
+            if reap:
+                self._next_reap = time.monotonic() + REAP_EVERY
+                dead = self._reap(session, now, batch)
+            self._refresh_jobs(session, batch.jobs)
+        self._after_commit(batch)
+        presence.forget(self.r, dead)
+
+    def _reap(self, session, now: float, batch: Batch) -> list[str]:
+        known = session.execute(
+            select(Worker.name, Worker.last_seen).where(Worker.state != WorkerState.OFFLINE.value)
+        ).all()
+        dead = []
+        for name, last_seen in known:
+            if name in self.live:
+                self._missing.pop(name, None)
+                continue
+            self._missing[name] = self._missing.get(name, 0) + 1
+            seen = max(self._beat_at.get(name, max(last_seen, self._started)), self._redis_back_at)
+            if self._missing[name] < 2 or now - seen < self._ttl.get(name, self.settings.heartbeat_ttl):
+                continue
+            lost = lifecycle.worker_offline(session, name, now, "worker stopped sending heartbeats")
+            log.warning("worker %s is gone (silent %.1f s); %d attempt(s) handed back", name, now - seen, len(lost))
+            batch.left_workers.append(name)
+            batch.release(lost)
+            dead.append(name)
+            for table in (self._missing, self._beat_at, self._beat_ts, self._ttl, self._written_at):
+                table.pop(name, None)
+        return dead
+
+    def reconcile(self) -> None:
+        batch = Batch()
+        with session_scope(self.engine) as session:
+            try:
+                self.reconciler.sweep(session, self.r, self.storage, self.live, batch)
+            except StorageError as e:
+                log.warning("reconciliation postponed: storage unreachable (%s)", e)
+                session.rollback()
+                return
+            self._refresh_jobs(session, batch.jobs)
+        self._after_commit(batch)
+
+    def _view(self, name: str, info: dict) -> WorkerView:
+        from renderfarm.errors import ConfigError
+
+        site = str(info.get("site") or "local")
+        try:
+            price = self.settings.site(site).ranking_price
+        except ConfigError:
+            price = 0
+        return WorkerView(name, str(info.get("pool", "default")), site, price)
+
+    def make_way(self) -> None:
+        """Withdraw prefetched attempts that a more urgent job's pending tasks outrank, so those
+        start as soon as a worker frees up (a new high-priority job, or `farm priority`)."""
+        batch = Batch()
+        now = time.time()
+        with session_scope(self.engine) as session:
+            for attempt, index in outranked_prefetches(session):
+                rq_id = queues.rq_job_id(attempt.job_id, index, attempt.number)
+                if queues.withdraw_attempt(self.r, attempt.worker, rq_id):
+                    lifecycle.lose_attempt(session, attempt, now, "withdrawn for a more urgent job")
+                    batch.release([attempt])
+        self._after_commit(batch)
+
+    def dispatch(self) -> int:
+        """Fill every live worker's queue; returns how many attempts were handed out."""
+        views = [
+            self._view(name, info) for name, info in self.live.items()
+            if info.get("state") != WorkerState.STOPPING.value and name in self._written_at
+        ]
+        if not views:
+            return 0
+        if time.monotonic() >= self._next_rebalance:
+            self._next_rebalance = time.monotonic() + REBALANCE_EVERY
+            self.make_way()
+        with session_scope(self.engine) as session:
+            handouts = plan_handouts(session, views, self.fair)
+        for h in handouts:
+            queues.enqueue_attempt(self.r, h.worker, h.payload, timeout=h.timeout)
+        return len(handouts)
+
+
+def _preload(session, entries: list[tuple[str, str, dict]]) -> None:
+    """Load the attempts, tasks, jobs and workers a batch of events names, a few queries in all,
+    so that applying each event finds them in the session instead of querying one by one."""
+    from renderfarm.models import Attempt, Task
+
+    ids = set()
+    for _stream, _entry, doc in entries:
+        try:
+            ids.add(int(doc.get("attempt_id")))
+        except (TypeError, ValueError):
+            pass
+    if not ids:
+        return
+    attempts = session.scalars(select(Attempt).where(Attempt.id.in_(ids))).all()
+    loaded: list = list(attempts)
+    task_ids = {a.task_id for a in attempts}
+    if task_ids:
+        loaded += session.scalars(select(Task).where(Task.id.in_(task_ids))).all()
+    job_ids = {a.job_id for a in attempts}
+    if job_ids:
+        loaded += session.scalars(select(Job).where(Job.id.in_(job_ids))).all()
+    workers = {a.worker for a in attempts}
+    if workers:
+        loaded += session.scalars(select(Worker).where(Worker.name.in_(workers))).all()
+    # The session's identity map holds objects weakly: keep them for the batch's duration.
+    session.info["preloaded"] = loaded
+
+
+def run_manager(settings: Settings, stop: threading.Event | None = None) -> None:
+    """Run a manager until SIGTERM/SIGINT (or `stop`)."""
+    import signal
+
+    stop = stop or threading.Event()
+    if threading.current_thread() is threading.main_thread():
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, lambda *_: stop.set())
+    Manager(settings).run(stop)

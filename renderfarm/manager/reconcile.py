@@ -1,0 +1,103 @@
+"""Reconciling the database against Redis: the database says an attempt is queued or running;
+does Redis still know it? After a wipe or a lost event, an attempt whose lease, queued job and
+worker all forgot it is checked in storage (a verified output is committed, not rendered again)
+and otherwise handed out again."""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import TYPE_CHECKING
+
+from sqlalchemy import select
+
+from renderfarm import keys, lifecycle, queues
+from renderfarm.frames import parse_frames
+from renderfarm.manager.expected import extension
+from renderfarm.manager.intake import Batch, attempt_done
+from renderfarm.manager.verify import outputs_in_storage
+from renderfarm.models import ATTEMPT_ACTIVE, Attempt, AttemptState, Job, Task
+
+if TYPE_CHECKING:
+    from redis import Redis
+    from sqlmodel import Session
+
+    from renderfarm.storage import Storage
+
+log = logging.getLogger("renderfarm.manager")
+
+SWEEP_EVERY = 3.0  # seconds between reconciliation sweeps
+
+
+class Reconciler:
+    """Remembers attempts Redis seemed to have lost, and acts when a second sweep agrees."""
+
+    def __init__(self) -> None:
+        self.suspects: dict[int, float] = {}  # attempt id -> when first found missing
+
+    def sweep(self, session: Session, r: Redis, storage: Storage, live: dict[str, dict], batch: Batch) -> int:
+        """One sweep in the caller's transaction; returns how many attempts it resolved."""
+        now = time.time()
+        rows = session.execute(
+            select(Attempt, Task.index).join(Task, Task.id == Attempt.task_id)
+            .where(Attempt.state.in_([s.value for s in ATTEMPT_ACTIVE]))
+        ).all()
+        active = {a.id for a, _ in rows}
+        self.suspects = {a: t for a, t in self.suspects.items() if a in active}
+        if not rows:
+            return 0
+        pipe = r.pipeline(transaction=False)
+        for attempt, index in rows:
+            pipe.get(keys.lease_key(attempt.task_id))
+            pipe.exists(f"rq:job:{queues.rq_job_id(attempt.job_id, index, attempt.number)}")
+        answers = pipe.execute()
+        resolved = 0
+        for i, (attempt, index) in enumerate(rows):
+            lease, job_exists = answers[2 * i], answers[2 * i + 1]
+            holder = int(lease) if lease is not None else None
+            beat = live.get(attempt.worker)
+            if beat is None:
+                continue  # a silent worker is the reaper's business, not ours
+            rendering = beat.get("attempt_id") == attempt.id
+            if holder is None and rendering:
+                queues.restore_lease(r, attempt.task_id, attempt.id)  # Redis was wiped mid-render
+                holder = attempt.id
+            if holder == attempt.id and (job_exists or rendering):
+                self.suspects.pop(attempt.id, None)
+                continue
+            first = self.suspects.setdefault(attempt.id, now)
+            # Two sweeps, and long enough for a worker to beat again after a wipe.
+            if now - first < max(SWEEP_EVERY, float(beat.get("ttl", 30)) / 3):
+                continue
+            self.suspects.pop(attempt.id, None)
+            self._resolve(session, r, storage, attempt, index, batch, now)
+            resolved += 1
+        return resolved
+
+    def _resolve(self, session: Session, r: Redis, storage: Storage, attempt: Attempt, index: int,
+                 batch: Batch, now: float) -> None:
+        job = session.get(Job, attempt.job_id)
+        task = session.get(Task, attempt.task_id)
+        label = f"{job.id}:{index}/{attempt.number}"
+        outputs = outputs_in_storage(
+            storage, job_id=job.id, task_index=index, attempt=attempt.number,
+            frames=parse_frames(task.frames), name=job.name, ext=extension(job),
+        )
+        # Whatever happens next, this attempt's job must not run from a queue Redis kept.
+        _withdraw(r, attempt, index)
+        if outputs is not None:
+            log.warning("attempt %s: lost by Redis, but its output is in storage; verifying it", label)
+            attempt_done(session, storage, attempt, outputs, None, now, batch)
+            if attempt.state == AttemptState.DONE.value:
+                return
+        lifecycle.lose_attempt(session, attempt, now, "lost by Redis (no lease, queued job or heartbeat knows it)")
+        batch.release([attempt])
+        log.warning("attempt %s: lost by Redis; its task goes out again", label)
+
+
+def _withdraw(r: Redis, attempt: Attempt, index: int) -> None:
+    rq_id = queues.rq_job_id(attempt.job_id, index, attempt.number)
+    pipe = r.pipeline(transaction=False)
+    pipe.lrem(f"rq:queue:{keys.queue_name(attempt.worker)}", 0, rq_id)
+    pipe.delete(f"rq:job:{rq_id}")
+    pipe.execute()

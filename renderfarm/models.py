@@ -1,0 +1,134 @@
+"""The database tables: jobs, tasks, attempts and workers (SQLModel); their states are in states.py.
+
+Times are epoch seconds (floats): portable between SQLite and PostgreSQL and cheap to subtract.
+Only renderfarm.lifecycle changes a state column.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import BigInteger, Index, UniqueConstraint
+from sqlmodel import Field, SQLModel
+
+from renderfarm.states import (  # noqa: F401  (re-exported: the states are the tables' vocabulary)
+    ATTEMPT_ACTIVE,
+    JOB_FINAL,
+    TASK_FINAL,
+    AttemptState,
+    JobState,
+    TaskKind,
+    TaskState,
+    WorkerState,
+)
+
+
+class JobBase(SQLModel):
+    name: str = Field(max_length=128)
+    owner: str = Field(max_length=64)
+    renderer: str = Field(max_length=32)
+    scene_name: str = Field(max_length=255)
+    scene_key: str = Field(max_length=255)
+    scene_sha256: str = Field(max_length=64)
+    frames: str = Field(max_length=4096)
+    frame_count: int
+    chunk: int
+    priority: int = 50
+    pool: str = Field(default="default", max_length=64)
+    width: int
+    height: int
+    output_format: str = Field(default="png", max_length=16)
+    max_attempts: int = 3
+    timeout: float = 3600.0
+    tiles: str | None = Field(default=None, max_length=32)  # the tile grid ("3x2", "100px"), if tiled
+    tile_count: int = 0  # tiles per frame (0: not tiled)
+    max_workers: int | None = None  # at most this many workers render it at once
+    after: str | None = Field(default=None, max_length=16)  # starts once this job is done
+    first_last: bool = False  # first, middle and last frames render before the rest
+    site: str | None = Field(default=None, max_length=64)  # pinned to this site's workers
+    prefer: str | None = Field(default=None, max_length=16)  # "cheapest": the cheapest site with idle workers first
+    keep_tiles: bool = False
+
+
+class Job(JobBase, table=True):
+    __tablename__ = "jobs"
+
+    id: str = Field(primary_key=True, max_length=16)
+    state: str = Field(default=JobState.QUEUED.value, max_length=16, index=True)
+    task_count: int = 0
+    submitted_at: float
+    started_at: float | None = None
+    finished_at: float | None = None
+    error: str | None = Field(default=None, max_length=4096)
+
+
+class Task(SQLModel, table=True):
+    __tablename__ = "tasks"
+    __table_args__ = (
+        UniqueConstraint("job_id", "index", name="uq_tasks_job_index"),
+        # The dispatcher's query: a job's next pending tasks, first-last ones first, in order.
+        Index("ix_tasks_job_state_rank_index", "job_id", "state", "rank", "index"),
+    )
+
+    id: int | None = Field(default=None, primary_key=True)
+    job_id: str = Field(foreign_key="jobs.id", max_length=16)
+    index: int
+    kind: str = Field(default=TaskKind.RENDER.value, max_length=16)
+    frames: str = Field(max_length=4096)
+    first_frame: int
+    frame_count: int
+    tile: int | None = None  # the tile's index in the job's grid, for tile tasks
+    # This task's share of the job's frames: its frame count, or a frame's share for tiles and
+    # assemblies (progress shows a tiled frame as partly done).
+    weight: float = 1.0
+    rank: int = 1  # 0 for tasks that render before the rest of their job (--first-last)
+    state: str = Field(default=TaskState.PENDING.value, max_length=16)
+    failures: int = 0  # failed attempts since the task was last retried
+    attempts: int = 0
+    worker: str | None = Field(default=None, max_length=128)
+    progress: float = 0.0
+    started_at: float | None = None
+    finished_at: float | None = None
+    error: str | None = Field(default=None, max_length=4096)
+
+
+class Attempt(SQLModel, table=True):
+    __tablename__ = "attempts"
+    __table_args__ = (
+        UniqueConstraint("task_id", "number", name="uq_attempts_task_number"),
+        Index("ix_attempts_worker_state", "worker", "state"),
+    )
+
+    id: int | None = Field(default=None, primary_key=True)
+    task_id: int = Field(foreign_key="tasks.id", index=True)
+    job_id: str = Field(foreign_key="jobs.id", max_length=16, index=True)
+    number: int
+    worker: str = Field(max_length=128)
+    state: str = Field(default=AttemptState.QUEUED.value, max_length=16)
+    queued_at: float
+    started_at: float | None = None
+    finished_at: float | None = None
+    error: str | None = Field(default=None, max_length=4096)
+    log_key: str | None = Field(default=None, max_length=512)
+    # What the render burned (failed ones too), in exact integer units (see renderfarm.sites).
+    site: str | None = Field(default=None, max_length=64)
+    wall_seconds: float | None = None
+    cpu_seconds: float | None = None
+    energy_ukwh: int = Field(default=0, sa_type=BigInteger)
+    cost_pico: int = Field(default=0, sa_type=BigInteger)
+    currency: str = Field(default="", max_length=8)
+    co2_ng: int = Field(default=0, sa_type=BigInteger)
+
+
+class Worker(SQLModel, table=True):
+    __tablename__ = "workers"
+
+    name: str = Field(primary_key=True, max_length=128)
+    host: str = Field(max_length=255)
+    pid: int
+    pool: str = Field(default="default", max_length=64)
+    site: str = Field(default="local", max_length=64)
+    cores: int = 1
+    version: str = Field(default="", max_length=32)
+    state: str = Field(default=WorkerState.IDLE.value, max_length=16)
+    current_task: str | None = Field(default=None, max_length=64)
+    started_at: float
+    last_seen: float

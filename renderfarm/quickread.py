@@ -1,0 +1,98 @@
+"""The CLI's fast reads: `farm status JOB` and `farm jobs` in plain SQL through the database
+driver alone (sqlite3, or psycopg), because importing SQLAlchemy and SQLModel would cost more
+than the whole command may take. The ORM views in renderfarm.status compute the same figures
+(a test holds the two to agree)."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
+
+from renderfarm.errors import NotFoundError, RenderFarmError, SchemaMissing
+from renderfarm.jobstatus import JOB_COLUMNS, JobStatus, summarize
+
+if TYPE_CHECKING:
+    from renderfarm.config import Settings
+
+_JOB_SQL = "SELECT " + ", ".join(f'"{c}"' for c in JOB_COLUMNS) + " FROM jobs"
+_STATES_SQL = (
+    "SELECT state, count(*), coalesce(sum(CASE WHEN kind != 'tile' THEN frame_count ELSE 0 END), 0), "
+    "coalesce(sum(weight), 0.0), coalesce(sum(weight * progress), 0.0) FROM tasks WHERE job_id = ? GROUP BY state"
+)
+_COSTS_SQL = (
+    "SELECT currency, coalesce(sum(cost_pico), 0) FROM attempts "
+    "WHERE job_id = ? AND wall_seconds IS NOT NULL GROUP BY currency"
+)
+
+
+class QuickReader:
+    """A read-only connection to the farm's database, queried in plain SQL."""
+
+    def __init__(self, conn: Any, paramstyle: str) -> None:
+        self.conn = conn
+        self.paramstyle = paramstyle
+
+    @classmethod
+    def open(cls, settings: Settings) -> QuickReader | None:
+        """None when the local SQLite database does not exist yet (no job was ever submitted)."""
+        url = settings.database_url
+        if url.startswith("sqlite"):
+            import sqlite3
+
+            path = url.split("///", 1)[-1]
+            try:
+                conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=30)
+            except sqlite3.OperationalError:
+                return None
+            conn.execute("PRAGMA busy_timeout=30000")
+            return cls(conn, "qmark")
+        import psycopg
+
+        # libpq reads the same URL, %-escapes in its options included, once the scheme is its own.
+        conninfo = urlsplit(url)._replace(scheme="postgresql").geturl()
+        try:
+            conn = psycopg.connect(conninfo, autocommit=True, connect_timeout=10)
+        except psycopg.Error as e:
+            raise RenderFarmError(f"database: cannot connect ({str(e).splitlines()[0]})") from None
+        return cls(conn, "format")
+
+    def close(self) -> None:
+        self.conn.close()
+
+    def _rows(self, sql: str, *args: Any) -> list[tuple]:
+        if self.paramstyle == "format":
+            sql = sql.replace("?", "%s")
+        try:
+            cur = self.conn.execute(sql, args)
+            return list(cur.fetchall())
+        except Exception as e:  # a database without our tables, mostly
+            if "jobs" in str(e) and ("no such table" in str(e) or "does not exist" in str(e)):
+                raise SchemaMissing("the database has no renderfarm tables yet: start the manager (`farm up -d`) first") from None
+            raise
+
+    def resolve(self, ref: str) -> dict[str, Any]:
+        """The job row whose id is `ref` or starts with it; unique prefixes only."""
+        prefix = ref.strip().lower()
+        if not prefix or not prefix.isalnum():
+            raise NotFoundError(f"job {prefix!r}: not a job id")
+        rows = self._rows(_JOB_SQL + " WHERE id = ?", prefix)
+        if not rows:
+            rows = self._rows(_JOB_SQL + " WHERE id LIKE ? ORDER BY id LIMIT 6", prefix + "%")
+        if not rows:
+            raise NotFoundError(f"job {prefix!r}: no such job")
+        if len(rows) > 1:
+            shown = ", ".join(r[0] for r in rows[:5])
+            raise NotFoundError(f"job {prefix!r}: ambiguous prefix (matches {shown}{'...' if len(rows) > 5 else ''})")
+        return dict(zip(JOB_COLUMNS, rows[0]))
+
+    def status(self, job: dict[str, Any], now: float | None = None) -> JobStatus:
+        costs = {c: int(v) for c, v in self._rows(_COSTS_SQL, job["id"])}
+        return summarize(job, self._rows(_STATES_SQL, job["id"]), costs, now)
+
+    def job_status(self, ref: str, now: float | None = None) -> JobStatus:
+        return self.status(self.resolve(ref), now)
+
+    def list_jobs(self, limit: int = 50, now: float | None = None) -> list[JobStatus]:
+        """The newest jobs first, with their progress."""
+        rows = self._rows(_JOB_SQL + " ORDER BY submitted_at DESC LIMIT ?", limit)
+        return [self.status(dict(zip(JOB_COLUMNS, r)), now) for r in rows]

@@ -1,0 +1,54 @@
+"""The states of jobs, tasks, attempts and workers, and the kinds of task (no database imports:
+the CLI's fast read path uses them too). Only renderfarm.lifecycle changes a state."""
+
+from __future__ import annotations
+
+from enum import Enum
+
+
+class JobState(str, Enum):
+    QUEUED = "queued"
+    RUNNING = "running"
+    SUSPENDED = "suspended"  # no new task starts until it is resumed
+    DONE = "done"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+
+class TaskState(str, Enum):
+    WAITING = "waiting"  # an assembly whose frame's tiles are not all committed yet
+    PENDING = "pending"  # waiting for the manager to hand it to a worker
+    QUEUED = "queued"  # in a worker's queue, not started yet
+    RUNNING = "running"
+    DONE = "done"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+
+class AttemptState(str, Enum):
+    QUEUED = "queued"
+    RUNNING = "running"
+    DONE = "done"  # verified and promoted
+    FAILED = "failed"
+    CANCELLED = "cancelled"  # superseded, or withdrawn from a worker that left
+    LOST = "lost"  # its worker vanished
+
+
+class TaskKind(str, Enum):
+    RENDER = "render"  # a chunk of whole frames
+    TILE = "tile"  # one tile of one frame
+    ASSEMBLE = "assemble"  # stitching one frame's committed tiles
+
+
+class WorkerState(str, Enum):
+    IDLE = "idle"
+    BUSY = "busy"
+    STOPPING = "stopping"
+    OFFLINE = "offline"
+
+
+JOB_FINAL = {JobState.DONE, JobState.FAILED, JobState.CANCELLED}
+TASK_FINAL = {TaskState.DONE, TaskState.FAILED, TaskState.CANCELLED}
+ATTEMPT_ACTIVE = {AttemptState.QUEUED, AttemptState.RUNNING}
+
+

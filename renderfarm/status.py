@@ -1,0 +1,181 @@
+"""Read-only views of the farm for the CLI: jobs, a job's progress, its tasks, the workers.
+
+Reads go straight to the database (never through the manager) and work with the farm down.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import TYPE_CHECKING, Any
+
+from sqlalchemy import case, func, select
+
+from renderfarm.errors import NotFoundError, SchemaMissing
+from renderfarm.jobstatus import JOB_COLUMNS, JobStatus, summarize
+from renderfarm.models import Attempt, Job, JobState, Task, TaskKind, TaskState, Worker, WorkerState
+
+if TYPE_CHECKING:
+    from sqlalchemy.engine import Engine
+    from sqlmodel import Session
+
+    from renderfarm.config import Settings
+
+
+def reader_engine(settings: Settings) -> Engine | None:
+    """An engine for reading, or None when the local SQLite database does not exist yet."""
+    from renderfarm.db import make_engine
+
+    url = settings.database_url
+    if url.startswith("sqlite") and not settings.database_file.exists() and str(settings.database_file) in url:
+        return None
+    return make_engine(url)
+
+
+def check_schema(session: Session) -> None:
+    from sqlalchemy import inspect
+
+    # The session's own connection: a second one from the pool would, on the manager's SQLite
+    # writer engine, wait on this session's BEGIN IMMEDIATE until "database is locked".
+    if not inspect(session.connection()).has_table("jobs"):
+        raise SchemaMissing("the database has no renderfarm tables yet: start the manager (`farm up -d`) first")
+
+
+def resolve_job(session: Session, prefix: str) -> Job:
+    """The job whose id is `prefix` or starts with it; unique prefixes only."""
+    check_schema(session)
+    prefix = prefix.strip().lower()
+    if not prefix or not prefix.isalnum():
+        raise NotFoundError(f"job {prefix!r}: not a job id")
+    job = session.get(Job, prefix)
+    if job is not None:
+        return job
+    matches = session.scalars(select(Job).where(Job.id.startswith(prefix)).order_by(Job.id).limit(6)).all()
+    if not matches:
+        raise NotFoundError(f"job {prefix!r}: no such job")
+    if len(matches) > 1:
+        shown = ", ".join(j.id for j in matches[:5])
+        raise NotFoundError(f"job {prefix!r}: ambiguous prefix (matches {shown}{'...' if len(matches) > 5 else ''})")
+    return matches[0]
+
+
+def job_status(session: Session, job: Job, now: float | None = None) -> JobStatus:
+    from renderfarm.report import job_costs
+
+    whole = Task.kind != TaskKind.TILE.value  # render tasks and assemblies finish frames
+    rows = session.execute(
+        select(
+            Task.state,
+            func.count(),
+            func.coalesce(func.sum(case((whole, Task.frame_count), else_=0)), 0),
+            func.coalesce(func.sum(Task.weight), 0.0),
+            func.coalesce(func.sum(Task.weight * Task.progress), 0.0),
+        )
+        .where(Task.job_id == job.id)
+        .group_by(Task.state)
+    ).all()
+    return summarize({c: getattr(job, c) for c in JOB_COLUMNS}, rows, job_costs(session, job.id), now)
+
+
+def list_jobs(session: Session, limit: int = 50) -> list[JobStatus]:
+    """The newest jobs first, with their progress."""
+    check_schema(session)
+    jobs = session.scalars(select(Job).order_by(Job.submitted_at.desc()).limit(limit)).all()
+    return [job_status(session, j) for j in jobs]
+
+
+@dataclass(frozen=True)
+class TaskRow:
+    id: str  # job:index
+    index: int
+    frames: str
+    state: str
+    worker: str | None  # the worker of the latest attempt
+    progress: float
+    attempts: list[dict[str, Any]]
+    started_at: float | None
+    finished_at: float | None
+    error: str | None
+    kind: str = "render"
+    tile: int | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def list_tasks(session: Session, job: Job, state: str | None = None, limit: int | None = None) -> list[TaskRow]:
+    query = select(Task).where(Task.job_id == job.id).order_by(Task.index)
+    if state:
+        valid = {s.value for s in TaskState}
+        if state not in valid:
+            raise NotFoundError(f"state: {state!r} is not one of {', '.join(sorted(valid))}")
+        query = query.where(Task.state == state)
+    if limit:
+        query = query.limit(limit)
+    tasks = session.scalars(query).all()
+    by_task: dict[int, list[dict[str, Any]]] = {}
+    attempts = session.scalars(select(Attempt).where(Attempt.job_id == job.id).order_by(Attempt.task_id, Attempt.number))
+    for a in attempts:
+        by_task.setdefault(a.task_id, []).append(
+            {"number": a.number, "worker": a.worker, "state": a.state, "queued_at": a.queued_at,
+             "started_at": a.started_at,
+             "finished_at": a.finished_at, "error": a.error, "log_key": a.log_key}
+        )
+    return [
+        TaskRow(f"{job.id}:{t.index}", t.index, t.frames, t.state, t.worker, t.progress,
+                by_task.get(t.id, []), t.started_at, t.finished_at, t.error, t.kind, t.tile)
+        for t in tasks
+    ]
+
+
+@dataclass(frozen=True)
+class WorkerRow:
+    name: str
+    host: str
+    pid: int
+    pool: str
+    state: str
+    current_task: str | None
+    last_heartbeat: float | None  # epoch seconds of the last heartbeat seen
+    cores: int
+    version: str
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def list_workers(session: Session, live: dict[str, dict] | None = None) -> list[WorkerRow]:
+    """Workers the database knows, with live heartbeat data from Redis when it is reachable."""
+    check_schema(session)
+    rows = {w.name: w for w in session.scalars(select(Worker).order_by(Worker.name)).all()}
+    out = []
+    for name in sorted(set(rows) | set(live or {})):
+        w = rows.get(name)
+        beat = (live or {}).get(name)
+        state = w.state if w else WorkerState.IDLE.value
+        task = w.current_task if w else None
+        if beat is not None:
+            state = beat.get("state", state)
+            task = beat.get("task", task)
+        elif live is not None and state != WorkerState.OFFLINE.value:
+            state = "missing"  # no heartbeat: dead, or the manager has not noticed yet
+        out.append(
+            WorkerRow(
+                name=name,
+                host=(beat or {}).get("host") or (w.host if w else ""),
+                pid=int((beat or {}).get("pid") or (w.pid if w else 0)),
+                pool=(beat or {}).get("pool") or (w.pool if w else "default"),
+                state=state,
+                current_task=task,
+                last_heartbeat=(beat or {}).get("ts") or (w.last_seen if w else None),
+                cores=int((beat or {}).get("cores") or (w.cores if w else 1)),
+                version=(beat or {}).get("version") or (w.version if w else ""),
+            )
+        )
+    return out
+
+
+def active_job_count(session: Session) -> int:
+    return session.scalar(
+        select(func.count()).select_from(Job).where(Job.state.in_([JobState.QUEUED.value, JobState.RUNNING.value]))
+    )
+

@@ -1,0 +1,212 @@
+"""The S3 storage backend (boto3 against AWS or any S3-compatible server), one client per process."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING
+from urllib.parse import urlsplit
+
+from renderfarm.errors import StorageError
+from renderfarm.storage.base import ObjectInfo, check_key, check_prefix
+
+if TYPE_CHECKING:
+    from renderfarm.config import Settings
+
+_CLIENTS: dict[tuple, object] = {}
+SINGLE_PUT_MAX = 16 * 1024 * 1024  # bytes; larger files go up in parallel parts
+_TRANSIENT_CODES = {"SlowDown", "ServiceUnavailable", "InternalError", "RequestTimeout", "503", "500", "502", "504"}
+_TRANSIENT_WORDS = ("Could not connect", "Connection was closed", "timed out", "ServiceUnavailable", "SlowDown", "InternalError", "Service Unavailable")
+
+
+def _client(endpoint: str | None, region: str, checksums: str, credentials: tuple[str, str] | None):
+    """One boto3 client per endpoint and process: creating one costs ~100 ms."""
+    cache_key = (endpoint, region, checksums, credentials, os.getpid())
+    if cache_key not in _CLIENTS:
+        import boto3
+        from botocore.config import Config
+
+        config = Config(
+            retries={"mode": "standard", "max_attempts": 5},
+            request_checksum_calculation=checksums,
+            response_checksum_validation=checksums,
+            s3={"addressing_style": "path"} if endpoint else {},
+            connect_timeout=5,
+            read_timeout=60,
+            max_pool_connections=16,
+        )
+        kwargs = {}
+        if credentials:
+            kwargs = {"aws_access_key_id": credentials[0], "aws_secret_access_key": credentials[1]}
+        _CLIENTS[cache_key] = boto3.session.Session().client(
+            "s3", endpoint_url=endpoint, region_name=region, config=config, **kwargs
+        )
+    return _CLIENTS[cache_key]
+
+
+class S3Storage:
+    """Objects in one bucket under a key prefix."""
+
+    def __init__(self, url: str, bucket: str, prefix: str, client) -> None:
+        self.url = url
+        self.bucket = bucket
+        self.prefix = prefix
+        self._s3 = client
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> S3Storage:
+        parts = urlsplit(settings.storage_url)
+        prefix = parts.path.strip("/")
+        return cls(
+            settings.storage_url,
+            parts.netloc,
+            f"{prefix}/" if prefix else "",
+            _client(settings.s3_endpoint_url, settings.s3_region, settings.s3_checksums, local_credentials(settings)),
+        )
+
+    def _key(self, key: str) -> str:
+        return self.prefix + check_key(key)
+
+    def _fail(self, action: str, key: str, e: Exception) -> StorageError:
+        from boto3.exceptions import S3UploadFailedError
+        from botocore.exceptions import ClientError, ConnectionError, HTTPClientError
+
+        if isinstance(e, ClientError):
+            err = e.response.get("Error", {})
+            why = f"{err.get('Code', 'error')}: {err.get('Message', '')}".rstrip(": ")
+            status = e.response.get("ResponseMetadata", {}).get("HTTPStatusCode") or 0
+            transient = status >= 500 or err.get("Code") in _TRANSIENT_CODES
+        else:
+            why = str(e)
+            # s3transfer wraps the cause of a failed upload in its message only.
+            transient = isinstance(e, (ConnectionError, HTTPClientError)) or (
+                isinstance(e, S3UploadFailedError) and any(w in why for w in _TRANSIENT_WORDS)
+            )
+        return StorageError(f"storage s3://{self.bucket}/{self.prefix}{key}: {action} failed ({why})", transient=transient)
+
+    def check(self) -> None:
+        """Create the bucket if it is missing (the local farm's first start)."""
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        try:
+            self._s3.head_bucket(Bucket=self.bucket)
+        except ClientError as e:
+            if e.response.get("Error", {}).get("Code") not in ("404", "NoSuchBucket"):
+                raise self._fail("head bucket", "", e) from None
+            try:
+                self._s3.create_bucket(Bucket=self.bucket)
+            except (BotoCoreError, ClientError) as e2:
+                raise self._fail("create bucket", "", e2) from None
+        except BotoCoreError as e:
+            raise self._fail("head bucket", "", e) from None
+
+    def put_file(self, key: str, path: Path, *, sha256: str | None = None) -> str:
+        from boto3.exceptions import S3UploadFailedError
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        metadata = {"sha256": sha256} if sha256 else {}
+        try:
+            if path.stat().st_size <= SINGLE_PUT_MAX:
+                # One PUT: s3transfer's thread pool costs more than it saves on a small file.
+                with path.open("rb") as body:
+                    return self._s3.put_object(Bucket=self.bucket, Key=self._key(key), Body=body, Metadata=metadata)["ETag"]
+            self._s3.upload_file(str(path), self.bucket, self._key(key), ExtraArgs={"Metadata": metadata})
+            return self._s3.head_object(Bucket=self.bucket, Key=self._key(key))["ETag"]
+        except (BotoCoreError, ClientError, S3UploadFailedError) as e:
+            raise self._fail("upload", key, e) from None
+
+    def put_bytes(self, key: str, data: bytes) -> None:
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        try:
+            self._s3.put_object(Bucket=self.bucket, Key=self._key(key), Body=data)
+        except (BotoCoreError, ClientError) as e:
+            raise self._fail("put", key, e) from None
+
+    def get_bytes(self, key: str) -> bytes:
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        try:
+            return self._s3.get_object(Bucket=self.bucket, Key=self._key(key))["Body"].read()
+        except (BotoCoreError, ClientError) as e:
+            raise self._fail("get", key, e) from None
+
+    def download_file(self, key: str, path: Path) -> None:
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        try:
+            self._s3.download_file(self.bucket, self._key(key), str(path))
+        except (BotoCoreError, ClientError) as e:
+            raise self._fail("download", key, e) from None
+
+    def head(self, key: str) -> ObjectInfo | None:
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        try:
+            r = self._s3.head_object(Bucket=self.bucket, Key=self._key(key))
+        except ClientError as e:
+            if e.response.get("Error", {}).get("Code") in ("404", "NoSuchKey", "NotFound"):
+                return None
+            raise self._fail("head", key, e) from None
+        except BotoCoreError as e:
+            raise self._fail("head", key, e) from None
+        return ObjectInfo(key, r["ContentLength"], r.get("Metadata", {}).get("sha256"))
+
+    def copy(self, src: str, dst: str, *, if_match: str | None = None) -> None:
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        condition = {"CopySourceIfMatch": if_match} if if_match else {}
+        try:
+            self._s3.copy_object(
+                Bucket=self.bucket,
+                Key=self._key(dst),
+                CopySource={"Bucket": self.bucket, "Key": self._key(src)},
+                MetadataDirective="COPY",
+                **condition,
+            )
+        except (BotoCoreError, ClientError) as e:
+            raise self._fail(f"copy from {src}", dst, e) from None
+
+    def delete(self, keys: list[str]) -> None:
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        for start in range(0, len(keys), 1000):
+            batch = [{"Key": self._key(k)} for k in keys[start : start + 1000]]
+            try:
+                reply = self._s3.delete_objects(Bucket=self.bucket, Delete={"Objects": batch, "Quiet": True})
+            except (BotoCoreError, ClientError) as e:
+                raise self._fail("delete", keys[start], e) from None
+            # DeleteObjects answers 200 and lists the keys it could not delete: those are failures too.
+            errors = reply.get("Errors", [])
+            if errors:
+                first = errors[0]
+                why = f"{first.get('Code', 'error')}: {first.get('Message', '')}".rstrip(": ")
+                more = f"; {len(errors) - 1} more key(s) not deleted" if len(errors) > 1 else ""
+                where = f"s3://{self.bucket}/{first.get('Key', '')}"
+                raise StorageError(f"storage {where}: delete failed ({why}){more}")
+
+    def list(self, prefix: str) -> Iterator[ObjectInfo]:
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        check_prefix(prefix)
+        paginator = self._s3.get_paginator("list_objects_v2")
+        try:
+            for page in paginator.paginate(Bucket=self.bucket, Prefix=self.prefix + prefix):
+                for obj in page.get("Contents", []):
+                    yield ObjectInfo(obj["Key"][len(self.prefix) :], obj["Size"])
+        except (BotoCoreError, ClientError) as e:
+            raise self._fail("list", prefix, e) from None
+
+
+def local_credentials(settings: Settings) -> tuple[str, str] | None:
+    """The local farm's generated S3 credentials, when the endpoint is the local farm's own
+    (whatever AWS keys the environment holds are for other endpoints)."""
+    if settings.s3_endpoint_url is None or settings.sources.get("s3_endpoint_url") != "local farm":
+        return None
+    from renderfarm.config import read_local_file
+
+    local = read_local_file(settings.state_dir)
+    if "s3_access_key" in local and "s3_secret_key" in local:
+        return local["s3_access_key"], local["s3_secret_key"]
+    return None

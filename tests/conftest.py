@@ -1,0 +1,226 @@
+"""Shared fixtures: a private Valkey and SeaweedFS on free ports, PostgreSQL schemas, farm settings.
+
+Nothing here touches the machine's Redis on port 6379, and nothing flushes a server these
+fixtures did not start.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from renderfarm.config import Settings, load_settings
+from renderfarm.localfarm import services
+
+ROOT = Path(__file__).resolve().parent.parent
+EXAMPLES = ROOT / "examples"
+BIN = Path(sys.executable).parent
+PG_BASE_URL = os.environ.get("FARM_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
+
+
+@dataclass
+class Server:
+    proc: subprocess.Popen
+    port: int
+    password: str = ""
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        try:
+            self.proc.wait(10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(5)
+
+
+@pytest.fixture(scope="session")
+def tmp_root() -> Iterator[Path]:
+    path = Path(tempfile.mkdtemp(prefix="rf-tests-"))
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def valkey(tmp_root: Path) -> Iterator[Server]:
+    """A private Valkey with a password on a free port (never 6379)."""
+    import redis
+
+    port = services.free_ports(1)[0]
+    password = secrets.token_urlsafe(16)
+    argv = services.valkey_argv(tmp_root / "valkey", port, password, "127.0.0.1")
+    log = tmp_root / "valkey.log"
+    proc = services.spawn(argv, cwd=tmp_root, env=dict(os.environ), log_path=log, detach=False)
+    client = redis.Redis(port=port, password=password)
+    services.wait_until(client.ping, timeout=20, proc=proc, what="test valkey", log_path=log)
+    server = Server(proc, port, password)
+    yield server
+    server.stop()
+
+
+def valkey_url(server: Server, db: int = 0) -> str:
+    return f"redis://:{server.password}@127.0.0.1:{server.port}/{db}"
+
+
+@pytest.fixture()
+def redis_url(valkey: Server) -> str:
+    """The private Valkey, emptied for this test (we started it, so flushing it is ours to do)."""
+    import redis
+
+    client = redis.Redis(port=valkey.port, password=valkey.password)
+    client.flushall()
+    client.close()
+    return valkey_url(valkey)
+
+
+@dataclass
+class S3Server(Server):
+    access_key: str = ""
+    secret_key: str = ""
+
+    @property
+    def endpoint(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+
+@pytest.fixture(scope="session")
+def seaweed(tmp_root: Path) -> Iterator[S3Server]:
+    """A private SeaweedFS S3 server with generated credentials, bound to loopback."""
+    names = list(services.WEED_SERVICES)
+    base = services.free_ports(len(names))
+    ports = dict(zip(names, base))
+    ports.update({f"{n}.grpc": p + 10000 for n, p in zip(names, base)})
+    access, secret = "RFTEST" + secrets.token_hex(6).upper(), secrets.token_urlsafe(24)
+    argv = services.weed_argv(tmp_root / "s3", ports, access, secret, "127.0.0.1", "renderfarm")
+    log = tmp_root / "weed.log"
+    proc = services.spawn(argv, cwd=tmp_root, env=dict(os.environ), log_path=log, detach=False)
+    server = S3Server(proc, ports["s3"], "", access, secret)
+    settings = s3_settings(server, tmp_root / "state-s3-probe", "renderfarm")
+    from renderfarm.storage import open_storage
+
+    storage = open_storage(settings)
+
+    def ready() -> bool:
+        storage.check()
+        return True
+
+    services.wait_until(ready, timeout=60, proc=proc, what="test SeaweedFS", log_path=log)
+    yield server
+    server.stop()
+
+
+def s3_settings(server: S3Server, state_dir: Path, bucket: str, **extra) -> Settings:
+    """Settings that point storage at the test SeaweedFS with its keys in the environment."""
+    os.environ["AWS_ACCESS_KEY_ID"] = server.access_key
+    os.environ["AWS_SECRET_ACCESS_KEY"] = server.secret_key
+    env = {
+        "FARM_STATE_DIR": str(state_dir),
+        "FARM_STORAGE_URL": f"s3://{bucket}/",
+        "FARM_S3_ENDPOINT_URL": server.endpoint,
+        **extra,
+    }
+    return load_settings(env, cwd=state_dir)
+
+
+def _pg_available() -> str | None:
+    from sqlalchemy import create_engine, text
+
+    try:
+        engine = create_engine(PG_BASE_URL, connect_args={"connect_timeout": 3})
+        with engine.connect() as conn:
+            conn.execute(text("select 1"))
+        engine.dispose()
+        return None
+    except Exception as e:  # any failure means: no PostgreSQL here
+        return f"{type(e).__name__}: {str(e).splitlines()[0]}"
+
+
+@pytest.fixture()
+def pg_url() -> Iterator[str]:
+    """A database URL on the machine's PostgreSQL, confined to a schema of this test's own."""
+    from sqlalchemy import create_engine, text
+
+    why = _pg_available()
+    if why:
+        if os.environ.get("FARM_TEST_REQUIRE_POSTGRES"):
+            pytest.fail(f"PostgreSQL at {PG_BASE_URL} is required here but unreachable: {why}")
+        pytest.skip(f"no PostgreSQL at {PG_BASE_URL}: {why}")
+    schema = f"rf_test_{secrets.token_hex(4)}"
+    admin = create_engine(PG_BASE_URL)
+    with admin.begin() as conn:
+        conn.execute(text(f'CREATE SCHEMA "{schema}"'))
+    yield f"{PG_BASE_URL}?options=-csearch_path%3D{schema}"
+    with admin.begin() as conn:
+        conn.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
+    admin.dispose()
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
+def database_url(request, tmp_path: Path) -> str:
+    """Each database test runs on SQLite and on PostgreSQL."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'farm.db'}"
+    return request.getfixturevalue("pg_url")
+
+
+def farm_command() -> list[str]:
+    """The installed `farm` entry point of this environment."""
+    return [str(BIN / "farm")]
+
+
+def run_farm(*args: str, env: dict[str, str], cwd: Path | None = None, timeout: float = 300,
+             check: bool = True) -> subprocess.CompletedProcess:
+    proc = subprocess.run(
+        farm_command() + list(args), env=env, cwd=cwd, capture_output=True, text=True, timeout=timeout,
+    )
+    if check and proc.returncode != 0:
+        raise AssertionError(f"farm {' '.join(args)} exited {proc.returncode}\nstdout:\n{proc.stdout}\nstderr:\n{proc.stderr}")
+    return proc
+
+
+def farm_env(state_dir: Path, **extra: str) -> dict[str, str]:
+    """An environment for CLI runs against the local farm of `state_dir`, free of outside FARM_*
+    and AWS_* settings."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("FARM_", "AWS_", "RQ_"))}
+    env.update(FARM_STATE_DIR=str(state_dir), **extra)
+    return env
+
+
+def farm_processes(state_dir: Path) -> list[str]:
+    """Processes still running for a state directory: named in their command line, or carrying
+    it as FARM_STATE_DIR in their environment (the manager and workers)."""
+    marker = str(state_dir)
+    found = []
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit() or int(proc.name) == os.getpid():
+            continue
+        try:
+            cmdline = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            environ = (proc / "environ").read_bytes().split(b"\0")
+            state = (proc / "stat").read_text().rsplit(")", 1)[1].split()[0]
+        except OSError:
+            continue
+        if state == "Z":
+            continue
+        if marker in cmdline or f"FARM_STATE_DIR={marker}".encode() in environ:
+            found.append(f"{proc.name} {cmdline}")
+    return found
+
+
+def wait_for(check, timeout: float, what: str, interval: float = 0.2):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = check()
+        if value:
+            return value
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout:g} s waiting for {what}")

@@ -1,0 +1,51 @@
+"""The benchmark suite's entry point: a table with a ratio column, JSON figures, clear errors."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def run(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "benchmarks", *args], cwd=ROOT, capture_output=True, text=True,
+                          timeout=300)
+
+
+def test_runs_a_named_benchmark_and_writes_its_figures(tmp_path):
+    out = tmp_path / "figures.json"
+    done = run("startup", "--json", str(out))
+    assert done.returncode == 0, done.stderr
+    header = [line for line in done.stdout.splitlines() if line.startswith("benchmark")]
+    assert header and "ratio" in header[0]
+    row = [line for line in done.stdout.splitlines() if line.startswith("startup ")]
+    assert row and "python -c pass" in row[0]
+    report = json.loads(out.read_text())
+    (figure,) = report["figures"]
+    assert figure["benchmark"] == "startup" and figure["unit"] == "ms"
+    assert 0 < figure["baseline_value"] < figure["value"] < 5000
+    assert figure["ratio"] == figure["value"] / figure["baseline_value"]
+    assert report["machine"]["cpus"] >= 1 and report["failed"] == []
+
+
+def test_every_listed_benchmark_has_a_measure_function():
+    from benchmarks.__main__ import BENCHMARKS
+
+    listed = run("--list")
+    assert listed.returncode == 0
+    for name in BENCHMARKS:
+        assert name in listed.stdout
+        module = __import__(f"benchmarks.{name}", fromlist=["measure"])
+        assert callable(module.measure), name
+
+
+def test_an_unknown_benchmark_is_one_clear_error():
+    done = run("warp-speed")
+    assert done.returncode == 2
+    assert done.stderr.strip().splitlines() == [
+        "error: unknown benchmark 'warp-speed'; choose from " + ", ".join(
+            __import__("benchmarks.__main__", fromlist=["BENCHMARKS"]).BENCHMARKS)
+    ]

@@ -1,0 +1,625 @@
+"""Settings: precedence of the environment, ./farm.toml, the state directory's farm.toml, the local
+farm and defaults; errors naming the setting and its source; masked secrets; round trips."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from renderfarm.config import (
+    Settings,
+    effective_settings,
+    load_settings,
+    mask_url,
+    read_local_file,
+    settings_env,
+)
+from renderfarm.errors import ConfigError
+from renderfarm.storage.s3 import local_credentials
+
+LOCAL = {
+    "valkey_port": 7001,
+    "valkey_password": "pw-local-valkey",
+    "s3_port": 7002,
+    "s3_access_key": "RFLOCALKEY",
+    "s3_secret_key": "local-s3-secret",
+}
+LOCAL_REDIS = "redis://:pw-local-valkey@127.0.0.1:7001/0"
+LOCAL_S3 = "http://127.0.0.1:7002"
+
+
+@pytest.fixture()
+def dirs(tmp_path: Path) -> tuple[Path, Path]:
+    """(state directory, current directory), apart from each other."""
+    state, cwd = tmp_path / "state", tmp_path / "project"
+    state.mkdir()
+    cwd.mkdir()
+    return state, cwd
+
+
+def write_local(state: Path, doc: dict | None = None) -> None:
+    (state / "local.json").write_text(json.dumps(LOCAL if doc is None else doc))
+
+
+def load(state: Path, cwd: Path, **env: str) -> Settings:
+    return load_settings({"FARM_STATE_DIR": str(state), **env}, cwd=cwd)
+
+
+def test_defaults(dirs) -> None:
+    state, cwd = dirs
+    s = load(state, cwd)
+    assert s == Settings(
+        state_dir=state,
+        redis_url=None,
+        database_url=f"sqlite:///{state}/farm.db",
+        storage_url="s3://renderfarm/",
+        s3_endpoint_url=None,
+        s3_region="us-east-1",
+        s3_checksums="when_required",
+        heartbeat_ttl=30.0,
+        max_tasks=100_000,
+        max_attempts=3,
+        task_timeout=3600.0,
+    )
+    assert s.sources == {
+        "state_dir": "env FARM_STATE_DIR",
+        "database_url": "default",
+        "storage_url": "default",
+    }
+    assert s.local_file == state / "local.json" and s.database_file == state / "farm.db"
+    assert not any(
+        s.configured_elsewhere(name)
+        for name in ("redis_url", "storage_url", "s3_endpoint_url", "max_tasks")
+    )
+
+
+def test_default_state_dir_is_under_home(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    s = load_settings({}, cwd=tmp_path)
+    assert s.state_dir == tmp_path / "home/.local/state/renderfarm"
+    assert s.sources["state_dir"] == "default"
+
+
+def test_relative_state_dir_is_relative_to_cwd(dirs) -> None:
+    _state, cwd = dirs
+    assert load_settings({"FARM_STATE_DIR": "farm-state"}, cwd=cwd).state_dir == cwd / "farm-state"
+    (cwd / "farm.toml").write_text('state_dir = "from-toml"\n')
+    s = load_settings({}, cwd=cwd)
+    assert (s.state_dir, s.sources["state_dir"]) == (cwd / "from-toml", "./farm.toml")
+    s = load_settings({"FARM_STATE_DIR": "from-env"}, cwd=cwd)  # the environment beats ./farm.toml
+    assert (s.state_dir, s.sources["state_dir"]) == (cwd / "from-env", "env FARM_STATE_DIR")
+
+
+@pytest.mark.parametrize(
+    ("layers", "redis_url", "redis_source"),
+    [
+        (["local"], LOCAL_REDIS, "local farm"),
+        (["local", "state"], "redis://state-toml:6380/0", "STATE/farm.toml"),
+        (["local", "state", "cwd"], "redis://cwd-toml:6381/0", "./farm.toml"),
+        (["local", "state", "cwd", "env"], "redis://env:6382/0", "env FARM_REDIS_URL"),
+        (["state", "env"], "redis://env:6382/0", "env FARM_REDIS_URL"),
+        (["local", "cwd"], "redis://cwd-toml:6381/0", "./farm.toml"),
+        ([], None, None),
+    ],
+)
+def test_precedence_env_then_cwd_toml_then_state_toml_then_local_farm(
+    dirs, layers, redis_url, redis_source
+) -> None:
+    state, cwd = dirs
+    env = {}
+    if "local" in layers:
+        write_local(state)
+    if "state" in layers:
+        (state / "farm.toml").write_text(
+            'redis_url = "redis://state-toml:6380/0"\nmax_attempts = 4\nheartbeat_ttl = 20\n'
+        )
+    if "cwd" in layers:
+        (cwd / "farm.toml").write_text('redis_url = "redis://cwd-toml:6381/0"\nmax_attempts = 5\n')
+    if "env" in layers:
+        env["FARM_REDIS_URL"] = "redis://env:6382/0"
+    s = load(state, cwd, **env)
+    assert s.redis_url == redis_url
+    assert s.sources.get("redis_url") == (
+        redis_source.replace("STATE", str(state)) if redis_source else None
+    )
+    # Other settings come from the highest layer that names them.
+    attempts = 5 if "cwd" in layers else 4 if "state" in layers else 3
+    assert s.max_attempts == attempts
+    assert s.heartbeat_ttl == (20.0 if "state" in layers else 30.0)
+    assert s.s3_endpoint_url == (LOCAL_S3 if "local" in layers else None)
+    assert s.max_tasks == 100_000 and "max_tasks" not in s.sources
+
+
+def test_sources_name_every_layer(dirs) -> None:
+    state, cwd = dirs
+    write_local(state)
+    (state / "farm.toml").write_text(
+        'heartbeat_ttl = 20\nmax_attempts = 4\ns3_region = "eu-west-1"\n'
+    )
+    (cwd / "farm.toml").write_text("max_attempts = 5\nmax_tasks = 900\n")
+    s = load(state, cwd, FARM_MAX_TASKS="1000", FARM_TASK_TIMEOUT="60")
+    assert s.sources == {
+        "state_dir": "env FARM_STATE_DIR",
+        "database_url": "default",
+        "storage_url": "default",
+        "redis_url": "local farm",
+        "s3_endpoint_url": "local farm",
+        "heartbeat_ttl": f"{state}/farm.toml",
+        "max_attempts": "./farm.toml",
+        "s3_region": f"{state}/farm.toml",
+        "max_tasks": "env FARM_MAX_TASKS",
+        "task_timeout": "env FARM_TASK_TIMEOUT",
+    }
+    assert (s.heartbeat_ttl, s.max_attempts, s.s3_region, s.max_tasks, s.task_timeout) == (
+        20.0,
+        5,
+        "eu-west-1",
+        1000,
+        60.0,
+    )
+    assert isinstance(s.heartbeat_ttl, float) and isinstance(s.max_tasks, int)
+    assert [
+        s.configured_elsewhere(n)
+        for n in ("redis_url", "s3_endpoint_url", "heartbeat_ttl", "max_tasks", "storage_url")
+    ] == [False, False, True, True, False]
+
+
+def test_an_empty_environment_variable_is_not_a_setting(dirs) -> None:
+    state, cwd = dirs
+    write_local(state)
+    s = load(state, cwd, FARM_REDIS_URL="", FARM_MAX_TASKS="")
+    assert (s.redis_url, s.sources["redis_url"], s.max_tasks) == (
+        LOCAL_REDIS,
+        "local farm",
+        100_000,
+    )
+
+
+def test_farm_table_form(dirs) -> None:
+    state, cwd = dirs
+    (cwd / "farm.toml").write_text(
+        'max_tasks = 10\nmax_attempts = 2\n\n[farm]\nredis_url = "redis://table:6390/1"\nmax_tasks = 20\n'
+    )
+    s = load(state, cwd)
+    # Top-level keys and a [farm] table mix; the table wins where both name a setting.
+    assert (s.redis_url, s.max_tasks, s.max_attempts) == ("redis://table:6390/1", 20, 2)
+    assert s.sources["redis_url"] == s.sources["max_tasks"] == "./farm.toml"
+
+    (state / "farm.toml").write_text('[farm]\nstorage_url = "file:///shared/renders"\n')
+    assert load(state, cwd).storage_url == "file:///shared/renders"
+
+
+def test_farm_must_be_a_table(dirs) -> None:
+    state, cwd = dirs
+    (cwd / "farm.toml").write_text("farm = 3\n")
+    with pytest.raises(ConfigError) as err:
+        load(state, cwd)
+    assert str(err.value) == f"{cwd}/farm.toml: [farm] must be a table"
+
+
+def test_invalid_toml_names_the_file(dirs) -> None:
+    state, cwd = dirs
+    (state / "farm.toml").write_text("redis_url = \n")
+    with pytest.raises(ConfigError) as err:
+        load(state, cwd)
+    assert str(err.value).startswith(f"{state}/farm.toml: invalid TOML (")
+    assert "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize(
+    ("where", "text", "message"),
+    [
+        ("cwd", 'redis_uri = "redis://x"\n', "./farm.toml: unknown setting 'redis_uri'"),
+        ("cwd", "[farm]\nworkers = 4\n", "./farm.toml: unknown setting 'workers'"),
+        ("state", "colour = 'red'\n", "STATE/farm.toml: unknown setting 'colour'"),
+        ("state", "[farm]\n[farm.extra]\nx = 1\n", "STATE/farm.toml: unknown setting 'extra'"),
+    ],
+)
+def test_unknown_settings_are_refused(dirs, where, text, message) -> None:
+    state, cwd = dirs
+    (cwd if where == "cwd" else state).joinpath("farm.toml").write_text(text)
+    with pytest.raises(ConfigError) as err:
+        load(state, cwd)
+    assert str(err.value) == message.replace("STATE", str(state))
+
+
+def test_state_dir_in_the_state_dirs_own_toml_is_ignored(dirs) -> None:
+    state, cwd = dirs
+    (state / "farm.toml").write_text('state_dir = "/elsewhere"\nmax_tasks = 7\n')
+    s = load(state, cwd)
+    assert (s.state_dir, s.max_tasks) == (state, 7)
+
+
+@pytest.mark.parametrize(
+    ("env", "toml", "message"),
+    [
+        (
+            {"FARM_MAX_TASKS": "abc"},
+            "",
+            "max_tasks (from env FARM_MAX_TASKS): expected a whole number, got 'abc'",
+        ),
+        (
+            {"FARM_MAX_TASKS": "2.5"},
+            "",
+            "max_tasks (from env FARM_MAX_TASKS): expected a whole number, got '2.5'",
+        ),
+        (
+            {"FARM_MAX_ATTEMPTS": "1e3"},
+            "",
+            "max_attempts (from env FARM_MAX_ATTEMPTS): expected a whole number, got '1e3'",
+        ),
+        (
+            {"FARM_HEARTBEAT_TTL": "fast"},
+            "",
+            "heartbeat_ttl (from env FARM_HEARTBEAT_TTL): expected a number, got 'fast'",
+        ),
+        (
+            {"FARM_HEARTBEAT_TTL": "nan"},
+            "",
+            "heartbeat_ttl (from env FARM_HEARTBEAT_TTL): expected a number, got 'nan'",
+        ),
+        (
+            {"FARM_TASK_TIMEOUT": "inf"},
+            "",
+            "task_timeout (from env FARM_TASK_TIMEOUT): expected a number, got 'inf'",
+        ),
+        (
+            {},
+            "max_attempts = 2.5\n",
+            "max_attempts (from ./farm.toml): expected a whole number, got 2.5",
+        ),
+        (
+            {},
+            "max_tasks = true\n",
+            "max_tasks (from ./farm.toml): expected a whole number, got True",
+        ),
+        (
+            {},
+            "heartbeat_ttl = false\n",
+            "heartbeat_ttl (from ./farm.toml): expected a number, got False",
+        ),
+        (
+            {},
+            'heartbeat_ttl = "soon"\n',
+            "heartbeat_ttl (from ./farm.toml): expected a number, got 'soon'",
+        ),
+        ({}, "task_timeout = [1]\n", "task_timeout (from ./farm.toml): expected a number, got [1]"),
+        (
+            {},
+            "heartbeat_ttl = 0.5\n",
+            "heartbeat_ttl (from ./farm.toml): 0.5 must be at least 1 second",
+        ),
+        ({"FARM_MAX_TASKS": "0"}, "", "max_tasks (from env FARM_MAX_TASKS): 0 must be at least 1"),
+        (
+            {"FARM_MAX_ATTEMPTS": "-1"},
+            "",
+            "max_attempts (from env FARM_MAX_ATTEMPTS): -1 must be at least 1",
+        ),
+        (
+            {"FARM_TASK_TIMEOUT": "-5"},
+            "",
+            "task_timeout (from env FARM_TASK_TIMEOUT): -5 must be more than 0 seconds",
+        ),
+        (
+            {},
+            "task_timeout = 0\n",
+            "task_timeout (from ./farm.toml): 0 must be more than 0 seconds",
+        ),
+    ],
+)
+def test_bad_numbers_name_the_setting_and_its_source(dirs, env, toml, message) -> None:
+    state, cwd = dirs
+    if toml:
+        (cwd / "farm.toml").write_text(toml)
+    with pytest.raises(ConfigError) as err:
+        load(state, cwd, **env)
+    assert str(err.value) == message
+
+
+def test_numbers_that_are_accepted(dirs) -> None:
+    state, cwd = dirs
+    (cwd / "farm.toml").write_text('max_attempts = 4.0\nheartbeat_ttl = 10\nmax_tasks = "250"\n')
+    s = load(state, cwd, FARM_TASK_TIMEOUT="0.25")
+    assert (s.max_attempts, s.heartbeat_ttl, s.max_tasks, s.task_timeout) == (4, 10.0, 250, 0.25)
+    assert type(s.max_attempts) is int and type(s.heartbeat_ttl) is float
+
+
+@pytest.mark.parametrize(
+    ("env", "message"),
+    [
+        (
+            {"FARM_REDIS_URL": "localhost:6379"},
+            "redis_url (from env FARM_REDIS_URL): 'localhost:6379' is not a redis://, rediss:// or unix:// URL",
+        ),
+        (
+            {"FARM_REDIS_URL": "http://:hunter2@127.0.0.1:6379/0"},
+            "redis_url (from env FARM_REDIS_URL): 'http://:***@127.0.0.1:6379/0' is not a redis://, rediss:// or unix:// URL",
+        ),
+        (
+            {"FARM_DATABASE_URL": "mysql://farm:hunter2@db/farm"},
+            "database_url (from env FARM_DATABASE_URL): 'mysql://farm:***@db/farm' is neither sqlite:/// nor postgresql+psycopg://",
+        ),
+        (
+            {"FARM_STORAGE_URL": "s3:///no-bucket"},
+            "storage_url (from env FARM_STORAGE_URL): 's3:///no-bucket' is neither s3://bucket/prefix nor file:///path",
+        ),
+        (
+            {"FARM_STORAGE_URL": "/shared/renders"},
+            "storage_url (from env FARM_STORAGE_URL): '/shared/renders' is neither s3://bucket/prefix nor file:///path",
+        ),
+        (
+            {"FARM_STORAGE_URL": "gs://bucket/x"},
+            "storage_url (from env FARM_STORAGE_URL): 'gs://bucket/x' is neither s3://bucket/prefix nor file:///path",
+        ),
+        (
+            {"FARM_S3_ENDPOINT_URL": "localhost:8333"},
+            "s3_endpoint_url (from env FARM_S3_ENDPOINT_URL): 'localhost:8333' is not an http:// or https:// URL",
+        ),
+        (
+            {"FARM_S3_ENDPOINT_URL": "ftp://s3.example.com"},
+            "s3_endpoint_url (from env FARM_S3_ENDPOINT_URL): 'ftp://s3.example.com' is not an http:// or https:// URL",
+        ),
+        (
+            {"FARM_S3_ENDPOINT_URL": "https://"},
+            "s3_endpoint_url (from env FARM_S3_ENDPOINT_URL): 'https://' is not an http:// or https:// URL",
+        ),
+        (
+            {"FARM_S3_CHECKSUMS": "always"},
+            "s3_checksums (from env FARM_S3_CHECKSUMS): 'always' is neither when_required nor when_supported",
+        ),
+    ],
+)
+def test_bad_urls_name_the_setting_and_its_source_without_secrets(dirs, env, message) -> None:
+    state, cwd = dirs
+    with pytest.raises(ConfigError) as err:
+        load(state, cwd, **env)
+    assert str(err.value) == message
+    assert "hunter2" not in str(err.value)
+
+
+def test_a_bad_url_in_a_toml_file_names_that_file(dirs) -> None:
+    state, cwd = dirs
+    (state / "farm.toml").write_text('database_url = "oracle://x"\n')
+    with pytest.raises(ConfigError) as err:
+        load(state, cwd)
+    assert (
+        str(err.value)
+        == f"database_url (from {state}/farm.toml): 'oracle://x' is neither sqlite:/// nor postgresql+psycopg://"
+    )
+
+
+def test_good_urls_are_accepted(dirs) -> None:
+    state, cwd = dirs
+    s = load(
+        state,
+        cwd,
+        FARM_REDIS_URL="rediss://:pw@redis.studio:6380/2",
+        FARM_DATABASE_URL="postgresql+psycopg://farm:pw@db.studio:5432/farm",
+        FARM_STORAGE_URL="s3://studio-renders/farm/prod",
+        FARM_S3_ENDPOINT_URL="https://s3.studio:9000",
+    )
+    assert (s.redis_url, s.database_url, s.storage_url, s.s3_endpoint_url) == (
+        "rediss://:pw@redis.studio:6380/2",
+        "postgresql+psycopg://farm:pw@db.studio:5432/farm",
+        "s3://studio-renders/farm/prod",
+        "https://s3.studio:9000",
+    )
+    assert (
+        load(
+            state,
+            cwd,
+            FARM_REDIS_URL="unix:///run/valkey.sock",
+            FARM_STORAGE_URL="file:///shared/renders",
+        ).storage_url
+        == "file:///shared/renders"
+    )
+
+
+def test_unreadable_local_file(dirs) -> None:
+    state, cwd = dirs
+    (state / "local.json").write_text("{not json")
+    with pytest.raises(ConfigError) as err:
+        load(state, cwd)
+    assert str(err.value).startswith(f"{state}/local.json: unreadable (")
+    assert read_local_file(cwd) == {}
+
+
+@pytest.mark.parametrize(
+    ("url", "masked"),
+    [
+        ("redis://:s3cret@127.0.0.1:6379/0", "redis://:***@127.0.0.1:6379/0"),
+        (
+            "postgresql+psycopg://farm:s3cret@db.studio:5432/farm",
+            "postgresql+psycopg://farm:***@db.studio:5432/farm",
+        ),
+        (
+            "rediss://admin:s3cret@redis.studio/3?ssl_cert_reqs=none",
+            "rediss://admin:***@redis.studio/3?ssl_cert_reqs=none",
+        ),
+        ("redis://:s3cret@[::1]:6380/0", "redis://:***@[::1]:6380/0"),
+        ("redis://:p%40ss@host:1/0", "redis://:***@host:1/0"),
+        ("redis://127.0.0.1:6379/0", "redis://127.0.0.1:6379/0"),
+        ("redis://user@host/0", "redis://user@host/0"),
+        ("sqlite:////tmp/farm.db", "sqlite:////tmp/farm.db"),
+        ("", ""),
+        (None, None),
+    ],
+)
+def test_mask_url(url, masked) -> None:
+    assert mask_url(url) == masked
+
+
+def test_effective_settings_never_show_a_password(dirs, monkeypatch) -> None:
+    state, cwd = dirs
+    write_local(state)
+    monkeypatch.setenv(
+        "FARM_STATE_DIR", "/somewhere/else"
+    )  # not the environment these settings came from
+    s = load_settings(
+        {
+            "FARM_STATE_DIR": str(state),
+            "FARM_DATABASE_URL": "postgresql+psycopg://farm:db-pass@db:5432/farm",
+            "FARM_S3_ENDPOINT_URL": "https://key:endpoint-pass@s3.studio",
+        },
+        cwd=cwd,
+    )
+    rows = effective_settings(s)
+    assert rows == [
+        ("state_dir", str(state), "env FARM_STATE_DIR"),
+        ("redis_url", "redis://:***@127.0.0.1:7001/0", "local farm"),
+        ("redis_ca", "", "default"),
+        ("database_url", "postgresql+psycopg://farm:***@db:5432/farm", "env FARM_DATABASE_URL"),
+        ("storage_url", "s3://renderfarm/", "default"),
+        ("s3_endpoint_url", "https://key:***@s3.studio", "env FARM_S3_ENDPOINT_URL"),
+        ("s3_region", "us-east-1", "default"),
+        ("s3_checksums", "when_required", "default"),
+        ("heartbeat_ttl", "30.0", "default"),
+        ("max_tasks", "100000", "default"),
+        ("max_attempts", "3", "default"),
+        ("task_timeout", "3600.0", "default"),
+        ("storage_retry", "300.0", "default"),
+        ("shutdown_grace", "300.0", "default"),
+        ("allow_commands", "False", "default"),
+    ]
+    text = repr(rows)
+    for secret in ("pw-local-valkey", "db-pass", "endpoint-pass", "local-s3-secret"):
+        assert secret not in text
+
+    (cwd / "farm.toml").write_text('state_dir = "toml-state"\n')
+    assert effective_settings(load_settings({}, cwd=cwd))[0] == (
+        "state_dir",
+        str(cwd / "toml-state"),
+        "./farm.toml",
+    )
+
+
+def test_exported_local_farm_values_stay_the_local_farms(dirs, monkeypatch) -> None:
+    """`eval "$(farm env)"` puts the local farm's own values in the environment: still the local farm."""
+    state, cwd = dirs
+    write_local(state)
+    plain = load(state, cwd)
+    exported = settings_env(plain)
+    assert (
+        exported["FARM_REDIS_URL"] == LOCAL_REDIS and exported["FARM_S3_ENDPOINT_URL"] == LOCAL_S3
+    )
+    again = load_settings(exported, cwd=cwd)
+    assert again == plain
+    assert (
+        again.sources
+        == plain.sources
+        == {
+            "state_dir": "env FARM_STATE_DIR",
+            "database_url": "default",
+            "storage_url": "default",
+            "redis_url": "local farm",
+            "s3_endpoint_url": "local farm",
+        }
+    )
+    assert not again.configured_elsewhere("redis_url") and not again.configured_elsewhere(
+        "s3_endpoint_url"
+    )
+    # So the local farm's generated S3 keys still apply, whatever AWS keys the environment holds
+    # (those are for other endpoints).
+    monkeypatch.delenv("AWS_ACCESS_KEY_ID", raising=False)
+    monkeypatch.delenv("AWS_SECRET_ACCESS_KEY", raising=False)
+    assert local_credentials(again) == ("RFLOCALKEY", "local-s3-secret")
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "FROM-THE-CHAIN")
+    assert local_credentials(again) == ("RFLOCALKEY", "local-s3-secret")
+
+    # A different value is the user's own choice: configured elsewhere.
+    monkeypatch.delenv("AWS_ACCESS_KEY_ID")
+    other = load_settings(
+        {
+            **exported,
+            "FARM_REDIS_URL": "redis://:x@10.0.0.5:6379/0",
+            "FARM_S3_ENDPOINT_URL": "http://10.0.0.5:8333",
+        },
+        cwd=cwd,
+    )
+    assert other.sources["redis_url"] == "env FARM_REDIS_URL" and other.configured_elsewhere(
+        "redis_url"
+    )
+    assert other.sources[
+        "s3_endpoint_url"
+    ] == "env FARM_S3_ENDPOINT_URL" and other.configured_elsewhere("s3_endpoint_url")
+    assert (
+        local_credentials(other) is None
+    )  # the local farm's keys are never sent to another endpoint
+
+
+def test_a_configured_storage_url_drops_the_local_farms_s3_endpoint(dirs) -> None:
+    state, cwd = dirs
+    write_local(state)
+    s = load(state, cwd, FARM_STORAGE_URL="file:///shared/renders")
+    assert (s.storage_url, s.s3_endpoint_url) == ("file:///shared/renders", None)
+    assert "s3_endpoint_url" not in s.sources and s.redis_url == LOCAL_REDIS
+
+    (state / "farm.toml").write_text('storage_url = "s3://studio-renders/farm"\n')
+    s = load(state, cwd)
+    assert (s.storage_url, s.s3_endpoint_url) == ("s3://studio-renders/farm", None)
+    # The local farm's endpoint, even exported by `farm env`, still serves only the local bucket...
+    s = load(state, cwd, FARM_S3_ENDPOINT_URL=LOCAL_S3)
+    assert s.s3_endpoint_url is None
+    # ...while an endpoint the user chose stays with the storage they chose.
+    s = load(state, cwd, FARM_S3_ENDPOINT_URL="https://s3.studio")
+    assert (s.s3_endpoint_url, s.sources["s3_endpoint_url"]) == (
+        "https://s3.studio",
+        "env FARM_S3_ENDPOINT_URL",
+    )
+    # The default bucket, even exported, keeps the local farm's endpoint.
+    (state / "farm.toml").unlink()
+    assert load(state, cwd, FARM_STORAGE_URL="s3://renderfarm/").s3_endpoint_url == LOCAL_S3
+
+
+def test_settings_env_round_trips(dirs) -> None:
+    state, cwd = dirs
+    s = load(
+        state,
+        cwd,
+        FARM_REDIS_URL="rediss://:pw@redis.studio:6380/2",
+        FARM_DATABASE_URL="postgresql+psycopg://farm:pw@db:5432/farm",
+        FARM_STORAGE_URL="s3://renders/prod",
+        FARM_S3_ENDPOINT_URL="https://s3.studio:9000",
+        FARM_S3_REGION="eu-west-2",
+        FARM_S3_CHECKSUMS="when_supported",
+        FARM_HEARTBEAT_TTL="12.5",
+        FARM_MAX_TASKS="5000",
+        FARM_MAX_ATTEMPTS="7",
+        FARM_TASK_TIMEOUT="123456789.25",
+        FARM_STORAGE_RETRY="60",
+        FARM_SHUTDOWN_GRACE="0.5",
+        FARM_ALLOW_COMMANDS="yes",
+    )
+    env = settings_env(s)
+    assert env == {
+        "FARM_STATE_DIR": str(state),
+        "FARM_REDIS_URL": "rediss://:pw@redis.studio:6380/2",
+        "FARM_DATABASE_URL": "postgresql+psycopg://farm:pw@db:5432/farm",
+        "FARM_STORAGE_URL": "s3://renders/prod",
+        "FARM_S3_ENDPOINT_URL": "https://s3.studio:9000",
+        "FARM_S3_REGION": "eu-west-2",
+        "FARM_S3_CHECKSUMS": "when_supported",
+        "FARM_HEARTBEAT_TTL": "12.5",
+        "FARM_MAX_TASKS": "5000",
+        "FARM_MAX_ATTEMPTS": "7",
+        "FARM_TASK_TIMEOUT": "123456789.25",
+        "FARM_STORAGE_RETRY": "60",
+        "FARM_SHUTDOWN_GRACE": "0.5",
+        "FARM_ALLOW_COMMANDS": "1",
+    }
+    assert load_settings(env, cwd=cwd) == s
+
+    # Values from files and defaults round-trip too; whole floats are written without ".0".
+    (state / "farm.toml").write_text("task_timeout = 86400000.0\nheartbeat_ttl = 1.0000001\n")
+    s = load(state, cwd)
+    env = settings_env(s)
+    assert (env["FARM_TASK_TIMEOUT"], env["FARM_HEARTBEAT_TTL"], env["FARM_MAX_TASKS"]) == (
+        "86400000",
+        "1.0000001",
+        "100000",
+    )
+    assert "FARM_REDIS_URL" not in env and "FARM_S3_ENDPOINT_URL" not in env
+    assert load_settings(env, cwd=cwd) == s
+    assert settings_env(load(state, cwd)) == env

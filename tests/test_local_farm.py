@@ -1,0 +1,126 @@
+"""End to end on the embedded local farm, through the installed `farm` command: submit, status,
+the real AWS CLI against the farm's S3, down and up again, and bad input refused."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sqlite3
+import subprocess
+from pathlib import Path
+
+import pytest
+from conftest import BIN, EXAMPLES, farm_env, farm_processes, run_farm, wait_for
+
+pytestmark = pytest.mark.slow
+
+SHOT = EXAMPLES / "orbit.toml"
+
+
+@pytest.fixture(scope="module")
+def farm(tmp_path_factory):
+    """A detached local farm with 2 workers in a state directory of its own."""
+    state = tmp_path_factory.mktemp("farm") / "state"
+    env = farm_env(state)
+    run_farm("up", "-d", "-w", "2", env=env, timeout=120)
+    yield state, env
+    run_farm("down", env=env, check=False, timeout=120)
+    left = farm_processes(state)
+    assert not left, f"processes left after farm down: {left}"
+
+
+def job_count(state: Path) -> int:
+    with sqlite3.connect(state / "farm.db") as db:
+        return db.execute("select count(*) from jobs").fetchone()[0]
+
+
+def test_submit_status_aws_cli_and_restart(farm, tmp_path):
+    state, env = farm
+    sub = run_farm("submit", str(SHOT), "--frames", "1-48x2", "--chunk", "4", "--json", env=env)
+    job = json.loads(sub.stdout)
+    job_id = job["id"]
+    assert job["frames"] == 24 and job["tasks"] == 6
+
+    def finished():
+        status = json.loads(run_farm("status", job_id[:5], "--json", env=env).stdout)
+        return status if status["state"] in ("done", "failed") else None
+
+    status = wait_for(finished, 120, f"job {job_id} to finish")
+    assert status["state"] == "done", status
+    assert (status["frames"], status["tasks"], status["frames_done"]) == (24, 6, 24)
+    assert status["counts"]["done"] == 6
+
+    # The real AWS CLI, pointed at the farm by `farm env`, lists the promoted frames.
+    exports = run_farm("env", env=env).stdout
+    shell = f'eval "$({BIN / "farm"} env)"; "{BIN / "aws"}" s3 ls --recursive s3://renderfarm/jobs/{job_id}/frames/'
+    listing = subprocess.run(["bash", "-c", shell], env=env, capture_output=True, text=True, timeout=120)
+    assert listing.returncode == 0, listing.stderr
+    names = sorted(line.split()[-1].rsplit("/", 1)[-1] for line in listing.stdout.splitlines() if line.strip())
+    assert names == [f"orbit.{f:04d}.png" for f in range(1, 49, 2)]
+    assert "AWS_SECRET_ACCESS_KEY" in exports and "REDISCLI_AUTH" in exports
+
+    # State survives down and up: the job is still listed as done.
+    run_farm("down", env=env, timeout=120)
+    assert not farm_processes(state)
+    down_jobs = run_farm("jobs", "--json", env=env)
+    assert "not running" in down_jobs.stderr
+    assert any(j["id"] == job_id and j["state"] == "done" for j in json.loads(down_jobs.stdout))
+    run_farm("up", "-d", "-w", "2", env=env, timeout=120)
+    jobs = json.loads(run_farm("jobs", "--json", env=env).stdout)
+    assert any(j["id"] == job_id and j["state"] == "done" for j in jobs)
+
+    tasks = json.loads(run_farm("tasks", job_id, "--json", env=env).stdout)
+    assert [t["frames"] for t in tasks] == ["1-7x2", "9-15x2", "17-23x2", "25-31x2", "33-39x2", "41-47x2"]
+    assert all(t["worker"] and t["state"] == "done" for t in tasks)
+
+    dest = tmp_path / "frames"
+    run_farm("download", job_id, str(dest), env=env)
+    assert len(list(dest.glob("orbit.*.png"))) == 24
+
+
+BAD_INPUTS = [
+    (["--frames", "10-1"], "frames: '10-1' runs backwards"),
+    (["--frames", "abc"], "frames: 'abc' is not a frame spec"),
+    (["--frames", "1-100000000"], "frames: '1-100000000'"),
+    (["--chunk", "0"], "chunk: 0 must be at least 1"),
+    (["--priority", "lots"], "priority: 'lots'"),
+    (["--renderer", "maya"], "renderer: 'maya' is not one of"),
+]
+
+
+@pytest.mark.parametrize(("args", "message"), BAD_INPUTS, ids=[a[1] for a, _ in BAD_INPUTS])
+def test_bad_submissions_are_one_line_and_enqueue_nothing(farm, args, message):
+    state, env = farm
+    before = job_count(state)
+    proc = run_farm("submit", str(SHOT), *args, env=env, check=False)
+    assert proc.returncode != 0
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1, proc.stderr
+    assert message in lines[0] and "Traceback" not in proc.stderr
+    assert job_count(state) == before
+
+
+def test_bad_scene_files_name_the_problem(farm, tmp_path):
+    state, env = farm
+    before = job_count(state)
+    missing = run_farm("submit", str(tmp_path / "nope.toml"), env=env, check=False)
+    assert missing.returncode != 0 and "nope.toml does not exist" in missing.stderr
+    assert len(missing.stderr.strip().splitlines()) == 1
+
+    broken = tmp_path / "broken.toml"
+    text = SHOT.read_text().replace("width = 320", "width = \"wide\"")
+    assert text != SHOT.read_text()
+    broken.write_text(text)
+    proc = run_farm("submit", str(broken), env=env, check=False)
+    assert proc.returncode != 0
+    assert len(proc.stderr.strip().splitlines()) == 1 and "width" in proc.stderr, proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert job_count(state) == before
+
+
+def test_submit_without_a_farm_says_how_to_start_it(tmp_path):
+    env = farm_env(tmp_path / "nowhere")
+    proc = run_farm("submit", str(SHOT), env=env, check=False)
+    assert proc.returncode != 0
+    assert "farm up" in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
+    shutil.rmtree(tmp_path / "nowhere", ignore_errors=True)

@@ -1,0 +1,197 @@
+"""`farm top` driven headless with Textual's pilot at 80x24: against a real local farm (the job
+and worker rows appear, suspend, priority and cancel reach the manager and the farm honours
+them, the tasks and log screens open, an SVG screenshot is saved), with the farm down, and its
+text formatters on exact inputs."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from conftest import farm_env, farm_processes, run_farm
+from renderfarm_cli.top import farm_top, progress_bar, short_count, sparkline
+
+from renderfarm.client import Submission, submit
+from renderfarm.config import load_settings
+from renderfarm.db import session_scope
+from renderfarm.status import job_status, list_tasks, reader_engine, resolve_job
+
+SIZE = (80, 24)
+SLEEPER = """
+import sys, time
+from PIL import Image
+frame, out, w, h, seconds = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), float(sys.argv[5])
+print(f"sleeper: frame {frame} for {seconds} s", flush=True)
+time.sleep(seconds)
+Image.new("RGB", (w, h), (0, 90, 200)).save(out)
+"""
+
+
+def sleeper_scene(root: Path, frames: str, seconds: float) -> Path:
+    script = root / "sleeper.py"
+    script.write_text(SLEEPER)
+    argv = [sys.executable, str(script), "{frame}", "{output}", "{width}", "{height}", str(seconds)]
+    scene = root / "sleepy.toml"
+    scene.write_text(f'[render]\nwidth = 32\nheight = 18\nframes = "{frames}"\n\n[command]\nargv = {json.dumps(argv)}\n')
+    return scene
+
+
+async def until(pilot, check, timeout: float, what: str):
+    """Let the app run until `check()` is true; meanwhile no refresh may blank the screen."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        assert not pilot.app.screen.query("LoadingIndicator"), "a refresh covered the screen"
+        value = check()
+        if value:
+            return value
+        await pilot.pause(0.1)
+    raise AssertionError(f"timed out after {timeout:g} s waiting for {what}")
+
+
+class Reader:
+    """The database as the test sees it, apart from the app."""
+
+    def __init__(self, settings) -> None:
+        self.engine = reader_engine(settings)
+
+    def job(self, job_id: str):
+        with session_scope(self.engine) as s:
+            return job_status(s, resolve_job(s, job_id))
+
+    def attempt_starts(self, job_id: str) -> list[float]:
+        with session_scope(self.engine) as s:
+            tasks = list_tasks(s, resolve_job(s, job_id))
+        return [a["started_at"] for t in tasks for a in t.attempts if a["started_at"]]
+
+
+def cell(table, row: str, col: str) -> str:
+    return str(table.get_cell(row, col))
+
+
+def status_line(screen) -> str:
+    return str(screen.query_one("#status").render())
+
+
+@pytest.mark.slow
+def test_top_steers_a_local_farm(tmp_path):
+    state = tmp_path / "state"
+    env = farm_env(state, FARM_ALLOW_COMMANDS="1", FARM_HEARTBEAT_TTL="3")
+    started = time.monotonic()
+    run_farm("up", "-d", "-w", "2", env=env, timeout=120)
+    up = time.monotonic() - started
+    try:
+        settings = load_settings(env, cwd=tmp_path)
+        job = submit(settings, Submission(scene=sleeper_scene(tmp_path, "1-40", 1.0), renderer="command",
+                                          name="sleepy", owner="wrangler"))
+        asyncio.run(drive(settings, job, tmp_path))
+    finally:
+        run_farm("down", env=env, check=False, timeout=120)
+    left = farm_processes(state)
+    assert not left, f"processes left after farm down: {left}"
+    print(f"farm up {up:.1f} s, whole test {time.monotonic() - started:.1f} s")
+
+
+async def drive(settings, job: str, tmp_path: Path) -> None:
+    db = Reader(settings)
+    app = farm_top(settings)
+    async with app.run_test(size=SIZE) as pilot:
+        farm = app.farm
+        jobs, workers = farm.query_one("#jobs"), farm.query_one("#workers")
+
+        # The job row and both workers' rows appear, refreshed in place as they render.
+        seen = time.monotonic()
+        await until(pilot, lambda: job in [r.key.value for r in jobs.ordered_rows], 10, "the job row")
+        await until(pilot, lambda: workers.row_count == 2
+                    and all(cell(workers, r.key.value, "state") == "busy" for r in workers.ordered_rows),
+                    20, "two busy worker rows")
+        print(f"rows on screen {time.monotonic() - seen:.1f} s after the app started")
+        assert [cell(jobs, job, c) for c in ("id", "name", "owner", "state", "priority")] == [
+            job, "sleepy", "wrangler", "running", "50"]
+        assert cell(jobs, job, "frames").endswith("/40")
+        assert {cell(workers, r.key.value, "task").split(":")[0] for r in workers.ordered_rows} == {job}
+
+        # s suspends the selected job: the manager applies it and starts no new task of it.
+        await until(pilot, lambda: db.job(job).counts["done"] >= 1, 20, "a task to finish")
+        await pilot.press("s")
+        await until(pilot, lambda: db.job(job).state == "suspended", 10, "the job to be suspended")
+        suspended_at = time.time()
+        await until(pilot, lambda: "suspend applied; now suspended" in status_line(farm), 5, "the answer")
+        await until(pilot, lambda: cell(jobs, job, "state") == "suspended", 3, "the row to say suspended")
+        await pilot.pause(2.5)  # running renders (1 s each) finish; nothing new may start
+        late = [t for t in db.attempt_starts(job) if t > suspended_at + 0.5]
+        assert late == [], f"tasks of the suspended job started after it was suspended: {late}"
+        done = db.job(job).counts["done"]
+        assert 0 < done < 40 and db.job(job).state == "suspended"
+
+        shot = Path(app.save_screenshot("farm-top.svg", str(tmp_path)))
+        svg = shot.read_text()
+        assert svg.lstrip().startswith("<svg") and job in svg and "suspended" in svg
+
+        # p asks for a new priority; the value typed replaces the old one.
+        await pilot.press("p")
+        await until(pilot, lambda: app.screen.query("#priority"), 3, "the priority input")
+        await pilot.press("1", "0", "0", "0")  # only 3 digits fit
+        await pilot.press("enter")
+        await until(pilot, lambda: db.job(job).priority == 100, 10, "priority 100")
+        await until(pilot, lambda: cell(jobs, job, "priority") == "100", 3, "the new priority on screen")
+
+        # Enter opens the job's tasks; l opens the selected (first, done) task's log.
+        await pilot.press("enter")
+        await until(pilot, lambda: app.screen.query("#tasks") and app.screen.query_one("#tasks").row_count == 40,
+                    10, "the job's 40 tasks")
+        tasks = app.screen.query_one("#tasks")
+        assert cell(tasks, f"{job}:0", "state") == "done"
+        await pilot.press("l")
+        await until(pilot, lambda: app.screen.query("#log") and "sleeper: frame 1 for 1.0 s"
+                    in "\n".join(app.screen.query_one("#log").lines), 10, "the first task's log")
+        await pilot.press("escape", "escape")
+        assert app.screen is farm
+
+        # c asks first: n leaves the job alone, y cancels it.
+        await pilot.press("c")
+        await until(pilot, lambda: app.screen.query("#question")
+                    and "Cancel job" in str(app.screen.query_one("#question").render()), 3, "the question")
+        await pilot.press("n")
+        await pilot.pause(1.5)
+        assert db.job(job).state == "suspended"
+        await pilot.press("c")
+        await until(pilot, lambda: app.screen is not farm, 3, "the question again")
+        await pilot.press("y")
+        await until(pilot, lambda: db.job(job).state == "cancelled", 10, "the job to be cancelled")
+        await until(pilot, lambda: cell(jobs, job, "state") == "cancelled", 3, "the row to say cancelled")
+        await pilot.press("q")
+    assert not app.is_running
+
+
+def test_top_with_the_farm_down(tmp_path):
+    """Nothing running and no database: the app says so, refuses verbs politely, and quits."""
+    settings = load_settings({"FARM_STATE_DIR": str(tmp_path / "state")}, cwd=tmp_path)
+
+    async def drive() -> None:
+        app = farm_top(settings)
+        async with app.run_test(size=SIZE) as pilot:
+            farm = app.farm
+            await until(pilot, lambda: "farm is not running" in status_line(farm), 5, "the note")
+            assert "farm not running" in str(farm.query_one("#summary").render())
+            await pilot.press("s")
+            assert "no job selected" in status_line(farm)
+            await pilot.press("q")
+        assert not app.is_running
+
+    asyncio.run(drive())
+
+
+def test_formatters():
+    assert progress_bar(0.0) == "         0%"
+    assert progress_bar(0.5) == "███     50%"
+    assert progress_bar(0.999) == "█████▉ 100%"
+    assert progress_bar(1.0) == "██████ 100%"
+    assert progress_bar(0.08) == "▍        8%"
+    assert progress_bar(0.5, width=10) == "█████       50%"
+    assert sparkline([0, 1, 2, 4, 8]) == "▁▂▃▅█"
+    assert sparkline([0, 0]) == "▁▁"
+    assert [short_count(n) for n in (0, 9999, 10_000, 123_456)] == ["0", "9999", "10k", "123k"]

@@ -1,0 +1,171 @@
+"""The wrangler's verbs and the scheduler's fairness, on a real local farm with 2 workers:
+cancel, suspend/resume, retry, priority, --after, --max-workers, fair share."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+
+import pytest
+from conftest import EXAMPLES, farm_env, farm_processes, run_farm, wait_for
+
+from renderfarm.client import Submission, send_verb, submit
+from renderfarm.config import load_settings
+
+pytestmark = pytest.mark.slow
+
+SLEEPER = """
+import os, sys, time, pathlib
+from PIL import Image
+frame, out, w, h, marks = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), pathlib.Path(sys.argv[5])
+(marks / f"pid-{frame}-{os.getpid()}").write_text(str(time.time()))
+if (marks / f"fail-{frame}").exists():
+    sys.exit(3)
+time.sleep(float((marks / "sleep").read_text()))
+Image.new("RGB", (w, h), (0, 0, 200)).save(out)
+"""
+
+
+class Farm:
+    def __init__(self, root, env) -> None:
+        self.root, self.env = root, env
+        self.settings = load_settings(env, cwd=root)
+        self.marks = root / "marks"
+        self.marks.mkdir(exist_ok=True)
+
+    def scene(self, name: str, frames: str, sleep: float) -> "os.PathLike":
+        (self.marks / "sleep").write_text(str(sleep))
+        script = self.root / "sleeper.py"
+        script.write_text(SLEEPER)
+        argv = [sys.executable, str(script), "{frame}", "{output}", "{width}", "{height}", str(self.marks)]
+        path = self.root / f"{name}.toml"
+        path.write_text(f'[render]\nwidth = 32\nheight = 18\nframes = "{frames}"\n\n[command]\nargv = {json.dumps(argv)}\n')
+        return path
+
+    def submit(self, scene, **kw) -> str:
+        renderer = kw.pop("renderer", "command")
+        return submit(self.settings, Submission(scene=scene, renderer=renderer, **kw))
+
+    def attempts(self, job: str) -> list[dict]:
+        tasks = json.loads(run_farm("tasks", job, "--json", env=self.env).stdout)
+        return [dict(a, task=t["index"]) for t in tasks for a in t["attempts"]]
+
+    def state(self, job: str) -> dict:
+        return json.loads(run_farm("status", job, "--json", env=self.env).stdout)
+
+    def wait(self, job: str, timeout: float = 120) -> str:
+        return wait_for(lambda: (s := self.state(job)["state"]) in ("done", "failed", "cancelled") and s,
+                        timeout, f"job {job}")
+
+
+@pytest.fixture(scope="module")
+def farm(tmp_path_factory):
+    root = tmp_path_factory.mktemp("wrangle")
+    env = farm_env(root / "state", FARM_ALLOW_COMMANDS="1", FARM_HEARTBEAT_TTL="3")
+    run_farm("up", "-d", "-w", "2", env=env, timeout=120)
+    yield Farm(root, env)
+    run_farm("down", env=env, check=False, timeout=120)
+    assert not farm_processes(root / "state")
+
+
+def renderer_pids(farm: Farm, frame: int) -> list[int]:
+    return [int(p.name.rsplit("-", 1)[1]) for p in farm.marks.glob(f"pid-{frame}-*")]
+
+
+def test_cancel_kills_running_renders_within_5s(farm):
+    job = farm.submit(farm.scene("cancel", "1-4", 60), name="cancel")
+    wait_for(lambda: renderer_pids(farm, 1) and renderer_pids(farm, 2), 60, "two renders to start")
+    pids = renderer_pids(farm, 1) + renderer_pids(farm, 2)
+    start = time.monotonic()
+    out = run_farm("cancel", job[:6], env=farm.env)
+    assert "cancelled" in out.stdout
+    wait_for(lambda: not any(os.path.exists(f"/proc/{p}") for p in pids), 10, "the renders to die")
+    took = time.monotonic() - start
+    print(f"cancel killed the running renders in {took:.2f} s")
+    assert took < 5
+    assert farm.state(job)["state"] == "cancelled"
+    assert {a["state"] for a in farm.attempts(job)} <= {"cancelled"}
+    # Safe to repeat.
+    run_farm("cancel", job, env=farm.env)
+    assert farm.state(job)["state"] == "cancelled"
+
+
+def test_suspend_resume_and_retry(farm):
+    slow = farm.submit(farm.scene("slow", "1-12", 1.0), name="slow")
+    other = farm.submit(EXAMPLES / "orbit.toml", renderer="null", frames="1-40", name="other")
+    wait_for(lambda: farm.state(slow)["counts"]["done"] >= 2, 60, "the slow job to get going")
+    send_verb(farm.settings, "suspend", slow)
+    suspended_at = time.time()
+    assert farm.wait(other) == "done"  # the other job keeps running
+    time.sleep(3)
+    late = [a for a in farm.attempts(slow) if a["started_at"] and a["started_at"] > suspended_at + 0.5]
+    assert late == [], "a task of the suspended job started"
+    assert farm.state(slow)["state"] == "suspended"
+    run_farm("resume", slow, env=farm.env)
+    assert farm.wait(slow) == "done"
+
+    (farm.marks / "fail-3").write_text("")
+    failing = farm.submit(farm.scene("failing", "1-4", 0.1), name="failing")
+    assert farm.wait(failing) == "failed"
+    (farm.marks / "fail-3").unlink()
+    run_farm("retry", failing, env=farm.env)
+    assert farm.wait(failing) == "done"
+    retried = [a for a in farm.attempts(failing) if a["task"] == 2]
+    assert [a["state"] for a in retried] == ["failed", "failed", "failed", "done"]
+
+
+def test_priority_after_and_max_workers(farm):
+    early = farm.submit(farm.scene("early", "1-10", 1.0), name="early")
+    later = farm.submit(farm.scene("later", "1-4", 1.0), name="later")
+    wait_for(lambda: any(a["started_at"] for a in farm.attempts(early)), 30, "the early job to start")
+    reply = send_verb(farm.settings, "priority", later, priority=90)
+    assert reply["priority"] == 90
+    bumped_at = time.time()
+    assert farm.wait(later) == "done"
+    # Dispatch order, by the manager's own clock: once the bump is applied, no task of the early
+    # job is handed out while the later one has any left to hand out. (An early attempt already
+    # taken by its worker before the bump may still start a moment after it.)
+    later_handed = [a["queued_at"] for a in farm.attempts(later)]
+    early_after = [a["queued_at"] for a in farm.attempts(early) if a["queued_at"] > bumped_at]
+    assert min(early_after, default=float("inf")) >= max(later_handed), (later_handed, early_after)
+    assert farm.wait(early) == "done"
+
+    parent = farm.submit(farm.scene("parent", "1-3", 0.5), name="parent")
+    child = farm.submit(EXAMPLES / "orbit.toml", renderer="null", frames="1-4", name="child", after=parent[:5])
+    assert farm.wait(child) == "done"
+    parent_done = farm.state(parent)["finished_at"]
+    assert min(a["started_at"] for a in farm.attempts(child)) >= parent_done
+
+    capped = farm.submit(farm.scene("capped", "1-8", 0.3), name="capped", max_workers=1)
+    assert farm.wait(capped) == "done"
+    spans = sorted((a["started_at"], a["finished_at"], a["worker"]) for a in farm.attempts(capped) if a["started_at"])
+    for (s1, f1, w1), (s2, f2, w2) in zip(spans, spans[1:]):
+        assert w1 == w2 or s2 >= f1, f"two workers at once: {(s1, f1, w1)} and {(s2, f2, w2)}"
+
+
+def test_a_small_job_is_not_starved_by_a_big_one(farm):
+    scene = EXAMPLES / "orbit.toml"
+    big = farm.submit(scene, renderer="null", frames="1-2000", name="big")
+    wait_for(lambda: farm.state(big)["counts"]["done"] >= 5, 60, "the big job to get going")
+    small = farm.submit(scene, renderer="null", frames="1-10", name="small")
+    assert farm.wait(small) == "done"
+    big_done = farm.state(big)["frames_done"]
+    print(f"the big job had {big_done} of 2000 frames done when the small one finished")
+    assert big_done < 200
+    send_verb(farm.settings, "cancel", big)
+
+
+def test_equal_jobs_share_the_first_starts_evenly(farm):
+    scene = EXAMPLES / "orbit.toml"
+    jobs = [farm.submit(scene, renderer="null", frames="1-200", name=f"even{i}") for i in range(3)]
+    all_in = farm.state(jobs[-1])["submitted_at"]
+    for job in jobs:
+        farm.wait(job, timeout=240)
+    # Counted once all three are in: the first was alone on the farm while the others were submitted.
+    starts = sorted((a["started_at"], job) for job in jobs for a in farm.attempts(job)
+                    if a["started_at"] and a["started_at"] > all_in)[:60]
+    shares = {job: sum(1 for _, j in starts if j == job) / 60 for job in jobs}
+    print("shares of the first 60 task starts:", {j[:8]: f"{s:.0%}" for j, s in shares.items()})
+    assert all(abs(s - 1 / 3) <= 0.10 for s in shares.values()), shares

@@ -1,0 +1,1 @@
+"""renderfarm-worker: the farm-worker daemon that renders tasks on a render node."""

@@ -1,0 +1,70 @@
+"""Assembling a tiled frame on a worker: fetch its committed tiles one at a time, stitch them,
+and upload the frame under the attempt's own prefix for the manager to verify and promote."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from renderfarm.errors import StorageError
+
+if TYPE_CHECKING:
+    from renderfarm.tiles import Tile
+    from renderfarm_worker.runtime import WorkerRuntime
+    from renderfarm_worker.tasks import AttemptSpec
+
+log = logging.getLogger("renderfarm.worker")
+
+
+def assemble(rt: WorkerRuntime, spec: AttemptSpec, workdir: Path, log_file) -> list[dict]:
+    """Stitch the frame; a missing or broken tile raises TileProblem naming it (and the manager
+    has exactly those tiles rendered again)."""
+    from renderfarm.stitching import assemble_frame
+    from renderfarm.tiles import parse_grid
+    from renderfarm_worker.tasks import upload_output
+
+    frame = spec.frames[0]
+    out = workdir / "out" / spec.output_name(frame)
+    log_file.write(f"# {spec.label} on {rt.name}: assembling frame {frame} from {len(spec.tile_keys)} tiles\n".encode())
+    log_file.flush()
+    assemble_frame(
+        _fetch(rt, spec, workdir, log_file), width=spec.width, height=spec.height, fmt=spec.format,
+        out_path=out, grid=parse_grid(spec.grid or ""),
+    )
+    rt.raise_if_stopped()
+    rt.check_lease()
+    rt.raise_if_stopped()
+    return [upload_output(rt, spec, frame, out)]
+
+
+def _fetch(rt: WorkerRuntime, spec: AttemptSpec, workdir: Path, log_file) -> Iterator[tuple[Tile, Path | None]]:
+    """Each tile downloaded just before it is stitched, the one before deleted: one tile on disk
+    and in memory at a time. A tile storage no longer has comes as None."""
+    from renderfarm.errors import RenderError
+    from renderfarm.tiles import parse_grid
+
+    tiles = parse_grid(spec.grid or "").split(spec.width, spec.height)
+    if len(tiles) != len(spec.tile_keys):
+        raise RenderError(f"assembly payload names {len(spec.tile_keys)} tiles, the grid has {len(tiles)}")
+    previous: Path | None = None
+    try:
+        for tile, key in zip(tiles, spec.tile_keys):
+            index = tile.index
+            rt.raise_if_stopped()
+            path = workdir / f"tile-{index}.{spec.ext}"
+            try:
+                rt.with_storage(f"download {key}", lambda: rt.storage.download_file(key, path))
+            except StorageError as e:
+                if e.transient:
+                    raise
+                log_file.write(f"# tile {index}: {e}\n".encode())
+                path = None
+            if previous is not None:
+                previous.unlink(missing_ok=True)
+            previous = path
+            yield tile, path
+    finally:
+        if previous is not None:
+            previous.unlink(missing_ok=True)

@@ -1,0 +1,300 @@
+"""One worker process's shared state: identity, connections, scene cache, heartbeat and lease,
+and the reasons a render must stop (its lease moved on, or the worker is handing it back)."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import socket
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from renderfarm import __version__, presence, queues
+from renderfarm.errors import RenderFarmError, StorageError
+from renderfarm.events import EventSender
+from renderfarm.models import WorkerState
+from renderfarm.renderers.session import RendererSession
+from renderfarm.storage import open_storage
+from renderfarm.storage.retry import retrying
+
+if TYPE_CHECKING:
+    from redis import Redis
+
+    from renderfarm.config import Settings
+    from renderfarm.storage import Storage
+
+log = logging.getLogger("renderfarm.worker")
+T = TypeVar("T")
+
+_CURRENT: WorkerRuntime | None = None
+SESSION_IDLE = 60.0  # seconds a warm renderer session may sit unused
+LEASE_CHECK_EVERY = 1.0  # seconds between lease checks while rendering
+
+
+def current() -> WorkerRuntime:
+    """The runtime of this worker process (set by the daemon before it takes jobs)."""
+    if _CURRENT is None:
+        raise RenderFarmError("render_task runs only inside farm-worker")
+    return _CURRENT
+
+
+def install(runtime: WorkerRuntime | None) -> None:
+    global _CURRENT
+    _CURRENT = runtime
+
+
+class Interrupted(Exception):
+    """The render was stopped before it finished: superseded, or handed back at shutdown."""
+
+    def __init__(self, reason: str, *, hand_back: bool) -> None:
+        super().__init__(reason)
+        self.hand_back = hand_back
+
+
+class Finisher:
+    """One background thread finishing attempts in order (uploads, log, done event) while the
+    next task renders; at most one attempt waits for it, so a slow store slows the renders
+    down instead of piling up files."""
+
+    def __init__(self) -> None:
+        import queue
+
+        self._jobs: queue.Queue = queue.Queue(maxsize=1)
+        self._thread = threading.Thread(target=self._run, name="finisher", daemon=True)
+        self._thread.start()
+
+    def submit(self, job: Callable[[], None]) -> None:
+        self._jobs.put(job)
+
+    def _run(self) -> None:
+        while True:
+            job = self._jobs.get()
+            try:
+                if job is None:
+                    return
+                job()
+            except Exception:  # one attempt's trouble must not stop the next ones being finished
+                log.exception("finishing an attempt failed")
+            finally:
+                self._jobs.task_done()
+
+    def drain(self, timeout: float | None = None) -> None:
+        """Wait until every submitted attempt is finished (at shutdown)."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while self._jobs.unfinished_tasks:
+            if deadline is not None and time.monotonic() > deadline:
+                log.warning("%d attempt(s) still being finished at exit", self._jobs.unfinished_tasks)
+                return
+            time.sleep(0.05)
+
+
+@dataclass
+class Lease:
+    """The attempt this worker is rendering now."""
+
+    task_id: int
+    attempt_id: int
+    label: str  # job:index/attempt
+
+
+@dataclass
+class WorkerRuntime:
+    settings: Settings
+    name: str
+    pool: str
+    scratch: Path
+    r: Redis
+    site: str = "local"
+    watts: float | None = None  # this node's draw while rendering; None: the site's default
+    watts_per_core: float | None = None  # or a draw per busy core, over the renderer's CPU time
+    storage: Storage = field(init=False)
+    events: EventSender = field(init=False)
+    host: str = field(default_factory=socket.gethostname)
+    started_at: float = field(default_factory=time.time)
+    lease: Lease | None = None
+    session: RendererSession | None = None  # the warm renderer of the job last rendered
+    stopping: bool = False  # SIGTERM seen: take no new work
+    _stop_reason: str | None = None
+    _next_lease_check: float = 0.0
+    _hand_back: bool = False
+    _stop_beating: threading.Event = field(default_factory=threading.Event)
+    _beater: threading.Thread | None = None
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+    finisher: Finisher = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.storage = open_storage(self.settings)
+        self.events = EventSender(self.r, self.name)
+        self.finisher = Finisher()
+        self.scratch.mkdir(parents=True, exist_ok=True)
+        os.chmod(self.scratch, 0o700)
+
+    # -- the current render and why it must stop ------------------------------------------------
+
+    def begin(self, lease: Lease) -> None:
+        with self._lock:
+            self.lease = lease
+            self._stop_reason = None
+            self._hand_back = False
+
+    def end(self) -> None:
+        with self._lock:
+            self.lease = None
+            self._stop_reason = None
+
+    def interrupt(self, reason: str, *, hand_back: bool) -> None:
+        """Ask the current render (if any) to stop as soon as it can."""
+        with self._lock:
+            if self.lease is not None and self._stop_reason is None:
+                self._stop_reason = reason
+                self._hand_back = hand_back
+                log.warning("stopping %s: %s", self.lease.label, reason)
+
+    def should_stop(self) -> bool:
+        """Whether the current render must stop; asks Redis for the lease at most once a second,
+        so a cancel stops a render within a second or two."""
+        now = time.monotonic()
+        if self._stop_reason is None and self.lease is not None and now >= self._next_lease_check:
+            self._next_lease_check = now + LEASE_CHECK_EVERY
+            self.check_lease()
+        return self._stop_reason is not None
+
+    def raise_if_stopped(self) -> None:
+        if self._stop_reason is not None:
+            raise Interrupted(self._stop_reason, hand_back=self._hand_back)
+
+    def hand_back_now(self) -> None:
+        """Shutdown cannot wait for the render: stop it and give the task back to the manager."""
+        self.interrupt("the worker is shutting down", hand_back=True)
+
+    def check_lease(self) -> None:
+        """Stop a render whose task the manager has given to another attempt. A missing lease
+        (Redis was wiped) is not a reason: the manager restores it or moves the task on."""
+        import redis
+
+        lease = self.lease
+        if lease is None:
+            return
+        try:
+            holder = queues.lease_holder(self.r, lease.task_id)
+        except redis.RedisError as e:  # cannot tell now; the next heartbeat asks again
+            log.warning("could not check the lease of %s: %s", lease.label, e)
+            return
+        if holder == queues.REVOKED:
+            self.interrupt("taken back by the farm (job cancelled or suspended)", hand_back=False)
+        elif holder is not None and holder != lease.attempt_id:
+            self.interrupt(f"superseded: attempt {holder} owns the task now", hand_back=False)
+
+    def owns(self, task_id: int, attempt_id: int) -> bool:
+        """Whether the attempt holds its task's lease now (checked before starting it)."""
+        return queues.lease_holder(self.r, task_id) == attempt_id
+
+    # -- warm renderer sessions -----------------------------------------------------------------
+
+    def session_for(self, key: tuple, argv: list[str], env: dict[str, str]) -> RendererSession:
+        """The warm session for `key` (job, renderer, scene), started if there is none alive;
+        a session of another job is closed first (one renderer process at a time)."""
+        with self._lock:
+            session = self.session
+            if session is not None and session.key == key and session.alive():
+                return session
+            self.session = None
+        if session is not None:
+            session.close()
+        cwd = self.scratch / "session"
+        cwd.mkdir(exist_ok=True)
+        session = RendererSession(key, argv, cwd=cwd, env={**env, "TMPDIR": str(cwd)})
+        with self._lock:
+            self.session = session
+        return session
+
+    def close_session(self, idle_for: float | None = None) -> None:
+        """Close the warm session; with `idle_for`, only if no render holds it and it has been
+        unused that long (the heartbeat thread's tidy-up must never close one in use)."""
+        with self._lock:
+            session = self.session
+            if session is None:
+                return
+            if idle_for is not None and (self.lease is not None or time.monotonic() - session.last_used < idle_for):
+                return
+            self.session = None
+        session.close()
+
+    # -- heartbeat ------------------------------------------------------------------------------
+
+    def info(self) -> dict[str, Any]:
+        lease = self.lease
+        if self.stopping:
+            state = WorkerState.STOPPING
+        else:
+            state = WorkerState.BUSY if lease else WorkerState.IDLE
+        return {
+            "name": self.name, "host": self.host, "pid": os.getpid(), "pool": self.pool,
+            "cores": os.cpu_count() or 1, "version": __version__, "started_at": self.started_at,
+            "state": state.value, "task": lease.label.split("/")[0] if lease else None,
+            "attempt_id": lease.attempt_id if lease else None,
+            "site": self.site, "ttl": self.heartbeat_ttl, "ts": time.time(),
+        }
+
+    @property
+    def heartbeat_ttl(self) -> float:
+        """The site's heartbeat TTL if it sets one (a long link may need more), else the farm's."""
+        return self.settings.site(self.site).heartbeat_ttl or self.settings.heartbeat_ttl
+
+    def beat(self) -> None:
+        presence.beat(self.r, self.name, self.info(), self.heartbeat_ttl)
+
+    def start_heartbeat(self) -> None:
+        import redis
+
+        interval = max(0.5, self.heartbeat_ttl / 3)
+
+        def run() -> None:
+            while not self._stop_beating.wait(interval):
+                try:
+                    self.beat()
+                    self.check_lease()
+                    self.close_session(idle_for=SESSION_IDLE)  # an idle renderer gives its memory back
+                except redis.RedisError as e:
+                    log.warning("heartbeat failed: %s", e)
+
+        self.beat()
+        self._beater = threading.Thread(target=run, name="heartbeat", daemon=True)
+        self._beater.start()
+
+    def stop_heartbeat(self) -> None:
+        self._stop_beating.set()
+        if self._beater is not None:
+            self._beater.join(5.0)
+
+    # -- storage, retried through outages -------------------------------------------------------
+
+    def with_storage(self, what: str, call: Callable[[], T]) -> T:
+        """Run a storage call, retrying transient failures (the link dropped, the server is
+        restarting) for up to `storage_retry` seconds, unless the render must stop."""
+        return retrying(what, call, within=self.settings.storage_retry, before_retry=self.raise_if_stopped)
+
+    def fetch_scene(self, key: str, sha256: str) -> Path:
+        """The scene file, downloaded once per content and kept in the scratch cache."""
+        suffix = Path(key).suffix
+        target = self.scratch / "scenes" / f"{sha256}{suffix}"
+        if target.exists():
+            return target
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=".scene-")
+        os.close(fd)
+        try:
+            self.with_storage(f"download scene {key}", lambda: self.storage.download_file(key, Path(tmp)))
+            digest = hashlib.sha256(Path(tmp).read_bytes()).hexdigest()
+            if digest != sha256:
+                raise StorageError(f"scene {key}: downloaded content has SHA-256 {digest[:12]}..., expected {sha256[:12]}...")
+            os.replace(tmp, target)
+        finally:
+            Path(tmp).unlink(missing_ok=True)
+        return target

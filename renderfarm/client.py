@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from renderfarm import keys, streams
+from renderfarm.capabilities import check_tags
 from renderfarm.errors import FarmNotRunningError, InputError, NotFoundError, RenderFarmError
 from renderfarm.planning import (
     PRIORITY_DEFAULT,
@@ -58,6 +59,7 @@ class Submission:
     first_last: bool = False
     site: str | None = None  # render only at this site
     prefer: str | None = None  # "cheapest": the cheapest site with idle workers first
+    requires: tuple[str, ...] = ()  # tags a worker must have (`--require gpu`)
 
 
 def current_user() -> str:
@@ -108,6 +110,7 @@ def check_submission(settings: Settings, sub: Submission) -> dict[str, Any]:
         **({"first_last": True} if sub.first_last else {}),
         **({"site": settings.site(sub.site).name} if sub.site is not None else {}),
         **({"prefer": _prefer(sub.prefer)} if sub.prefer is not None else {}),
+        **({"requires": list(tags)} if (tags := check_tags(sub.requires)) else {}),
     }
 
 

@@ -8,13 +8,15 @@ from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from renderfarm.scheduling import WorkerView, unschedulable
 from renderfarm.sites import PICO
 from renderfarm.states import JobState, TaskState
 
 JOB_COLUMNS = (
     "id", "name", "owner", "state", "priority", "pool", "renderer", "frames", "frame_count", "task_count", "chunk",
-    "width", "height", "submitted_at", "started_at", "finished_at", "error",
+    "width", "height", "submitted_at", "started_at", "finished_at", "error", "site", "requires",
 )
+WORKER_COLUMNS = ("name", "pool", "site", "capabilities")  # of the workers not offline
 
 
 @dataclass(frozen=True)
@@ -43,15 +45,19 @@ class JobStatus:
     error: str | None = None
     cost: dict[str, float] = field(default_factory=dict)  # so far, per currency (failed attempts too)
     projected_cost: dict[str, float] = field(default_factory=dict)  # at completion, at the rate so far
+    requires: list[str] = field(default_factory=list)  # tags a worker must have
+    site: str | None = None  # pinned to this site
+    unschedulable: str | None = None  # why no live worker can run its waiting tasks, if none can
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
 
 
 def summarize(job: Mapping[str, Any], state_rows: Iterable[tuple], costs: Mapping[str, int],
-              now: float | None = None) -> JobStatus:
+              now: float | None = None, workers: Iterable[WorkerView] | None = None) -> JobStatus:
     """A job's status from its row (JOB_COLUMNS), its tasks grouped by state as (state, count,
-    frames finished, weight, weight x progress), and its cost so far per currency (10^-12 units)."""
+    frames finished, weight, weight x progress), its cost so far per currency (10^-12 units), and
+    the live workers (to tell when none of them can run the job)."""
     now = time.time() if now is None else now
     counts = {s.value: 0 for s in TaskState}
     frames_done = 0
@@ -78,6 +84,11 @@ def summarize(job: Mapping[str, Any], state_rows: Iterable[tuple], costs: Mappin
         elapsed = (job["finished_at"] or now) - job["started_at"]
         if job["finished_at"] is None and progress > 0 and elapsed > 0:
             eta = elapsed * (1 - progress) / progress
+    requires = job["requires"].split(",") if job.get("requires") else []
+    why = None
+    waiting = counts[TaskState.PENDING.value] + counts[TaskState.QUEUED.value]
+    if workers is not None and waiting and job["state"] in (JobState.QUEUED.value, JobState.RUNNING.value):
+        why = unschedulable(workers, job["pool"], job.get("site"), job["renderer"], frozenset(requires))
     return JobStatus(
         id=job["id"], name=job["name"], owner=job["owner"], state=job["state"], priority=job["priority"],
         pool=job["pool"], renderer=job["renderer"], frames_spec=job["frames"], frames=job["frame_count"],
@@ -85,4 +96,5 @@ def summarize(job: Mapping[str, Any], state_rows: Iterable[tuple], costs: Mappin
         frames_done=frames_done, progress=round(progress, 4), counts=counts, submitted_at=job["submitted_at"],
         started_at=job["started_at"], finished_at=job["finished_at"], elapsed=elapsed, eta=eta, error=job["error"],
         cost={c: v / PICO for c, v in costs.items()}, projected_cost={c: v / PICO for c, v in projected.items()},
+        requires=requires, site=job.get("site"), unschedulable=why,
     )

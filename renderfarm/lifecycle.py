@@ -6,11 +6,13 @@ event (an attempt that is no longer current is left alone), so replaying events 
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
 from sqlalchemy import func, insert, select, update
 
+from renderfarm.capabilities import parse_capabilities
 from renderfarm.models import (
     ATTEMPT_ACTIVE,
     JOB_FINAL,
@@ -275,6 +277,8 @@ def see_worker(session: Session, name: str, info: dict, now: float) -> Worker:
     worker.version = str(info.get("version", ""))[:32]
     worker.started_at = float(info.get("started_at", now) or now)
     worker.last_seen = now
+    caps = parse_capabilities(info.get("capabilities"))
+    worker.capabilities = json.dumps(caps, sort_keys=True) if caps is not None else None
     stopping = info.get("state") == WorkerState.STOPPING.value
     if stopping:
         worker.state = WorkerState.STOPPING.value

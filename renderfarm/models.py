@@ -6,7 +6,7 @@ Only renderfarm.lifecycle changes a state column.
 
 from __future__ import annotations
 
-from sqlalchemy import BigInteger, Index, UniqueConstraint
+from sqlalchemy import BigInteger, Index, Text, UniqueConstraint
 from sqlmodel import Field, SQLModel
 
 from renderfarm.states import (  # noqa: F401  (re-exported: the states are the tables' vocabulary)
@@ -45,6 +45,7 @@ class JobBase(SQLModel):
     first_last: bool = False  # first, middle and last frames render before the rest
     site: str | None = Field(default=None, max_length=64)  # pinned to this site's workers
     prefer: str | None = Field(default=None, max_length=16)  # "cheapest": the cheapest site with idle workers first
+    requires: str | None = Field(default=None, max_length=1024)  # tags a worker must have, comma-separated
     keep_tiles: bool = False
 
 
@@ -132,3 +133,4 @@ class Worker(SQLModel, table=True):
     current_task: str | None = Field(default=None, max_length=64)
     started_at: float
     last_seen: float
+    capabilities: str | None = Field(default=None, sa_type=Text)  # JSON, as the worker advertised it

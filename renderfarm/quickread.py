@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 from renderfarm.errors import NotFoundError, RenderFarmError, SchemaMissing
-from renderfarm.jobstatus import JOB_COLUMNS, JobStatus, summarize
+from renderfarm.jobstatus import JOB_COLUMNS, WORKER_COLUMNS, JobStatus, summarize
 
 if TYPE_CHECKING:
     from renderfarm.config import Settings
@@ -19,6 +19,7 @@ _STATES_SQL = (
     "SELECT state, count(*), coalesce(sum(CASE WHEN kind != 'tile' THEN frame_count ELSE 0 END), 0), "
     "coalesce(sum(weight), 0.0), coalesce(sum(weight * progress), 0.0) FROM tasks WHERE job_id = ? GROUP BY state"
 )
+_WORKERS_SQL = "SELECT " + ", ".join(WORKER_COLUMNS) + " FROM workers WHERE state != 'offline'"
 _COSTS_SQL = (
     "SELECT currency, coalesce(sum(cost_pico), 0) FROM attempts "
     "WHERE job_id = ? AND wall_seconds IS NOT NULL GROUP BY currency"
@@ -85,9 +86,16 @@ class QuickReader:
             raise NotFoundError(f"job {prefix!r}: ambiguous prefix (matches {shown}{'...' if len(rows) > 5 else ''})")
         return dict(zip(JOB_COLUMNS, rows[0]))
 
-    def status(self, job: dict[str, Any], now: float | None = None) -> JobStatus:
+    def status(self, job: dict[str, Any], now: float | None = None, workers: list | None = None) -> JobStatus:
         costs = {c: int(v) for c, v in self._rows(_COSTS_SQL, job["id"])}
-        return summarize(job, self._rows(_STATES_SQL, job["id"]), costs, now)
+        workers = self.live_workers() if workers is None else workers
+        return summarize(job, self._rows(_STATES_SQL, job["id"]), costs, now, workers)
+
+    def live_workers(self) -> list:
+        """The scheduler's view of every worker not offline, as the manager last recorded it."""
+        from renderfarm.capabilities import worker_view
+
+        return [worker_view(name, pool, site, caps) for name, pool, site, caps in self._rows(_WORKERS_SQL)]
 
     def job_status(self, ref: str, now: float | None = None) -> JobStatus:
         return self.status(self.resolve(ref), now)
@@ -95,4 +103,5 @@ class QuickReader:
     def list_jobs(self, limit: int = 50, now: float | None = None) -> list[JobStatus]:
         """The newest jobs first, with their progress."""
         rows = self._rows(_JOB_SQL + " ORDER BY submitted_at DESC LIMIT ?", limit)
-        return [self.status(dict(zip(JOB_COLUMNS, r)), now) for r in rows]
+        workers = self.live_workers()
+        return [self.status(dict(zip(JOB_COLUMNS, r)), now, workers) for r in rows]

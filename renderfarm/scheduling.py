@@ -14,6 +14,8 @@ class WorkerView:
     pool: str = "default"
     site: str = "local"
     price: int = 0  # its site's price per kWh, for comparing sites (micro-units)
+    tags: frozenset[str] = frozenset()  # what it advertises (`farm-worker --tag gpu`)
+    renderers: frozenset[str] | None = None  # the renderers it has; None: it did not say (any)
 
 
 @dataclass(frozen=True)
@@ -32,6 +34,8 @@ class Candidate:
     max_workers: int | None = None  # at most this many workers on its job at once
     site: str | None = None  # its job runs only at this site
     cheapest: bool = False  # its job goes to the cheapest site with idle workers first
+    requires: frozenset[str] = frozenset()  # tags a worker must have (`farm submit --require gpu`)
+    renderer: str | None = None  # the renderer its job needs
 
 
 def pick_task(
@@ -44,7 +48,7 @@ def pick_task(
 ) -> Candidate | None:
     """The candidate `worker` should render next, or None when nothing fits.
 
-    - Only tasks of its pool.
+    - Only tasks of its pool, of a renderer it has, of jobs whose required tags it has.
     - None of a job it is blocklisted for while another of `peers` (the live workers of the pool)
       is not (a blocklist that bars everyone would only stall the job).
     - A task that failed on this worker waits for another peer unless none could take it.
@@ -61,7 +65,7 @@ def pick_task(
     holders = holders or {}
 
     def allowed(c: Candidate) -> bool:
-        if c.pool != worker.pool or (c.site is not None and c.site != worker.site):
+        if not can_run(worker, c.pool, c.site, c.renderer, c.requires):
             return False
         if c.cheapest and idle_price is not None and worker.price > idle_price:
             return False
@@ -79,3 +83,34 @@ def pick_task(
         key=lambda c: (-c.priority, shares.get(c.job_id, 0.0), c.submitted_at, c.job_id, c.rank, c.task_index),
         default=None,
     )
+
+
+def can_run(worker: WorkerView, pool: str, site: str | None, renderer: str | None, requires: frozenset[str]) -> bool:
+    """Whether `worker` may ever take a task of a job with these needs (whatever else it is doing)."""
+    return (
+        worker.pool == pool
+        and (site is None or worker.site == site)
+        and requires <= worker.tags
+        and (renderer is None or worker.renderers is None or renderer in worker.renderers)
+    )
+
+
+def unschedulable(workers: Iterable[WorkerView], pool: str, site: str | None, renderer: str | None,
+                  requires: frozenset[str]) -> str | None:
+    """Why no live worker could run a job with these needs, or None if one could. The reason names
+    the first need that rules the last candidates out, so it says what to fix."""
+    workers = list(workers)
+    if any(can_run(w, pool, site, renderer, requires) for w in workers):
+        return None
+    if not workers:
+        return "no live worker"
+    in_pool = [w for w in workers if w.pool == pool]
+    if not in_pool:
+        return f"no live worker in pool {pool!r}"
+    here = [w for w in in_pool if site is None or w.site == site]
+    if not here:
+        return f"no live worker of pool {pool!r} at site {site!r}"
+    tagged = [w for w in here if requires <= w.tags]
+    if not tagged:
+        return f"no live worker of pool {pool!r} has tag(s) {', '.join(sorted(requires))}"
+    return f"no live worker of pool {pool!r} with the needed tags has the {renderer} renderer"

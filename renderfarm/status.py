@@ -10,9 +10,11 @@ from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import case, func, select
 
+from renderfarm.capabilities import parse_capabilities, worker_view
 from renderfarm.errors import NotFoundError, SchemaMissing
 from renderfarm.jobstatus import JOB_COLUMNS, JobStatus, summarize
 from renderfarm.models import Attempt, Job, JobState, Task, TaskKind, TaskState, Worker, WorkerState
+from renderfarm.scheduling import WorkerView
 
 if TYPE_CHECKING:
     from sqlalchemy.engine import Engine
@@ -58,7 +60,7 @@ def resolve_job(session: Session, prefix: str) -> Job:
     return matches[0]
 
 
-def job_status(session: Session, job: Job, now: float | None = None) -> JobStatus:
+def job_status(session: Session, job: Job, now: float | None = None, workers: list[WorkerView] | None = None) -> JobStatus:
     from renderfarm.report import job_costs
 
     whole = Task.kind != TaskKind.TILE.value  # render tasks and assemblies finish frames
@@ -73,14 +75,24 @@ def job_status(session: Session, job: Job, now: float | None = None) -> JobStatu
         .where(Task.job_id == job.id)
         .group_by(Task.state)
     ).all()
-    return summarize({c: getattr(job, c) for c in JOB_COLUMNS}, rows, job_costs(session, job.id), now)
+    workers = live_worker_views(session) if workers is None else workers
+    return summarize({c: getattr(job, c) for c in JOB_COLUMNS}, rows, job_costs(session, job.id), now, workers)
+
+
+def live_worker_views(session: Session) -> list[WorkerView]:
+    """The scheduler's view of every worker not offline, as the manager last recorded it."""
+    rows = session.execute(
+        select(Worker.name, Worker.pool, Worker.site, Worker.capabilities).where(Worker.state != WorkerState.OFFLINE.value)
+    ).all()
+    return [worker_view(*row) for row in rows]
 
 
 def list_jobs(session: Session, limit: int = 50) -> list[JobStatus]:
     """The newest jobs first, with their progress."""
     check_schema(session)
     jobs = session.scalars(select(Job).order_by(Job.submitted_at.desc()).limit(limit)).all()
-    return [job_status(session, j) for j in jobs]
+    workers = live_worker_views(session)
+    return [job_status(session, j, workers=workers) for j in jobs]
 
 
 @dataclass(frozen=True)
@@ -138,6 +150,8 @@ class WorkerRow:
     last_heartbeat: float | None  # epoch seconds of the last heartbeat seen
     cores: int
     version: str
+    site: str = "local"
+    capabilities: dict[str, Any] | None = None  # renderers, memory, GPU, tags, as it advertised them
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -169,6 +183,8 @@ def list_workers(session: Session, live: dict[str, dict] | None = None) -> list[
                 last_heartbeat=(beat or {}).get("ts") or (w.last_seen if w else None),
                 cores=int((beat or {}).get("cores") or (w.cores if w else 1)),
                 version=(beat or {}).get("version") or (w.version if w else ""),
+                site=(beat or {}).get("site") or (w.site if w else "local"),
+                capabilities=parse_capabilities((beat or {}).get("capabilities") or (w.capabilities if w else None)),
             )
         )
     return out

@@ -13,6 +13,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from contextlib import contextmanager
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -147,6 +148,14 @@ def _pg_available() -> str | None:
 @pytest.fixture()
 def pg_url() -> Iterator[str]:
     """A database URL on the machine's PostgreSQL, confined to a schema of this test's own."""
+    with postgres_schema() as url:
+        yield url
+
+
+@contextmanager
+def postgres_schema() -> Iterator[str]:
+    """A database URL on the machine's PostgreSQL, confined to a new schema dropped afterwards;
+    skips the test (or fails it, under FARM_TEST_REQUIRE_POSTGRES) without PostgreSQL."""
     from sqlalchemy import create_engine, text
 
     why = _pg_available()

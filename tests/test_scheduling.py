@@ -154,3 +154,80 @@ def test_fair_share_passes():
     fair.charge("b")
     assert fair.view({"a", "b"}) == {"a": 5.0, "b": 6.0}
     assert fair.view({"b"}) == {"b": 6.0}  # a finished: forgotten
+
+
+# --- capabilities: required tags and renderers ----------------------------------------------
+
+
+def test_a_job_needing_tags_goes_only_to_workers_with_all_of_them():
+    needs_gpu = Candidate(1, "aaaa0001", 0, 90, 100.0, requires=frozenset({"gpu"}))
+    needs_two = Candidate(2, "bbbb0002", 0, 80, 100.0, requires=frozenset({"gpu", "cuda12"}))
+    plain = cand(3, "cccc0003", 0, priority=10)
+    tagged = WorkerView("node-1", tags=frozenset({"gpu"}))
+    both = WorkerView("node-2", tags=frozenset({"gpu", "cuda12", "big-ram"}))
+    assert pick_task(CPU, [needs_gpu, needs_two, plain]) == plain
+    assert pick_task(tagged, [needs_two, plain]) == plain
+    assert pick_task(tagged, [needs_gpu, needs_two, plain]) == needs_gpu
+    assert pick_task(both, [needs_two, plain]) == needs_two
+    assert pick_task(CPU, [needs_gpu]) is None
+
+
+def test_a_job_goes_only_to_workers_that_have_its_renderer():
+    command = Candidate(1, "aaaa0001", 0, 90, 100.0, renderer="command")
+    builtin = Candidate(2, "bbbb0002", 0, 10, 100.0, renderer="builtin")
+    careful = WorkerView("node-1", renderers=frozenset({"builtin", "null"}))
+    assert pick_task(careful, [command, builtin]) == builtin
+    assert pick_task(WorkerView("node-2", renderers=frozenset({"builtin", "command"})), [command, builtin]) == command
+    assert pick_task(CPU, [command, builtin]) == command  # a worker that did not say: anything
+
+
+def test_unschedulable_names_what_no_live_worker_has():
+    from renderfarm.scheduling import unschedulable
+
+    gpu_node = WorkerView("node-1", tags=frozenset({"gpu"}), renderers=frozenset({"builtin", "null"}))
+    far = WorkerView("node-2", site="karamay", renderers=frozenset({"builtin"}))
+    workers = [CPU, gpu_node, far]
+    assert unschedulable(workers, "default", None, "builtin", frozenset()) is None
+    assert unschedulable(workers, "default", None, "builtin", frozenset({"gpu"})) is None
+    assert unschedulable([], "default", None, "builtin", frozenset()) == "no live worker"
+    assert unschedulable(workers, "lighting", None, "builtin", frozenset()) == "no live worker in pool 'lighting'"
+    assert unschedulable(workers, "default", "shanghai", "builtin", frozenset()) == \
+        "no live worker of pool 'default' at site 'shanghai'"
+    assert unschedulable([CPU, far], "default", None, "builtin", frozenset({"gpu", "cuda12"})) == \
+        "no live worker of pool 'default' has tag(s) cuda12, gpu"
+    assert unschedulable([gpu_node, far], "default", None, "command", frozenset()) == \
+        "no live worker of pool 'default' with the needed tags has the command renderer"
+
+
+def test_tags_are_checked_and_sorted():
+    import pytest
+
+    from renderfarm.capabilities import check_tags
+    from renderfarm.errors import InputError
+
+    assert check_tags(None) == ()
+    assert check_tags(["gpu", "CUDA12,big-ram", "gpu"]) == ("big-ram", "cuda12", "gpu")
+    assert check_tags("a.b_c-d") == ("a.b_c-d",)
+    for bad, shown in (("gpu!", "'gpu!'"), ("", "''"), ("-gpu", "'-gpu'"), ("x" * 33, repr("x" * 33))):
+        with pytest.raises(InputError) as e:
+            check_tags(["ok", bad])
+        assert str(e.value) == f"require: {shown} is not a tag (letters, digits, '_', '.', '-'; up to 32)"
+    with pytest.raises(InputError, match="at most 32"):
+        check_tags([f"t{i}" for i in range(33)])
+
+
+def test_capabilities_from_a_worker_are_checked_loosely():
+    from renderfarm.capabilities import describe, parse_capabilities, worker_view
+
+    sent = {"renderers": {"builtin": "0.1.0", "null": "0.1.0"}, "cores": 16, "memory_gib": 62.5,
+            "gpu": "NVIDIA H100", "tags": ["gpu", "Not A Tag", 7], "junk": {"x": 1}}
+    caps = parse_capabilities(sent)
+    assert caps == {"renderers": {"builtin": "0.1.0", "null": "0.1.0"}, "cores": 16, "memory_gib": 62.5,
+                    "gpu": "NVIDIA H100", "tags": ["gpu"]}
+    assert parse_capabilities('{"tags": ["gpu"]}') == {"tags": ["gpu"]}
+    assert parse_capabilities("not json") is None and parse_capabilities(None) is None
+    view = worker_view("n1", "default", "local", sent)
+    assert view.tags == frozenset({"gpu"}) and view.renderers == frozenset({"builtin", "null"})
+    assert worker_view("n2", "default", "local", None).renderers is None
+    assert describe(sent) == "builtin 0.1.0 null 0.1.0; 62.5 GiB; GPU NVIDIA H100; tags gpu"
+    assert describe(None) == "-"

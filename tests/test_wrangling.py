@@ -169,3 +169,40 @@ def test_equal_jobs_share_the_first_starts_evenly(farm):
     shares = {job: sum(1 for _, j in starts if j == job) / 60 for job in jobs}
     print("shares of the first 60 task starts:", {j[:8]: f"{s:.0%}" for j, s in shares.items()})
     assert all(abs(s - 1 / 3) <= 0.10 for s in shares.values()), shares
+
+
+def test_a_job_needing_a_tag_nobody_has_waits_as_unschedulable_until_such_a_worker_joins(farm):
+    import signal
+    import subprocess
+
+    from conftest import BIN
+
+    bad = run_farm("submit", str(EXAMPLES / "orbit.toml"), "--require", "gpu!", env=farm.env, check=False)
+    assert bad.returncode != 0
+    assert bad.stderr.strip().splitlines() == [
+        "farm: require: 'gpu!' is not a tag (letters, digits, '_', '.', '-'; up to 32)"]
+
+    job = farm.submit(EXAMPLES / "orbit.toml", renderer="null", frames="1-6", name="gpu-only", requires=("gpu",))
+    why = "no live worker of pool 'default' has tag(s) gpu"
+    assert farm.state(job)["unschedulable"] == why
+    assert f"unschedulable: {why}" in run_farm("status", job, env=farm.env).stdout
+    assert "unschedulable" in run_farm("jobs", env=farm.env).stdout
+    time.sleep(2)  # the two untagged workers have had every chance to take it
+    assert farm.attempts(job) == []
+
+    log = (farm.root / "gpu-node.log").open("wb")
+    node = subprocess.Popen([str(BIN / "farm-worker"), "--name", "gpu-node", "--tag", "gpu"], env=farm.env,
+                            stdout=log, stderr=subprocess.STDOUT)
+    try:
+        assert farm.wait(job) == "done"
+        assert {a["worker"] for a in farm.attempts(job)} == {"gpu-node"}
+        assert farm.state(job)["unschedulable"] is None
+        workers = {w["name"]: w for w in json.loads(run_farm("workers", "--json", env=farm.env).stdout)}
+        assert workers["gpu-node"]["capabilities"]["tags"] == ["gpu"]
+        assert set(workers["gpu-node"]["capabilities"]["renderers"]) == {"builtin", "null", "command"}
+        assert workers["gpu-node"]["capabilities"]["memory_gib"] > 0
+        assert "tags gpu" in run_farm("workers", env=farm.env).stdout
+    finally:
+        node.send_signal(signal.SIGTERM)
+        node.wait(60)
+        log.close()

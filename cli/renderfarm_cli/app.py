@@ -6,7 +6,7 @@ import sys
 
 import typer
 
-from renderfarm_cli import farm_commands, job_commands, preview_commands, top, wrangle_commands
+from renderfarm_cli import doctor_commands, farm_commands, job_commands, preview_commands, top, wrangle_commands
 
 app = typer.Typer(
     name="farm",
@@ -33,6 +33,7 @@ app.command("demo")(farm_commands.demo)
 app.command("env")(farm_commands.env)
 app.command("config")(farm_commands.config)
 app.command("manager")(farm_commands.manager)
+app.command("doctor")(doctor_commands.doctor)
 app.command("submit")(job_commands.submit)
 app.command("jobs")(job_commands.jobs)
 app.command("top")(top.top)

@@ -32,6 +32,7 @@ STYLES = dict(
         "stopping": "yellow",
         "offline": "dim",
         "missing": "red",
+        "unschedulable": "yellow",
     }
 )
 

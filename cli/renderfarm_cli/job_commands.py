@@ -83,6 +83,7 @@ def submit(
     first_last: Annotated[bool, typer.Option("--first-last", help="Render the first, middle and last frames before the rest.")] = False,
     site: Annotated[Optional[str], typer.Option(help="Render only at this site (a [sites.NAME] of farm.toml).")] = None,
     prefer: Annotated[Optional[str], typer.Option(help="cheapest: the cheapest site with idle workers first.")] = None,
+    require: Annotated[Optional[list[str]], typer.Option("--require", help="Render only on workers with this tag (farm-worker --tag); repeat for several.")] = None,
     wait: Annotated[bool, typer.Option("--wait", help="Wait for the job to finish, showing progress.")] = False,
     json_: JsonOpt = False,
 ) -> None:
@@ -93,7 +94,7 @@ def submit(
     sub = Submission(scene=scene, frames=frames, chunk=chunk, renderer=renderer, priority=priority, pool=pool,
                      name=name, timeout=timeout, tiles=tiles, tile_size=tile_size, format=format_,
                      keep_tiles=keep_tiles, max_workers=max_workers, after=after, first_last=first_last,
-                     site=site, prefer=prefer)
+                     site=site, prefer=prefer, requires=tuple(require or ()))
     job_id = submit_shot(settings, sub)
     status = _status_of(settings, job_id)
     if wait:
@@ -161,7 +162,8 @@ def jobs(
         table.add_column(col, justify="right" if col in ("PRI", "FRAMES", "DONE") else "left")
     for s in rows:
         table.add_row(
-            s.id, s.name, s.owner, state_text(s.state), str(s.priority), str(s.frames), f"{s.progress:.0%}",
+            s.id, s.name, s.owner, state_text("unschedulable" if s.unschedulable else s.state), str(s.priority),
+            str(s.frames), f"{s.progress:.0%}",
             duration(s.elapsed), duration(s.eta), age(s.submitted_at),
         )
     out().print(table if rows else "no jobs yet")
@@ -187,6 +189,12 @@ def status(
     counts = ", ".join(f"{n} {state}" for state, n in s.counts.items() if n)
     out().print(f"  tasks     {counts or 'none'}")
     out().print(f"  elapsed   {duration(s.elapsed)}   ETA {duration(s.eta)}")
+    if s.requires:
+        out().print(f"  requires  {', '.join(s.requires)}")
+    if s.unschedulable:
+        from rich.markup import escape
+
+        out().print(f"  [error]unschedulable[/]: {escape(s.unschedulable)}; it waits until such a worker joins")
     if s.cost:
         so_far = ", ".join(f"{v:.4f} {c}".strip() for c, v in s.cost.items())
         projected = ", ".join(f"{v:.4f} {c}".strip() for c, v in s.projected_cost.items()) or "-"
@@ -248,7 +256,7 @@ def tasks(
 
 
 def workers(json_: JsonOpt = False) -> None:
-    """List workers: name, host, pid, pool, state, current task, last heartbeat."""
+    """List workers: name, host, pid, pool, state, current task, last heartbeat, what each can do."""
     from renderfarm.status import list_workers
 
     settings = _settings()
@@ -264,11 +272,14 @@ def workers(json_: JsonOpt = False) -> None:
     from rich.table import Table
 
     table = Table(box=None, header_style="bold")
-    for col in ("WORKER", "HOST", "PID", "POOL", "STATE", "TASK", "HEARTBEAT"):
+    from renderfarm.capabilities import describe
+
+    for col in ("WORKER", "HOST", "PID", "POOL", "STATE", "TASK", "HEARTBEAT", "CAN DO"):
         table.add_column(col)
     now = time.time()
     for w in rows:
-        table.add_row(w.name, w.host, str(w.pid), w.pool, state_text(w.state), w.current_task or "-", age(w.last_heartbeat, now))
+        table.add_row(w.name, w.host, str(w.pid), w.pool, state_text(w.state), w.current_task or "-",
+                      age(w.last_heartbeat, now), f"{w.cores} cores; {describe(w.capabilities)}")
     out().print(table if rows else "no workers yet")
 
 

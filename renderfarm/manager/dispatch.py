@@ -123,7 +123,8 @@ def runnable_jobs(session: Session) -> list[tuple]:
     """Jobs that may start tasks now: queued or running (not suspended), and whose --after job is
     done; most urgent first."""
     rows = session.execute(
-        select(Job.id, Job.priority, Job.submitted_at, Job.pool, Job.max_workers, Job.after, Job.site, Job.prefer)
+        select(Job.id, Job.priority, Job.submitted_at, Job.pool, Job.max_workers, Job.after, Job.site, Job.prefer,
+               Job.requires, Job.renderer)
         .where(Job.state.in_([JobState.QUEUED.value, JobState.RUNNING.value]))
         .order_by(Job.priority.desc(), Job.submitted_at)
         .limit(MAX_JOBS_CONSIDERED)
@@ -171,9 +172,13 @@ def runnable_candidates(session: Session, wanted: int) -> list[Candidate]:
     return [
         Candidate(task_id, job.id, index, job.priority, job.submitted_at, job.pool,
                   frozenset(failed_on.get(task_id, ())), frozenset(blocked.get(job.id, ())), rank, job.max_workers,
-                  job.site, job.prefer == "cheapest")
+                  job.site, job.prefer == "cheapest", required_tags(job.requires), job.renderer)
         for task_id, job, index, _attempts, rank in rows
     ]
+
+
+def required_tags(requires: str | None) -> frozenset[str]:
+    return frozenset(requires.split(",")) if requires else frozenset()
 
 
 def outranked_prefetches(session: Session) -> list[tuple[Attempt, int]]:

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING
 from sqlalchemy import select
 
 from renderfarm import lifecycle, presence, queues, streams
+from renderfarm.capabilities import worker_view
 from renderfarm.db import make_engine, session_scope, upgrade
 from renderfarm.errors import StorageError
 from renderfarm.manager.dispatch import FairShare, outranked_prefetches, plan_handouts
@@ -319,7 +320,7 @@ class Manager:
             price = self.settings.site(site).ranking_price
         except ConfigError:
             price = 0
-        return WorkerView(name, str(info.get("pool", "default")), site, price)
+        return worker_view(name, str(info.get("pool", "default")), site, info.get("capabilities"), price)
 
     def make_way(self) -> None:
         """Withdraw prefetched attempts that a more urgent job's pending tasks outrank, so those

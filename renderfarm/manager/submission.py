@@ -9,6 +9,7 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from renderfarm import lifecycle
+from renderfarm.capabilities import check_tags
 from renderfarm.errors import InputError
 from renderfarm.models import Job
 from renderfarm.planning import check_chunk, check_priority, check_timeout, plan_tasks, slug
@@ -67,6 +68,7 @@ def submit(session: Session, settings: Settings, body: dict[str, Any]) -> str:
     prefer = body.get("prefer")
     if prefer not in (None, "cheapest"):
         raise InputError(f"prefer: {prefer!r} is not 'cheapest'")
+    requires = check_tags(body.get("requires"))
     after = body.get("after")
     if after is not None and (not isinstance(after, str) or session.get(Job, after) is None):
         raise InputError(f"after: no job {after!r} to wait for")
@@ -101,6 +103,7 @@ def submit(session: Session, settings: Settings, body: dict[str, Any]) -> str:
         first_last=first_last,
         site=site,
         prefer=prefer,
+        requires=",".join(requires) or None,
         submitted_at=time.time(),
     )
     lifecycle.create_job(session, job, plans)

@@ -11,6 +11,7 @@ import sys
 import time
 from pathlib import Path
 
+from renderfarm.capabilities import check_tags
 from renderfarm.config import load_settings
 from renderfarm.errors import RenderFarmError
 from renderfarm.events import EventType
@@ -39,6 +40,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     power.add_argument("--watts", type=_positive, default=None, help="this node's power draw while rendering")
     power.add_argument("--watts-per-core", type=_positive, default=None,
                        help="or a draw per busy core, charged over the renderer's CPU time")
+    p.add_argument("--tag", action="append", default=None, dest="tags", metavar="TAG",
+                   help="a capability jobs may require (`farm submit --require TAG`); repeat or comma-separate "
+                        "(default: $FARM_WORKER_TAGS)")
     p.add_argument("--burst", action="store_true", help="exit when the queue is empty (for tests)")
     p.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
     return p.parse_args(argv)
@@ -115,6 +119,7 @@ def _work(rt, r, name: str, *, burst: bool) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from renderfarm_worker.capabilities import detect
     from renderfarm_worker.runtime import WorkerRuntime, install
 
     settings = load_settings()
@@ -124,11 +129,13 @@ def run(args: argparse.Namespace) -> int:
     _check_name_free(r, name)
     scratch = args.scratch or settings.state_dir / "scratch" / name
     site = settings.site(args.site).name  # refuses a site farm.toml does not name
+    tags = check_tags(args.tags if args.tags is not None else os.environ.get("FARM_WORKER_TAGS") or None, "tag")
     rt = WorkerRuntime(settings=settings, name=name, pool=pool, scratch=scratch, r=r, site=site,
-                       watts=args.watts, watts_per_core=args.watts_per_core)
+                       watts=args.watts, watts_per_core=args.watts_per_core, capabilities=detect(settings, tags))
     install(rt)
     rt.start_heartbeat()
-    log.info("worker %s (pool %s, site %s) serving queue %s", name, pool, site, queue_name(name))
+    log.info("worker %s (pool %s, site %s, tags %s) serving queue %s", name, pool, site,
+             ",".join(rt.capabilities["tags"]) or "none", queue_name(name))
     try:
         _work(rt, r, name, burst=args.burst)
     finally:

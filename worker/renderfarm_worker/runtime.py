@@ -113,6 +113,7 @@ class WorkerRuntime:
     site: str = "local"
     watts: float | None = None  # this node's draw while rendering; None: the site's default
     watts_per_core: float | None = None  # or a draw per busy core, over the renderer's CPU time
+    capabilities: dict[str, Any] = field(default_factory=dict)  # renderers, cores, memory, GPU, tags
     storage: Storage = field(init=False)
     events: EventSender = field(init=False)
     host: str = field(default_factory=socket.gethostname)
@@ -240,6 +241,7 @@ class WorkerRuntime:
             "state": state.value, "task": lease.label.split("/")[0] if lease else None,
             "attempt_id": lease.attempt_id if lease else None,
             "site": self.site, "ttl": self.heartbeat_ttl, "ts": time.time(),
+            **({"capabilities": self.capabilities} if self.capabilities else {}),
         }
 
     @property

@@ -1,0 +1,92 @@
+"""What a worker can do (renderers, cores, memory, GPU, tags) and what a job requires of one.
+
+A worker advertises its capabilities in its heartbeat; the manager stores them with the worker
+and weighs them in pick_task; `farm status` uses them to tell a job no live worker can run.
+Pure: no I/O here (the worker's own detection lives in renderfarm_worker.capabilities).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Iterable
+from typing import Any
+
+from renderfarm.errors import InputError
+from renderfarm.scheduling import WorkerView
+
+TAG = re.compile(r"[a-z0-9][a-z0-9_.-]{0,31}")
+MAX_TAGS = 32
+
+
+def check_tags(values: Iterable[str] | str | None, what: str = "require") -> tuple[str, ...]:
+    """Tags from options (each may hold several, comma-separated), sorted and without repeats;
+    an InputError names the first bad one."""
+    if values is None:
+        return ()
+    if isinstance(values, str):
+        values = [values]
+    tags: set[str] = set()
+    for value in values:
+        if not isinstance(value, str):
+            raise InputError(f"{what}: {value!r} is not a tag")
+        for part in value.split(","):
+            tag = part.strip().lower()
+            if not TAG.fullmatch(tag):
+                raise InputError(f"{what}: {part.strip()!r} is not a tag (letters, digits, '_', '.', '-'; up to 32)")
+            tags.add(tag)
+    if len(tags) > MAX_TAGS:
+        raise InputError(f"{what}: {len(tags)} tags; at most {MAX_TAGS}")
+    return tuple(sorted(tags))
+
+
+def parse_capabilities(raw: Any) -> dict[str, Any] | None:
+    """A worker's capabilities as it sent them (a dict, or the JSON the database keeps), checked
+    loosely: a worker is not trusted to send well-formed data. None when it sent none."""
+    if isinstance(raw, (str, bytes)):
+        try:
+            raw = json.loads(raw)
+        except ValueError:
+            return None
+    if not isinstance(raw, dict):
+        return None
+    caps: dict[str, Any] = {}
+    renderers = raw.get("renderers")
+    if isinstance(renderers, dict):
+        caps["renderers"] = {str(k)[:32]: str(v)[:64] for k, v in list(renderers.items())[:32]}
+    tags = raw.get("tags")
+    if isinstance(tags, list):
+        caps["tags"] = sorted({t for t in tags if isinstance(t, str) and TAG.fullmatch(t)})[:MAX_TAGS]
+    for key in ("cores", "memory_gib"):
+        if isinstance(raw.get(key), (int, float)) and not isinstance(raw.get(key), bool):
+            caps[key] = raw[key]
+    if isinstance(raw.get("gpu"), str):
+        caps["gpu"] = raw["gpu"][:128]
+    return caps
+
+
+def worker_view(name: str, pool: str, site: str, capabilities: Any, price: int = 0) -> WorkerView:
+    """The scheduler's view of a worker from what it advertised."""
+    caps = parse_capabilities(capabilities) or {}
+    renderers = caps.get("renderers")
+    return WorkerView(
+        name, pool, site, price, frozenset(caps.get("tags", ())),
+        frozenset(renderers) if renderers is not None else None,
+    )
+
+
+def describe(capabilities: Any) -> str:
+    """One line for `farm workers`: renderers, cores, memory, GPU and tags."""
+    caps = parse_capabilities(capabilities)
+    if not caps:
+        return "-"
+    parts = []
+    if caps.get("renderers"):
+        parts.append(" ".join(f"{k} {v}".strip() for k, v in sorted(caps["renderers"].items())))
+    if "memory_gib" in caps:
+        parts.append(f"{caps['memory_gib']:g} GiB")
+    if caps.get("gpu"):
+        parts.append(f"GPU {caps['gpu']}")
+    if caps.get("tags"):
+        parts.append("tags " + ",".join(caps["tags"]))
+    return "; ".join(parts)

@@ -662,3 +662,47 @@ def test_create_job_of_100k_tasks(database_url, engine):
         ).one()
         assert (count, low, high) == (100_000, 1, 100_000)
         assert task_at(s, "bulk0001", 99_999).frames == "100000"
+
+
+def test_a_batchs_done_events_are_promoted_together_and_a_cancelled_tasks_frames_removed(engine, tmp_path):
+    import hashlib
+    import io
+
+    from PIL import Image
+
+    from renderfarm.manager.intake import Batch, apply_event, promote_ahead
+    from renderfarm.storage.files import FileStorage
+    from renderfarm.storage.keys import attempt_prefix
+
+    storage = FileStorage(tmp_path / "store", "file://" + str(tmp_path / "store"))
+    job_id = create(engine, "job00030", frames="1-3", chunk=1)
+    attempts = [queue(engine, job_id, i, f"w{i}", 10.0) for i in range(3)]
+    buf = io.BytesIO()
+    Image.new("RGB", (64, 48), (9, 9, 9)).save(buf, format="PNG")
+    data = buf.getvalue()
+
+    def done(i: int) -> tuple[str, str, dict]:
+        key = attempt_prefix(job_id, i, 1) + f"orbit.{i + 1:04d}.png"
+        etag = storage.put_bytes(key, data) or None
+        record = {"frame": i + 1, "key": key, "sha256": hashlib.sha256(data).hexdigest(), "size": len(data)}
+        return "farm:events", f"{i}-0", {"type": "done", "worker": f"w{i}", "attempt_id": attempts[i],
+                                         "outputs": [dict(record, **({"etag": etag} if etag else {}))]}
+
+    entries = [done(i) for i in range(3)] + [done(0)]  # the last: a duplicate of the first
+    finals = [f"jobs/{job_id}/frames/orbit.{f:04d}.png" for f in (1, 2, 3)]
+    with session_scope(engine) as s:
+        batch = Batch()
+        promote_ahead(s, storage, entries, batch)
+        assert sorted(batch.promoted) == sorted(attempts)  # every frame copied before any event is applied
+        assert all(storage.head(key) is not None for key in finals)
+        for entry in entries[:2]:
+            apply_event(s, None, storage, entry[2], batch)
+        # A cancel earlier in the same batch than the third event takes its task away.
+        lifecycle.cancel_job(s, s.get(Job, job_id), 20.0)
+        for entry in entries[2:]:
+            apply_event(s, None, storage, entry[2], batch)
+        assert batch.promoted == {}
+    assert batch.delete_keys.count(finals[2]) == 1 and finals[0] not in batch.delete_keys
+    assert finals[1] not in batch.delete_keys
+    states = snapshot(engine, job_id)[1]
+    assert states == [("done", 1), ("done", 1), ("cancelled", 1)]

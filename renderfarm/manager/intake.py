@@ -21,7 +21,18 @@ if TYPE_CHECKING:
     from renderfarm.storage import Storage
 
 log = logging.getLogger(__name__)
+PROMOTE_THREADS = 16  # storage requests in flight at once for a batch's done events
 
+
+
+@dataclass(frozen=True)
+class Promotion:
+    """The outcome of verifying and promoting one attempt's outputs ahead of applying its event:
+    the attempt's own copies to delete, or the error to apply."""
+
+    final_keys: list[str]
+    leftovers: list[str] | None = None
+    error: Exception | None = None
 
 
 @dataclass
@@ -34,6 +45,8 @@ class Batch:
     left_workers: list[str] = field(default_factory=list)  # queues to empty
     delete_keys: list[str] = field(default_factory=list)  # attempt copies of promoted frames
     won: list[tuple[int, int]] = field(default_factory=list)  # (task, attempt) leases to age out
+    # Promotions done ahead for the batch's done events, all at once (attempt id -> outcome).
+    promoted: dict[int, Promotion] = field(default_factory=dict)
 
     def release(self, attempts) -> None:
         """Drop these attempts' leases after commit (only where they still hold them)."""
@@ -114,23 +127,33 @@ def attempt_done(session: Session, storage: Storage, attempt: Attempt, outputs: 
     """An attempt says it rendered everything: verify, promote, commit the task, exactly once."""
     from renderfarm.manager.verify import verify_and_promote
 
+    ahead = batch.promoted.pop(attempt.id, None)
     if attempt.state == "queued":
         # A short task sends no started event: its done event says when it started.
         lifecycle.start_attempt(session, attempt, started_ts if started_ts is not None else now)
-    if attempt.state != "running":
-        return
-    if not lifecycle.is_current(session, attempt):
-        # Checked before promotion: only the task's live attempt may write its final frames.
-        lifecycle.discard_attempt(session, attempt, now, "another attempt finished first or superseded it")
-        batch.release([attempt])
+    current = attempt.state == "running" and lifecycle.is_current(session, attempt)
+    if not current:
+        if attempt.state == "running":
+            # Checked before promotion: only the task's live attempt may write its final frames.
+            lifecycle.discard_attempt(session, attempt, now, "another attempt finished first or superseded it")
+            batch.release([attempt])
+        if ahead is not None and ahead.error is None and session.get(Task, attempt.task_id).state != "done":
+            # Promoted ahead while it was live, then an earlier entry of this batch took the task
+            # from it (a cancel): its frames must not stay as if committed.
+            batch.delete_keys += ahead.final_keys
         return
     job = session.get(Job, attempt.job_id)
     task = session.get(Task, attempt.task_id)
     try:
-        leftovers = verify_and_promote(
-            storage, outputs, job_id=job.id, task_index=task.index, attempt=attempt.number,
-            expected=expected_outputs(job, task), fmt=job.output_format,
-        )
+        if ahead is None:
+            leftovers = verify_and_promote(
+                storage, outputs, job_id=job.id, task_index=task.index, attempt=attempt.number,
+                expected=expected_outputs(job, task), fmt=job.output_format,
+            )
+        elif ahead.error is not None:
+            raise ahead.error
+        else:
+            leftovers = ahead.leftovers
     except StorageError as e:
         if e.transient:
             raise
@@ -188,3 +211,52 @@ def _reject(session: Session, attempt: Attempt, job: Job, task: Task, now: float
 def _label(session: Session, attempt: Attempt) -> str:
     task = session.get(Task, attempt.task_id)
     return f"{attempt.job_id}:{task.index}/{attempt.number}"
+
+
+def promote_ahead(session: Session, storage: Storage, entries: list[tuple[str, str, dict]], batch: Batch) -> None:
+    """Verify and promote the outputs of every done event in a batch at once, before applying
+    the events one by one: each promotion waits on storage (a conditional copy per frame), and
+    doing them together rather than in turn is what lets one manager keep up with a big farm.
+    Only an attempt that is its task's live attempt when the batch starts is promoted (as
+    applying its event alone would); the outcome waits in `batch.promoted`."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from renderfarm.manager.verify import verify_and_promote
+
+    calls = {}
+    for _stream, _entry, doc in entries:
+        if doc.get("type") != "done":
+            continue
+        try:
+            attempt = session.get(Attempt, int(doc.get("attempt_id")))
+        except (TypeError, ValueError):
+            continue
+        if attempt is None or attempt.worker != doc.get("worker") or attempt.id in calls:
+            continue
+        if attempt.state not in ("queued", "running") or not lifecycle.is_current(session, attempt):
+            continue
+        job, task = session.get(Job, attempt.job_id), session.get(Task, attempt.task_id)
+        expected = expected_outputs(job, task)
+        outputs = list(doc.get("outputs") or [])
+
+        def call(job=job, task=task, attempt=attempt, expected=expected, outputs=outputs) -> Promotion:
+            keys = [e.final_key for e in expected]
+            try:
+                return Promotion(keys, leftovers=verify_and_promote(
+                    storage, outputs, job_id=job.id, task_index=task.index, attempt=attempt.number,
+                    expected=expected, fmt=job.output_format,
+                ))
+            except (StorageError, VerificationError) as e:
+                return Promotion(keys, error=e)
+
+        calls[attempt.id] = call
+    if len(calls) <= 1:
+        return  # nothing to gain: applying the event promotes it
+    global _AHEAD
+    if _AHEAD is None:
+        _AHEAD = ThreadPoolExecutor(max_workers=PROMOTE_THREADS, thread_name_prefix="promote-ahead")
+    futures = {attempt_id: _AHEAD.submit(call) for attempt_id, call in calls.items()}
+    batch.promoted = {attempt_id: f.result() for attempt_id, f in futures.items()}
+
+
+_AHEAD = None

@@ -15,7 +15,7 @@ from renderfarm.capabilities import worker_view
 from renderfarm.db import make_engine, session_scope, upgrade
 from renderfarm.errors import StorageError
 from renderfarm.manager.dispatch import FairShare, outranked_prefetches, plan_handouts
-from renderfarm.manager.intake import Batch, apply_event, apply_intent
+from renderfarm.manager.intake import Batch, apply_event, apply_intent, promote_ahead
 from renderfarm.manager.leader import LeaderLock
 from renderfarm.manager.reconcile import SWEEP_EVERY, Reconciler
 from renderfarm.models import Job, Worker, WorkerState
@@ -188,6 +188,7 @@ class Manager:
         deferred: list[tuple[str, str, dict]] = []
         with session_scope(self.engine) as session:
             _preload(session, entries)
+            promote_ahead(session, self.storage, entries, batch)
             for entry in entries:
                 stream, _entry_id, doc = entry
                 savepoint = session.begin_nested()

@@ -54,6 +54,24 @@ def table(figures: list[Figure]) -> str:
     return "\n".join(lines)
 
 
+def markdown(report: dict, names: list[str]) -> str:
+    """The figures as the Markdown table docs/benchmarks.md holds, with the machine and command."""
+    m = report["machine"]
+    command = "uv run python -m benchmarks" + "".join(f" {n}" for n in names)
+    lines = [
+        f"Measured {report['when']} on {m['platform']}, Python {m['python']}, {m['cpus']} CPUs, "
+        f"{m['memory_gib']} GiB, by `{command}` ({report['seconds']:.0f} s).", "",
+        "| benchmark | figure | value | baseline | baseline value | ratio | target |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for f in report["figures"]:
+        base = "-" if f["baseline_value"] is None else f"{_num(f['baseline_value'])} {f['unit']}"
+        ratio = "-" if f["ratio"] is None else f"{f['ratio']:.2f}x"
+        lines.append(f"| {f['benchmark']} | {f['what']} | {_num(f['value'])} {f['unit']} | {f['baseline'] or '-'} "
+                     f"| {base} | {ratio} | {f['target'] or '-'} |")
+    return "\n".join(lines) + "\n"
+
+
 def _num(value: float) -> str:
     return f"{value:.3g}" if abs(value) < 1000 else f"{value:,.0f}"
 
@@ -70,6 +88,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("names", nargs="*", metavar="NAME", help="benchmarks to run (default: all)")
     parser.add_argument("--list", action="store_true", help="list the benchmarks and exit")
     parser.add_argument("--json", type=Path, default=DEFAULT_JSON, help="where to write the figures")
+    parser.add_argument("--markdown", type=Path, default=None, help="also write the figures as a Markdown page")
     args = parser.parse_args(argv)
     if args.list:
         for name, what in BENCHMARKS.items():
@@ -103,6 +122,9 @@ def main(argv: list[str] | None = None) -> int:
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(report, indent=2) + "\n")
     print(f"\nfigures written to {args.json}")
+    if args.markdown is not None:
+        args.markdown.write_text(markdown(report, args.names))
+        print(f"and to {args.markdown}")
     if failed:
         print(f"error: benchmark(s) failed: {', '.join(failed)}", file=sys.stderr)
         return 1

@@ -47,7 +47,6 @@ POLL = 0.02
 def simulate(first: int, count: int, threads: int, record: Path) -> None:
     """Run workers sim-{first}..sim-{first+count-1} until SIGTERM; then write, per task, the
     time its done event was posted."""
-    import redis  # noqa: F401  (the farm's client)
 
     from renderfarm import keys, presence
     from renderfarm.config import load_settings

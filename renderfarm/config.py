@@ -147,14 +147,21 @@ def load_settings(environ: dict[str, str] | None = None, cwd: Path | None = None
 
 
 def _local_farm_layer(state_dir: Path) -> dict:
-    """Settings the embedded local farm generated: its Redis and S3 endpoints."""
+    """Settings the embedded local farm generated: its Redis and S3 endpoints, at the address its
+    servers listen on (loopback unless `farm up --listen` named another, for workers elsewhere)."""
     local = read_local_file(state_dir)
     layer: dict[str, object] = {}
+    host = url_host(str(local.get("listen") or "127.0.0.1"))
     if "valkey_port" in local and "valkey_password" in local:
-        layer["redis_url"] = f"redis://:{local['valkey_password']}@127.0.0.1:{local['valkey_port']}/0"
+        layer["redis_url"] = f"redis://:{local['valkey_password']}@{host}:{local['valkey_port']}/0"
     if "s3_port" in local:
-        layer["s3_endpoint_url"] = f"http://127.0.0.1:{local['s3_port']}"
+        layer["s3_endpoint_url"] = f"http://{host}:{local['s3_port']}"
     return layer
+
+
+def url_host(address: str) -> str:
+    """An IP address as a URL's host: an IPv6 one in brackets."""
+    return f"[{address}]" if ":" in address else address
 
 
 def read_local_file(state_dir: Path) -> dict:

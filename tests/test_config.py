@@ -623,3 +623,16 @@ def test_settings_env_round_trips(dirs) -> None:
     assert "FARM_REDIS_URL" not in env and "FARM_S3_ENDPOINT_URL" not in env
     assert load_settings(env, cwd=cwd) == s
     assert settings_env(load(state, cwd)) == env
+
+
+@pytest.mark.parametrize(
+    ("listen", "redis_host", "s3_host"),
+    [("10.231.0.1", "10.231.0.1", "10.231.0.1"), ("fd00::1", "[fd00::1]", "[fd00::1]")],
+)
+def test_the_local_farm_urls_name_its_listen_address(dirs, listen, redis_host, s3_host) -> None:
+    state, cwd = dirs
+    write_local(state, {**LOCAL, "listen": listen})
+    s = load(state, cwd)
+    assert s.redis_url == f"redis://:pw-local-valkey@{redis_host}:7001/0"
+    assert s.s3_endpoint_url == f"http://{s3_host}:7002"
+    assert s.sources["redis_url"] == "local farm"

@@ -124,3 +124,51 @@ def test_submit_without_a_farm_says_how_to_start_it(tmp_path):
     assert proc.returncode != 0
     assert "farm up" in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
     shutil.rmtree(tmp_path / "nowhere", ignore_errors=True)
+
+
+@pytest.mark.parametrize(
+    ("listen", "message"),
+    [
+        ("farmhost", "--listen: 'farmhost' is not an IP address"),
+        ("0.0.0.0", "--listen: 0.0.0.0 is a wildcard"),
+        ("192.0.2.77", "--listen: 192.0.2.77 is not an address of this host"),
+    ],
+)
+def test_listen_must_be_one_address_of_this_host(tmp_path, listen, message):
+    state = tmp_path / "state"
+    proc = run_farm("up", "-d", "--listen", listen, env=farm_env(state), check=False)
+    assert proc.returncode != 0
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and message in lines[0], proc.stderr
+    assert not state.exists()
+
+
+def test_listen_on_another_address_with_no_workers(tmp_path):
+    """127.0.0.2 stands in for the address other hosts reach (any 127/8 address is this host's):
+    the farm's URLs name it, Valkey answers there and on loopback, S3 there, and no worker runs."""
+    import redis
+
+    from renderfarm.config import load_settings
+    from renderfarm.storage import open_storage
+
+    state = tmp_path / "state"
+    env = farm_env(state)
+    try:
+        run_farm("up", "-d", "--workers", "0", "--listen", "127.0.0.2", env=env, timeout=120)
+        exports = run_farm("env", env=env).stdout
+        settings = load_settings(env, cwd=tmp_path)
+        assert "@127.0.0.2:" in settings.redis_url and settings.s3_endpoint_url.startswith("http://127.0.0.2:")
+        assert f"FARM_S3_ENDPOINT_URL={settings.s3_endpoint_url}" in exports
+        local = json.loads((state / "local.json").read_text())
+        for host in ("127.0.0.2", "127.0.0.1"):
+            assert redis.Redis(host=host, port=local["valkey_port"], password=local["valkey_password"]).ping()
+        storage = open_storage(settings)
+        storage.put_bytes("listen-probe", b"ok")
+        assert storage.get_bytes("listen-probe") == b"ok"
+        roles = [p["role"] for p in json.loads((state / "run.json").read_text())["processes"]]
+        assert sorted(roles) == ["manager", "valkey", "weed"]
+        moved = run_farm("up", "-d", "--workers", "1", "--listen", "127.0.0.3", env=env, check=False)
+        assert moved.returncode != 0 and "already listen on 127.0.0.2" in moved.stderr
+    finally:
+        run_farm("down", env=env, check=False, timeout=120)
+    assert not farm_processes(state)

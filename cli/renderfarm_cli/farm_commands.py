@@ -37,12 +37,18 @@ def _interrupt_on_sigterm() -> None:
 
 
 WorkersOpt = Annotated[Optional[int], typer.Option("--workers", "-w", help="Number of workers (default: number of cores).", min=1, max=256)]
+UpWorkersOpt = Annotated[Optional[int], typer.Option(
+    "--workers", "-w", help="Number of workers (default: number of cores; 0: none, workers run on other hosts).", min=0, max=256,
+)]
 
 
 def up(
-    workers: WorkersOpt = None,
+    workers: UpWorkersOpt = None,
     detach: Annotated[bool, typer.Option("--detach", "-d", help="Start in the background and return.")] = False,
     site: Annotated[Optional[list[str]], typer.Option(help="Put workers at these sites, in turn (repeatable; see [sites] in farm.toml).")] = None,
+    listen: Annotated[Optional[str], typer.Option(
+        metavar="ADDR", help="Serve Valkey and SeaweedFS on this address of the host, for workers on other hosts (default: 127.0.0.1).",
+    )] = None,
 ) -> None:
     """Start the local farm: Valkey, SeaweedFS, the manager and N workers (what is configured
     elsewhere is used instead)."""
@@ -50,12 +56,18 @@ def up(
 
     settings = _settings()
     farm = LocalFarm(settings)
-    count = workers or _default_workers()
+    count = _default_workers() if workers is None else workers
     started = time.monotonic()
     if not detach:
         _interrupt_on_sigterm()
-    farm.up(count, detach=detach, on_step=lambda step: err().print(f"starting {step}...", style="dim"), sites=site)
+    settings = farm.up(count, detach=detach, on_step=lambda step: err().print(f"starting {step}...", style="dim"),
+                       sites=site, listen=listen)
     out().print(f"[ok]farm up[/] in {time.monotonic() - started:.1f} s: {count} worker(s), state in {settings.state_dir}")
+    if listen is not None:
+        from renderfarm.config import mask_url
+
+        out().print(f"serving {mask_url(settings.redis_url)} and {settings.s3_endpoint_url}; "
+                    "`farm env` prints the settings for workers on other hosts")
     if detach:
         out().print("`farm down` stops it; `eval \"$(farm env)\"` points standard tools at it")
         return

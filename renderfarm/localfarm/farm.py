@@ -2,7 +2,9 @@
 
 What the configuration already points elsewhere (a Redis, an S3 endpoint, a file:// store) is
 used instead of being started. Ports, passwords and keys are generated once, kept 0600 in
-``local.json`` and reused, so `farm env` stays valid across restarts.
+``local.json`` and reused, so `farm env` stays valid across restarts. The servers listen on
+loopback, or on the address `farm up --listen` names (kept in ``local.json`` too, so the URLs
+the farm hands out reach them from other hosts).
 """
 
 from __future__ import annotations
@@ -77,11 +79,16 @@ class LocalFarm:
         self.state_dir.mkdir(parents=True, exist_ok=True)
         os.chmod(self.state_dir, 0o700)
 
-    def _local_settings(self, starting: set[str]) -> dict:
+    def _local_settings(self, starting: set[str], listen: str) -> dict:
         """Generated once: ports, the Valkey password, the S3 keys. The ports of the servers about
-        to start are replaced if something else took them meanwhile."""
+        to start are replaced if something else took them meanwhile; `listen` is recorded when
+        they start."""
         local = read_local_file(self.state_dir)
         changed = False
+        if starting and local.get("listen", services.LOOPBACK) != listen:
+            local["listen"] = listen
+            changed = True
+        hosts = {services.LOOPBACK, listen}
         if "valkey_password" not in local:
             local.update(
                 valkey_password=secrets.token_urlsafe(24),
@@ -93,12 +100,12 @@ class LocalFarm:
         for name in wanted:
             port = local.get(name)
             server = "valkey" if name == "valkey_port" else "seaweedfs"
-            if isinstance(port, int) and (
-                server not in starting or (services.port_free(port) and services.port_free(port + 10000))
-            ):
+            if isinstance(port, int) and (server not in starting or _ports_free(port, hosts)):
                 continue
             taken = {v for k, v in local.items() if k.endswith("_port") or k.startswith("weed_")}
-            local[name] = services.free_ports(1, avoid=taken)[0]
+            while not _ports_free(port := services.free_ports(1, avoid=taken)[0], hosts):
+                taken.add(port)
+            local[name] = port
             changed = True
         if changed:
             services.write_private(self.state_dir / "local.json", json.dumps(local, indent=2))
@@ -129,9 +136,13 @@ class LocalFarm:
     # -- up -----------------------------------------------------------------------------------
 
     def up(self, workers: int, *, detach: bool, on_step: Callable[[str], None] = lambda _: None,
-           sites: list[str] | None = None) -> Settings:
+           sites: list[str] | None = None, listen: str | None = None) -> Settings:
         """Start what this farm needs and is not running (all of it, or what died: a farm whose
-        Valkey crashed gets its Valkey back); returns the settings every farm process uses."""
+        Valkey crashed gets its Valkey back); returns the settings every farm process uses.
+        `listen`: the address Valkey and SeaweedFS serve on (default: where the running ones
+        already do, else loopback)."""
+        if listen is not None:
+            listen = services.listen_address(listen)
         with self._locked():
             alive = [p for p in self.read_run_file() if p.alive()]
             names = [f"{self._host()}-w{i}" for i in range(1, workers + 1)]
@@ -142,7 +153,8 @@ class LocalFarm:
             try:
                 for site in sites or ():
                     self.settings.site(site)  # a site farm.toml does not name is refused here
-                settings = self._start(names, detach, on_step, running={p.name for p in alive}, sites=sites or [])
+                settings = self._start(names, detach, on_step, running={p.name for p in alive}, sites=sites or [],
+                                       listen=listen)
             except BaseException:
                 self._stop([p for p in self.processes if p not in alive], grace=3.0)
                 self.processes = alive
@@ -170,9 +182,11 @@ class LocalFarm:
         return os.uname().nodename.split(".")[0]
 
     def _start(self, names: list[str], detach: bool, on_step: Callable[[str], None], running: set[str],
-               sites: list[str]) -> Settings:
-        starting = {"valkey", "seaweedfs"} - self._not_ours() - running
-        local = self._local_settings(starting)
+               sites: list[str], listen: str | None) -> Settings:
+        ours = {"valkey", "seaweedfs"} - self._not_ours()
+        starting = ours - running
+        listen = self._listen_address(listen, serving=bool(ours & running))
+        local = self._local_settings(starting, listen)
         settings = load_settings()
         if settings.state_dir != self.state_dir:  # FARM_STATE_DIR changed under us: keep ours
             raise RenderFarmError(f"state directory moved from {self.state_dir} to {settings.state_dir}")
@@ -199,6 +213,18 @@ class LocalFarm:
         self._wait_for_workers(settings, missing)
         return settings
 
+    def _listen_address(self, wanted: str | None, *, serving: bool) -> str:
+        """Where the servers listen: where the running ones already do, which a different
+        --listen cannot change under them; else the address asked for, or loopback."""
+        current = read_local_file(self.state_dir).get("listen", services.LOOPBACK)
+        if serving:
+            if wanted is not None and wanted != current:
+                raise RenderFarmError(
+                    f"--listen: the local farm's servers already listen on {current}; `farm down` first to move them to {wanted}"
+                )
+            return current
+        return wanted or services.LOOPBACK
+
     def _spawn(self, role: str, name: str, argv: list[str], env: dict, logs: Path, detach: bool) -> FarmProcess:
         log_path = logs / f"{name}.log"
         popen = services.spawn(argv, cwd=self.state_dir, env=env, log_path=log_path, detach=detach)
@@ -209,9 +235,11 @@ class LocalFarm:
     def _start_valkey(self, local: dict, logs: Path, detach: bool) -> None:
         import redis
 
-        argv = services.valkey_argv(self.state_dir / "valkey", local["valkey_port"], local["valkey_password"], "127.0.0.1")
+        # Loopback too: the manager and the CLI on this host keep working whatever --listen says.
+        bind = " ".join(dict.fromkeys([services.LOOPBACK, local.get("listen", services.LOOPBACK)]))
+        argv = services.valkey_argv(self.state_dir / "valkey", local["valkey_port"], local["valkey_password"], bind)
         proc = self._spawn("valkey", "valkey", argv, dict(os.environ), logs, detach)
-        client = redis.Redis(host="127.0.0.1", port=local["valkey_port"], password=local["valkey_password"], socket_timeout=2)
+        client = redis.Redis(host=services.LOOPBACK, port=local["valkey_port"], password=local["valkey_password"], socket_timeout=2)
         services.wait_until(client.ping, timeout=30, proc=proc.popen, what="valkey", log_path=Path(proc.log))
         # Valkey loads its append-only file before answering; PING answers LOADING errors until then.
         client.close()
@@ -219,8 +247,10 @@ class LocalFarm:
     def _start_weed(self, local: dict, logs: Path, detach: bool) -> None:
         ports = {"s3": local["s3_port"], **{s: local[f"weed_{s}"] for s in services.WEED_SERVICES if s != "s3"}}
         ports.update({f"{s}.grpc": p + 10000 for s, p in list(ports.items())})
+        # weed binds one address: the one the farm's S3 URL names (this host reaches it too).
+        bind = local.get("listen", services.LOOPBACK)
         argv = services.weed_argv(
-            self.state_dir / "s3", ports, local["s3_access_key"], local["s3_secret_key"], "127.0.0.1", LOCAL_BUCKET
+            self.state_dir / "s3", ports, local["s3_access_key"], local["s3_secret_key"], bind, LOCAL_BUCKET
         )
         proc = self._spawn("weed", "seaweedfs", argv, dict(os.environ), logs, detach)
         from renderfarm.storage import open_storage
@@ -281,6 +311,11 @@ class LocalFarm:
             if role == "worker":  # a second SIGTERM is RQ's cold shutdown
                 _signal_and_wait(group, signal.SIGTERM, 5.0)
             _signal_and_wait(group, signal.SIGKILL, 5.0)
+
+
+def _ports_free(port: int, hosts: set[str]) -> bool:
+    """A server port and its gRPC twin (port + 10000) are free on every address it will bind."""
+    return all(services.port_free(p, host) for host in hosts for p in (port, port + 10000))
 
 
 class AlreadyRunning(RenderFarmError):

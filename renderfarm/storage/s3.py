@@ -15,7 +15,7 @@ if TYPE_CHECKING:
     from renderfarm.config import Settings
 
 _CLIENTS: dict[tuple, object] = {}
-SINGLE_PUT_MAX = 16 * 1024 * 1024  # bytes; larger files go up in parallel parts
+SINGLE_PUT_MAX = 16 * 1024 * 1024  # bytes; larger files go up (and come down) in parallel parts
 _TRANSIENT_CODES = {"SlowDown", "ServiceUnavailable", "InternalError", "RequestTimeout", "503", "500", "502", "504"}
 _TRANSIENT_WORDS = ("Could not connect", "Connection was closed", "timed out", "ServiceUnavailable", "SlowDown", "InternalError", "Service Unavailable")
 
@@ -108,9 +108,11 @@ class S3Storage:
         metadata = {"sha256": sha256} if sha256 else {}
         try:
             if path.stat().st_size <= SINGLE_PUT_MAX:
-                # One PUT: s3transfer's thread pool costs more than it saves on a small file.
-                with path.open("rb") as body:
-                    return self._s3.put_object(Bucket=self.bucket, Key=self._key(key), Body=body, Metadata=metadata)["ETag"]
+                # One PUT: s3transfer's thread pool costs more than it saves on a small file. The
+                # body as bytes: botocore sends a file with `Expect: 100-continue` and waits for
+                # the server's go-ahead, one more round trip per upload on a long link.
+                body = path.read_bytes()
+                return self._s3.put_object(Bucket=self.bucket, Key=self._key(key), Body=body, Metadata=metadata)["ETag"]
             self._s3.upload_file(str(path), self.bucket, self._key(key), ExtraArgs={"Metadata": metadata})
             return self._s3.head_object(Bucket=self.bucket, Key=self._key(key))["ETag"]
         except (BotoCoreError, ClientError, S3UploadFailedError) as e:
@@ -133,10 +135,20 @@ class S3Storage:
             raise self._fail("get", key, e) from None
 
     def download_file(self, key: str, path: Path) -> None:
+        """One GET straight away (s3transfer first asks for the size: one more round trip on a
+        long link); a large object is fetched again by s3transfer, in parallel ranges."""
         from botocore.exceptions import BotoCoreError, ClientError
 
         try:
-            self._s3.download_file(self.bucket, self._key(key), str(path))
+            response = self._s3.get_object(Bucket=self.bucket, Key=self._key(key))
+            body = response["Body"]
+            if response["ContentLength"] > SINGLE_PUT_MAX:
+                body.close()
+                self._s3.download_file(self.bucket, self._key(key), str(path))
+                return
+            with path.open("wb") as f:
+                for chunk in body.iter_chunks(1 << 20):
+                    f.write(chunk)
         except (BotoCoreError, ClientError) as e:
             raise self._fail("download", key, e) from None
 

@@ -8,6 +8,7 @@ import logging
 import os
 import socket
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -20,6 +21,10 @@ from renderfarm.planning import slug
 from renderfarm.redisconn import connect
 
 log = logging.getLogger("renderfarm.worker")
+
+# Threads that talk to Redis at once: RQ's loop, its bookkeeper, the heartbeat, the event
+# sender, the render's lease checks and live log, the finisher.
+REDIS_CONNECTIONS = 8
 
 
 def _positive(text: str) -> float:
@@ -118,6 +123,40 @@ def _work(rt, r, name: str, *, burst: bool) -> None:
         return
 
 
+def open_connections(r, count: int) -> None:
+    """Open `count` connections to Redis at start, side by side. A pool opens them as threads
+    first need them, which is at the first hand-over between two tasks, where on a long link
+    each new one (handshake, HELLO) would hold up the next render by two round trips."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    import redis
+
+    pool = r.connection_pool
+
+    def take(_: int):
+        try:
+            return pool.get_connection()
+        except TypeError:  # redis-py < 5.3 wants a command name
+            return pool.get_connection("PING")
+
+    with ThreadPoolExecutor(count) as ex:
+        futures = [ex.submit(take, i) for i in range(count)]
+    for f in futures:
+        try:
+            pool.release(f.result())
+        except (redis.RedisError, OSError) as e:  # the pool opens it later instead
+            log.debug("could not open a Redis connection ahead: %s", e)
+
+
+def _reach_storage(rt) -> None:
+    """Reach object storage once at start: a worker that cannot says so in its log at once, and
+    the first scene download finds its connection open (a new one costs a round trip more)."""
+    try:
+        rt.storage.check()
+    except RenderFarmError as e:
+        log.warning("object storage: %s", e)
+
+
 def run(args: argparse.Namespace) -> int:
     from renderfarm_worker.capabilities import detect
     from renderfarm_worker.runtime import WorkerRuntime, install
@@ -133,6 +172,8 @@ def run(args: argparse.Namespace) -> int:
     rt = WorkerRuntime(settings=settings, name=name, pool=pool, scratch=scratch, r=r, site=site,
                        watts=args.watts, watts_per_core=args.watts_per_core, capabilities=detect(settings, tags))
     install(rt)
+    open_connections(r, REDIS_CONNECTIONS)
+    threading.Thread(target=_reach_storage, args=(rt,), name="storage-check", daemon=True).start()
     rt.start_heartbeat()
     log.info("worker %s (pool %s, site %s, tags %s) serving queue %s", name, pool, site,
              ",".join(rt.capabilities["tags"]) or "none", queue_name(name))
@@ -142,6 +183,7 @@ def run(args: argparse.Namespace) -> int:
         rt.stopping = True
         rt.finisher.drain(timeout=rt.settings.storage_retry)  # its uploads are this worker's to finish
         rt.stop_heartbeat()
+        rt.render_io.shutdown(wait=False, cancel_futures=True)
         rt.close_session()
         from renderfarm import presence
 

@@ -1,12 +1,19 @@
-"""The RQ worker class farm-worker runs: in-process jobs, one queue, our functions only, and a
-shutdown that finishes the render, or hands it back after a grace period or a second SIGTERM."""
+"""The RQ worker class farm-worker runs: in-process jobs, one queue, our functions only, RQ's own
+records written off the path between two renders, and a shutdown that finishes the render, or
+hands it back after a grace period or a second SIGTERM."""
 
 from __future__ import annotations
 
 import logging
+import queue
 import threading
+import time
+from collections.abc import Callable
 
 from rq import SimpleWorker
+from rq.suspension import WORKERS_SUSPENDED, is_suspended
+from rq.utils import now
+from rq.worker import WorkerStatus
 
 from renderfarm.queues import ALLOWED_FUNCTIONS
 from renderfarm_worker import runtime
@@ -14,6 +21,7 @@ from renderfarm_worker import runtime
 log = logging.getLogger("renderfarm.worker")
 
 
+BOOKS_AT_EXIT = 5.0  # seconds RQ's last records may take at exit (Redis may be gone)
 CALLBACK_FIELDS = ("_success_callback_name", "_failure_callback_name", "_stopped_callback_name")
 
 
@@ -35,9 +43,125 @@ def refusal(job) -> str | None:
     return None
 
 
+class Bookkeeper:
+    """A thread that writes RQ's records of the worker and its jobs (state, heartbeats,
+    registries, the finished job's cleanup) in the order they were made. Between two jobs RQ
+    makes some twenty round trips to Redis one after another; on a link with 100 ms each way that
+    is four seconds of an idle node. Only taking the next job stays on that path: nothing in the
+    farm reads RQ's records (the manager's database is the truth), so they may lag a moment."""
+
+    def __init__(self, name: str) -> None:
+        self._jobs: queue.Queue[Callable[[], object] | None] = queue.Queue()
+        self._thread = threading.Thread(target=self._run, name=f"rq-books-{name}", daemon=True)
+        self._thread.start()
+
+    def defer(self, call: Callable[[], object]) -> None:
+        self._jobs.put(call)
+
+    def _run(self) -> None:
+        while True:
+            call = self._jobs.get()
+            try:
+                if call is None:
+                    return
+                call()
+            except Exception as e:  # RQ's records are best effort; the next write may succeed
+                log.warning("RQ bookkeeping failed: %s: %s", type(e).__name__, e)
+            finally:
+                self._jobs.task_done()
+
+    def drain(self, timeout: float = 30.0) -> None:
+        """Wait until everything deferred so far is written (or `timeout` passes)."""
+        deadline = time.monotonic() + timeout
+        while self._jobs.unfinished_tasks and time.monotonic() < deadline:
+            time.sleep(0.01)
+
+    def close(self, timeout: float = 30.0) -> None:
+        self.drain(timeout)
+        self._jobs.put(None)
+        self._thread.join(1.0)
+
+
 class FarmWorker(SimpleWorker):
     """Runs jobs in this process (the renderer is already a subprocess, so forking a horse per
-    job buys nothing), and refuses any job whose function is not ours."""
+    job buys nothing), refuses any job whose function is not ours, and leaves RQ's bookkeeping
+    to a Bookkeeper thread: between two renders it waits only for the next job."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self._books = Bookkeeper(self.name)
+        self._beat_pending = threading.Event()
+        self._suspended: bool | None = None  # unknown until checked once
+
+    # -- RQ's records, written by the bookkeeper --------------------------------------------------
+
+    def heartbeat(self, timeout=None, pipeline=None):
+        """RQ's worker heartbeat, with the `rq suspend` check, in one round trip off the job's
+        path (RQ beats three times per job, three commands each). In a caller's pipeline, as RQ
+        does it."""
+        if pipeline is not None:
+            return super().heartbeat(timeout, pipeline=pipeline)
+        if self._beat_pending.is_set():  # one already waiting carries the news
+            return
+        self._beat_pending.set()
+        beat = super().heartbeat
+
+        def send() -> None:
+            self._beat_pending.clear()
+            with self.connection.pipeline() as pipe:
+                beat(timeout, pipeline=pipe)
+                pipe.exists(WORKERS_SUSPENDED)
+                self._suspended = bool(pipe.execute()[-1])
+
+        self._books.defer(send)
+
+    def set_state(self, state, pipeline=None):
+        if pipeline is not None:
+            return super().set_state(state, pipeline=pipeline)
+        self._state = state
+        write = super().set_state
+        self._books.defer(lambda: write(state))
+
+    def check_for_suspension(self, burst: bool) -> None:
+        """RQ's wait while `rq suspend` is on, entered only when the last heartbeat saw it."""
+        if self._suspended is None:
+            self._suspended = bool(is_suspended(self.connection))
+        if self._suspended:
+            super().check_for_suspension(burst)
+            self._suspended = False
+
+    def prepare_execution(self, job):
+        """RQ's record of the execution (rq.executions.prepare_execution), written later."""
+        from rq.executions import Execution
+
+        pipe = self.connection.pipeline()
+        execution = Execution.create(job, self.get_heartbeat_ttl(job), pipeline=pipe, worker_name=self.name)
+        self.executions[execution.id] = execution
+        super().set_state(WorkerStatus.BUSY, pipeline=pipe)
+        self._books.defer(pipe.execute)
+        return execution
+
+    def prepare_job_execution(self, job, remove_from_intermediate_queue: bool = False) -> None:
+        prepare = super().prepare_job_execution
+        self._books.defer(lambda: prepare(job, remove_from_intermediate_queue))
+
+    def handle_execution_ended(self, job, queue, heartbeat_ttl) -> None:
+        job.ended_at = now()
+        self._books.defer(lambda: job.heartbeat(now(), heartbeat_ttl))
+
+    def handle_job_success(self, job, queue, started_job_registry, execution) -> None:
+        succeed = super().handle_job_success
+        self._books.defer(lambda: succeed(job, queue, started_job_registry, execution))
+
+    def handle_job_failure(self, *args, **kwargs) -> None:
+        self._books.drain()  # a failure is rare: recorded in order, after what came before it
+        super().handle_job_failure(*args, **kwargs)
+
+    def teardown(self) -> None:
+        self._books.close(timeout=BOOKS_AT_EXIT)
+        super().teardown()
+
+    # -- jobs -------------------------------------------------------------------------------------
 
     def execute_job(self, job, queue):
         why = refusal(job)

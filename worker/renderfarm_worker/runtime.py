@@ -11,6 +11,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -128,11 +129,16 @@ class WorkerRuntime:
     _beater: threading.Thread | None = None
     _lock: threading.Lock = field(default_factory=threading.Lock)
     finisher: Finisher = field(init=False)
+    # Redis calls a render makes while it runs (lease checks, live log), so that its loop never
+    # waits on the link: one thread, in order.
+    render_io: ThreadPoolExecutor = field(init=False)
+    _lease_check_pending: threading.Event = field(default_factory=threading.Event)
 
     def __post_init__(self) -> None:
         self.storage = open_storage(self.settings)
         self.events = EventSender(self.r, self.name)
         self.finisher = Finisher()
+        self.render_io = ThreadPoolExecutor(1, thread_name_prefix="render-io")
         self.scratch.mkdir(parents=True, exist_ok=True)
         os.chmod(self.scratch, 0o700)
 
@@ -149,22 +155,32 @@ class WorkerRuntime:
             self.lease = None
             self._stop_reason = None
 
-    def interrupt(self, reason: str, *, hand_back: bool) -> None:
-        """Ask the current render (if any) to stop as soon as it can."""
+    def interrupt(self, reason: str, *, hand_back: bool, lease: Lease | None = None) -> None:
+        """Ask the current render (if any; with `lease`, only if it is still that one) to stop as
+        soon as it can."""
         with self._lock:
-            if self.lease is not None and self._stop_reason is None:
+            if self.lease is not None and self._stop_reason is None and lease in (None, self.lease):
                 self._stop_reason = reason
                 self._hand_back = hand_back
                 log.warning("stopping %s: %s", self.lease.label, reason)
 
     def should_stop(self) -> bool:
-        """Whether the current render must stop; asks Redis for the lease at most once a second,
-        so a cancel stops a render within a second or two."""
+        """Whether the current render must stop; has Redis asked for the lease at most once a
+        second, in the background (the answer stops the render at its next look), so a cancel
+        stops a render within a second or two and the render never waits on the link."""
         now = time.monotonic()
-        if self._stop_reason is None and self.lease is not None and now >= self._next_lease_check:
+        if self._stop_reason is None and self.lease is not None and now >= self._next_lease_check \
+                and not self._lease_check_pending.is_set():
             self._next_lease_check = now + LEASE_CHECK_EVERY
-            self.check_lease()
+            self._lease_check_pending.set()
+            self.render_io.submit(self._background_lease_check)
         return self._stop_reason is not None
+
+    def _background_lease_check(self) -> None:
+        try:
+            self.check_lease()
+        finally:
+            self._lease_check_pending.clear()
 
     def raise_if_stopped(self) -> None:
         if self._stop_reason is not None:
@@ -188,9 +204,9 @@ class WorkerRuntime:
             log.warning("could not check the lease of %s: %s", lease.label, e)
             return
         if holder == queues.REVOKED:
-            self.interrupt("taken back by the farm (job cancelled or suspended)", hand_back=False)
+            self.interrupt("taken back by the farm (job cancelled or suspended)", hand_back=False, lease=lease)
         elif holder is not None and holder != lease.attempt_id:
-            self.interrupt(f"superseded: attempt {holder} owns the task now", hand_back=False)
+            self.interrupt(f"superseded: attempt {holder} owns the task now", hand_back=False, lease=lease)
 
     def owns(self, task_id: int, attempt_id: int) -> bool:
         """Whether the attempt holds its task's lease now (checked before starting it)."""

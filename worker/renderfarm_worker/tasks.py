@@ -27,6 +27,7 @@ log = logging.getLogger("renderfarm.worker")
 
 PROGRESS_EVERY = 1.0  # seconds between progress events
 LOG_TAIL = 2000  # characters of the renderer's output quoted in a failure
+UPLOADS_AT_ONCE = 6  # an attempt's lease check, log and files, side by side
 
 
 @dataclass(frozen=True)
@@ -152,24 +153,30 @@ def render_task(payload: dict) -> dict:
 
 def finish(rt: runtime.WorkerRuntime, spec: AttemptSpec, files: list[tuple[int, Path]], workdir: Path,
            log_path: Path, meter: Meter) -> None:
-    """An attempt's end, in the finisher's thread: each file checked and uploaded while the
-    attempt still holds its task, then the log and the done event (or the failure)."""
+    """An attempt's end, in the finisher's thread: its files are checked and uploaded together
+    with its log, then the done event is sent if the attempt still holds its task (or the
+    failure). The uploads and the lease check run side by side: on a long link each is mostly
+    waiting for its answer, and the last task of a job waits for them all. An upload made for a
+    superseded attempt is harmless: it lies under the attempt's own prefix."""
+    from concurrent.futures import ThreadPoolExecutor
+
     try:
-        with log_path.open("ab") as log_file:
+        with log_path.open("ab") as log_file, ThreadPoolExecutor(UPLOADS_AT_ONCE, "upload") as pool:
             try:
-                outputs = []
-                for frame, path in files:
-                    holder = queues.lease_holder(rt.r, spec.task_id)
-                    if holder is not None and holder != spec.attempt_id:
-                        raise Interrupted("superseded before its frames were uploaded", hand_back=False)
-                    outputs.append(upload_output(rt, spec, frame, path))
+                lease = pool.submit(queues.lease_holder, rt.r, spec.task_id)
+                log_upload = pool.submit(_upload_log, rt, spec, log_path)
+                uploads = [pool.submit(upload_output, rt, spec, frame, path) for frame, path in files]
+                holder = lease.result()
+                if holder is not None and holder != spec.attempt_id:
+                    raise Interrupted("superseded before its frames were uploaded", hand_back=False)
+                outputs = [u.result() for u in uploads]
+                log_key = log_upload.result()
             except Interrupted as e:
                 report_stop(rt, spec, e, log_file, log_path, meter)
                 return
             except Exception as e:
                 report_failure(rt, spec, e, log_file, log_path, meter)
                 return
-        log_key = _upload_log(rt, spec, log_path)
         rt.events.send(EventType.DONE, attempt_id=spec.attempt_id, outputs=outputs, log_key=log_key,
                        usage=meter.usage())
         log.info("%s rendered %d frame(s)", spec.label, len(outputs))
@@ -309,7 +316,7 @@ class _Render:
         missing = [f for f in spec.frames if f not in self.files]
         if missing:
             raise RenderError(f"{spec.renderer} exited 0 without writing frame(s) {', '.join(map(str, missing))}")
-        rt.check_lease()
+        # No lease check here: the finisher makes one before uploading, off the path to the next task.
         rt.raise_if_stopped()
         return [(f, self.files[f]) for f in spec.frames]
 
@@ -353,7 +360,7 @@ class _Render:
 
 class LiveLog:
     """A running attempt's renderer output, sent to Redis every half second for `farm log -f`
-    (best effort: the stored log is the record)."""
+    (best effort: the stored log is the record), by the runtime's render-io thread."""
 
     EVERY = 0.5
     KEEP_LINES = 5000
@@ -375,13 +382,17 @@ class LiveLog:
         if not self.lines:
             return
         text, self.lines = "\n".join(self.lines), []
-        try:
-            pipe = self.rt.r.pipeline(transaction=False)
-            pipe.xadd(self.key, {"l": text}, maxlen=self.KEEP_LINES, approximate=True)
-            pipe.expire(self.key, 24 * 3600)
-            pipe.execute()
-        except redis.RedisError:
-            pass
+
+        def post() -> None:
+            try:
+                pipe = self.rt.r.pipeline(transaction=False)
+                pipe.xadd(self.key, {"l": text}, maxlen=self.KEEP_LINES, approximate=True)
+                pipe.expire(self.key, 24 * 3600)
+                pipe.execute()
+            except redis.RedisError:
+                pass
+
+        self.rt.render_io.submit(post)
 
 
 def upload_output(rt: runtime.WorkerRuntime, spec: AttemptSpec, frame: int, path: Path) -> dict:

@@ -72,6 +72,7 @@ def worker_view(name: str, pool: str, site: str, capabilities: Any, price: int =
     return WorkerView(
         name, pool, site, price, frozenset(caps.get("tags", ())),
         frozenset(renderers) if renderers is not None else None,
+        tuple(sorted(renderers.items())) if renderers else (),
     )
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import getpass
 import hashlib
 import os
+import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -13,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from renderfarm import keys, streams
 from renderfarm.capabilities import check_tags
-from renderfarm.errors import FarmNotRunningError, InputError, NotFoundError, RenderFarmError
+from renderfarm.errors import FarmNotRunningError, FrameSpecError, InputError, NotFoundError, RenderFarmError
 from renderfarm.planning import (
     PRIORITY_DEFAULT,
     check_chunk,
@@ -23,6 +24,7 @@ from renderfarm.planning import (
     new_job_id,
     slug,
 )
+from renderfarm.frames import parse_frames
 from renderfarm.images import check_format
 from renderfarm.redisconn import NOT_RUNNING_HINT, connect
 from renderfarm.renderers.registry import check_scene_path, get_renderer
@@ -60,6 +62,10 @@ class Submission:
     site: str | None = None  # render only at this site
     prefer: str | None = None  # "cheapest": the cheapest site with idle workers first
     requires: tuple[str, ...] = ()  # tags a worker must have (`--require gpu`)
+    resolution: str | None = None  # WxH instead of the scene's own (renderers that take it)
+    samples: object = None  # samples per pixel instead of the scene's own
+    allow_scripts: bool = False  # let a .blend's auto-run scripts run
+    renderer_version: str | None = None  # the renderer version workers must have (default: the scene's)
 
 
 def current_user() -> str:
@@ -78,13 +84,18 @@ def check_submission(settings: Settings, sub: Submission) -> dict[str, Any]:
     timeout = check_timeout(sub.timeout)
     scene = check_scene_path(renderer, Path(sub.scene))
     info = renderer.describe(scene)
+    options = _render_options(renderer, sub)
+    width, height = options.pop("resolution", (info.width, info.height))
+    version = options.pop("version", info.version if "version" in renderer.options else None)
     frames = (sub.frames if sub.frames is not None else info.frames).strip()
     fmt = check_format(sub.format)
     if fmt not in renderer.formats:
         raise InputError(f"format: the {renderer.name} renderer writes {', '.join(renderer.formats)}, not {fmt}")
     grid = _tile_grid(sub)
-    tile_count = len(grid.split(info.width, info.height)) if grid else 0
+    tile_count = len(grid.split(width, height)) if grid else 0
     frame_count = check_task_count(frames, chunk, settings.max_tasks, tile_count)
+    if renderer.name == "blender" and any(f < 0 for f in parse_frames(frames)):
+        raise FrameSpecError(f"frames: {frames[:40]!r} holds negative frames, which Blender's -f cannot name")
     max_workers = None
     if sub.max_workers is not None:
         text = str(sub.max_workers).strip()
@@ -101,8 +112,8 @@ def check_submission(settings: Settings, sub: Submission) -> dict[str, Any]:
         "chunk": chunk,
         "priority": priority,
         "pool": slug(sub.pool, "pool"),
-        "width": info.width,
-        "height": info.height,
+        "width": width,
+        "height": height,
         "output_format": fmt,
         **({"timeout": timeout} if timeout is not None else {}),
         **({"tiles": grid.text(), "keep_tiles": bool(sub.keep_tiles)} if grid else {}),
@@ -111,7 +122,47 @@ def check_submission(settings: Settings, sub: Submission) -> dict[str, Any]:
         **({"site": settings.site(sub.site).name} if sub.site is not None else {}),
         **({"prefer": _prefer(sub.prefer)} if sub.prefer is not None else {}),
         **({"requires": list(tags)} if (tags := check_tags(sub.requires)) else {}),
+        **({"renderer_version": version} if version else {}),
+        **({"render_options": options} if options else {}),
     }
+
+
+def _render_options(renderer, sub: Submission) -> dict[str, Any]:
+    """The options beyond frames and format that the submission gives, checked against what the
+    renderer takes: `resolution` (w, h), `samples`, `allow_scripts`, `version`."""
+    given = {
+        "resolution": sub.resolution, "samples": sub.samples,
+        "allow_scripts": sub.allow_scripts or None, "version": sub.renderer_version,
+    }
+    given = {k: v for k, v in given.items() if v is not None}
+    for key in given:
+        if key not in renderer.options:
+            option = {"version": "blender-version"}.get(key, key).replace("_", "-")
+            raise InputError(f"{option}: the {renderer.name} renderer does not take --{option}")
+    options: dict[str, Any] = {}
+    if "resolution" in given:
+        options["resolution"] = _resolution(str(given["resolution"]))
+    if "samples" in given:
+        text = str(given["samples"]).strip()
+        if not (text.isascii() and text.isdigit()) or not 1 <= int(text) <= 1_000_000:
+            raise InputError(f"samples: {str(given['samples'])[:40]!r} must be a whole number from 1 to 1000000")
+        options["samples"] = int(text)
+    if given.get("allow_scripts"):
+        options["allow_scripts"] = True
+    if "version" in given:
+        from renderfarm.renderers.blender import check_version_spec
+
+        options["version"] = check_version_spec(str(given["version"]))
+    return options
+
+
+def _resolution(text: str) -> tuple[int, int]:
+    w, sep, h = text.strip().lower().partition("x")
+    if not (sep and w.isascii() and w.isdigit() and h.isascii() and h.isdigit()) or not (
+        0 < int(w) <= 65536 and 0 < int(h) <= 65536
+    ):
+        raise InputError(f"resolution: {text[:40]!r} is not WIDTHxHEIGHT in pixels (e.g. 1920x1080)")
+    return int(w), int(h)
 
 
 def _prefer(value: str) -> str:
@@ -146,12 +197,12 @@ def submit(settings: Settings, sub: Submission) -> str:
     from renderfarm.storage import open_storage
 
     storage = open_storage(settings)
-    scene = Path(sub.scene)
-    data = scene.read_bytes()
-    sha = hashlib.sha256(data).hexdigest()
-    key = scene_key(sha, scene.suffix.lower())
-    if storage.head(key) is None:
-        storage.put_file(key, scene, sha256=sha)
+    with tempfile.TemporaryDirectory(prefix="farm-submit-") as packing:
+        scene = get_renderer(sub.renderer).package(Path(sub.scene), Path(packing))
+        sha = _sha256(scene)
+        key = scene_key(sha, scene.suffix.lower())
+        if storage.head(key) is None:
+            storage.put_file(key, scene, sha256=sha)
     body.update(job_id=new_job_id(), scene_key=key, scene_sha256=sha)
     for _ in range(3):  # a job id collision (1 in 4 billion) is answered with a fresh id
         request = streams.send_intent(r, "submit", body)
@@ -162,6 +213,14 @@ def submit(settings: Settings, sub: Submission) -> str:
             raise InputError(str(reply.get("error")))
         body["job_id"] = new_job_id()
     raise RenderFarmError("could not find a free job id")
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        while block := f.read(1 << 20):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def resolve_job_id(settings: Settings, ref: str) -> str:

@@ -46,6 +46,10 @@ class Settings:
     shutdown_grace: float = 300.0
     # Whether this worker runs the `command` renderer (programs named by the job).
     allow_commands: bool = False
+    # The Blender this worker renders with (default: `blender` on PATH).
+    blender: str | None = None
+    # Threads each render may use (0: all cores); for Blender, its --threads.
+    render_threads: int = 0
     # The sites workers may declare, from [sites.NAME] tables of farm.toml (see renderfarm.sites).
     sites: dict[str, Site] = field(default_factory=dict, compare=False, repr=False)
     # Where each value came from ("env FARM_REDIS_URL", "./farm.toml", "local farm", "default").
@@ -88,6 +92,8 @@ _ENV = {
     "storage_retry": "FARM_STORAGE_RETRY",
     "shutdown_grace": "FARM_SHUTDOWN_GRACE",
     "allow_commands": "FARM_ALLOW_COMMANDS",
+    "blender": "FARM_BLENDER",
+    "render_threads": "FARM_RENDER_THREADS",
 }
 _SETTABLE = set(_ENV)
 
@@ -261,6 +267,8 @@ def _check(s: Settings) -> None:
         raise bad("max_tasks", f"{s.max_tasks} must be at least 1")
     if s.max_attempts < 1:
         raise bad("max_attempts", f"{s.max_attempts} must be at least 1")
+    if not 0 <= s.render_threads <= 1024:
+        raise bad("render_threads", f"{s.render_threads} must be 0 (all cores) to 1024")
 
 
 def mask_url(url: str | None) -> str | None:

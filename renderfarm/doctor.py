@@ -33,10 +33,9 @@ if TYPE_CHECKING:
 
 CONNECT_TIMEOUT = 3.0  # seconds a server gets to connect and to answer each request
 CHECK_DEADLINE = 15.0  # seconds a whole check may take before it is reported as hanging
-BLENDER_TIMEOUT = 10.0  # `blender --version` starts Blender: ~0.6 s warm, more from a cold disk
 PROBE_PREFIX = "doctor/"
 MIN_REDIS = (6, 2)  # RQ's reliable dequeue needs LMOVE (FACTS.md)
-INSTALL_BLENDER = "install Blender (apt-get install -y blender) or set FARM_BLENDER=/path/to/blender"
+
 START_LOCAL_FARM = "start the local farm: `farm up -d`"
 
 
@@ -350,40 +349,23 @@ def check_renderers(settings: Settings) -> list[Check]:
 def check_blender(environ: Mapping[str, str]) -> Check:
     """Blender from FARM_BLENDER or PATH, and its version. Not found is a warning (the farm renders
     without it); a FARM_BLENDER that does not run is a failure (the configuration names it)."""
+    from renderfarm.renderers.blender import INSTALL_HINT as INSTALL_BLENDER
+    from renderfarm.renderers.blender import VERSION_TIMEOUT, blender_version, locate_blender, run_version
+
     part = "renderer blender"
-    configured = environ.get("FARM_BLENDER")
-    if configured:
-        path, source = configured, "FARM_BLENDER"
-        if not (os.path.isfile(path) and os.access(path, os.X_OK)):
-            return Check(part, CheckStatus.FAIL, f"FARM_BLENDER={path} is not an executable file", INSTALL_BLENDER)
-    else:
-        found = shutil.which("blender", path=environ.get("PATH", os.defpath))
-        if found is None:
-            return Check(part, CheckStatus.WARN, "blender is not on PATH and FARM_BLENDER is unset", INSTALL_BLENDER)
-        path, source = found, "PATH"
-    proc = subprocess.Popen(
-        [path, "--version"], stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-        text=True, errors="replace", start_new_session=True,
-    )
-    try:
-        output, _ = proc.communicate(timeout=BLENDER_TIMEOUT)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)  # its own session: Blender's children go too
-        proc.communicate()
-        return Check(part, CheckStatus.FAIL, f"`{path} --version` did not finish within {BLENDER_TIMEOUT:g} s", INSTALL_BLENDER)
+    path, source = locate_blender(environ)
+    if path is None:
+        status = CheckStatus.FAIL if environ.get("FARM_BLENDER") else CheckStatus.WARN
+        return Check(part, status, source, INSTALL_BLENDER)
+    code, output = run_version(path)
+    if code is None:
+        return Check(part, CheckStatus.FAIL, f"`{path} --version` did not finish within {VERSION_TIMEOUT:g} s", INSTALL_BLENDER)
     found_version = blender_version(output)
-    if proc.returncode != 0 or found_version is None:
+    if code != 0 or found_version is None:
         said = _first_line(output) if output.strip() else "nothing"
         return Check(part, CheckStatus.FAIL,
-                     f"`{path} --version` exited {proc.returncode} without a Blender version (said: {said})", INSTALL_BLENDER)
+                     f"`{path} --version` exited {code} without a Blender version (said: {said})", INSTALL_BLENDER)
     return Check(part, CheckStatus.OK, f"Blender {found_version} at {path} (from {source})")
-
-
-def blender_version(output: str) -> str | None:
-    """The version on the first `Blender X.Y[.Z]` line of `blender --version`
-    (lines before it are warnings some builds print)."""
-    match = re.search(r"^Blender (\d+\.\d+(?:\.\d+)?)", output, re.MULTILINE)
-    return match.group(1) if match else None
 
 
 def scrubbed(checks: list[Check], hidden: set[str]) -> list[Check]:

@@ -15,6 +15,7 @@ from renderfarm.states import JobState, TaskState
 JOB_COLUMNS = (
     "id", "name", "owner", "state", "priority", "pool", "renderer", "frames", "frame_count", "task_count", "chunk",
     "width", "height", "submitted_at", "started_at", "finished_at", "error", "site", "requires",
+    "renderer_version",
 )
 WORKER_COLUMNS = ("name", "pool", "site", "capabilities")  # of the workers not offline
 
@@ -48,6 +49,7 @@ class JobStatus:
     requires: list[str] = field(default_factory=list)  # tags a worker must have
     site: str | None = None  # pinned to this site
     unschedulable: str | None = None  # why no live worker can run its waiting tasks, if none can
+    renderer_version: str | None = None  # the renderer version it needs ("3.4": any 3.4.x)
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -88,7 +90,8 @@ def summarize(job: Mapping[str, Any], state_rows: Iterable[tuple], costs: Mappin
     why = None
     waiting = counts[TaskState.PENDING.value] + counts[TaskState.QUEUED.value]
     if workers is not None and waiting and job["state"] in (JobState.QUEUED.value, JobState.RUNNING.value):
-        why = unschedulable(workers, job["pool"], job.get("site"), job["renderer"], frozenset(requires))
+        why = unschedulable(workers, job["pool"], job.get("site"), job["renderer"], frozenset(requires),
+                            job.get("renderer_version"))
     return JobStatus(
         id=job["id"], name=job["name"], owner=job["owner"], state=job["state"], priority=job["priority"],
         pool=job["pool"], renderer=job["renderer"], frames_spec=job["frames"], frames=job["frame_count"],
@@ -96,5 +99,5 @@ def summarize(job: Mapping[str, Any], state_rows: Iterable[tuple], costs: Mappin
         frames_done=frames_done, progress=round(progress, 4), counts=counts, submitted_at=job["submitted_at"],
         started_at=job["started_at"], finished_at=job["finished_at"], elapsed=elapsed, eta=eta, error=job["error"],
         cost={c: v / PICO for c, v in costs.items()}, projected_cost={c: v / PICO for c, v in projected.items()},
-        requires=requires, site=job.get("site"), unschedulable=why,
+        requires=requires, site=job.get("site"), unschedulable=why, renderer_version=job.get("renderer_version"),
     )

@@ -47,6 +47,8 @@ class JobBase(SQLModel):
     prefer: str | None = Field(default=None, max_length=16)  # "cheapest": the cheapest site with idle workers first
     requires: str | None = Field(default=None, max_length=1024)  # tags a worker must have, comma-separated
     keep_tiles: bool = False
+    renderer_version: str | None = Field(default=None, max_length=32)  # e.g. "3.4": only workers with it
+    render_options: str | None = Field(default=None, sa_type=Text)  # JSON: samples, allow_scripts
 
 
 class Job(JobBase, table=True):

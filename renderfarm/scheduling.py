@@ -16,6 +16,10 @@ class WorkerView:
     price: int = 0  # its site's price per kWh, for comparing sites (micro-units)
     tags: frozenset[str] = frozenset()  # what it advertises (`farm-worker --tag gpu`)
     renderers: frozenset[str] | None = None  # the renderers it has; None: it did not say (any)
+    versions: tuple[tuple[str, str], ...] = ()  # (renderer, version) for those it gave a version of
+
+    def version_of(self, renderer: str) -> str | None:
+        return dict(self.versions).get(renderer)
 
 
 @dataclass(frozen=True)
@@ -36,6 +40,7 @@ class Candidate:
     cheapest: bool = False  # its job goes to the cheapest site with idle workers first
     requires: frozenset[str] = frozenset()  # tags a worker must have (`farm submit --require gpu`)
     renderer: str | None = None  # the renderer its job needs
+    renderer_version: str | None = None  # and the version of it ("3.4": any 3.4.x)
 
 
 def pick_task(
@@ -65,7 +70,7 @@ def pick_task(
     holders = holders or {}
 
     def allowed(c: Candidate) -> bool:
-        if not can_run(worker, c.pool, c.site, c.renderer, c.requires):
+        if not can_run(worker, c.pool, c.site, c.renderer, c.requires, c.renderer_version):
             return False
         if c.cheapest and idle_price is not None and worker.price > idle_price:
             return False
@@ -85,22 +90,30 @@ def pick_task(
     )
 
 
-def can_run(worker: WorkerView, pool: str, site: str | None, renderer: str | None, requires: frozenset[str]) -> bool:
+def can_run(worker: WorkerView, pool: str, site: str | None, renderer: str | None, requires: frozenset[str],
+            version: str | None = None) -> bool:
     """Whether `worker` may ever take a task of a job with these needs (whatever else it is doing)."""
     return (
         worker.pool == pool
         and (site is None or worker.site == site)
         and requires <= worker.tags
         and (renderer is None or worker.renderers is None or renderer in worker.renderers)
+        and (version is None or renderer is None or version_matches(worker.version_of(renderer), version))
     )
 
 
+def version_matches(have: str | None, need: str) -> bool:
+    """Whether version `have` is the `need` a job asks for: `need` names its leading parts
+    (3.4 is met by 3.4.0 and 3.4.1, not by 3.5 or 4.0)."""
+    return bool(have) and have.split(".")[: len(need.split("."))] == need.split(".")
+
+
 def unschedulable(workers: Iterable[WorkerView], pool: str, site: str | None, renderer: str | None,
-                  requires: frozenset[str]) -> str | None:
+                  requires: frozenset[str], version: str | None = None) -> str | None:
     """Why no live worker could run a job with these needs, or None if one could. The reason names
     the first need that rules the last candidates out, so it says what to fix."""
     workers = list(workers)
-    if any(can_run(w, pool, site, renderer, requires) for w in workers):
+    if any(can_run(w, pool, site, renderer, requires, version) for w in workers):
         return None
     if not workers:
         return "no live worker"
@@ -113,4 +126,13 @@ def unschedulable(workers: Iterable[WorkerView], pool: str, site: str | None, re
     tagged = [w for w in here if requires <= w.tags]
     if not tagged:
         return f"no live worker of pool {pool!r} has tag(s) {', '.join(sorted(requires))}"
-    return f"no live worker of pool {pool!r} with the needed tags has the {renderer} renderer"
+    equipped = [w for w in tagged if renderer is None or w.renderers is None or renderer in w.renderers]
+    if not equipped:
+        return f"no live worker of pool {pool!r} with the needed tags has the {renderer} renderer"
+    label = RENDERER_LABELS.get(renderer or "", renderer)
+    found = sorted({v for w in equipped if (v := w.version_of(renderer or ""))})
+    return (f"no live worker of pool {pool!r} has {label} {version}"
+            + (f" (they have {', '.join(found)})" if found else ""))
+
+
+RENDERER_LABELS = {"blender": "Blender"}

@@ -482,6 +482,8 @@ def test_effective_settings_never_show_a_password(dirs, monkeypatch) -> None:
         ("storage_retry", "300.0", "default"),
         ("shutdown_grace", "300.0", "default"),
         ("allow_commands", "False", "default"),
+        ("blender", "", "default"),
+        ("render_threads", "0", "default"),
     ]
     text = repr(rows)
     for secret in ("pw-local-valkey", "db-pass", "endpoint-pass", "local-s3-secret"):
@@ -591,6 +593,8 @@ def test_settings_env_round_trips(dirs) -> None:
         FARM_STORAGE_RETRY="60",
         FARM_SHUTDOWN_GRACE="0.5",
         FARM_ALLOW_COMMANDS="yes",
+        FARM_BLENDER="/opt/blender-4.2/blender",
+        FARM_RENDER_THREADS="8",
     )
     env = settings_env(s)
     assert env == {
@@ -608,6 +612,8 @@ def test_settings_env_round_trips(dirs) -> None:
         "FARM_STORAGE_RETRY": "60",
         "FARM_SHUTDOWN_GRACE": "0.5",
         "FARM_ALLOW_COMMANDS": "1",
+        "FARM_BLENDER": "/opt/blender-4.2/blender",
+        "FARM_RENDER_THREADS": "8",
     }
     assert load_settings(env, cwd=cwd) == s
 

@@ -8,6 +8,7 @@ import re
 import secrets
 import socket
 import stat
+import sys
 import time
 from pathlib import Path
 
@@ -15,6 +16,7 @@ import pytest
 from conftest import farm_env, run_farm, valkey_url
 
 from renderfarm import doctor
+from renderfarm.renderers.blender import blender_version
 from renderfarm.config import load_settings
 from renderfarm.db import head_revision, make_engine, upgrade
 from renderfarm.doctor import Check, CheckStatus
@@ -23,7 +25,7 @@ from renderfarm.localfarm import services
 OK, WARN, FAIL = CheckStatus.OK, CheckStatus.WARN, CheckStatus.FAIL
 PARTS = ["redis", "redis persistence", "database", "storage",
          "renderer builtin", "renderer null", "renderer command", "renderer blender"]
-NO_BLENDER_PATH = "/usr/bin:/bin"
+NO_BLENDER_PATH = str(Path(sys.executable).parent)  # this environment's bin: python, no blender
 
 
 def fake_blender(folder: Path, body: str = "echo 'Blender 3.4.1'\necho '\tbuild date: 2022-12-20'") -> Path:
@@ -305,7 +307,9 @@ def test_blender_that_fails_or_hangs(tmp_path, monkeypatch):
     assert check.status is FAIL
     assert check.detail == (f"`{broken} --version` exited 127 without a Blender version "
                             "(said: error while loading shared libraries: libGL.so.1)")
-    monkeypatch.setattr(doctor, "BLENDER_TIMEOUT", 0.3)
+    import renderfarm.renderers.blender as blender
+
+    monkeypatch.setattr(blender, "VERSION_TIMEOUT", 0.3)
     hung = fake_blender(tmp_path / "hung", "sleep 30")
     started = time.monotonic()
     check = doctor.check_blender({"FARM_BLENDER": str(hung)})
@@ -314,11 +318,11 @@ def test_blender_that_fails_or_hangs(tmp_path, monkeypatch):
 
 
 def test_blender_version_parsing():
-    assert doctor.blender_version("Blender 3.4.1\n\tbuild date: 2022-12-20\n") == "3.4.1"
-    assert doctor.blender_version("Color management: using fallback mode\nBlender 4.2\n") == "4.2"
-    assert doctor.blender_version("Blender 5.0.0 Alpha\n") == "5.0.0"
-    assert doctor.blender_version("blender: command not found\n") is None
-    assert doctor.blender_version("") is None
+    assert blender_version("Blender 3.4.1\n\tbuild date: 2022-12-20\n") == "3.4.1"
+    assert blender_version("Color management: using fallback mode\nBlender 4.2\n") == "4.2"
+    assert blender_version("Blender 5.0.0 Alpha\n") == "5.0.0"
+    assert blender_version("blender: command not found\n") is None
+    assert blender_version("") is None
 
 
 def test_scrubbed_hides_every_secret():

@@ -69,7 +69,7 @@ def submit(
     scene: Annotated[str, typer.Argument(help="The scene file to render.", show_default=False)],
     frames: Annotated[Optional[str], typer.Option(help="Frames to render, e.g. 1-100, 1-100x2, 1,5,10-20 (default: the scene's own range).")] = None,
     chunk: Annotated[str, typer.Option(help="Frames per task.")] = "1",
-    renderer: Annotated[str, typer.Option(help="Renderer: builtin, null (draws nothing: measures the farm) or command.")] = "builtin",
+    renderer: Annotated[str, typer.Option(help="Renderer: builtin, blender (a .blend), null (draws nothing: measures the farm) or command.")] = "builtin",
     priority: Annotated[str, typer.Option(help="0-100, higher renders first.")] = "50",
     pool: Annotated[str, typer.Option(help="Worker pool to render on.")] = "default",
     name: Annotated[Optional[str], typer.Option(help="Job name, used in frame file names (default: the scene's file name).")] = None,
@@ -84,6 +84,10 @@ def submit(
     site: Annotated[Optional[str], typer.Option(help="Render only at this site (a [sites.NAME] of farm.toml).")] = None,
     prefer: Annotated[Optional[str], typer.Option(help="cheapest: the cheapest site with idle workers first.")] = None,
     require: Annotated[Optional[list[str]], typer.Option("--require", help="Render only on workers with this tag (farm-worker --tag); repeat for several.")] = None,
+    resolution: Annotated[Optional[str], typer.Option(help="WxH instead of the scene's own resolution (blender).")] = None,
+    samples: Annotated[Optional[str], typer.Option(help="Samples per pixel instead of the scene's own (blender).")] = None,
+    allow_scripts: Annotated[bool, typer.Option("--allow-scripts", help="Let the .blend's auto-run scripts and drivers run (off by default).")] = False,
+    blender_version: Annotated[Optional[str], typer.Option(help="Render only on workers with this Blender, e.g. 4.2 (default: the version that saved the .blend).")] = None,
     wait: Annotated[bool, typer.Option("--wait", help="Wait for the job to finish, showing progress.")] = False,
     json_: JsonOpt = False,
 ) -> None:
@@ -94,7 +98,8 @@ def submit(
     sub = Submission(scene=scene, frames=frames, chunk=chunk, renderer=renderer, priority=priority, pool=pool,
                      name=name, timeout=timeout, tiles=tiles, tile_size=tile_size, format=format_,
                      keep_tiles=keep_tiles, max_workers=max_workers, after=after, first_last=first_last,
-                     site=site, prefer=prefer, requires=tuple(require or ()))
+                     site=site, prefer=prefer, requires=tuple(require or ()), resolution=resolution,
+                     samples=samples, allow_scripts=allow_scripts, renderer_version=blender_version)
     job_id = submit_shot(settings, sub)
     status = _status_of(settings, job_id)
     if wait:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 from collections import Counter
 from dataclasses import dataclass
@@ -124,7 +125,7 @@ def runnable_jobs(session: Session) -> list[tuple]:
     done; most urgent first."""
     rows = session.execute(
         select(Job.id, Job.priority, Job.submitted_at, Job.pool, Job.max_workers, Job.after, Job.site, Job.prefer,
-               Job.requires, Job.renderer)
+               Job.requires, Job.renderer, Job.renderer_version)
         .where(Job.state.in_([JobState.QUEUED.value, JobState.RUNNING.value]))
         .order_by(Job.priority.desc(), Job.submitted_at)
         .limit(MAX_JOBS_CONSIDERED)
@@ -172,7 +173,8 @@ def runnable_candidates(session: Session, wanted: int) -> list[Candidate]:
     return [
         Candidate(task_id, job.id, index, job.priority, job.submitted_at, job.pool,
                   frozenset(failed_on.get(task_id, ())), frozenset(blocked.get(job.id, ())), rank, job.max_workers,
-                  job.site, job.prefer == "cheapest", required_tags(job.requires), job.renderer)
+                  job.site, job.prefer == "cheapest", required_tags(job.requires), job.renderer,
+                  job.renderer_version)
         for task_id, job, index, _attempts, rank in rows
     ]
 
@@ -224,6 +226,10 @@ def attempt_payload(job: Job, task: Task, attempt: Attempt) -> dict[str, Any]:
         "height": job.height,
         "timeout": job.timeout,
     }
+    if job.renderer_version:
+        payload["renderer_version"] = job.renderer_version
+    if job.render_options:
+        payload["options"] = json.loads(job.render_options)
     tiles = job_tiles(job)
     if task.kind == TaskKind.TILE.value:
         t = tiles[task.tile]

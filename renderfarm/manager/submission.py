@@ -3,6 +3,7 @@ the manager checks it again, because the control stream is not a trusted source.
 
 from __future__ import annotations
 
+import json
 import logging
 import re
 import time
@@ -22,7 +23,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("renderfarm.manager")
 
-SCENE_SUFFIXES = (".toml", ".json")
+SCENE_SUFFIXES = (".toml", ".json", ".zip")
 JOB_ID = re.compile(r"[0-9a-f]{4,16}")
 SHA256 = re.compile(r"[0-9a-f]{64}")
 
@@ -77,6 +78,12 @@ def submit(session: Session, settings: Settings, body: dict[str, Any]) -> str:
     if not SHA256.fullmatch(scene_sha) or scene_key.removeprefix(f"scenes/{scene_sha}") not in SCENE_SUFFIXES:
         raise InputError(f"submission: scene_key {scene_key!r} is not a content-addressed scene key")
     timeout = check_timeout(body.get("timeout"))
+    renderer_version = body.get("renderer_version")
+    if renderer_version is not None:
+        from renderfarm.renderers.blender import check_version_spec
+
+        renderer_version = check_version_spec(str(renderer_version), "renderer_version")
+    options = render_options(body.get("render_options"))
     job = Job(
         id=job_id,
         name=slug(need("name", str)),
@@ -104,9 +111,28 @@ def submit(session: Session, settings: Settings, body: dict[str, Any]) -> str:
         site=site,
         prefer=prefer,
         requires=",".join(requires) or None,
+        renderer_version=renderer_version,
+        render_options=json.dumps(options, sort_keys=True) if options else None,
         submitted_at=time.time(),
     )
     lifecycle.create_job(session, job, plans)
     log.info("job %s submitted by %s: %s, %d frames in %d tasks%s", job.id, job.owner, job.name, job.frame_count,
              len(plans), f" ({tile_count} tiles per frame)" if tile_count else "")
     return job.id
+
+
+def render_options(raw: Any) -> dict[str, Any]:
+    """A submission's render options, checked: `samples` (a whole number) and `allow_scripts`."""
+    if raw is None:
+        return {}
+    if not isinstance(raw, dict) or set(raw) - {"samples", "allow_scripts"}:
+        raise InputError(f"render_options: {str(raw)[:100]!r} holds more than samples and allow_scripts")
+    options: dict[str, Any] = {}
+    samples = raw.get("samples")
+    if samples is not None:
+        if not isinstance(samples, int) or isinstance(samples, bool) or not 1 <= samples <= 1_000_000:
+            raise InputError(f"samples: {samples!r} must be a whole number from 1 to 1000000")
+        options["samples"] = samples
+    if raw.get("allow_scripts") is True:
+        options["allow_scripts"] = True
+    return options

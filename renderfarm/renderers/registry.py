@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import sys
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
-from renderfarm.errors import InputError, SceneError, shown
+from renderfarm.errors import InputError, RenderError, SceneError, shown
 
 
 @dataclass(frozen=True)
@@ -17,6 +18,7 @@ class SceneInfo:
     width: int
     height: int
     frames: str
+    version: str | None = None  # the renderer version the scene was made with, if it says
 
 
 @dataclass(frozen=True)
@@ -40,14 +42,20 @@ class RenderRequest:
     height: int
     region: Region | None = None
     fmt: str = "png"
+    frame_size: tuple[int, int] | None = None  # the whole frame's, when there is a region
+    program: str | None = None  # the renderer's executable on this worker, for those that have one
+    threads: int = 0  # render threads (0: all cores)
+    options: Mapping[str, Any] = field(default_factory=dict)  # the job's render options (samples...)
 
 
 class Renderer(Protocol):
     name: str
     suffixes: tuple[str, ...]
     formats: tuple[str, ...]
+    options: tuple[str, ...]  # the job options it takes beyond frames and format (`samples`...)
 
     def describe(self, path: Path) -> SceneInfo: ...
+    def package(self, path: Path, into: Path) -> Path: ...
     def command(self, request: RenderRequest) -> list[str]: ...
     def session_command(self) -> list[str] | None: ...
     def session_request(self, request: RenderRequest) -> dict: ...
@@ -67,12 +75,16 @@ class BuiltinRenderer:
     name = "builtin"
     suffixes = (".toml", ".json")
     formats = ("png", "png16", "exr")
+    options: tuple[str, ...] = ()
 
     def describe(self, path: Path) -> SceneInfo:
         from renderfarm.renderers.builtin.scene import load_scene
 
         scene = load_scene(path)
         return SceneInfo(scene.width, scene.height, scene.frames)
+
+    def package(self, path: Path, into: Path) -> Path:
+        return path  # a scene file is self-contained
 
     def session_command(self) -> list[str] | None:
         """A warm session: one process renders a job's consecutive tasks."""
@@ -115,12 +127,16 @@ class CommandRenderer:
     name = "command"
     suffixes = (".toml",)
     formats = ("png",)
+    options: tuple[str, ...] = ()
 
     def describe(self, path: Path) -> SceneInfo:
         from renderfarm.renderers.command import load_command_scene
 
         scene = load_command_scene(path)
         return SceneInfo(scene.width, scene.height, scene.frames)
+
+    def package(self, path: Path, into: Path) -> Path:
+        return path
 
     def command(self, request: RenderRequest) -> list[str]:
         return _python_module("renderfarm.renderers.command", request)
@@ -132,7 +148,55 @@ class CommandRenderer:
         raise NotImplementedError
 
 
-RENDERERS: dict[str, Renderer] = {r.name: r for r in (BuiltinRenderer(), NullRenderer(), CommandRenderer())}
+class BlenderRenderer:
+    """Blender, as the worker has it: one Blender process per chunk, through our wrapper
+    (`python -m renderfarm.renderers.blender`), which renames each frame and crops tiles."""
+
+    name = "blender"
+    suffixes = (".blend",)
+    formats = ("png", "png16", "exr")
+    options = ("resolution", "samples", "allow_scripts", "version")
+
+    def describe(self, path: Path) -> SceneInfo:
+        from renderfarm.renderers.blender.scene import read_blend
+
+        info = read_blend(path)
+        return SceneInfo(info.width, info.height, info.frames, info.version)
+
+    def package(self, path: Path, into: Path) -> Path:
+        """The scene and every file it uses, packed by Blender Asset Tracer into one ZIP."""
+        from renderfarm.renderers.blender.scene import pack_scene
+
+        return pack_scene(path, into)
+
+    def command(self, request: RenderRequest) -> list[str]:
+        if request.program is None:
+            raise RenderError("no Blender on this worker (set FARM_BLENDER or put blender on PATH)")
+        options = request.options
+        argv = [
+            *_python_module("renderfarm.renderers.blender", request), f"--blender={request.program}",
+            "--size={}x{}".format(*(request.frame_size or (request.width, request.height))),
+            f"--format={request.fmt}", f"--threads={request.threads}",
+        ]
+        if request.region is not None:
+            r = request.region
+            argv.append(f"--region={r.x},{r.y},{r.width},{r.height}")
+        if options.get("samples"):
+            argv.append(f"--samples={int(options['samples'])}")
+        if options.get("allow_scripts"):
+            argv.append("--allow-scripts")
+        return argv
+
+    def session_command(self) -> list[str] | None:
+        return None  # Blender starts once per chunk; a chunk is the session
+
+    def session_request(self, request: RenderRequest) -> dict:
+        raise NotImplementedError
+
+
+RENDERERS: dict[str, Renderer] = {
+    r.name: r for r in (BuiltinRenderer(), NullRenderer(), CommandRenderer(), BlenderRenderer())
+}
 
 
 def get_renderer(name: str) -> Renderer:

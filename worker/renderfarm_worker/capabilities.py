@@ -3,6 +3,7 @@ GPU and the tags it was given (a GPU found by `nvidia-smi` adds the tag `gpu`)."
 
 from __future__ import annotations
 
+import logging
 import os
 import platform
 import shutil
@@ -13,12 +14,17 @@ from renderfarm import __version__
 
 if TYPE_CHECKING:
     from renderfarm.config import Settings
+    from renderfarm.renderers.blender import Blender
+
+log = logging.getLogger("renderfarm.worker")
 
 
-def detect(settings: Settings, tags: tuple[str, ...]) -> dict[str, Any]:
+def detect(settings: Settings, tags: tuple[str, ...], blender: Blender | None = None) -> dict[str, Any]:
     renderers = {"builtin": __version__, "null": __version__}
     if settings.allow_commands:
         renderers["command"] = f"python {platform.python_version()}"
+    if blender is not None:
+        renderers["blender"] = blender.version
     gpu = _gpu()
     return {
         "renderers": renderers,
@@ -27,6 +33,18 @@ def detect(settings: Settings, tags: tuple[str, ...]) -> dict[str, Any]:
         **({"gpu": gpu} if gpu else {}),
         "tags": sorted(set(tags) | ({"gpu"} if gpu else set())),
     }
+
+
+def find_worker_blender(settings: Settings) -> Blender | None:
+    """The Blender this worker renders with (FARM_BLENDER, or `blender` on PATH), or None, with
+    the reason logged: a worker without Blender still renders everything else."""
+    from renderfarm.renderers.blender import BlenderNotFound, find_blender
+
+    try:
+        return find_blender({"FARM_BLENDER": settings.blender or "", "PATH": os.environ.get("PATH", os.defpath)})
+    except BlenderNotFound as e:
+        log.info("%s: this worker takes no Blender jobs", e)
+        return None
 
 
 def _gpu() -> str | None:

@@ -158,10 +158,21 @@ def _reach_storage(rt) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from concurrent.futures import ThreadPoolExecutor
+
+    from renderfarm_worker.capabilities import find_worker_blender
+
+    settings = load_settings()
+    # `blender --version` takes a second: it runs while the rest starts.
+    with ThreadPoolExecutor(1, "find-blender") as lookup:
+        blender_found = lookup.submit(find_worker_blender, settings)
+        return _serve(args, settings, blender_found)
+
+
+def _serve(args: argparse.Namespace, settings, blender_found) -> int:
     from renderfarm_worker.capabilities import detect
     from renderfarm_worker.runtime import WorkerRuntime, install
 
-    settings = load_settings()
     name = slug(args.name or socket.gethostname(), "name")
     pool = slug(args.pool, "pool")
     r = connect(settings)
@@ -169,8 +180,10 @@ def run(args: argparse.Namespace) -> int:
     scratch = args.scratch or settings.state_dir / "scratch" / name
     site = settings.site(args.site).name  # refuses a site farm.toml does not name
     tags = check_tags(args.tags if args.tags is not None else os.environ.get("FARM_WORKER_TAGS") or None, "tag")
+    blender = blender_found.result()
     rt = WorkerRuntime(settings=settings, name=name, pool=pool, scratch=scratch, r=r, site=site,
-                       watts=args.watts, watts_per_core=args.watts_per_core, capabilities=detect(settings, tags))
+                       watts=args.watts, watts_per_core=args.watts_per_core,
+                       capabilities=detect(settings, tags, blender), blender=blender)
     install(rt)
     open_connections(r, REDIS_CONNECTIONS)
     threading.Thread(target=_reach_storage, args=(rt,), name="storage-check", daemon=True).start()

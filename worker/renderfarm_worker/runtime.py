@@ -28,6 +28,7 @@ if TYPE_CHECKING:
     from redis import Redis
 
     from renderfarm.config import Settings
+    from renderfarm.renderers.blender import Blender
     from renderfarm.storage import Storage
 
 log = logging.getLogger("renderfarm.worker")
@@ -115,6 +116,7 @@ class WorkerRuntime:
     watts: float | None = None  # this node's draw while rendering; None: the site's default
     watts_per_core: float | None = None  # or a draw per busy core, over the renderer's CPU time
     capabilities: dict[str, Any] = field(default_factory=dict)  # renderers, cores, memory, GPU, tags
+    blender: Blender | None = None  # the Blender it renders with, if it has one
     storage: Storage = field(init=False)
     events: EventSender = field(init=False)
     host: str = field(default_factory=socket.gethostname)
@@ -299,11 +301,26 @@ class WorkerRuntime:
         return retrying(what, call, within=self.settings.storage_retry, before_retry=self.raise_if_stopped)
 
     def fetch_scene(self, key: str, sha256: str) -> Path:
-        """The scene file, downloaded once per content and kept in the scratch cache."""
+        """The scene file, downloaded once per content and kept in the scratch cache; a packed
+        scene (.zip) is unpacked once, and its main file returned."""
         suffix = Path(key).suffix
+        if suffix == ".zip":
+            from renderfarm.renderers.blender.scene import unpack_scene
+
+            unpacked = self.scratch / "scenes" / sha256
+            if not unpacked.exists():
+                pack = self._download_scene(key, sha256, self.scratch / "scenes" / f"{sha256}.zip")
+                try:
+                    return unpack_scene(pack, unpacked)
+                finally:
+                    pack.unlink(missing_ok=True)
+            return unpack_scene(Path(f"{sha256}.zip"), unpacked)
         target = self.scratch / "scenes" / f"{sha256}{suffix}"
         if target.exists():
             return target
+        return self._download_scene(key, sha256, target)
+
+    def _download_scene(self, key: str, sha256: str, target: Path) -> Path:
         target.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=".scene-")
         os.close(fd)

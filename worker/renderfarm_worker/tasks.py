@@ -7,7 +7,7 @@ import logging
 import os
 import shutil
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -52,6 +52,8 @@ class AttemptSpec:
     region: Region | None = None  # a tile task's rectangle of the frame
     grid: str | None = None  # an assembly's tile grid, and where each of its tiles is committed
     tile_keys: tuple[str, ...] = ()
+    renderer_version: str | None = None  # the version of the renderer the job needs ("3.4")
+    options: dict[str, Any] = field(default_factory=dict)  # the job's render options (samples...)
 
     @classmethod
     def parse(cls, payload: Any) -> AttemptSpec:
@@ -69,6 +71,8 @@ class AttemptSpec:
                 Region(*(int(v) for v in region)) if region is not None else None,
                 payload.get("grid") and str(payload["grid"]),
                 tuple(str(k) for k in payload.get("tile_keys", ())),
+                payload.get("renderer_version") and str(payload["renderer_version"]),
+                dict(payload.get("options") or {}),
             )
         except (KeyError, TypeError, ValueError) as e:
             raise RenderError(f"malformed task payload ({e!r})") from None
@@ -282,10 +286,15 @@ class _Render:
         renderer = get_renderer(spec.renderer)
         if renderer.name == "command" and not rt.settings.allow_commands:
             raise RenderError("the command renderer is not allowed on this worker (set FARM_ALLOW_COMMANDS=1)")
+        program = self._program(renderer.name)
         scene = rt.fetch_scene(spec.scene_key, spec.scene_sha256)
         pattern = str(self.workdir / "out" / f"{spec.name}.{{frame}}.{spec.ext}")
         size = (spec.region.width, spec.region.height) if spec.region else (spec.width, spec.height)
-        request = RenderRequest(scene, spec.frames, pattern, *size, region=spec.region, fmt=spec.format)
+        request = RenderRequest(
+            scene, spec.frames, pattern, *size, region=spec.region, fmt=spec.format,
+            frame_size=(spec.width, spec.height), program=program, threads=rt.settings.render_threads,
+            options=spec.options,
+        )
         argv = renderer.command(request)
         self.log_file.write(f"# {spec.label} on {rt.name}: {' '.join(argv)}\n".encode())
         self.log_file.flush()
@@ -319,6 +328,20 @@ class _Render:
         # No lease check here: the finisher makes one before uploading, off the path to the next task.
         rt.raise_if_stopped()
         return [(f, self.files[f]) for f in spec.frames]
+
+    def _program(self, renderer: str) -> str | None:
+        """The executable of a renderer this worker runs from an install of its own (Blender),
+        checked against the version the job needs."""
+        if renderer != "blender":
+            return None
+        from renderfarm.scheduling import version_matches
+
+        blender, need = self.rt.blender, self.spec.renderer_version
+        if blender is None:
+            raise RenderError("no Blender on this worker (set FARM_BLENDER or put blender on PATH)")
+        if need and not version_matches(blender.version, need):
+            raise RenderError(f"the job needs Blender {need}; this worker has Blender {blender.version} at {blender.path}")
+        return blender.path
 
     def on_line(self, line: str) -> None:
         self.tail = (self.tail + line + "\n")[-LOG_TAIL:]

@@ -187,7 +187,8 @@ def status(
     if json_:
         print_json(s.to_json())
         return
-    out().print(f"[bold]job {s.id}[/] {s.name} ({s.owner}), priority {s.priority}, pool {s.pool}, renderer {s.renderer}")
+    renderer = s.renderer + (f" {s.renderer_version}" if s.renderer_version else "")
+    out().print(f"[bold]job {s.id}[/] {s.name} ({s.owner}), priority {s.priority}, pool {s.pool}, renderer {renderer}")
     out().print("  state     ", state_text(s.state), sep="")
     out().print(f"  frames    {s.frames_spec} = {s.frames} frames in {s.tasks} tasks of up to {s.chunk}, {s.width}x{s.height}")
     out().print(f"  progress  {s.progress:.1%}  ({s.frames_done}/{s.frames} frames done)")

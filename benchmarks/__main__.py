@@ -35,6 +35,7 @@ BENCHMARKS = {
     "region_cost": "a region of a builtin frame against the whole frame",
     "tiles": "a hero frame in 2x2 tiles on 2 workers against whole on 1",
     "stitch": "stitching an 8K 16-bit frame and an EXR against OpenImageIO's lower bound",
+    "blender": "16 Blender frames on 2 one-thread workers against blender -a -t 2",
 }
 DEFAULT_JSON = Path(__file__).resolve().parent / "results" / "latest.json"
 

@@ -54,6 +54,9 @@ def parse_capabilities(raw: Any) -> dict[str, Any] | None:
     renderers = raw.get("renderers")
     if isinstance(renderers, dict):
         caps["renderers"] = {str(k)[:32]: str(v)[:64] for k, v in list(renderers.items())[:32]}
+    paths = raw.get("paths")
+    if isinstance(paths, dict):
+        caps["paths"] = {str(k)[:32]: str(v)[:1024] for k, v in list(paths.items())[:32]}
     tags = raw.get("tags")
     if isinstance(tags, list):
         caps["tags"] = sorted({t for t in tags if isinstance(t, str) and TAG.fullmatch(t)})[:MAX_TAGS]

@@ -4,6 +4,7 @@ cancel, suspend/resume, retry, priority, --after, --max-workers, fair share."""
 from __future__ import annotations
 
 import json
+import shutil
 import os
 import sys
 import time

@@ -15,12 +15,13 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
 
 from renderfarm.renderers.blender.command import (
-    DEFAULT_OVERSCAN, OUTPUT_STEM, Setup, blender_argv, border_for, read_line, saved_frame,
+    DEFAULT_OVERSCAN, OUTPUT_STEM, SETUP_FAILED, Setup, blender_argv, border_for, read_line, saved_frame,
 )
 from renderfarm.renderers.process import die_with_parent
 from renderfarm.renderers.registry import Region
@@ -108,10 +109,13 @@ def main(argv: list[str] | None = None) -> int:
         print(f"blender: cannot run {args.blender}: {e.strerror}", file=sys.stderr)
         return 1
     errors: list[str] = []
+    exceptions: list[str] = []  # Python's last lines of a traceback: `KeyError: 'cycles'`
     current = None
     for raw in proc.stdout:
         line = raw.decode("utf-8", "replace").rstrip("\n")
         print(line, flush=True)
+        if re.match(r"\w+(Error|Exception): ", line):
+            exceptions.append(line)
         said = read_line(line)
         if said.error:
             errors.append(said.error)
@@ -130,7 +134,10 @@ def main(argv: list[str] | None = None) -> int:
     missing = [f for f in frames if f not in take.written]
     if not missing:
         return 0
-    why = f"Error: {errors[0]}" if errors else f"Blender exited {code}"
+    if code == SETUP_FAILED:
+        why = "the farm's setup script failed in Blender" + (f": {exceptions[-1][:300]}" if exceptions else "")
+    else:
+        why = f"Error: {errors[0][:300]}" if errors else f"Blender exited {code}"
     print(f"blender: frame(s) {','.join(map(str, missing))} not rendered: {why}", file=sys.stderr, flush=True)
     return 1
 

@@ -32,7 +32,8 @@ _SAVED = re.compile(r"^Saved: '(?P<path>.*)'")
 _FRAME = re.compile(r"^Fra:(?P<frame>-?\d+) ")
 _SAMPLE = re.compile(r"\| Sample (?P<done>\d+)/(?P<total>\d+)")
 _ERROR = re.compile(r"^Error: (?P<error>.+)")
-OUTPUT_STEM = "blender_"  # Blender writes blender_00001.png; the wrapper renames it
+OUTPUT_STEM = "blender_"
+SETUP_FAILED = 3  # Blender's exit status when the setup expression raised  # Blender writes blender_00001.png; the wrapper renames it
 
 
 @dataclass(frozen=True)
@@ -143,6 +144,7 @@ def blender_argv(blender: str, scene: str, setup: Setup, frames: tuple[int, ...]
         blender, "--background", "-noaudio",
         "--enable-autoexec" if allow_scripts else "--disable-autoexec",
         scene,  # the wrapper refuses a path starting with '-' (Blender would take it for an option)
+        "--python-exit-code", str(SETUP_FAILED),  # a setup that fails stops Blender (else it renders on)
         "--python-expr", setup.expression(),
         "--threads", str(max(threads, 0)),
         "--render-frame", frame_list(frames),

@@ -10,6 +10,7 @@ once (its key is its SHA-256). `renderfarm.json` in it names the main .blend.
 from __future__ import annotations
 
 import json
+import logging
 import re
 import shutil
 import tempfile
@@ -34,11 +35,20 @@ class BlendInfo:
     engine: str
 
 
+def _quiet_bat() -> None:
+    """BAT logs what it finds wrong with a file; we say it ourselves, once, as a SceneError."""
+    bat = logging.getLogger("blender_asset_tracer")
+    if not bat.handlers:
+        bat.addHandler(logging.NullHandler())
+        bat.propagate = False
+
+
 def read_blend(path: Path) -> BlendInfo:
     """Size, frame range and Blender version of a .blend's active scene; SceneError names the file
     when it is not a .blend BAT can read."""
     from blender_asset_tracer import blendfile
 
+    _quiet_bat()
     name = path.name[:100]
     try:
         bfile = blendfile.BlendFile(path)
@@ -94,6 +104,7 @@ def pack_scene(path: Path, into: Path) -> Path:
     """Pack `path` and every file it uses into `into/<stem>.zip`; SceneError names what is missing."""
     from blender_asset_tracer.pack import transfer, zipped
 
+    _quiet_bat()
     raw = into / "bat.zip"
     try:
         with zipped.ZipPacker(path, path.parent, str(raw)) as packer:

@@ -102,18 +102,22 @@ def _reason(e: Exception) -> str:
 
 def pack_scene(path: Path, into: Path) -> Path:
     """Pack `path` and every file it uses into `into/<stem>.zip`; SceneError names what is missing."""
-    from blender_asset_tracer.pack import transfer, zipped
+    from blender_asset_tracer.pack import transfer
 
     _quiet_bat()
     raw = into / "bat.zip"
     try:
-        with zipped.ZipPacker(path, path.parent, str(raw)) as packer:
-            packer.strategise()
-            missing = sorted(str(p) for p in packer.missing_files)
-            if missing:
-                more = f" and {len(missing) - 1} more" if len(missing) > 1 else ""
-                raise SceneError(f"scene: {path.name[:100]} uses {missing[0][:200]}{more}, which does not exist")
-            packer.execute()
+        with _packer(path, raw) as packer:
+            try:
+                packer.strategise()
+                missing = sorted(str(p) for p in packer.missing_files)
+                if missing:
+                    more = f" and {len(missing) - 1} more" if len(missing) > 1 else ""
+                    raise SceneError(f"scene: {path.name[:100]} uses {missing[0][:200]}{more}, which does not exist")
+                packer.execute()
+            except BaseException:
+                packer.abort()  # else BAT's transfer thread waits on forever, and so does this process
+                raise
     except transfer.FileTransferError as e:
         raise SceneError(f"scene: {path.name[:100]}: could not pack {len(e.files_remaining)} file(s), "
                          f"starting with {str(e.files_remaining[0])[:200]}") from None
@@ -121,6 +125,23 @@ def pack_scene(path: Path, into: Path) -> Path:
     _normalize(raw, target, path.name)
     raw.unlink()
     return target
+
+
+def _packer(path: Path, target: Path):
+    """BAT's ZIP packer, copying its temporary files where it would move them: in BAT 1.23 a move
+    is queued before the file's size is read, and the ZIP thread may have deleted it by then
+    (1 pack in 12 failed here). BAT deletes its temporary directory when the packer closes."""
+    from blender_asset_tracer.pack import transfer, zipped
+
+    class CopyingTransferrer(zipped.ZipTransferrer):
+        def queue_move(self, src, dst) -> None:
+            self.queue_copy(src, dst)
+
+    class Packer(zipped.ZipPacker):
+        def _create_file_transferer(self) -> transfer.FileTransferer:
+            return CopyingTransferrer(target.absolute())
+
+    return Packer(path, path.parent, str(target))
 
 
 def _normalize(source: Path, target: Path, main: str) -> None:

@@ -33,8 +33,8 @@ LEADER_RENEW = 2.0
 WORKER_REFRESH = 5.0  # how often a live worker's row (last seen) is written
 REAP_EVERY = 1.0  # seconds between reaper sweeps
 DEFER_RETRY = 2.0  # seconds before an event deferred by a storage outage is tried again
-REBALANCE_EVERY = 1.0
-DELETE_EVERY = 5.0  # seconds between bulk deletes of storage copies nothing needs any more  # seconds between looks for prefetched work that more urgent work outranks
+REBALANCE_EVERY = 1.0  # seconds between looks for prefetched work that more urgent work outranks
+DELETE_EVERY = 5.0  # seconds between bulk deletes of storage copies nothing needs any more
 
 
 class Manager:
@@ -170,11 +170,9 @@ class Manager:
         if entries:
             self.apply(entries)
             if any(stream == streams.keys.CONTROL_STREAM for stream, _, _ in entries):
-                self._next_rebalance = 0.0
-        self._doomed: list[str] = []  # storage keys to delete in bulk
-        self._next_delete = 0.0  # a new or reprioritised job may outrank prefetched work
+                self._next_rebalance = 0.0  # a new or reprioritised job may outrank prefetched work
         self.watch_workers()
-        self.delete_doomed()
+        self.delete_doomed(now=not entries)  # an idle manager has time to delete now
         if time.monotonic() >= self._next_reconcile:
             self._next_reconcile = time.monotonic() + SWEEP_EVERY
             self.reconcile()

@@ -213,6 +213,18 @@ def _label(session: Session, attempt: Attempt) -> str:
     return f"{attempt.job_id}:{task.index}/{attempt.number}"
 
 
+def may_meet_storage(doc: dict[str, Any], batch: Batch) -> bool:
+    """Whether applying this event may call storage, or raise a transient StorageError: only a
+    done event can, unless its promotion was settled ahead (by `promote_ahead`)."""
+    if doc.get("type") != "done":
+        return False
+    try:
+        ahead = batch.promoted.get(int(doc.get("attempt_id")))
+    except (TypeError, ValueError):
+        return False  # ignored as an unknown attempt
+    return ahead is None or (isinstance(ahead.error, StorageError) and ahead.error.transient)
+
+
 def promote_ahead(session: Session, storage: Storage, entries: list[tuple[str, str, dict]], batch: Batch) -> None:
     """Verify and promote the outputs of every done event in a batch at once, before applying
     the events one by one: each promotion waits on storage (a conditional copy per frame), and
@@ -250,8 +262,8 @@ def promote_ahead(session: Session, storage: Storage, entries: list[tuple[str, s
                 return Promotion(keys, error=e)
 
         calls[attempt.id] = call
-    if len(calls) <= 1:
-        return  # nothing to gain: applying the event promotes it
+    if not calls:
+        return
     global _AHEAD
     if _AHEAD is None:
         _AHEAD = ThreadPoolExecutor(max_workers=PROMOTE_THREADS, thread_name_prefix="promote-ahead")

@@ -15,7 +15,7 @@ from renderfarm.capabilities import worker_view
 from renderfarm.db import make_engine, session_scope, upgrade
 from renderfarm.errors import StorageError
 from renderfarm.manager.dispatch import FairShare, outranked_prefetches, plan_handouts
-from renderfarm.manager.intake import Batch, apply_event, apply_intent, promote_ahead
+from renderfarm.manager.intake import Batch, apply_event, apply_intent, may_meet_storage, promote_ahead
 from renderfarm.manager.leader import LeaderLock
 from renderfarm.manager.reconcile import SWEEP_EVERY, Reconciler
 from renderfarm.models import Job, Worker, WorkerState
@@ -189,6 +189,11 @@ class Manager:
             promote_ahead(session, self.storage, entries, batch)
             for entry in entries:
                 stream, _entry_id, doc = entry
+                if stream != streams.keys.CONTROL_STREAM and not may_meet_storage(doc, batch):
+                    # Most events (started, progress, and done events promoted ahead) cannot
+                    # meet a storage outage: a savepoint each would cost a flush each.
+                    apply_event(session, self.settings, self.storage, doc, batch)
+                    continue
                 savepoint = session.begin_nested()
                 try:
                     if stream == streams.keys.CONTROL_STREAM:

@@ -352,8 +352,7 @@ class Manager:
             self.make_way()
         with session_scope(self.engine) as session:
             handouts = plan_handouts(session, views, self.fair)
-        for h in handouts:
-            queues.enqueue_attempt(self.r, h.worker, h.payload, timeout=h.timeout)
+        queues.enqueue_attempts(self.r, [(h.worker, h.payload, h.timeout) for h in handouts])
         return len(handouts)
 
 

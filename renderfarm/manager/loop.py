@@ -272,6 +272,8 @@ class Manager:
         batch = Batch()
         dead: list[str] = []
         with session_scope(self.engine) as session:
+            if due:  # one query for all the rows to refresh rather than one each (held: see _preload)
+                session.info["preloaded"] = session.scalars(select(Worker).where(Worker.name.in_(due))).all()
             for name in due:
                 lifecycle.see_worker(session, name, self.live[name], now)
                 self._written_at[name] = now

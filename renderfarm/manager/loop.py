@@ -35,6 +35,7 @@ REAP_EVERY = 1.0  # seconds between reaper sweeps
 DEFER_RETRY = 2.0  # seconds before an event deferred by a storage outage is tried again
 REBALANCE_EVERY = 1.0  # seconds between looks for prefetched work that more urgent work outranks
 DELETE_EVERY = 5.0  # seconds between bulk deletes of storage copies nothing needs any more
+DELETE_IDLE_EVERY = 1.0  # the same while the manager is idle
 
 
 class Manager:
@@ -63,7 +64,7 @@ class Manager:
         self._next_reconcile = 0.0
         self._next_rebalance = 0.0
         self._doomed: list[str] = []  # storage keys to delete in bulk
-        self._next_delete = 0.0
+        self._deleted_at = 0.0
         self._next_renew = 0.0
 
     # -- start and stop -------------------------------------------------------------------
@@ -172,7 +173,7 @@ class Manager:
             if any(stream == streams.keys.CONTROL_STREAM for stream, _, _ in entries):
                 self._next_rebalance = 0.0  # a new or reprioritised job may outrank prefetched work
         self.watch_workers()
-        self.delete_doomed(now=not entries)  # an idle manager has time to delete now
+        self.delete_doomed(idle=not entries)
         if time.monotonic() >= self._next_reconcile:
             self._next_reconcile = time.monotonic() + SWEEP_EVERY
             self.reconcile()
@@ -226,13 +227,15 @@ class Manager:
         self._doomed += batch.delete_keys
         self.delete_doomed()
 
-    def delete_doomed(self, *, now: bool = False) -> None:
+    def delete_doomed(self, *, now: bool = False, idle: bool = False) -> None:
         """Delete promoted attempts' copies (and assembled frames' tiles) in bulk, a request per
-        thousand keys at most every few seconds rather than one per task."""
-        if not self._doomed or (not now and len(self._doomed) < 1000 and time.monotonic() < self._next_delete):
+        thousand keys at most every few seconds (every second while idle) rather than one per
+        task."""
+        due = self._deleted_at + (DELETE_IDLE_EVERY if idle else DELETE_EVERY)
+        if not self._doomed or (not now and len(self._doomed) < 1000 and time.monotonic() < due):
             return
         keys, self._doomed = self._doomed, []
-        self._next_delete = time.monotonic() + DELETE_EVERY
+        self._deleted_at = time.monotonic()
         try:
             self.storage.delete(keys)
         except StorageError as e:  # only copies of committed frames: leaving them costs space

@@ -362,8 +362,8 @@ class Manager:
 
 
 def _preload(session, entries: list[tuple[str, str, dict]]) -> None:
-    """Load the attempts, tasks, jobs and workers a batch of events names, a few queries in all,
-    so that applying each event finds them in the session instead of querying one by one."""
+    """Load the attempts, tasks, jobs and workers a batch of events names, in one query, so that
+    applying each event finds them in the session instead of querying one by one."""
     from renderfarm.models import Attempt, Task
 
     ids = set()
@@ -374,19 +374,15 @@ def _preload(session, entries: list[tuple[str, str, dict]]) -> None:
             pass
     if not ids:
         return
-    attempts = session.scalars(select(Attempt).where(Attempt.id.in_(ids))).all()
-    loaded: list = list(attempts)
-    task_ids = {a.task_id for a in attempts}
-    if task_ids:
-        loaded += session.scalars(select(Task).where(Task.id.in_(task_ids))).all()
-    job_ids = {a.job_id for a in attempts}
-    if job_ids:
-        loaded += session.scalars(select(Job).where(Job.id.in_(job_ids))).all()
-    workers = {a.worker for a in attempts}
-    if workers:
-        loaded += session.scalars(select(Worker).where(Worker.name.in_(workers))).all()
+    rows = session.execute(
+        select(Attempt, Task, Job, Worker)
+        .join(Task, Task.id == Attempt.task_id)
+        .join(Job, Job.id == Attempt.job_id)
+        .outerjoin(Worker, Worker.name == Attempt.worker)
+        .where(Attempt.id.in_(ids))
+    ).all()
     # The session's identity map holds objects weakly: keep them for the batch's duration.
-    session.info["preloaded"] = loaded
+    session.info["preloaded"] = [obj for row in rows for obj in row if obj is not None]
 
 
 def run_manager(settings: Settings, stop: threading.Event | None = None) -> None:

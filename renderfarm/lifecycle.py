@@ -66,8 +66,9 @@ def create_job(session: Session, job: Job, plans: list[TaskPlan]) -> None:
         session.execute(insert(Task), rows[start : start + _INSERT_BATCH])
 
 
-def queue_attempt(session: Session, task: Task, worker: str, now: float) -> Attempt:
-    """A new attempt of a pending task, handed to `worker`'s queue."""
+def queue_attempt(session: Session, task: Task, worker: str, now: float, *, flush: bool = True) -> Attempt:
+    """A new attempt of a pending task, handed to `worker`'s queue. Without `flush`, the caller
+    flushes (once for many attempts) before it reads the attempt's id."""
     assert task.state == TaskState.PENDING.value, f"task {task.id} is {task.state}, not pending"
     task.attempts += 1
     task.state = TaskState.QUEUED.value
@@ -78,7 +79,8 @@ def queue_attempt(session: Session, task: Task, worker: str, now: float) -> Atte
         state=AttemptState.QUEUED.value, queued_at=now,
     )
     session.add(attempt)
-    session.flush()
+    if flush:
+        session.flush()
     return attempt
 
 

@@ -26,24 +26,33 @@ def rq_job_id(job_id: str, task_index: int, attempt: int) -> str:
 
 def enqueue_attempt(r: Redis, worker: str, payload: dict[str, Any], *, timeout: float) -> None:
     """Put one attempt on a worker's queue and record it as the task's lease holder."""
+    enqueue_attempts(r, [(worker, payload, timeout)])
+
+
+def enqueue_attempts(r: Redis, attempts: list[tuple[str, dict[str, Any], float]]) -> None:
+    """Put attempts (worker, payload, timeout) on their workers' queues, each recorded as its
+    task's lease holder, in one transaction: one round trip for a whole dispatch."""
     from rq import Queue
     from rq.serializers import JSONSerializer
 
-    # RQ starts MULTI on the pipeline itself, so the lease goes in after the job: the worker
+    if not attempts:
+        return
+    # RQ starts MULTI on the pipeline itself, so each lease goes in after its job: a worker
     # cannot see one without the other.
     pipe = r.pipeline(transaction=True)
-    queue = Queue(keys.queue_name(worker), connection=r, serializer=JSONSerializer)
-    queue.enqueue_call(
-        RENDER_TASK,
-        args=(payload,),
-        timeout=int(timeout) + TIMEOUT_MARGIN,
-        result_ttl=0,
-        failure_ttl=FAILURE_TTL,
-        job_id=rq_job_id(payload["job_id"], payload["task_index"], payload["attempt"]),
-        description=f"render {payload['job_id']} task {payload['task_index']} attempt {payload['attempt']}",
-        pipeline=pipe,
-    )
-    pipe.set(keys.lease_key(payload["task_id"]), payload["attempt_id"])
+    for worker, payload, timeout in attempts:
+        queue = Queue(keys.queue_name(worker), connection=r, serializer=JSONSerializer)
+        queue.enqueue_call(
+            RENDER_TASK,
+            args=(payload,),
+            timeout=int(timeout) + TIMEOUT_MARGIN,
+            result_ttl=0,
+            failure_ttl=FAILURE_TTL,
+            job_id=rq_job_id(payload["job_id"], payload["task_index"], payload["attempt"]),
+            description=f"render {payload['job_id']} task {payload['task_index']} attempt {payload['attempt']}",
+            pipeline=pipe,
+        )
+        pipe.set(keys.lease_key(payload["task_id"]), payload["attempt_id"])
     pipe.execute()
 
 

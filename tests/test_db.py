@@ -693,7 +693,9 @@ def test_a_batchs_done_events_are_promoted_together_and_a_cancelled_tasks_frames
     with session_scope(engine) as s:
         batch = Batch()
         promote_ahead(s, storage, entries, batch)
-        assert sorted(batch.promoted) == sorted(attempts)  # every frame copied before any event is applied
+        # Every frame's copy starts before any event is applied; they finish side by side.
+        assert sorted(batch.promoted) == sorted(attempts)
+        assert all(batch.promotion(a).error is None for a in attempts)
         assert all(storage.head(key) is not None for key in finals)
         for entry in entries[:2]:
             apply_event(s, None, storage, entry[2], batch)

@@ -63,9 +63,9 @@ def test_tiled_frames_equal_whole_frames_in_every_pixel(farm, fmt):
         assert np.array_equal(stitched, reference), f"{name} ({fmt}) differs from the whole frame"
     tasks = json.loads(run_farm("tasks", by_size, "--json", env=env).stdout)
     assert [t["kind"] for t in tasks] == ["tile"] * 8 + ["assemble"]
-    # Tiles are deleted once the frame is committed.
+    # Tiles are deleted once the frame is committed (in bulk, within a few seconds).
     storage = open_storage(load_settings(env, cwd=root))
-    assert list(storage.list(f"jobs/{by_grid}/tiles/")) == []
+    wait_for(lambda: list(storage.list(f"jobs/{by_grid}/tiles/")) == [], 15, "tiles deleted")
 
 
 def test_keep_tiles_keeps_them(farm):

@@ -95,9 +95,7 @@ def plan_handouts(session: Session, workers: list[WorkerView], fair: FairShare |
     for w in workers:
         peers.setdefault(w.pool, set()).add(w.name)
     shares = fair.view({c.job_id for c in candidates} | set(hands.per_job))
-    jobs: dict[str, Job] = {}
-    handouts: list[Handout] = []
-    now = time.time()
+    chosen: list[tuple[str, Candidate]] = []
     # First give every idle worker something to run, then fill the prefetch slots, so that a
     # short job spreads over all workers instead of queueing two deep on the first one.
     for depth in range(1, QUEUE_DEPTH + 1):
@@ -111,13 +109,25 @@ def plan_handouts(session: Session, workers: list[WorkerView], fair: FairShare |
             if choice is None:
                 continue
             candidates.remove(choice)
-            task = session.get(Task, choice.task_id)
-            job = jobs.get(choice.job_id) or jobs.setdefault(choice.job_id, session.get(Job, choice.job_id))
-            attempt = lifecycle.queue_attempt(session, task, view.name, now)
-            handouts.append(Handout(view.name, attempt_payload(job, task, attempt), job.timeout))
-            hands.add(view.name, job.id)
-            fair.charge(job.id)
-    return handouts
+            chosen.append((view.name, choice))
+            hands.add(view.name, choice.job_id)
+            fair.charge(choice.job_id)
+    return _queue_attempts(session, chosen)
+
+
+def _queue_attempts(session: Session, chosen: list[tuple[str, Candidate]]) -> list[Handout]:
+    """Create the chosen attempts: their tasks and jobs loaded in one query each, and one flush
+    for all of them (a flush per attempt costs more than the rest of dispatch)."""
+    if not chosen:
+        return []
+    tasks = {t.id: t for t in session.scalars(select(Task).where(Task.id.in_([c.task_id for _, c in chosen])))}
+    jobs = {j.id: j for j in session.scalars(select(Job).where(Job.id.in_({c.job_id for _, c in chosen})))}
+    now = time.time()
+    queued = [(jobs[c.job_id], tasks[c.task_id], lifecycle.queue_attempt(session, tasks[c.task_id], worker, now,
+                                                                         flush=False))
+              for worker, c in chosen]
+    session.flush()
+    return [Handout(attempt.worker, attempt_payload(job, task, attempt), job.timeout) for job, task, attempt in queued]
 
 
 def runnable_jobs(session: Session) -> list[tuple]:

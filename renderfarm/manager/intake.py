@@ -15,6 +15,8 @@ from renderfarm.manager.verbs import VERBS, apply_verb
 from renderfarm.models import Attempt, Job, Task, TaskKind
 
 if TYPE_CHECKING:
+    from concurrent.futures import Future
+
     from sqlmodel import Session
 
     from renderfarm.config import Settings
@@ -45,8 +47,15 @@ class Batch:
     left_workers: list[str] = field(default_factory=list)  # queues to empty
     delete_keys: list[str] = field(default_factory=list)  # attempt copies of promoted frames
     won: list[tuple[int, int]] = field(default_factory=list)  # (task, attempt) leases to age out
-    # Promotions done ahead for the batch's done events, all at once (attempt id -> outcome).
-    promoted: dict[int, Promotion] = field(default_factory=dict)
+    # Promotions started ahead for the batch's done events, all at once (attempt id -> outcome
+    # to come): they run while the events before them are applied.
+    promoted: dict[int, Future[Promotion]] = field(default_factory=dict)
+
+    def promotion(self, attempt_id: int, *, take: bool = False) -> Promotion | None:
+        """The outcome of the attempt's promotion started ahead, once it is finished; None if
+        none was started (or it was taken)."""
+        future = self.promoted.pop(attempt_id, None) if take else self.promoted.get(attempt_id)
+        return future.result() if future is not None else None
 
     def release(self, attempts) -> None:
         """Drop these attempts' leases after commit (only where they still hold them)."""
@@ -127,7 +136,7 @@ def attempt_done(session: Session, storage: Storage, attempt: Attempt, outputs: 
     """An attempt says it rendered everything: verify, promote, commit the task, exactly once."""
     from renderfarm.manager.verify import verify_and_promote
 
-    ahead = batch.promoted.pop(attempt.id, None)
+    ahead = batch.promotion(attempt.id, take=True)
     if attempt.state == "queued":
         # A short task sends no started event: its done event says when it started.
         lifecycle.start_attempt(session, attempt, started_ts if started_ts is not None else now)
@@ -213,12 +222,25 @@ def _label(session: Session, attempt: Attempt) -> str:
     return f"{attempt.job_id}:{task.index}/{attempt.number}"
 
 
+def may_meet_storage(doc: dict[str, Any], batch: Batch) -> bool:
+    """Whether applying this event may call storage, or raise a transient StorageError: only a
+    done event can, unless its promotion was settled ahead (by `promote_ahead`)."""
+    if doc.get("type") != "done":
+        return False
+    try:
+        ahead = batch.promotion(int(doc.get("attempt_id")))
+    except (TypeError, ValueError):
+        return False  # ignored as an unknown attempt
+    return ahead is None or (isinstance(ahead.error, StorageError) and ahead.error.transient)
+
+
 def promote_ahead(session: Session, storage: Storage, entries: list[tuple[str, str, dict]], batch: Batch) -> None:
-    """Verify and promote the outputs of every done event in a batch at once, before applying
-    the events one by one: each promotion waits on storage (a conditional copy per frame), and
-    doing them together rather than in turn is what lets one manager keep up with a big farm.
-    Only an attempt that is its task's live attempt when the batch starts is promoted (as
-    applying its event alone would); the outcome waits in `batch.promoted`."""
+    """Start verifying and promoting the outputs of every done event in a batch at once, before
+    applying the events one by one: each promotion waits on storage (a conditional copy per
+    frame), and doing them together, while the events before them are applied, rather than in
+    turn is what lets one manager keep up with a big farm. Only an attempt that is its task's
+    live attempt when the batch starts is promoted (as applying its event alone would); applying
+    its done event waits for the outcome (`batch.promotion`)."""
     from concurrent.futures import ThreadPoolExecutor
 
     from renderfarm.manager.verify import verify_and_promote
@@ -236,27 +258,25 @@ def promote_ahead(session: Session, storage: Storage, entries: list[tuple[str, s
         if attempt.state not in ("queued", "running") or not lifecycle.is_current(session, attempt):
             continue
         job, task = session.get(Job, attempt.job_id), session.get(Task, attempt.task_id)
-        expected = expected_outputs(job, task)
+        # Plain values only: the call runs in another thread while this one uses the session.
+        where = {"job_id": job.id, "task_index": task.index, "attempt": attempt.number,
+                 "expected": expected_outputs(job, task), "fmt": job.output_format}
         outputs = list(doc.get("outputs") or [])
 
-        def call(job=job, task=task, attempt=attempt, expected=expected, outputs=outputs) -> Promotion:
-            keys = [e.final_key for e in expected]
+        def call(where=where, outputs=outputs) -> Promotion:
+            keys = [e.final_key for e in where["expected"]]
             try:
-                return Promotion(keys, leftovers=verify_and_promote(
-                    storage, outputs, job_id=job.id, task_index=task.index, attempt=attempt.number,
-                    expected=expected, fmt=job.output_format,
-                ))
+                return Promotion(keys, leftovers=verify_and_promote(storage, outputs, **where))
             except (StorageError, VerificationError) as e:
                 return Promotion(keys, error=e)
 
         calls[attempt.id] = call
-    if len(calls) <= 1:
-        return  # nothing to gain: applying the event promotes it
+    if not calls:
+        return
     global _AHEAD
     if _AHEAD is None:
         _AHEAD = ThreadPoolExecutor(max_workers=PROMOTE_THREADS, thread_name_prefix="promote-ahead")
-    futures = {attempt_id: _AHEAD.submit(call) for attempt_id, call in calls.items()}
-    batch.promoted = {attempt_id: f.result() for attempt_id, f in futures.items()}
+    batch.promoted = {attempt_id: _AHEAD.submit(call) for attempt_id, call in calls.items()}
 
 
 _AHEAD = None

@@ -15,7 +15,7 @@ from renderfarm.capabilities import worker_view
 from renderfarm.db import make_engine, session_scope, upgrade
 from renderfarm.errors import StorageError
 from renderfarm.manager.dispatch import FairShare, outranked_prefetches, plan_handouts
-from renderfarm.manager.intake import Batch, apply_event, apply_intent, promote_ahead
+from renderfarm.manager.intake import Batch, apply_event, apply_intent, may_meet_storage, promote_ahead
 from renderfarm.manager.leader import LeaderLock
 from renderfarm.manager.reconcile import SWEEP_EVERY, Reconciler
 from renderfarm.models import Job, Worker, WorkerState
@@ -33,8 +33,9 @@ LEADER_RENEW = 2.0
 WORKER_REFRESH = 5.0  # how often a live worker's row (last seen) is written
 REAP_EVERY = 1.0  # seconds between reaper sweeps
 DEFER_RETRY = 2.0  # seconds before an event deferred by a storage outage is tried again
-REBALANCE_EVERY = 1.0
-DELETE_EVERY = 5.0  # seconds between bulk deletes of storage copies nothing needs any more  # seconds between looks for prefetched work that more urgent work outranks
+REBALANCE_EVERY = 1.0  # seconds between looks for prefetched work that more urgent work outranks
+DELETE_EVERY = 5.0  # seconds between bulk deletes of storage copies nothing needs any more
+DELETE_IDLE_EVERY = 1.0  # the same while the manager is idle
 
 
 class Manager:
@@ -63,7 +64,7 @@ class Manager:
         self._next_reconcile = 0.0
         self._next_rebalance = 0.0
         self._doomed: list[str] = []  # storage keys to delete in bulk
-        self._next_delete = 0.0
+        self._deleted_at = 0.0
         self._next_renew = 0.0
 
     # -- start and stop -------------------------------------------------------------------
@@ -170,11 +171,9 @@ class Manager:
         if entries:
             self.apply(entries)
             if any(stream == streams.keys.CONTROL_STREAM for stream, _, _ in entries):
-                self._next_rebalance = 0.0
-        self._doomed: list[str] = []  # storage keys to delete in bulk
-        self._next_delete = 0.0  # a new or reprioritised job may outrank prefetched work
+                self._next_rebalance = 0.0  # a new or reprioritised job may outrank prefetched work
         self.watch_workers()
-        self.delete_doomed()
+        self.delete_doomed(idle=not entries)
         if time.monotonic() >= self._next_reconcile:
             self._next_reconcile = time.monotonic() + SWEEP_EVERY
             self.reconcile()
@@ -191,6 +190,11 @@ class Manager:
             promote_ahead(session, self.storage, entries, batch)
             for entry in entries:
                 stream, _entry_id, doc = entry
+                if stream != streams.keys.CONTROL_STREAM and not may_meet_storage(doc, batch):
+                    # Most events (started, progress, and done events promoted ahead) cannot
+                    # meet a storage outage: a savepoint each would cost a flush each.
+                    apply_event(session, self.settings, self.storage, doc, batch)
+                    continue
                 savepoint = session.begin_nested()
                 try:
                     if stream == streams.keys.CONTROL_STREAM:
@@ -223,13 +227,15 @@ class Manager:
         self._doomed += batch.delete_keys
         self.delete_doomed()
 
-    def delete_doomed(self, *, now: bool = False) -> None:
+    def delete_doomed(self, *, now: bool = False, idle: bool = False) -> None:
         """Delete promoted attempts' copies (and assembled frames' tiles) in bulk, a request per
-        thousand keys at most every few seconds rather than one per task."""
-        if not self._doomed or (not now and len(self._doomed) < 1000 and time.monotonic() < self._next_delete):
+        thousand keys at most every few seconds (every second while idle) rather than one per
+        task."""
+        due = self._deleted_at + (DELETE_IDLE_EVERY if idle else DELETE_EVERY)
+        if not self._doomed or (not now and len(self._doomed) < 1000 and time.monotonic() < due):
             return
         keys, self._doomed = self._doomed, []
-        self._next_delete = time.monotonic() + DELETE_EVERY
+        self._deleted_at = time.monotonic()
         try:
             self.storage.delete(keys)
         except StorageError as e:  # only copies of committed frames: leaving them costs space
@@ -269,6 +275,8 @@ class Manager:
         batch = Batch()
         dead: list[str] = []
         with session_scope(self.engine) as session:
+            if due:  # one query for all the rows to refresh rather than one each (held: see _preload)
+                session.info["preloaded"] = session.scalars(select(Worker).where(Worker.name.in_(due))).all()
             for name in due:
                 lifecycle.see_worker(session, name, self.live[name], now)
                 self._written_at[name] = now
@@ -349,14 +357,13 @@ class Manager:
             self.make_way()
         with session_scope(self.engine) as session:
             handouts = plan_handouts(session, views, self.fair)
-        for h in handouts:
-            queues.enqueue_attempt(self.r, h.worker, h.payload, timeout=h.timeout)
+        queues.enqueue_attempts(self.r, [(h.worker, h.payload, h.timeout) for h in handouts])
         return len(handouts)
 
 
 def _preload(session, entries: list[tuple[str, str, dict]]) -> None:
-    """Load the attempts, tasks, jobs and workers a batch of events names, a few queries in all,
-    so that applying each event finds them in the session instead of querying one by one."""
+    """Load the attempts, tasks, jobs and workers a batch of events names, in one query, so that
+    applying each event finds them in the session instead of querying one by one."""
     from renderfarm.models import Attempt, Task
 
     ids = set()
@@ -367,19 +374,15 @@ def _preload(session, entries: list[tuple[str, str, dict]]) -> None:
             pass
     if not ids:
         return
-    attempts = session.scalars(select(Attempt).where(Attempt.id.in_(ids))).all()
-    loaded: list = list(attempts)
-    task_ids = {a.task_id for a in attempts}
-    if task_ids:
-        loaded += session.scalars(select(Task).where(Task.id.in_(task_ids))).all()
-    job_ids = {a.job_id for a in attempts}
-    if job_ids:
-        loaded += session.scalars(select(Job).where(Job.id.in_(job_ids))).all()
-    workers = {a.worker for a in attempts}
-    if workers:
-        loaded += session.scalars(select(Worker).where(Worker.name.in_(workers))).all()
+    rows = session.execute(
+        select(Attempt, Task, Job, Worker)
+        .join(Task, Task.id == Attempt.task_id)
+        .join(Job, Job.id == Attempt.job_id)
+        .outerjoin(Worker, Worker.name == Attempt.worker)
+        .where(Attempt.id.in_(ids))
+    ).all()
     # The session's identity map holds objects weakly: keep them for the batch's duration.
-    session.info["preloaded"] = loaded
+    session.info["preloaded"] = [obj for row in rows for obj in row if obj is not None]
 
 
 def run_manager(settings: Settings, stop: threading.Event | None = None) -> None:

@@ -37,6 +37,7 @@ T = TypeVar("T")
 _CURRENT: WorkerRuntime | None = None
 SESSION_IDLE = 60.0  # seconds a warm renderer session may sit unused
 LEASE_CHECK_EVERY = 1.0  # seconds between lease checks while rendering
+UPLOADS_AT_ONCE = 6  # an attempt's lease check, log and files, side by side
 
 
 def current() -> WorkerRuntime:
@@ -134,6 +135,9 @@ class WorkerRuntime:
     # Redis calls a render makes while it runs (lease checks, live log), so that its loop never
     # waits on the link: one thread, in order.
     render_io: ThreadPoolExecutor = field(init=False)
+    # The finisher's uploads and lease check, side by side: one pool for the worker's life (a pool
+    # per attempt started a thread per file).
+    uploads: ThreadPoolExecutor = field(init=False)
     _lease_check_pending: threading.Event = field(default_factory=threading.Event)
 
     def __post_init__(self) -> None:
@@ -141,6 +145,7 @@ class WorkerRuntime:
         self.events = EventSender(self.r, self.name)
         self.finisher = Finisher()
         self.render_io = ThreadPoolExecutor(1, thread_name_prefix="render-io")
+        self.uploads = ThreadPoolExecutor(UPLOADS_AT_ONCE, thread_name_prefix="upload")
         self.scratch.mkdir(parents=True, exist_ok=True)
         os.chmod(self.scratch, 0o700)
 

@@ -27,7 +27,6 @@ log = logging.getLogger("renderfarm.worker")
 
 PROGRESS_EVERY = 1.0  # seconds between progress events
 LOG_TAIL = 2000  # characters of the renderer's output quoted in a failure
-UPLOADS_AT_ONCE = 6  # an attempt's lease check, log and files, side by side
 
 
 @dataclass(frozen=True)
@@ -162,14 +161,16 @@ def finish(rt: runtime.WorkerRuntime, spec: AttemptSpec, files: list[tuple[int, 
     failure). The uploads and the lease check run side by side: on a long link each is mostly
     waiting for its answer, and the last task of a job waits for them all. An upload made for a
     superseded attempt is harmless: it lies under the attempt's own prefix."""
-    from concurrent.futures import ThreadPoolExecutor
+    from concurrent.futures import wait
 
+    pool, submitted = rt.uploads, []
     try:
-        with log_path.open("ab") as log_file, ThreadPoolExecutor(UPLOADS_AT_ONCE, "upload") as pool:
+        with log_path.open("ab") as log_file:
             try:
                 lease = pool.submit(queues.lease_holder, rt.r, spec.task_id)
                 log_upload = pool.submit(_upload_log, rt, spec, log_path)
                 uploads = [pool.submit(upload_output, rt, spec, frame, path) for frame, path in files]
+                submitted = [lease, log_upload, *uploads]
                 holder = lease.result()
                 if holder is not None and holder != spec.attempt_id:
                     raise Interrupted("superseded before its frames were uploaded", hand_back=False)
@@ -185,6 +186,7 @@ def finish(rt: runtime.WorkerRuntime, spec: AttemptSpec, files: list[tuple[int, 
                        usage=meter.usage())
         log.info("%s rendered %d frame(s)", spec.label, len(outputs))
     finally:
+        wait(submitted)  # none may still be reading the files removed here
         shutil.rmtree(workdir, ignore_errors=True)
 
 

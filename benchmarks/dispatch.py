@@ -38,20 +38,9 @@ def farm_rate(tasks: int) -> tuple[float, float]:
         wait_for_job(settings, warm)
         start = time.time()
         job = submit(settings, Submission(scene=SCENE, renderer="null", frames=f"1-{tasks}", name="dispatch"))
-        finished = _finished_at(settings, job, wait_for_job(settings, job))
+        finished = wait_for_job(settings, job)
     took = finished - start
     return tasks / took, took
-
-
-def _finished_at(settings, job_id: str, fallback: float) -> float:
-    from renderfarm.db import make_engine, session_scope
-    from renderfarm.models import Job
-
-    engine = make_engine(settings.database_url)
-    with session_scope(engine) as session:
-        finished = session.get(Job, job_id).finished_at
-    engine.dispose()
-    return finished or fallback
 
 
 def rq_rate(tasks: int, worker_class: str) -> float:

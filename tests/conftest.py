@@ -188,12 +188,32 @@ def farm_command() -> list[str]:
 
 def run_farm(*args: str, env: dict[str, str], cwd: Path | None = None, timeout: float = 300,
              check: bool = True) -> subprocess.CompletedProcess:
-    proc = subprocess.run(
-        farm_command() + list(args), env=env, cwd=cwd, capture_output=True, text=True, timeout=timeout,
-    )
+    try:
+        proc = subprocess.run(
+            farm_command() + list(args), env=env, cwd=cwd, capture_output=True, text=True, timeout=timeout,
+        )
+    except subprocess.TimeoutExpired:
+        if args[:1] == ("up",):
+            _down_after_failed_up(env, cwd)
+        raise
     if check and proc.returncode != 0:
-        raise AssertionError(f"farm {' '.join(args)} exited {proc.returncode}\nstdout:\n{proc.stdout}\nstderr:\n{proc.stderr}")
+        logs = ""
+        if args[:1] == ("up",):  # a fixture that fails here never reaches its `farm down`
+            logs = _down_after_failed_up(env, cwd)
+        raise AssertionError(
+            f"farm {' '.join(args)} exited {proc.returncode}\nstdout:\n{proc.stdout}\nstderr:\n{proc.stderr}{logs}"
+        )
     return proc
+
+
+def _down_after_failed_up(env: dict[str, str], cwd: Path | None) -> str:
+    """Stop whatever a failed `farm up` left running; returns the tails of the farm's logs."""
+    subprocess.run(farm_command() + ["down"], env=env, cwd=cwd, capture_output=True, timeout=120)
+    logs = Path(env.get("FARM_STATE_DIR", "")) / "logs"
+    tails = []
+    for log in sorted(logs.glob("*.log")) if logs.is_dir() else ():
+        tails.append(f"\n--- {log.name} ---\n" + "\n".join(log.read_text(errors="replace").splitlines()[-15:]))
+    return "".join(tails)
 
 
 def farm_env(state_dir: Path, **extra: str) -> dict[str, str]:

@@ -312,14 +312,14 @@ class WorkerRuntime:
         if suffix == ".zip":
             from renderfarm.renderers.blender.scene import unpack_scene
 
-            unpacked = self.scratch / "scenes" / sha256
-            if not unpacked.exists():
-                pack = self._download_scene(key, sha256, self.scratch / "scenes" / f"{sha256}.zip")
-                try:
-                    return unpack_scene(pack, unpacked)
-                finally:
-                    pack.unlink(missing_ok=True)
-            return unpack_scene(Path(f"{sha256}.zip"), unpacked)
+            unpacked, pack = self.scratch / "scenes" / sha256, self.scratch / "scenes" / f"{sha256}.zip"
+            if unpacked.exists():
+                return unpack_scene(pack, unpacked)  # unpacked before: finds its main file
+            self._download_scene(key, sha256, pack)
+            try:
+                return unpack_scene(pack, unpacked)
+            finally:
+                pack.unlink(missing_ok=True)
         target = self.scratch / "scenes" / f"{sha256}{suffix}"
         if target.exists():
             return target

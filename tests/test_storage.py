@@ -514,3 +514,37 @@ def test_key_layout_exact() -> None:
         scene_key(sha, ".toml"),
     ]:
         assert check_key(key) == key
+
+
+def test_s3_uploads_and_copies_go_as_plain_signed_requests_and_fall_back_to_boto3(
+    seaweed: S3Server, tmp_path: Path, monkeypatch
+) -> None:
+    root = f"direct-{secrets.token_hex(4)}"
+    storage = open_storage(s3_settings(seaweed, tmp_path, "renderfarm", FARM_STORAGE_URL=f"s3://renderfarm/{root}"))
+    data = b"a frame" * 100
+    source = _write(tmp_path / "f.bin", data)
+    digest = hashlib.sha256(data).hexdigest()
+
+    def refused(**kwargs):
+        raise AssertionError("boto3's own call was made")
+
+    # boto3's upload and copy refuse: the signed requests alone must do both.
+    monkeypatch.setattr(storage._s3, "put_object", refused)
+    monkeypatch.setattr(storage._s3, "copy_object", refused)
+    etag = storage.put_file("a/f.bin", source, sha256=digest)
+    storage.copy("a/f.bin", "b/f.bin", if_match=etag)
+    monkeypatch.undo()
+    raw = raw_s3(seaweed)
+    for key in ("a/f.bin", "b/f.bin"):
+        got = raw.get_object(Bucket="renderfarm", Key=f"{root}/{key}")
+        assert got["Body"].read() == data and got["Metadata"] == {"sha256": digest}
+    assert raw.head_object(Bucket="renderfarm", Key=f"{root}/a/f.bin")["ETag"] == etag
+
+    # A request the server refuses is made again through boto3, whose error names the reason.
+    with pytest.raises(StorageError, match="PreconditionFailed"):
+        storage.copy("a/f.bin", "c/f.bin", if_match='"0123"')
+    # With the signed path unusable, boto3 makes every call.
+    monkeypatch.setattr(storage._direct, "send", lambda *args, **kwargs: None)
+    storage.copy("a/f.bin", "d/f.bin", if_match=etag)
+    assert storage.put_file("a/g.bin", source, sha256=digest) == etag
+    assert storage.get_bytes("d/f.bin") == data

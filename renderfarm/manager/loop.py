@@ -36,6 +36,8 @@ DEFER_RETRY = 2.0  # seconds before an event deferred by a storage outage is tri
 REBALANCE_EVERY = 1.0  # seconds between looks for prefetched work that more urgent work outranks
 DELETE_EVERY = 5.0  # seconds between bulk deletes of storage copies nothing needs any more
 DELETE_IDLE_EVERY = 1.0  # the same while the manager is idle
+DISPATCH_EVERY = 0.5  # seconds between dispatch rounds when nothing has happened that frees a slot
+QUIET_EVENTS = ("started", "progress")  # events that neither free a slot nor make work runnable
 
 
 class Manager:
@@ -63,6 +65,8 @@ class Manager:
         self._next_reap = 0.0
         self._next_reconcile = 0.0
         self._next_rebalance = 0.0
+        self._next_dispatch = 0.0  # due at once; again whenever a slot may have freed up
+        self._roster: dict[str, object] = {}  # each live worker's state, as dispatch last saw it
         self._doomed: list[str] = []  # storage keys to delete in bulk
         self._deleted_at = 0.0
         self._next_renew = 0.0
@@ -164,6 +168,7 @@ class Manager:
         if self.deferred and time.monotonic() >= self._retry_deferred_at:
             again, self.deferred = self.deferred, []
             self.apply(again)
+            self._next_dispatch = 0.0
         entries = streams.read(self.r, pending=pending, block_ms=None if self.deferred else block_ms)
         if pending:  # entries deferred before a reconnect come back as pending ones
             held = {e for _, e, _ in self.deferred}
@@ -172,12 +177,21 @@ class Manager:
             self.apply(entries)
             if any(stream == streams.keys.CONTROL_STREAM for stream, _, _ in entries):
                 self._next_rebalance = 0.0  # a new or reprioritised job may outrank prefetched work
+            if any(stream == streams.keys.CONTROL_STREAM or doc.get("type") not in QUIET_EVENTS
+                   for stream, _, doc in entries):
+                self._next_dispatch = 0.0
         self.watch_workers()
         self.delete_doomed(idle=not entries)
         if time.monotonic() >= self._next_reconcile:
             self._next_reconcile = time.monotonic() + SWEEP_EVERY
             self.reconcile()
-        handed = self.dispatch()
+            self._next_dispatch = 0.0
+        handed = 0
+        # A round costs a few queries: only when a slot may have freed up (a task ended, a
+        # worker came or changed, an intent arrived), and every DISPATCH_EVERY all the same.
+        if time.monotonic() >= self._next_dispatch:
+            self._next_dispatch = time.monotonic() + DISPATCH_EVERY
+            handed = self.dispatch()
         return bool(entries) or handed > 0
 
     def apply(self, entries: list[tuple[str, str, dict]]) -> None:
@@ -258,6 +272,10 @@ class Manager:
         reaper sweeps and its last beat is at least a TTL old (a wiped Redis loses every
         heartbeat key at once, but the workers beat again well within their TTL)."""
         self.live = presence.live_workers(self.r)
+        roster = {name: info.get("state") for name, info in self.live.items()}
+        if roster != self._roster:
+            self._roster = roster
+            self._next_dispatch = 0.0
         now = time.time()
         for name, info in self.live.items():
             # When each beat was first seen, by our clock (the worker's may be skewed).

@@ -374,9 +374,11 @@ class _Render:
         now = time.monotonic()
         if now < self.next_progress:
             return
-        self.next_progress = now + PROGRESS_EVERY
         done = (len(self.files) + min(max(fraction_of_frame, 0.0), 1.0)) / len(self.spec.frames)
-        self.rt.events.send(EventType.PROGRESS, attempt_id=self.spec.attempt_id, progress=round(min(done, 1.0), 4))
+        if done >= 1.0:  # every frame is in: the done event follows at once, and says more
+            return
+        self.next_progress = now + PROGRESS_EVERY
+        self.rt.events.send(EventType.PROGRESS, attempt_id=self.spec.attempt_id, progress=round(done, 4))
 
     def _last_line(self) -> str:
         lines = [ln for ln in self.tail.splitlines() if ln.strip() and not ln.startswith("#")]

@@ -125,13 +125,20 @@ def list_tasks(session: Session, job: Job, state: str | None = None, limit: int 
         query = query.limit(limit)
     tasks = session.scalars(query).all()
     by_task: dict[int, list[dict[str, Any]]] = {}
-    attempts = session.scalars(select(Attempt).where(Attempt.job_id == job.id).order_by(Attempt.task_id, Attempt.number))
-    for a in attempts:
-        by_task.setdefault(a.task_id, []).append(
-            {"number": a.number, "worker": a.worker, "state": a.state, "queued_at": a.queued_at,
-             "started_at": a.started_at,
-             "finished_at": a.finished_at, "error": a.error, "log_key": a.log_key}
-        )
+    columns = (Attempt.task_id, Attempt.number, Attempt.worker, Attempt.state, Attempt.queued_at,
+               Attempt.started_at, Attempt.finished_at, Attempt.error, Attempt.log_key)
+    if state or limit:  # a few tasks of a big job (`farm top` shows a page): only their attempts
+        ids = [t.id for t in tasks]
+        wheres = [Attempt.task_id.in_(ids[i : i + 500]) for i in range(0, len(ids), 500)]
+    else:
+        wheres = [Attempt.job_id == job.id]
+    for where in wheres:
+        for row in session.execute(select(*columns).where(where).order_by(Attempt.task_id, Attempt.number)):
+            by_task.setdefault(row.task_id, []).append(
+                {"number": row.number, "worker": row.worker, "state": row.state, "queued_at": row.queued_at,
+                 "started_at": row.started_at, "finished_at": row.finished_at, "error": row.error,
+                 "log_key": row.log_key}
+            )
     return [
         TaskRow(f"{job.id}:{t.index}", t.index, t.frames, t.state, t.worker, t.progress,
                 by_task.get(t.id, []), t.started_at, t.finished_at, t.error, t.kind, t.tile)

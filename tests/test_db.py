@@ -512,6 +512,11 @@ def test_list_tasks_shows_every_attempt_and_its_worker(engine):
         },
     ]
     assert [r.id for r in pending] == ["job00010:1"]
+    # A page of tasks (`farm top`) or a state filter carries the same attempts for its tasks.
+    with session_scope(engine) as s:
+        first_page = list_tasks(s, s.get(Job, job_id), limit=1)
+        done = list_tasks(s, s.get(Job, job_id), state="done")
+    assert [r.to_json() for r in first_page] == [r.to_json() for r in done] == [rows[0].to_json()]
 
 
 # --- SQLite: one writer at a time, readers never wait -----------------------------------------

@@ -137,7 +137,7 @@ def test_projected_cost_at_a_quarter_is_within_10_percent(farm):
 
 def test_report_png_for_the_demo_shot(farm, tmp_path):
     root, env = farm
-    job = submit(env, EXAMPLES / "bouncing-balls.toml")
+    job = submit(env, EXAMPLES / "bouncing-balls.toml", "--frames", "1-12")  # enough for both sites
     wait_done(env, job, timeout=300)
     chart = tmp_path / "cost.png"
     run_farm("report", job, "--png", str(chart), env=env)

@@ -119,8 +119,11 @@ class FarmWorker(SimpleWorker):
         if pipeline is not None:
             return super().set_state(state, pipeline=pipeline)
         self._state = state
-        write = super().set_state
-        self._books.defer(lambda: write(state))
+        # Only the record is written later. RQ's own set_state would also set `_state` when it
+        # runs, after the next job may have made the worker busy: a SIGTERM then found the worker
+        # "idle", and RQ stopped the render in the middle instead of letting it finish.
+        key = self.key
+        self._books.defer(lambda: self.connection.hset(key, "state", state))
 
     def check_for_suspension(self, burst: bool) -> None:
         """RQ's wait while `rq suspend` is on, entered only when the last heartbeat saw it."""

@@ -13,7 +13,8 @@ from pathlib import Path
 
 import pytest
 from conftest import farm_env, farm_processes, run_farm
-from renderfarm_cli.top import farm_top, progress_bar, short_count, sparkline
+from renderfarm_cli.top import farm_top
+from renderfarm_cli.top_view import progress_bar, short_count, sparkline
 
 from renderfarm.client import Submission, submit
 from renderfarm.config import load_settings
@@ -109,6 +110,9 @@ async def drive(settings, job: str, tmp_path: Path) -> None:
                     and all(cell(workers, r.key.value, "state") == "busy" for r in workers.ordered_rows),
                     20, "two busy worker rows")
         print(f"rows on screen {time.monotonic() - seen:.1f} s after the app started")
+        # The job turns running once the manager has heard of a start: a worker says so a second
+        # into a render, or with the render's end (its row can say busy before either).
+        await until(pilot, lambda: cell(jobs, job, "state") == "running", 10, "the job row to say running")
         assert [cell(jobs, job, c) for c in ("id", "name", "owner", "state", "priority")] == [
             job, "sleepy", "wrangler", "running", "50"]
         assert cell(jobs, job, "frames").endswith("/40")

@@ -6,6 +6,7 @@ import hashlib
 import logging
 import os
 import shutil
+import signal
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -131,17 +132,19 @@ def render_task(payload: dict) -> dict:
                     outputs = assemble(rt, spec, workdir, log_file)
                 else:
                     files = meter.watch(_Render(rt, spec, workdir, log_file)).run()
-                    # The renderer is done: checking and uploading its files, the log and the done
-                    # event go on in the background while the next task renders.
-                    rt.finisher.submit(lambda: finish(rt, spec, files, workdir, log_path, meter))
-                    handed_on = True
-                    return {"ok": True}
             except Interrupted as e:
                 report_stop(rt, spec, e, log_file, log_path, meter)
                 return {"ok": False}
             except Exception as e:  # every failure is reported; the manager decides on a retry
                 report_failure(rt, spec, e, log_file, log_path, meter)
                 return {"ok": False}
+        # The log is closed (all its lines on disk) before anything reads it for upload.
+        if spec.kind != "assemble":
+            # The renderer is done: checking and uploading its files, the log and the done event
+            # go on in the background while the next task renders.
+            rt.finisher.submit(lambda: finish(rt, spec, files, workdir, log_path, meter))
+            handed_on = True
+            return {"ok": True}
         log_key = _upload_log(rt, spec, log_path)
         rt.events.send(EventType.DONE, attempt_id=spec.attempt_id, outputs=outputs, log_key=log_key,
                        usage=meter.usage())
@@ -316,9 +319,7 @@ class _Render:
                 log=self.log_file, on_line=self.on_line, should_stop=rt.should_stop,
             )
         self.live.flush()
-        self.log_file.write(
-            f"# exit {result.returncode} after {result.seconds:.2f} s (cpu {result.cpu_seconds:.2f} s)\n".encode()
-        )
+        self.log_file.write(f"# {ending(result, spec.timeout)}\n".encode())
         rt.raise_if_stopped()
         if result.timed_out:
             raise RenderError(f"timed out after {spec.timeout:g} s; the renderer's process group was killed")
@@ -420,6 +421,24 @@ class LiveLog:
                 pass
 
         self.rt.render_io.submit(post)
+
+
+def ending(result, timeout: float) -> str:
+    """How a renderer run ended, for the last line of its log: never a bare `exit None`."""
+    took = f"after {result.seconds:.2f} s (cpu {result.cpu_seconds:.2f} s)"
+    if result.timed_out:
+        return f"timed out {took}: the limit is {timeout:g} s; the renderer's process group was killed"
+    if result.stopped:
+        return f"stopped {took}: the render is no longer this worker's; its process group was killed"
+    if result.returncode is None:
+        return f"ended without an exit status {took}"
+    if result.returncode < 0:
+        try:
+            name = signal.Signals(-result.returncode).name
+        except ValueError:
+            name = f"signal {-result.returncode}"
+        return f"killed by {name} {took}"
+    return f"exit {result.returncode} {took}"
 
 
 def upload_output(rt: runtime.WorkerRuntime, spec: AttemptSpec, frame: int, path: Path) -> dict:

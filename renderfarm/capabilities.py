@@ -58,7 +58,7 @@ def parse_capabilities(raw: Any) -> dict[str, Any] | None:
     if isinstance(paths, dict):
         caps["paths"] = {str(k)[:32]: str(v)[:1024] for k, v in list(paths.items())[:32]}
     tags = raw.get("tags")
-    if isinstance(tags, list):
+    if isinstance(tags, (list, tuple)):
         caps["tags"] = sorted({t for t in tags if isinstance(t, str) and TAG.fullmatch(t)})[:MAX_TAGS]
     for key in ("cores", "memory_gib"):
         if isinstance(raw.get(key), (int, float)) and not isinstance(raw.get(key), bool):

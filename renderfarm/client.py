@@ -4,9 +4,13 @@ from __future__ import annotations
 
 import getpass
 import hashlib
+import json
+import math
 import os
+import re
 import tempfile
 import time
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,17 +19,7 @@ from typing import TYPE_CHECKING, Any
 from renderfarm import keys, streams
 from renderfarm.capabilities import check_tags
 from renderfarm.errors import FarmNotRunningError, FrameSpecError, InputError, NotFoundError, RenderFarmError
-from renderfarm.planning import (
-    PRIORITY_DEFAULT,
-    check_chunk,
-    check_priority,
-    check_task_count,
-    check_timeout,
-    new_job_id,
-    slug,
-)
-from renderfarm.frames import parse_frames
-from renderfarm.images import check_format
+from renderfarm.planning import PRIORITY_DEFAULT, slug
 from renderfarm.redisconn import NOT_RUNNING_HINT, connect
 from renderfarm.renderers.registry import check_scene_path, get_renderer
 from renderfarm.storage.keys import frames_prefix, scene_key
@@ -34,8 +28,8 @@ from renderfarm.storage.retry import retrying
 if TYPE_CHECKING:
     from renderfarm.config import Settings
     from renderfarm.status import JobStatus
+    from renderfarm.wire import JobSpec, Reply
 
-SUBMIT_TIMEOUT = 60.0
 DOWNLOAD_RETRY = 60.0  # seconds a download keeps retrying a storage server that is restarting
 
 
@@ -46,7 +40,7 @@ class Submission:
     scene: Path
     frames: str | None = None
     chunk: object = 1
-    renderer: str = "builtin"
+    renderer: str | None = None  # None: from the scene's suffix (`.blend`: blender, else builtin)
     priority: object = PRIORITY_DEFAULT
     pool: str = "default"
     name: str | None = None
@@ -75,61 +69,82 @@ def current_user() -> str:
         return "unknown"
 
 
-def check_submission(settings: Settings, sub: Submission) -> dict[str, Any]:
-    """Check everything that can be checked without the farm; returns the intent's body without
-    the scene's storage key. Raises InputError (or SceneError, FrameSpecError) naming the field."""
-    renderer = get_renderer(sub.renderer)
-    chunk = check_chunk(sub.chunk)
-    priority = check_priority(sub.priority)
-    timeout = check_timeout(sub.timeout)
+PLACEHOLDER_SHA = "0" * 64  # the scene's hash is known only once it is packed
+
+
+def renderer_for(scene: Path, asked: str | None) -> str:
+    """The renderer a submission names, or the one its scene's suffix calls for (`.blend`: Blender)."""
+    if asked:
+        return asked
+    from renderfarm.renderers.registry import RENDERERS
+
+    suffix = scene.suffix.lower()
+    return next((name for name, r in RENDERERS.items() if suffix in r.suffixes and name != "null"), "builtin")
+
+
+def check_submission(settings: Settings, sub: Submission) -> JobSpec:
+    """Check everything that can be checked without the farm: the submission as the manager will
+    parse it, with the farm's caps (the scene's key and hash are filled in once it is packed).
+    Raises InputError (SceneError, FrameSpecError, WireError) naming the field."""
+    import json
+
+    from renderfarm.wire import JobSpec, Limits
+
+    renderer = get_renderer(renderer_for(Path(sub.scene), sub.renderer))
     scene = check_scene_path(renderer, Path(sub.scene))
     info = renderer.describe(scene)
     options = _render_options(renderer, sub)
     width, height = options.pop("resolution", (info.width, info.height))
     version = options.pop("version", info.version if "version" in renderer.options else None)
     frames = (sub.frames if sub.frames is not None else info.frames).strip()
-    fmt = check_format(sub.format)
-    if fmt not in renderer.formats:
-        raise InputError(f"format: the {renderer.name} renderer writes {', '.join(renderer.formats)}, not {fmt}")
     grid = _tile_grid(sub)
-    tile_count = len(grid.split(width, height)) if grid else 0
-    frame_count = check_task_count(frames, chunk, settings.max_tasks, tile_count)
-    if renderer.name == "blender" and any(f < 0 for f in parse_frames(frames)):
-        raise FrameSpecError(f"frames: {frames[:40]!r} holds negative frames, which Blender's -f cannot name")
-    max_workers = None
-    if sub.max_workers is not None:
-        text = str(sub.max_workers).strip()
-        if not (text.isascii() and text.isdigit()) or int(text) < 1:
-            raise InputError(f"max-workers: {sub.max_workers!r} must be a whole number of at least 1")
-        max_workers = int(text)
-    return {
+    suffix = ".zip" if scene.suffix.lower() == ".blend" else scene.suffix.lower()
+    doc: dict[str, Any] = {
         "name": slug(sub.name or scene.stem),
-        "owner": slug(sub.owner or current_user(), "owner"),
+        "owner": slug(sub.owner or current_user(), "owner")[:64],
         "renderer": renderer.name,
-        "scene_name": scene.name,
+        "scene_name": scene.name[:255],
+        "scene_key": scene_key(PLACEHOLDER_SHA, suffix),
+        "scene_sha256": PLACEHOLDER_SHA,
         "frames": frames,
-        "frame_count": frame_count,
-        "chunk": chunk,
-        "priority": priority,
-        "pool": slug(sub.pool, "pool"),
+        "chunk": _number(sub.chunk),
+        "priority": _number(sub.priority),
+        "pool": slug(sub.pool, "pool")[:64],
         "width": width,
         "height": height,
-        "output_format": fmt,
-        **({"timeout": timeout} if timeout is not None else {}),
-        **({"tiles": grid.text(), "keep_tiles": bool(sub.keep_tiles)} if grid else {}),
-        **({"max_workers": max_workers} if max_workers is not None else {}),
-        **({"first_last": True} if sub.first_last else {}),
-        **({"site": settings.site(sub.site).name} if sub.site is not None else {}),
-        **({"prefer": _prefer(sub.prefer)} if sub.prefer is not None else {}),
-        **({"requires": list(tags)} if (tags := check_tags(sub.requires)) else {}),
-        **({"renderer_version": version} if version else {}),
-        **({"render_options": options} if options else {}),
+        "output_format": sub.format,
+        "timeout": _number(sub.timeout, real=True),
+        "tiles": grid.text() if grid else None,
+        "keep_tiles": bool(sub.keep_tiles) or None,
+        "max_workers": _number(sub.max_workers),
+        "first_last": sub.first_last or None,
+        "site": settings.site(sub.site).name if sub.site is not None else None,
+        "prefer": sub.prefer,
+        "requires": list(check_tags(sub.requires)),
+        "renderer_version": version,
+        "render_options": options or None,
     }
+    doc = {k: v for k, v in doc.items() if v is not None}
+    return JobSpec.parse(json.dumps(doc), limits=Limits.of(settings))
+
+
+def _number(value: object, *, real: bool = False) -> object:
+    """A number typed on the command line as the number it is; anything else as the text it is,
+    for the submission's parse to refuse by name."""
+    if value is None or isinstance(value, (int, float)) and not isinstance(value, bool):
+        return value
+    text = str(value).strip()
+    if re.fullmatch(r"[+-]?[0-9]{1,30}", text):
+        return int(text)
+    if real and re.fullmatch(r"[+-]?(?:[0-9]{1,30}(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][+-]?[0-9]{1,3})?", text):
+        number = float(text)
+        return number if math.isfinite(number) else text
+    return text
 
 
 def _render_options(renderer, sub: Submission) -> dict[str, Any]:
-    """The options beyond frames and format that the submission gives, checked against what the
-    renderer takes: `resolution` (w, h), `samples`, `allow_scripts`, `version`."""
+    """The options beyond frames and format that the submission gives, for the renderers that take
+    them: `resolution` (w, h), `samples`, `allow_scripts`, `version`."""
     given = {
         "resolution": sub.resolution, "samples": sub.samples,
         "allow_scripts": sub.allow_scripts or None, "version": sub.renderer_version,
@@ -143,10 +158,7 @@ def _render_options(renderer, sub: Submission) -> dict[str, Any]:
     if "resolution" in given:
         options["resolution"] = _resolution(str(given["resolution"]))
     if "samples" in given:
-        text = str(given["samples"]).strip()
-        if not (text.isascii() and text.isdigit()) or not 1 <= int(text) <= 1_000_000:
-            raise InputError(f"samples: {str(given['samples'])[:40]!r} must be a whole number from 1 to 1000000")
-        options["samples"] = int(text)
+        options["samples"] = _number(given["samples"])
     if given.get("allow_scripts"):
         options["allow_scripts"] = True
     if "version" in given:
@@ -165,12 +177,6 @@ def _resolution(text: str) -> tuple[int, int]:
     return int(w), int(h)
 
 
-def _prefer(value: str) -> str:
-    if value != "cheapest":
-        raise InputError(f"prefer: {value!r} is not one of cheapest")
-    return value
-
-
 def _tile_grid(sub: Submission):
     from renderfarm.tiles import grid_of_size, parse_grid
 
@@ -180,17 +186,33 @@ def _tile_grid(sub: Submission):
         return parse_grid(sub.tiles)
     if sub.tile_size is not None:
         return grid_of_size(sub.tile_size)
-    if sub.keep_tiles:
-        raise InputError("keep-tiles: the job is not tiled (add --tiles CxR or --tile-size PX)")
     return None
 
 
-def submit(settings: Settings, sub: Submission) -> str:
+class SubmitTimeout(FarmNotRunningError):
+    """The manager did not answer a submission in time; it may still make the job."""
+
+
+def new_request_id() -> str:
+    return uuid.uuid4().hex
+
+
+def submit(settings: Settings, sub: Submission, *, request_id: str | None = None,
+           warn: Callable[[str], None] = lambda _: None) -> str:
     """Check the shot, upload its scene (once per content), hand it to the manager; returns the
-    job id once the manager has committed the job."""
-    body = check_submission(settings, sub)
+    job id once the manager has committed the job. The same `request_id` sent again (after a
+    timeout) never makes a second job."""
+    from renderfarm.wire import SubmitIntent
+
+    request_id = request_id or new_request_id()
+    if not re.fullmatch(r"[0-9a-f]{32}", request_id):
+        raise InputError(f"request-id: {request_id[:40]!r} is not 32 hex digits (as `farm submit` printed it)")
+    spec = check_submission(settings, sub)
     if sub.after is not None:
-        body["after"] = resolve_job_id(settings, sub.after)
+        after, state = resolve_job(settings, sub.after)
+        if state in ("failed", "cancelled"):
+            warn(f"job {after} is {state}: this job waits until it is retried and done (`farm retry {after}`)")
+        spec = spec.model_copy(update={"after": after})
     r = connect(settings)
     if not r.exists(keys.MANAGER_LEADER):
         raise FarmNotRunningError(f"the farm's manager is not running; {NOT_RUNNING_HINT}")
@@ -198,21 +220,30 @@ def submit(settings: Settings, sub: Submission) -> str:
 
     storage = open_storage(settings)
     with tempfile.TemporaryDirectory(prefix="farm-submit-") as packing:
-        scene = get_renderer(sub.renderer).package(Path(sub.scene), Path(packing))
+        scene = get_renderer(spec.renderer).package(Path(sub.scene), Path(packing))
         sha = _sha256(scene)
         key = scene_key(sha, scene.suffix.lower())
         if storage.head(key) is None:
             storage.put_file(key, scene, sha256=sha)
-    body.update(job_id=new_job_id(), scene_key=key, scene_sha256=sha)
-    for _ in range(3):  # a job id collision (1 in 4 billion) is answered with a fresh id
-        request = streams.send_intent(r, "submit", body)
-        reply = streams.await_reply(r, request, SUBMIT_TIMEOUT)
-        if reply.get("ok"):
-            return str(reply["job_id"])
-        if "is taken" not in str(reply.get("error")):
-            raise InputError(str(reply.get("error")))
-        body["job_id"] = new_job_id()
-    raise RenderFarmError("could not find a free job id")
+    # Our own hash of our own pack: the fields the parse above could not know yet.
+    intent = SubmitIntent(request_id=request_id, job=spec.model_copy(update={"scene_key": key, "scene_sha256": sha}))
+    streams.send_intent(r, intent)
+    try:
+        reply = streams.await_reply(r, request_id, settings_wait(settings))
+    except FarmNotRunningError:
+        raise SubmitTimeout(
+            f"the manager did not answer within {settings_wait(settings):g} s; it may still make the job when it "
+            f"does. See `farm jobs`, or run the same command again with --request-id {request_id}: "
+            "the same request never makes a second job"
+        ) from None
+    if not reply.ok:
+        raise InputError(str(reply.error))
+    return str(reply.job_id)
+
+
+def settings_wait(settings: Settings) -> float:
+    """How long the CLI waits for the manager's answer to an intent (FARM_SUBMIT_WAIT)."""
+    return settings.submit_wait
 
 
 def _sha256(path: Path) -> str:
@@ -225,29 +256,53 @@ def _sha256(path: Path) -> str:
 
 def resolve_job_id(settings: Settings, ref: str) -> str:
     """The full id of the job `ref` names (an id or a unique prefix), from the database."""
+    return resolve_job(settings, ref)[0]
+
+
+def resolve_job(settings: Settings, ref: str) -> tuple[str, str]:
+    """The full id and state of the job `ref` names (an id or a unique prefix), from the database."""
     from renderfarm.db import session_scope
-    from renderfarm.status import reader_engine, resolve_job
+    from renderfarm.status import reader_engine, resolve_job as find
 
     engine = reader_engine(settings)
     if engine is None:
         raise NotFoundError(f"job {ref!r}: no such job (no job was ever submitted here)")
     try:
         with session_scope(engine) as session:
-            return resolve_job(session, ref).id
+            job = find(session, ref)
+            return job.id, job.state
     finally:
         engine.dispose()
 
 
-def send_verb(settings: Settings, verb: str, job_ref: str, **body: Any) -> dict[str, Any]:
+class NothingToDo(InputError):
+    """A verb asked of a job that is already where it would put it (cancel a finished job)."""
+
+
+_NOTHING = {
+    "cancel": "nothing to cancel", "suspend": "nothing to suspend", "resume": "it is not suspended",
+    "retry": "no failed task to retry (`--all` renders every task again)",
+    "priority": "its priority is already that",
+}
+
+
+def send_verb(settings: Settings, verb: str, job_ref: str, **body: Any) -> Reply:
     """Ask the manager to cancel, suspend, resume, retry or reprioritise a job; returns its answer
-    once applied (each verb is safe to repeat)."""
+    once applied (each verb is safe to repeat). NothingToDo when the job is already there."""
+    from renderfarm import wire
+
+    kinds = {"cancel": wire.CancelIntent, "suspend": wire.SuspendIntent, "resume": wire.ResumeIntent,
+             "retry": wire.RetryIntent, "priority": wire.PriorityIntent}
     job_id = resolve_job_id(settings, job_ref)
+    intent = kinds[verb].parse(json.dumps({"request_id": new_request_id(), "job": job_id, **body}))
     r = connect(settings)
     if not r.exists(keys.MANAGER_LEADER):
         raise FarmNotRunningError(f"the farm's manager is not running; {NOT_RUNNING_HINT}")
-    reply = streams.await_reply(r, streams.send_intent(r, verb, {"job": job_id, **body}), SUBMIT_TIMEOUT)
-    if not reply.get("ok"):
-        raise InputError(str(reply.get("error")))
+    reply = streams.await_reply(r, streams.send_intent(r, intent), settings_wait(settings))
+    if not reply.ok:
+        raise InputError(str(reply.error))
+    if reply.changed is False:
+        raise NothingToDo(f"job {reply.job_id} is {reply.state}; {_NOTHING[verb]}")
     return reply
 
 

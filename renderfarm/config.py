@@ -38,6 +38,8 @@ class Settings:
     s3_checksums: str = "when_required"
     heartbeat_ttl: float = 30.0
     max_tasks: int = 100_000
+    # Frames one task may hold (`--chunk`): a task's order and its done event list each frame.
+    max_task_frames: int = 1_000
     max_attempts: int = 3
     task_timeout: float = 3600.0
     # How long a worker keeps retrying storage before it fails an attempt (links drop).
@@ -50,6 +52,8 @@ class Settings:
     blender: str | None = None
     # Threads each render may use (0: all cores); for Blender, its --threads.
     render_threads: int = 0
+    # Seconds the CLI waits for the manager to answer a submission or a verb.
+    submit_wait: float = 60.0
     # The sites workers may declare, from [sites.NAME] tables of farm.toml (see renderfarm.sites).
     sites: dict[str, Site] = field(default_factory=dict, compare=False, repr=False)
     # Where each value came from ("env FARM_REDIS_URL", "./farm.toml", "local farm", "default").
@@ -87,6 +91,7 @@ _ENV = {
     "s3_checksums": "FARM_S3_CHECKSUMS",
     "heartbeat_ttl": "FARM_HEARTBEAT_TTL",
     "max_tasks": "FARM_MAX_TASKS",
+    "max_task_frames": "FARM_MAX_TASK_FRAMES",
     "max_attempts": "FARM_MAX_ATTEMPTS",
     "task_timeout": "FARM_TASK_TIMEOUT",
     "storage_retry": "FARM_STORAGE_RETRY",
@@ -94,6 +99,7 @@ _ENV = {
     "allow_commands": "FARM_ALLOW_COMMANDS",
     "blender": "FARM_BLENDER",
     "render_threads": "FARM_RENDER_THREADS",
+    "submit_wait": "FARM_SUBMIT_WAIT",
 }
 _SETTABLE = set(_ENV)
 
@@ -265,6 +271,10 @@ def _check(s: Settings) -> None:
         raise bad("task_timeout", f"{s.task_timeout:g} must be more than 0 seconds")
     if s.max_tasks < 1:
         raise bad("max_tasks", f"{s.max_tasks} must be at least 1")
+    if not 1 <= s.max_task_frames <= 10_000:
+        raise bad("max_task_frames", f"{s.max_task_frames} must be 1 to 10000")
+    if not 0 < s.submit_wait <= 86400:
+        raise bad("submit_wait", f"{s.submit_wait:g} must be more than 0 seconds and at most a day")
     if s.max_attempts < 1:
         raise bad("max_attempts", f"{s.max_attempts} must be at least 1")
     if not 0 <= s.render_threads <= 1024:

@@ -1,4 +1,4 @@
-"""Worker events (started, progress, done, failed, released, bye) and the sender that never drops one.
+"""The sender of worker events (renderfarm.wire.events), which never drops one.
 
 Events are queued in memory and posted to the event stream by a background thread, so a render
 never waits on Redis and events survive a Redis outage until it comes back.
@@ -10,47 +10,39 @@ import collections
 import logging
 import threading
 import time
-from enum import Enum
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from renderfarm import keys, streams
 
 if TYPE_CHECKING:
     from redis import Redis
 
+    from renderfarm.wire import Event
+
 log = logging.getLogger(__name__)
-
-
-class EventType(str, Enum):
-    STARTED = "started"
-    PROGRESS = "progress"
-    DONE = "done"
-    FAILED = "failed"
-    RELEASED = "released"  # handed back unfinished (shutdown): not a failure of the task
-    BYE = "bye"
 
 
 class EventSender:
     """Posts events in order from a background thread, retrying while Redis is unreachable."""
 
-    def __init__(self, r: Redis, worker: str) -> None:
+    def __init__(self, r: Redis) -> None:
         self._r = r
-        self._worker = worker
-        self._pending: collections.deque[dict[str, Any]] = collections.deque()
+        self._pending: collections.deque[Event] = collections.deque()
         self._cond = threading.Condition()
         self._closed = False
         self._thread = threading.Thread(target=self._run, name="event-sender", daemon=True)
         self._thread.start()
 
-    def send(self, kind: EventType, **fields: Any) -> None:
-        doc = {"type": kind.value, "worker": self._worker, "ts": time.time(), **fields}
+    def send(self, event: Event) -> None:
+        from renderfarm.wire import Progress
+
         with self._cond:
             # Progress is advisory: keep only the newest one for an attempt while Redis is slow.
-            if kind is EventType.PROGRESS and self._pending and self._pending[-1].get("type") == "progress" \
-                    and self._pending[-1].get("attempt_id") == fields.get("attempt_id"):
-                self._pending[-1] = doc
+            last = self._pending[-1] if self._pending else None
+            if isinstance(event, Progress) and isinstance(last, Progress) and last.attempt_id == event.attempt_id:
+                self._pending[-1] = event
             else:
-                self._pending.append(doc)
+                self._pending.append(event)
             self._cond.notify()
 
     def flush(self, timeout: float) -> bool:
@@ -79,9 +71,9 @@ class EventSender:
                     self._cond.wait()
                 if self._closed and not self._pending:
                     return
-                doc = self._pending[0]
+                event = self._pending[0]
             try:
-                streams.post(self._r, keys.EVENT_STREAM, doc)
+                streams.post(self._r, keys.EVENT_STREAM, event)
             except redis.RedisError as e:
                 log.warning("event stream unreachable (%s); %d event(s) kept, retrying", e, len(self._pending))
                 time.sleep(backoff)
@@ -89,6 +81,6 @@ class EventSender:
                 continue
             backoff = 0.1
             with self._cond:
-                if self._pending and self._pending[0] is doc:
+                if self._pending and self._pending[0] is event:
                     self._pending.popleft()
                 self._cond.notify_all()

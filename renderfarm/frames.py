@@ -78,6 +78,11 @@ def count_frames(spec: str) -> int:
     return sum(part.count() for part in _parse(spec))
 
 
+def lowest_frame(spec: str) -> int:
+    """Check `spec` and return its lowest frame, without expanding it."""
+    return min(part.first for part in _parse(spec))
+
+
 def chunk_frames(frames: list[int], size: int) -> list[list[int]]:
     """Split frames, in order, into chunks of at most `size` frames.
 

@@ -5,13 +5,14 @@ from __future__ import annotations
 PREFIX = "farm:"
 
 CONTROL_STREAM = PREFIX + "control"  # intents from the CLI (submit, cancel...) to the manager
-EVENT_STREAM = PREFIX + "events"  # worker events (hello, started, progress, done, failed, bye)
+EVENT_STREAM = PREFIX + "events"  # worker events (started, progress, done, failed, released, refused, bye)
+DEAD_LETTERS = PREFIX + "dead"  # entries the manager could not parse or apply, with the reason
 MANAGER_GROUP = "manager"  # consumer group of both streams
 MANAGER_LEADER = PREFIX + "manager:leader"  # leader lock: value is the holder's id, expires unless renewed
 WORKERS_SET = PREFIX + "workers"  # names of workers that have announced themselves
 REPLY_PREFIX = PREFIX + "reply:"  # + request id: the manager's answer to one intent
 HEARTBEAT_PREFIX = PREFIX + "hb:"  # + worker name: JSON heartbeat, expires after the heartbeat TTL
-LEASE_PREFIX = PREFIX + "lease:"  # + task id: the attempt id that currently owns the task
+LEASE_PREFIX = PREFIX + "lease:"  # + task id: the attempt id that owns the task while it is live
 QUEUE_PREFIX = "farm.worker."  # + worker name: the worker's own RQ queue name
 LOG_PREFIX = PREFIX + "log:"  # + attempt id: a running attempt's renderer output, for `farm log -f`
 

@@ -7,12 +7,12 @@ event (an attempt that is no longer current is left alone), so replaying events 
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
 from sqlalchemy import func, insert, select, update
 
-from renderfarm.capabilities import parse_capabilities
 from renderfarm.models import (
     ATTEMPT_ACTIVE,
     JOB_FINAL,
@@ -32,15 +32,27 @@ if TYPE_CHECKING:
     from sqlmodel import Session
 
     from renderfarm.sites import Usage
+    from renderfarm.wire import Heartbeat
 
     from renderfarm.planning import TaskPlan
 
 _INSERT_BATCH = 5000
+log = logging.getLogger("renderfarm.lifecycle")
+
+
+def _change(row, state) -> None:
+    """Set a job's, task's, attempt's or worker's state, logging old -> new (at debug level)."""
+    new = state.value
+    if row.state != new:
+        if log.isEnabledFor(logging.DEBUG):
+            ident = getattr(row, "id", None) or getattr(row, "name", "?")
+            log.debug("%s %s: %s -> %s", type(row).__name__.lower(), ident, row.state, new)
+        row.state = new
 
 
 def create_job(session: Session, job: Job, plans: list[TaskPlan]) -> None:
     """Insert a job and all its tasks (pending) in the caller's transaction."""
-    job.state = JobState.QUEUED.value
+    _change(job, JobState.QUEUED)
     job.task_count = len(plans)
     session.add(job)
     session.flush()
@@ -71,7 +83,7 @@ def queue_attempt(session: Session, task: Task, worker: str, now: float, *, flus
     flushes (once for many attempts) before it reads the attempt's id."""
     assert task.state == TaskState.PENDING.value, f"task {task.id} is {task.state}, not pending"
     task.attempts += 1
-    task.state = TaskState.QUEUED.value
+    _change(task, TaskState.QUEUED)
     task.worker = worker
     task.progress = 0.0
     attempt = Attempt(
@@ -93,14 +105,14 @@ def start_attempt(session: Session, attempt: Attempt, now: float) -> bool:
     if attempt.state != AttemptState.QUEUED.value:
         return False
     task = session.get(Task, attempt.task_id)
-    attempt.state = AttemptState.RUNNING.value
+    _change(attempt, AttemptState.RUNNING)
     attempt.started_at = now
     if _is_current(task, attempt):
-        task.state = TaskState.RUNNING.value
+        _change(task, TaskState.RUNNING)
         task.started_at = task.started_at or now
         job = session.get(Job, attempt.job_id)
         if job.state == JobState.QUEUED.value:
-            job.state = JobState.RUNNING.value
+            _change(job, JobState.RUNNING)
             job.started_at = now
     _set_worker_task(session, attempt.worker, f"{attempt.job_id}:{task.index}")
     return True
@@ -112,6 +124,42 @@ def note_progress(session: Session, attempt: Attempt, progress: float) -> None:
     task = session.get(Task, attempt.task_id)
     if _is_current(task, attempt):
         task.progress = max(0.0, min(1.0, progress))
+
+
+def receive_done(session: Session, attempt: Attempt, now: float, started_at: float | None) -> bool:
+    """A worker says the attempt rendered every frame. True when it is its task's live attempt,
+    whose outputs are then verified and promoted; a stale report is settled here (a running
+    attempt that lost its task is discarded) and gives False."""
+    if attempt.state == AttemptState.QUEUED.value:
+        # A short task sends no started event: its report says how long it took.
+        start_attempt(session, attempt, started_at if started_at is not None else now)
+    if attempt.state != AttemptState.RUNNING.value:
+        return False
+    if is_current(session, attempt):
+        return True
+    discard_attempt(session, attempt, now, "another attempt finished first or superseded it")
+    return False
+
+
+def receive_failure(session: Session, attempt: Attempt, now: float, error: str, log_key: str | None,
+                    max_attempts: int, started_at: float | None) -> bool:
+    """A worker says the attempt failed: it is retried or fails its task. True when the attempt
+    was still live (so the failure counts)."""
+    if attempt.state == AttemptState.QUEUED.value:  # a short attempt sends no started event
+        start_attempt(session, attempt, started_at if started_at is not None else now)
+    live = attempt.state in {s.value for s in ATTEMPT_ACTIVE}
+    fail_attempt(session, attempt, now, error, log_key, max_attempts)
+    return live
+
+
+def may_promote(session: Session, attempt: Attempt) -> bool:
+    """Whether the attempt's outputs may be promoted now: it is live and its task's own."""
+    return attempt.state in {s.value for s in ATTEMPT_ACTIVE} and is_current(session, attempt)
+
+
+def task_done(session: Session, attempt: Attempt) -> bool:
+    """Whether the attempt's task is committed (by this attempt or another)."""
+    return session.get(Task, attempt.task_id).state == TaskState.DONE.value
 
 
 def is_current(session: Session, attempt: Attempt) -> bool:
@@ -131,10 +179,10 @@ def complete_attempt(session: Session, attempt: Attempt, now: float, log_key: st
     if not _is_current(task, attempt):
         discard_attempt(session, attempt, now, "superseded before it finished")
         return False
-    attempt.state = AttemptState.DONE.value
+    _change(attempt, AttemptState.DONE)
     attempt.finished_at = now
     attempt.log_key = log_key
-    task.state = TaskState.DONE.value
+    _change(task, TaskState.DONE)
     task.worker = attempt.worker
     task.progress = 1.0
     task.finished_at = now
@@ -182,18 +230,18 @@ def reopen_tiles(session: Session, assembly: Task, tiles: list[int]) -> list[Tas
     ).all()
     for task in reopened:
         if task.state == TaskState.DONE.value:
-            task.state = TaskState.PENDING.value
+            _change(task, TaskState.PENDING)
             task.progress = 0.0
             task.finished_at = None
     if reopened and assembly.state == TaskState.PENDING.value:
-        assembly.state = TaskState.WAITING.value
+        _change(assembly, TaskState.WAITING)
     return list(reopened)
 
 
 def discard_attempt(session: Session, attempt: Attempt, now: float, why: str) -> None:
     """A later attempt of a task that is already done (or no longer wanted)."""
     if attempt.state in {s.value for s in ATTEMPT_ACTIVE}:
-        attempt.state = AttemptState.CANCELLED.value
+        _change(attempt, AttemptState.CANCELLED)
         attempt.finished_at = now
         attempt.error = why
     _set_worker_task(session, attempt.worker, None)
@@ -203,7 +251,7 @@ def fail_attempt(session: Session, attempt: Attempt, now: float, error: str, log
     """The attempt failed: retry the task, or fail it once it has used up its attempts."""
     if attempt.state not in {s.value for s in ATTEMPT_ACTIVE}:
         return
-    attempt.state = AttemptState.FAILED.value
+    _change(attempt, AttemptState.FAILED)
     attempt.finished_at = now
     attempt.error = error[:4000]
     attempt.log_key = log_key
@@ -215,23 +263,33 @@ def fail_attempt(session: Session, attempt: Attempt, now: float, error: str, log
     task.error = error[:4000]
     task.progress = 0.0
     if task.failures >= max_attempts:
-        task.state = TaskState.FAILED.value
+        _change(task, TaskState.FAILED)
         task.finished_at = now
     else:
-        task.state = TaskState.PENDING.value
+        _change(task, TaskState.PENDING)
 
 
 def lose_attempt(session: Session, attempt: Attempt, now: float, why: str) -> None:
     """The attempt's worker left or vanished: the task goes back to pending, not counted as a failure."""
+    started = attempt.state == AttemptState.RUNNING.value
+    _end_unfinished(session, attempt, now, why, AttemptState.LOST if started else AttemptState.CANCELLED)
+
+
+def take_back_attempt(session: Session, attempt: Attempt, now: float, why: str) -> None:
+    """The farm took the attempt back (withdrawn from a queue, or killed by `suspend --kill`):
+    cancelled, and its task goes back to pending, not counted as a failure."""
+    _end_unfinished(session, attempt, now, why, AttemptState.CANCELLED)
+
+
+def _end_unfinished(session: Session, attempt: Attempt, now: float, why: str, state: AttemptState) -> None:
     if attempt.state not in {s.value for s in ATTEMPT_ACTIVE}:
         return
-    started = attempt.state == AttemptState.RUNNING.value
-    attempt.state = (AttemptState.LOST if started else AttemptState.CANCELLED).value
+    _change(attempt, state)
     attempt.finished_at = now
     attempt.error = why
     task = session.get(Task, attempt.task_id)
     if _is_current(task, attempt):
-        task.state = TaskState.PENDING.value
+        _change(task, TaskState.PENDING)
         task.progress = 0.0
 
 
@@ -252,10 +310,10 @@ def refresh_job(session: Session, job: Job, now: float) -> None:
             .order_by(Task.index).limit(20)
         ).all()
         more = f" and {failed - len(indexes)} more" if failed > len(indexes) else ""
-        job.state = JobState.FAILED.value
+        _change(job, JobState.FAILED)
         job.error = f"{failed} task(s) failed: " + ", ".join(f"{job.id}:{i}" for i in indexes) + more
     else:
-        job.state = JobState.DONE.value
+        _change(job, JobState.DONE)
 
 
 def task_counts(session: Session, job_id: str) -> dict[str, int]:
@@ -265,27 +323,27 @@ def task_counts(session: Session, job_id: str) -> dict[str, int]:
     return {state: n for state, n in rows}
 
 
-def see_worker(session: Session, name: str, info: dict, now: float) -> Worker:
-    """Record a live worker from its heartbeat (creating it on first sight)."""
-    worker = session.get(Worker, name)
+def see_worker(session: Session, beat: Heartbeat, now: float) -> Worker:
+    """Record a live worker from its heartbeat (creating it on first sight), by the manager's clock."""
+    worker = session.get(Worker, beat.name)
     if worker is None:
-        worker = Worker(name=name, host="", pid=0, started_at=now, last_seen=now)
+        worker = Worker(name=beat.name, host="", pid=0, started_at=now - beat.uptime, last_seen=now)
         session.add(worker)
-    worker.host = str(info.get("host", ""))[:255]
-    worker.pid = int(info.get("pid", 0) or 0)
-    worker.pool = str(info.get("pool", "default"))[:64]
-    worker.site = str(info.get("site") or "local")[:64]
-    worker.cores = int(info.get("cores", 1) or 1)
-    worker.version = str(info.get("version", ""))[:32]
-    worker.started_at = float(info.get("started_at", now) or now)
+    if worker.state == WorkerState.OFFLINE.value or worker.pid != beat.pid:
+        worker.started_at = now - beat.uptime  # a new run of the worker
+    worker.host = beat.host
+    worker.pid = beat.pid
+    worker.pool = beat.pool
+    worker.site = beat.site
+    worker.cores = beat.cores
+    worker.version = beat.version
     worker.last_seen = now
-    caps = parse_capabilities(info.get("capabilities"))
+    caps = beat.capabilities.model_dump(mode="json", exclude_none=True) if beat.capabilities is not None else None
     worker.capabilities = json.dumps(caps, sort_keys=True) if caps is not None else None
-    stopping = info.get("state") == WorkerState.STOPPING.value
-    if stopping:
-        worker.state = WorkerState.STOPPING.value
+    if beat.state == WorkerState.STOPPING.value:
+        _change(worker, WorkerState.STOPPING)
     elif worker.state in (WorkerState.OFFLINE.value, WorkerState.STOPPING.value):
-        worker.state = WorkerState.BUSY.value if worker.current_task else WorkerState.IDLE.value
+        _change(worker, WorkerState.BUSY if worker.current_task else WorkerState.IDLE)
     return worker
 
 
@@ -293,7 +351,7 @@ def worker_offline(session: Session, name: str, now: float, why: str) -> list[At
     """A worker left or died: it goes offline and its live attempts are lost; returns them."""
     worker = session.get(Worker, name)
     if worker is not None:
-        worker.state = WorkerState.OFFLINE.value
+        _change(worker, WorkerState.OFFLINE)
         worker.current_task = None
     attempts = session.scalars(
         select(Attempt).where(Attempt.worker == name, Attempt.state.in_([s.value for s in ATTEMPT_ACTIVE]))
@@ -309,7 +367,7 @@ def _set_worker_task(session: Session, name: str, task: str | None) -> None:
         return
     worker.current_task = task
     if worker.state != WorkerState.STOPPING.value:
-        worker.state = (WorkerState.BUSY if task else WorkerState.IDLE).value
+        _change(worker, WorkerState.BUSY if task else WorkerState.IDLE)
 
 
 def mark_tasks(session: Session, task_ids: Iterable[int], state: TaskState) -> None:
@@ -321,12 +379,13 @@ def mark_tasks(session: Session, task_ids: Iterable[int], state: TaskState) -> N
 # -- wrangler verbs ---------------------------------------------------------------------------
 
 
-def cancel_job(session: Session, job: Job, now: float) -> list[Attempt]:
-    """Cancel a job: every unfinished task is cancelled with its live attempts; returns those
-    attempts (the caller takes them back from their workers)."""
+def cancel_job(session: Session, job: Job, now: float) -> tuple[list[Attempt], bool]:
+    """Cancel a job: every unfinished task is cancelled with its live attempts. Returns those
+    attempts (the caller takes them back from their workers) and whether there was anything to
+    cancel."""
     live = _live_attempts(session, job.id)
     for attempt in live:
-        attempt.state = AttemptState.CANCELLED.value
+        _change(attempt, AttemptState.CANCELLED)
         attempt.finished_at = now
         attempt.error = "job cancelled"
         _set_worker_task(session, attempt.worker, None)
@@ -335,22 +394,32 @@ def cancel_job(session: Session, job: Job, now: float) -> list[Attempt]:
         update(Task).where(Task.job_id == job.id, Task.state.not_in(final))
         .values(state=TaskState.CANCELLED.value, finished_at=now)
     )
-    if job.state not in {s.value for s in JOB_FINAL}:
-        job.state = JobState.CANCELLED.value
-        job.finished_at = now
-    return live
+    if job.state in {s.value for s in JOB_FINAL}:
+        return live, bool(live)
+    _change(job, JobState.CANCELLED)
+    job.finished_at = now
+    return live, True
 
 
-def suspend_job(session: Session, job: Job) -> list[Attempt]:
-    """No new task of the job starts until it is resumed; returns its live attempts."""
+def suspend_job(session: Session, job: Job, *, kill: bool) -> tuple[list[Attempt], bool]:
+    """No new task of the job starts until it is resumed. Returns its live attempts (the caller
+    takes the queued ones back, and with `kill` the running ones too) and whether anything
+    changed."""
     if job.state in (JobState.QUEUED.value, JobState.RUNNING.value):
-        job.state = JobState.SUSPENDED.value
-    return _live_attempts(session, job.id)
+        _change(job, JobState.SUSPENDED)
+        return _live_attempts(session, job.id), True
+    if job.state == JobState.SUSPENDED.value and kill:
+        live = _live_attempts(session, job.id)
+        return live, bool(live)
+    return [], False
 
 
-def resume_job(session: Session, job: Job) -> None:
-    if job.state == JobState.SUSPENDED.value:
-        job.state = (JobState.RUNNING if job.started_at else JobState.QUEUED).value
+def resume_job(session: Session, job: Job) -> bool:
+    """A suspended job may start tasks again; False if it was not suspended."""
+    if job.state != JobState.SUSPENDED.value:
+        return False
+    _change(job, JobState.RUNNING if job.started_at else JobState.QUEUED)
+    return True
 
 
 def retry_job(session: Session, job: Job, *, everything: bool) -> int:
@@ -359,14 +428,14 @@ def retry_job(session: Session, job: Job, *, everything: bool) -> int:
     states = [TaskState.FAILED.value] + ([TaskState.DONE.value, TaskState.CANCELLED.value] if everything else [])
     tasks = session.scalars(select(Task).where(Task.job_id == job.id, Task.state.in_(states))).all()
     for task in tasks:
-        task.state = (TaskState.WAITING if task.kind == TaskKind.ASSEMBLE.value else TaskState.PENDING).value
+        _change(task, TaskState.WAITING if task.kind == TaskKind.ASSEMBLE.value else TaskState.PENDING)
         task.failures = 0
         task.error = None
         task.progress = 0.0
         task.finished_at = None
     if tasks or everything:
         if job.state in {s.value for s in JOB_FINAL}:
-            job.state = (JobState.RUNNING if job.started_at else JobState.QUEUED).value
+            _change(job, JobState.RUNNING if job.started_at else JobState.QUEUED)
             job.finished_at = None
             job.error = None
     _release_waiting_assemblies(session, job, [t for t in tasks if t.kind == TaskKind.ASSEMBLE.value])
@@ -384,7 +453,7 @@ def _release_waiting_assemblies(session: Session, job: Job, assemblies: list[Tas
             )
         )
         if unfinished == 0:
-            assembly.state = TaskState.PENDING.value
+            _change(assembly, TaskState.PENDING)
 
 
 def _live_attempts(session: Session, job_id: str) -> list[Attempt]:

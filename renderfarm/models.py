@@ -55,6 +55,8 @@ class Job(JobBase, table=True):
     __tablename__ = "jobs"
 
     id: str = Field(primary_key=True, max_length=16)
+    # The submission's request id (made by the CLI): the same request never makes a second job.
+    request_id: str | None = Field(default=None, max_length=32, unique=True, index=True)
     state: str = Field(default=JobState.QUEUED.value, max_length=16, index=True)
     task_count: int = 0
     submitted_at: float

@@ -1,8 +1,8 @@
-"""Worker heartbeats in Redis: who is alive, what each is doing, and since when."""
+"""Worker heartbeats in Redis: who is alive, what each is doing and holds, and what it can do."""
 
 from __future__ import annotations
 
-import json
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from renderfarm import keys
@@ -10,12 +10,23 @@ from renderfarm import keys
 if TYPE_CHECKING:
     from redis import Redis
 
+    from renderfarm.wire import Heartbeat
 
-def beat(r: Redis, name: str, info: dict[str, Any], ttl: float) -> None:
+
+@dataclass(frozen=True)
+class BadBeat:
+    """A name in the workers' set whose heartbeat breaks its contract (or whose name does)."""
+
+    name: str
+    raw: bytes | None
+    reason: str
+
+
+def beat(r: Redis, heartbeat: Heartbeat, ttl: float) -> None:
     """Refresh a worker's heartbeat; it expires after `ttl` seconds unless refreshed."""
     pipe = r.pipeline(transaction=False)
-    pipe.set(keys.heartbeat_key(name), json.dumps(info), px=int(ttl * 1000))
-    pipe.sadd(keys.WORKERS_SET, name)
+    pipe.set(keys.heartbeat_key(heartbeat.name), heartbeat.to_json(), px=int(ttl * 1000))
+    pipe.sadd(keys.WORKERS_SET, heartbeat.name)
     pipe.execute()
 
 
@@ -26,26 +37,50 @@ def leave(r: Redis, name: str) -> None:
     pipe.execute()
 
 
-def live_workers(r: Redis) -> dict[str, dict[str, Any]]:
-    """Every worker with an unexpired heartbeat, with the info it last sent."""
-    names = sorted(n.decode() if isinstance(n, bytes) else n for n in r.smembers(keys.WORKERS_SET))
+MAX_WORKERS = 100_000  # names read from the workers' set at most (a flood of names is refused)
+
+
+def read_beats(r: Redis) -> tuple[dict[str, Heartbeat], list[BadBeat]]:
+    """Every worker with an unexpired heartbeat that parses and names itself, and the bad ones
+    (a name that is not a worker name, a beat that breaks its contract or names another worker)."""
+    import re
+
+    from renderfarm.wire import Heartbeat, WireError
+
+    raw_names = list(r.sscan_iter(keys.WORKERS_SET, count=1000))[:MAX_WORKERS]
+    names, bad = [], []
+    for raw_name in raw_names:
+        name = raw_name.decode("utf-8", "replace") if isinstance(raw_name, bytes) else str(raw_name)
+        if re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}", name):
+            names.append(name)
+        else:
+            bad.append(BadBeat(name[:200], None, f"workers: {name[:80]!r} is not a worker name"))
     if not names:
-        return {}
-    raw = r.mget([keys.heartbeat_key(n) for n in names])
+        return {}, bad
+    names.sort()
     live = {}
-    for name, value in zip(names, raw):
+    for name, value in zip(names, r.mget([keys.heartbeat_key(n) for n in names])):
         if value is None:
             continue
         try:
-            info = json.loads(value)
-        except ValueError:
+            heartbeat = Heartbeat.parse(value)
+        except WireError as e:
+            bad.append(BadBeat(name, value, str(e)))
             continue
-        if isinstance(info, dict):
-            live[name] = info
-    return live
+        if heartbeat.name != name:
+            bad.append(BadBeat(name, value, f"heartbeat: name {heartbeat.name!r} at the key of {name!r}"))
+            continue
+        live[name] = heartbeat
+    return live, bad
+
+
+def live_workers(r: Redis) -> dict[str, dict[str, Any]]:
+    """Every worker with a good, unexpired heartbeat, as plain values (for listings)."""
+    live, _bad = read_beats(r)
+    return {name: beat.model_dump(mode="json", exclude_none=True) for name, beat in live.items()}
 
 
 def forget(r: Redis, names: list[str]) -> None:
-    """Drop workers the manager has declared offline from the announced set."""
+    """Drop workers the manager has declared offline (or that never were workers) from the set."""
     if names:
         r.srem(keys.WORKERS_SET, *names)

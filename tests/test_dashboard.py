@@ -70,9 +70,9 @@ def farm_db(database_url):
     engine = make_engine(database_url, writer=True)
     upgrade(engine)
     with session_scope(engine) as s:
-        lifecycle.see_worker(s, "w1", {"host": "node1", "pid": 11}, NOW - 5)
-        lifecycle.see_worker(s, "w2", {"host": "node2", "pid": 12}, NOW - 40)
-        lifecycle.see_worker(s, "w3", {"host": "node3", "pid": 13}, NOW - 900)
+        lifecycle.see_worker(s, Heartbeat(name="w1", host="node1", pid=11), NOW - 5)
+        lifecycle.see_worker(s, Heartbeat(name="w2", host="node2", pid=12), NOW - 40)
+        lifecycle.see_worker(s, Heartbeat(name="w3", host="node3", pid=13), NOW - 900)
         lifecycle.worker_offline(s, "w3", NOW - 800, "heartbeat lost")
 
     add_job(engine, "c0000003", "1-2", 1, submitted_at=500.0, name="comp")  # done
@@ -91,7 +91,7 @@ def farm_db(database_url):
     add_job(engine, "d0000004", "1-3", 1, submitted_at=3000.0, name="parked")
     add_job(engine, "e0000005", "1-3", 1, submitted_at=4000.0, name="dropped")
     with session_scope(engine) as s:
-        lifecycle.suspend_job(s, s.get(Job, "d0000004"))
+        lifecycle.suspend_job(s, s.get(Job, "d0000004"), kill=False)
         lifecycle.cancel_job(s, s.get(Job, "e0000005"), NOW - 300)
     yield engine
     engine.dispose()

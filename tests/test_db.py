@@ -92,9 +92,13 @@ def refresh(engine, job_id: str, now: float) -> None:
         lifecycle.refresh_job(s, s.get(Job, job_id), now)
 
 
-def see(engine, name: str, now: float, **info) -> None:
+def see(engine, name: str, now: float, *, started_at: float | None = None, **info) -> None:
+    """The manager seeing a heartbeat of `name` at `now` (a worker says how long it has been up)."""
+    from renderfarm.wire import Heartbeat
+
+    beat = Heartbeat(name=name, pid=info.pop("pid", 1), uptime=now - started_at if started_at else 0.0, **info)
     with session_scope(engine) as s:
-        lifecycle.see_worker(s, name, info, now)
+        lifecycle.see_worker(s, beat, now)
 
 
 def snapshot(engine, job_id: str):
@@ -124,7 +128,7 @@ def test_upgrade_creates_schema_and_is_idempotent(database_url):
     engine = make_engine(database_url, writer=True)
     try:
         assert current_revision(engine) is None
-        assert head_revision() == "0007"
+        assert head_revision() == "0008"
         upgrade(engine)
         assert current_revision(engine) == head_revision()
         assert set(inspect(engine).get_table_names()) == TABLES
@@ -134,7 +138,7 @@ def test_upgrade_creates_schema_and_is_idempotent(database_url):
         assert set(inspect(engine).get_table_names()) == TABLES
         assert snapshot(engine, "job00001")[0] == "queued"
         with engine.connect() as conn:
-            assert conn.execute(text("SELECT version_num FROM alembic_version")).scalars().all() == ["0007"]
+            assert conn.execute(text("SELECT version_num FROM alembic_version")).scalars().all() == ["0008"]
     finally:
         engine.dispose()
 
@@ -675,10 +679,13 @@ def test_a_batchs_done_events_are_promoted_together_and_a_cancelled_tasks_frames
 
     from PIL import Image
 
+    from renderfarm.config import Settings
     from renderfarm.manager.intake import Batch, apply_event, promote_ahead
     from renderfarm.storage.files import FileStorage
     from renderfarm.storage.keys import attempt_prefix
+    from renderfarm.wire import Done, Output, Usage
 
+    settings = Settings(state_dir=tmp_path)
     storage = FileStorage(tmp_path / "store", "file://" + str(tmp_path / "store"))
     job_id = create(engine, "job00030", frames="1-3", chunk=1)
     attempts = [queue(engine, job_id, i, f"w{i}", 10.0) for i in range(3)]
@@ -686,12 +693,11 @@ def test_a_batchs_done_events_are_promoted_together_and_a_cancelled_tasks_frames
     Image.new("RGB", (64, 48), (9, 9, 9)).save(buf, format="PNG")
     data = buf.getvalue()
 
-    def done(i: int) -> tuple[str, str, dict]:
+    def done(i: int) -> Done:
         key = attempt_prefix(job_id, i, 1) + f"orbit.{i + 1:04d}.png"
         etag = storage.put_bytes(key, data) or None
-        record = {"frame": i + 1, "key": key, "sha256": hashlib.sha256(data).hexdigest(), "size": len(data)}
-        return "farm:events", f"{i}-0", {"type": "done", "worker": f"w{i}", "attempt_id": attempts[i],
-                                         "outputs": [dict(record, **({"etag": etag} if etag else {}))]}
+        output = Output(frame=i + 1, sha256=hashlib.sha256(data).hexdigest(), size=len(data), etag=etag)
+        return Done(worker=f"w{i}", attempt_id=attempts[i], outputs=(output,), usage=Usage(wall=1.0))
 
     entries = [done(i) for i in range(3)] + [done(0)]  # the last: a duplicate of the first
     finals = [f"jobs/{job_id}/frames/orbit.{f:04d}.png" for f in (1, 2, 3)]
@@ -702,12 +708,12 @@ def test_a_batchs_done_events_are_promoted_together_and_a_cancelled_tasks_frames
         assert sorted(batch.promoted) == sorted(attempts)
         assert all(batch.promotion(a).error is None for a in attempts)
         assert all(storage.head(key) is not None for key in finals)
-        for entry in entries[:2]:
-            apply_event(s, None, storage, entry[2], batch)
+        for event in entries[:2]:
+            apply_event(s, settings, storage, event, batch, 20.0)
         # A cancel earlier in the same batch than the third event takes its task away.
         lifecycle.cancel_job(s, s.get(Job, job_id), 20.0)
-        for entry in entries[2:]:
-            apply_event(s, None, storage, entry[2], batch)
+        for event in entries[2:]:
+            apply_event(s, settings, storage, event, batch, 20.0)
         assert batch.promoted == {}
     assert batch.delete_keys.count(finals[2]) == 1 and finals[0] not in batch.delete_keys
     assert finals[1] not in batch.delete_keys

@@ -20,7 +20,8 @@ from redis.retry import Retry
 from renderfarm import keys, presence, streams
 from renderfarm.config import load_settings
 from renderfarm.errors import FarmNotRunningError
-from renderfarm.events import EventSender, EventType
+from renderfarm.events import EventSender
+from renderfarm.wire import Bye, CancelIntent, Done, Failed, Heartbeat, Output, Progress, Reply, Started, Usage
 from renderfarm.localfarm import services
 from renderfarm.manager.leader import LeaderLock
 from renderfarm.redisconn import connect
@@ -37,28 +38,38 @@ def entries(r: redis.Redis, stream: str) -> list[dict]:
     return [json.loads(fields[b"d"]) for _id, fields in r.xrange(stream)]
 
 
+def post(r: redis.Redis, stream: str, doc: dict) -> str:
+    """Post any JSON document (the manager parses it; the stream does not care)."""
+    return streams.post(r, stream, json.dumps(doc))
+
+
+def docs(got: list) -> list[tuple[str, str, dict | None]]:
+    """Entries as read, with their JSON decoded."""
+    return [(e.stream, e.id, json.loads(e.raw) if e.raw is not None else None) for e in got]
+
+
 # -- the control stream: intents and replies ---------------------------------------------------
 
 
 def test_intent_read_reply_round_trip(r: redis.Redis) -> None:
-    before = time.time()
-    request_id = streams.send_intent(r, "cancel", {"job": "a1b2c3d4"})
-    assert len(request_id) == 32 and int(request_id, 16) >= 0
+    intent = CancelIntent(request_id="ab" * 16, job="a1b2c3d4")
+    assert streams.send_intent(r, intent) == "ab" * 16
     # The first read on a fresh Redis finds no consumer group yet: it creates one and reads nothing.
     assert streams.read(r, pending=False) == []
     got = streams.read(r, pending=False)
     assert len(got) == 1
-    stream, entry_id, doc = got[0]
-    assert stream == keys.CONTROL_STREAM == "farm:control"
-    assert entry_id == r.xrange(keys.CONTROL_STREAM)[0][0].decode()
-    assert before <= doc.pop("ts") <= time.time()
-    assert doc == {"type": "cancel", "request_id": request_id, "body": {"job": "a1b2c3d4"}}
+    entry = got[0]
+    assert entry.stream == keys.CONTROL_STREAM == "farm:control" and entry.is_control
+    assert entry.id == r.xrange(keys.CONTROL_STREAM)[0][0].decode()
+    assert (entry.raw, entry.deliveries) == (intent.to_json().encode(), 1)
+    assert json.loads(entry.raw) == {"type": "cancel", "request_id": "ab" * 16, "job": "a1b2c3d4", "kill": False} \
+        or json.loads(entry.raw) == {"type": "cancel", "request_id": "ab" * 16, "job": "a1b2c3d4"}
     assert streams.read(r, pending=False) == []  # delivered once
 
-    streams.send_reply(r, request_id, {"ok": True, "job_id": "a1b2c3d4"})
-    assert 295 <= r.ttl(f"farm:reply:{request_id}") <= 300  # unclaimed answers do not pile up
-    assert streams.await_reply(r, request_id, 1.0) == {"ok": True, "job_id": "a1b2c3d4"}
-    assert not r.exists(f"farm:reply:{request_id}")
+    streams.send_reply(r, intent.request_id, Reply(ok=True, job_id="a1b2c3d4"))
+    assert 295 <= r.ttl(f"farm:reply:{intent.request_id}") <= 300  # unclaimed answers do not pile up
+    assert streams.await_reply(r, intent.request_id, 1.0) == Reply(ok=True, job_id="a1b2c3d4")
+    assert not r.exists(f"farm:reply:{intent.request_id}")
 
 
 def test_await_reply_times_out_with_a_hint(r: redis.Redis) -> None:
@@ -73,23 +84,20 @@ def test_await_reply_times_out_with_a_hint(r: redis.Redis) -> None:
 
 
 def test_a_reply_waits_for_a_late_reader(r: redis.Redis) -> None:
-    streams.send_reply(r, "late", {"ok": False, "error": "frames: '10-1' runs backwards"})
-    streams.send_reply(r, "other", {"ok": True})
-    assert streams.await_reply(r, "late", 0.5) == {
-        "ok": False,
-        "error": "frames: '10-1' runs backwards",
-    }
-    assert streams.await_reply(r, "other", 0.5) == {"ok": True}
+    streams.send_reply(r, "late", Reply(ok=False, error="frames: '10-1' runs backwards"))
+    streams.send_reply(r, "other", Reply(ok=True))
+    assert streams.await_reply(r, "late", 0.5) == Reply(ok=False, error="frames: '10-1' runs backwards")
+    assert streams.await_reply(r, "other", 0.5) == Reply(ok=True)
 
 
 def test_pending_entries_come_back_after_a_restart_until_acknowledged(
     redis_url: str, r: redis.Redis
 ) -> None:
     streams.ensure_groups(r)
-    c1 = streams.post(r, keys.CONTROL_STREAM, {"type": "submit", "n": 1})
-    c2 = streams.post(r, keys.CONTROL_STREAM, {"type": "cancel", "n": 2})
-    e1 = streams.post(r, keys.EVENT_STREAM, {"type": "started", "n": 3})
-    e2 = streams.post(r, keys.EVENT_STREAM, {"type": "done", "n": 4})
+    c1 = post(r, keys.CONTROL_STREAM, {"type": "submit", "n": 1})
+    c2 = post(r, keys.CONTROL_STREAM, {"type": "cancel", "n": 2})
+    e1 = post(r, keys.EVENT_STREAM, {"type": "started", "n": 3})
+    e2 = post(r, keys.EVENT_STREAM, {"type": "done", "n": 4})
     everything = [
         (keys.CONTROL_STREAM, c1, {"type": "submit", "n": 1}),
         (keys.CONTROL_STREAM, c2, {"type": "cancel", "n": 2}),
@@ -97,29 +105,29 @@ def test_pending_entries_come_back_after_a_restart_until_acknowledged(
         (keys.EVENT_STREAM, e2, {"type": "done", "n": 4}),
     ]
     assert streams.read(r, pending=True) == []  # nothing delivered yet, so nothing pending
-    assert streams.read(r, pending=False) == everything
+    assert docs(streams.read(r, pending=False)) == everything
 
     # The manager dies before acknowledging; a new one (a new connection) reads them again.
     restarted = redis.Redis.from_url(redis_url)
     assert streams.read(restarted, pending=False) == []
-    assert streams.read(restarted, pending=True) == everything
-    assert streams.read(restarted, pending=True) == everything  # still pending until acknowledged
+    assert docs(streams.read(restarted, pending=True)) == everything
+    assert docs(streams.read(restarted, pending=True)) == everything  # still pending until acknowledged
 
     streams.ack(restarted, keys.CONTROL_STREAM, [c1, c2])
     streams.ack(restarted, keys.EVENT_STREAM, [e1])
-    assert streams.read(restarted, pending=True) == [
+    assert docs(streams.read(restarted, pending=True)) == [
         (keys.EVENT_STREAM, e2, {"type": "done", "n": 4})
     ]
     streams.ack(restarted, keys.EVENT_STREAM, [e2])
     assert streams.read(restarted, pending=True) == []
 
     # New entries still arrive, and count is honoured per stream.
-    c3 = streams.post(r, keys.CONTROL_STREAM, {"type": "resume"})
-    c4 = streams.post(r, keys.CONTROL_STREAM, {"type": "suspend"})
-    assert streams.read(restarted, pending=False, count=1) == [
+    c3 = post(r, keys.CONTROL_STREAM, {"type": "resume"})
+    c4 = post(r, keys.CONTROL_STREAM, {"type": "suspend"})
+    assert docs(streams.read(restarted, pending=False, count=1)) == [
         (keys.CONTROL_STREAM, c3, {"type": "resume"})
     ]
-    assert streams.read(restarted, pending=False, count=1) == [
+    assert docs(streams.read(restarted, pending=False, count=1)) == [
         (keys.CONTROL_STREAM, c4, {"type": "suspend"})
     ]
     restarted.close()
@@ -136,44 +144,44 @@ def test_a_blocking_read_returns_when_an_entry_arrives(r: redis.Redis) -> None:
     poster = threading.Timer(
         0.2,
         lambda: streams.post(
-            redis.Redis(connection_pool=r.connection_pool), keys.EVENT_STREAM, {"type": "bye"}
+            redis.Redis(connection_pool=r.connection_pool), keys.EVENT_STREAM, '{"type": "bye"}'
         ),
     )
     poster.start()
     start = time.monotonic()
     got = streams.read(r, pending=False, block_ms=5000)
     poster.join()
-    assert [(s, d) for s, _, d in got] == [(keys.EVENT_STREAM, {"type": "bye"})]
+    assert [(s, d) for s, _, d in docs(got)] == [(keys.EVENT_STREAM, {"type": "bye"})]
     assert time.monotonic() - start < 2.0
 
 
 def test_flushall_loses_the_group_and_read_recreates_it(r: redis.Redis) -> None:
     streams.ensure_groups(r)
-    streams.post(r, keys.CONTROL_STREAM, {"type": "before"})
-    assert [d for _, _, d in streams.read(r, pending=False)] == [{"type": "before"}]
+    post(r, keys.CONTROL_STREAM, {"type": "before"})
+    assert [d for _, _, d in docs(streams.read(r, pending=False))] == [{"type": "before"}]
 
     r.flushall()
     # Posted after the wipe but before the manager's next read: still read, since the group
     # is recreated from the start of the stream.
-    early = streams.post(r, keys.EVENT_STREAM, {"type": "started", "attempt_id": 9})
+    early = post(r, keys.EVENT_STREAM, {"type": "started", "attempt_id": 9})
     assert streams.read(r, pending=False) == []  # NOGROUP: the group is recreated
     groups = {s: [g["name"].decode() for g in r.xinfo_groups(s)] for s in streams.STREAMS}
     assert groups == {keys.CONTROL_STREAM: ["manager"], keys.EVENT_STREAM: ["manager"]}
-    later = streams.post(r, keys.CONTROL_STREAM, {"type": "after"})
-    assert streams.read(r, pending=False) == [
+    later = post(r, keys.CONTROL_STREAM, {"type": "after"})
+    assert docs(streams.read(r, pending=False)) == [
         (keys.CONTROL_STREAM, later, {"type": "after"}),
         (keys.EVENT_STREAM, early, {"type": "started", "attempt_id": 9}),
     ]
 
     r.flushall()
     assert streams.read(r, pending=True) == []  # the pending read recreates the group as well
-    again = streams.post(r, keys.CONTROL_STREAM, {"type": "again"})
-    assert streams.read(r, pending=False) == [(keys.CONTROL_STREAM, again, {"type": "again"})]
+    again = post(r, keys.CONTROL_STREAM, {"type": "again"})
+    assert docs(streams.read(r, pending=False)) == [(keys.CONTROL_STREAM, again, {"type": "again"})]
 
 
 def test_ensure_groups_is_idempotent_and_keeps_the_position(r: redis.Redis) -> None:
     streams.ensure_groups(r)
-    streams.post(r, keys.CONTROL_STREAM, {"type": "one"})
+    post(r, keys.CONTROL_STREAM, {"type": "one"})
     assert len(streams.read(r, pending=False)) == 1
     streams.ensure_groups(r)  # BUSYGROUP is not an error, and does not rewind the group
     assert streams.read(r, pending=False) == []
@@ -181,9 +189,9 @@ def test_ensure_groups_is_idempotent_and_keeps_the_position(r: redis.Redis) -> N
 
 def test_ack_trims_the_stream_at_the_last_acknowledged_id(r: redis.Redis) -> None:
     streams.ensure_groups(r)
-    ids = [streams.post(r, keys.EVENT_STREAM, {"type": "progress", "i": i}) for i in range(6)]
-    streams.post(r, keys.CONTROL_STREAM, {"type": "submit"})
-    assert [e for s, e, _doc in streams.read(r, pending=False) if s == keys.EVENT_STREAM] == ids
+    ids = [post(r, keys.EVENT_STREAM, {"type": "progress", "i": i}) for i in range(6)]
+    post(r, keys.CONTROL_STREAM, {"type": "submit"})
+    assert [e.id for e in streams.read(r, pending=False) if e.stream == keys.EVENT_STREAM] == ids
     assert r.xlen(keys.EVENT_STREAM) == 6
 
     streams.ack(r, keys.EVENT_STREAM, ids[:3])
@@ -198,68 +206,77 @@ def test_ack_trims_the_stream_at_the_last_acknowledged_id(r: redis.Redis) -> Non
     assert r.xlen(keys.EVENT_STREAM) == 1
 
     # Entries posted after the last acknowledged one are never trimmed.
-    fresh = streams.post(r, keys.EVENT_STREAM, {"type": "done"})
+    fresh = post(r, keys.EVENT_STREAM, {"type": "done"})
     streams.ack(r, keys.EVENT_STREAM, ids[5:])
     assert [e.decode() for e, _ in r.xrange(keys.EVENT_STREAM)] == [ids[5], fresh]
 
 
-def test_malformed_entries_come_back_as_malformed(r: redis.Redis) -> None:
+def test_entries_come_back_raw_for_the_manager_to_parse(r: redis.Redis) -> None:
     streams.ensure_groups(r)
-    raw = [
-        {"d": "not json"},
-        {"d": "[1, 2]"},
-        {"d": "null"},
-        {"d": b"\xff\xfe"},
-        {"other": "field"},
-        {"d": json.dumps({"type": "cancel", "body": {"job": "j"}})},
-    ]
+    raw = [{"d": "not json"}, {"d": "[1, 2]"}, {"d": b"\xff\xfe"}, {"other": "field"}, {"d": '{"type": "bye"}'}]
     ids = [r.xadd(keys.CONTROL_STREAM, fields).decode() for fields in raw]
     got = streams.read(r, pending=False)
-    assert got == [(keys.CONTROL_STREAM, i, {"type": "malformed"}) for i in ids[:5]] + [
-        (keys.CONTROL_STREAM, ids[5], {"type": "cancel", "body": {"job": "j"}})
-    ]
-    # A pending entry deleted from the stream comes back without fields: malformed too.
-    r.xdel(keys.CONTROL_STREAM, ids[5])
-    assert streams.read(r, pending=True)[-1] == (keys.CONTROL_STREAM, ids[5], {"type": "malformed"})
+    assert [(e.id, e.raw, e.deliveries) for e in got] == [
+        (ids[0], b"not json", 1), (ids[1], b"[1, 2]", 1), (ids[2], b"\xff\xfe", 1), (ids[3], b"", 1),
+        (ids[4], b'{"type": "bye"}', 1)]
+    # Read again while pending, each says how often it was delivered; one deleted meanwhile
+    # comes back without its fields.
+    r.xdel(keys.CONTROL_STREAM, ids[4])
+    again = streams.read(r, pending=True)
+    assert [(e.id, e.deliveries) for e in again[:4]] == [(i, 2) for i in ids[:4]]
+    assert (again[-1].id, again[-1].raw) == (ids[4], None)
+
+
+def test_dead_letters_are_kept_newest_first(r: redis.Redis) -> None:
+    from renderfarm.wire import DeadLetter
+
+    assert streams.dead_letter_count(r) == 0
+    letters = [DeadLetter(source="farm:events", entry=f"{i}-0", reason=f"bad {i}", raw="{}", at=float(i))
+               for i in range(3)]
+    streams.post_dead_letters(r, letters)
+    streams.post_dead_letters(r, [])
+    assert streams.dead_letter_count(r) == 3
+    assert [letter for _id, letter in streams.dead_letters(r)] == letters[::-1]
+    r.xadd(keys.DEAD_LETTERS, {"d": "not ours"})  # what does not parse is not shown
+    assert [letter.entry for _id, letter in streams.dead_letters(r, count=2)] == ["2-0"]
 
 
 # -- the event sender --------------------------------------------------------------------------
 
 
+def fail(attempt: int, error: str = "renderer exited with status 1") -> Failed:
+    return Failed(worker="node-01", attempt_id=attempt, error=error)
+
+
+def done(attempt: int) -> Done:
+    return Done(worker="node-01", attempt_id=attempt, outputs=(Output(frame=1, sha256="ab" * 32, size=9),),
+                usage=Usage(wall=1.0))
+
+
+def progress(attempt: int, fraction: float) -> Progress:
+    return Progress(worker="node-01", attempt_id=attempt, progress=fraction)
+
+
 def test_events_arrive_in_order(r: redis.Redis) -> None:
-    sender = EventSender(r, "node-01")
-    before = time.time()
+    sender = EventSender(r)
     sent = []
     for attempt in range(1, 11):
-        sender.send(EventType.STARTED, attempt_id=attempt, task_id=100 + attempt)
-        sender.send(EventType.PROGRESS, attempt_id=attempt, done=1, total=2)
-        sender.send(EventType.DONE if attempt % 3 else EventType.FAILED, attempt_id=attempt)
-        sent += [
-            ("started", attempt),
-            ("progress", attempt),
-            ("done" if attempt % 3 else "failed", attempt),
-        ]
-    sender.send(EventType.BYE)
+        sender.send(Started(worker="node-01", attempt_id=attempt))
+        sender.send(progress(attempt, 0.5))
+        sender.send(done(attempt) if attempt % 3 else fail(attempt))
+        sent += [("started", attempt), ("progress", attempt), ("done" if attempt % 3 else "failed", attempt)]
+    sender.send(Bye(worker="node-01"))
     assert sender.close(10.0) is True
     got = entries(r, keys.EVENT_STREAM)
     # Progress may be coalesced only into the progress just before it, of the same attempt:
     # with a started in between, none was, so every event is here in order.
     assert [(d["type"], d.get("attempt_id")) for d in got] == sent + [("bye", None)]
     assert all(d["worker"] == "node-01" for d in got)
-    stamps = [d["ts"] for d in got]
-    assert stamps == sorted(stamps) and before <= stamps[0] and stamps[-1] <= time.time()
-    assert got[1] == {
-        "type": "progress",
-        "worker": "node-01",
-        "ts": stamps[1],
-        "attempt_id": 1,
-        "done": 1,
-        "total": 2,
-    }
+    assert got[1] == {"type": "progress", "worker": "node-01", "attempt_id": 1, "progress": 0.5}
 
 
 def test_flush_on_an_idle_sender_is_immediate(r: redis.Redis) -> None:
-    sender = EventSender(r, "idle")
+    sender = EventSender(r)
     start = time.monotonic()
     assert sender.flush(5.0) is True
     assert sender.close() is True
@@ -318,17 +335,17 @@ def test_no_event_is_lost_while_redis_is_down(
         {"FARM_STATE_DIR": str(tmp_path / "state"), "FARM_REDIS_URL": own_valkey.url}, cwd=tmp_path
     )
     r = connect(settings)  # the client a worker uses
-    sender = EventSender(r, "far-node")
-    sender.send(EventType.STARTED, attempt_id=1)
+    sender = EventSender(r)
+    sender.send(Started(worker="node-01", attempt_id=1))
     assert sender.flush(5.0)
 
     own_valkey.stop()
     caplog.set_level(logging.WARNING, logger="renderfarm.events")
-    sender.send(EventType.PROGRESS, attempt_id=1, done=1, total=3)
-    sender.send(EventType.DONE, attempt_id=1)
-    sender.send(EventType.STARTED, attempt_id=2)
-    sender.send(EventType.PROGRESS, attempt_id=2, done=1, total=3)
-    sender.send(EventType.FAILED, attempt_id=2, error="renderer exited with status 1")
+    sender.send(progress(1, 0.3))
+    sender.send(done(1))
+    sender.send(Started(worker="node-01", attempt_id=2))
+    sender.send(progress(2, 0.3))
+    sender.send(fail(2))
     # The sender itself sees the outage (after the client's own retries) and keeps everything.
     wait_for(
         lambda: any("event stream unreachable" in m for m in caplog.messages),
@@ -353,7 +370,6 @@ def test_no_event_is_lost_while_redis_is_down(
         ("failed", 2),
     ]
     assert got[-1]["error"] == "renderer exited with status 1"
-    assert [d["ts"] for d in got] == sorted(d["ts"] for d in got)
 
 
 def test_progress_of_one_attempt_is_coalesced_while_queued(own_valkey: PrivateValkey) -> None:
@@ -364,22 +380,22 @@ def test_progress_of_one_attempt_is_coalesced_while_queued(own_valkey: PrivateVa
         socket_connect_timeout=1,
         retry=Retry(NoBackoff(), 0),
     )
-    sender = EventSender(r, "w")
-    for attempt, done in [("a1", 1), ("a1", 2), ("a1", 3), ("a2", 1), ("a1", 4), ("a1", 5)]:
-        sender.send(EventType.PROGRESS, attempt_id=attempt, done=done)
-    sender.send(EventType.DONE, attempt_id="a1")
-    sender.send(EventType.PROGRESS, attempt_id="a1", done=6)
-    sender.send(EventType.PROGRESS, attempt_id="a1", done=7)
+    sender = EventSender(r)
+    for attempt, fraction in [(1, 0.1), (1, 0.2), (1, 0.3), (2, 0.1), (1, 0.4), (1, 0.5)]:
+        sender.send(progress(attempt, fraction))
+    sender.send(done(1))
+    sender.send(progress(1, 0.6))
+    sender.send(progress(1, 0.7))
     time.sleep(0.3)  # let the sender's first, failing try finish before the server starts
     own_valkey.start()
     assert sender.close(10.0) is True
     got = entries(r, keys.EVENT_STREAM)
-    assert [(d["type"], d["attempt_id"], d.get("done")) for d in got] == [
-        ("progress", "a1", 3),  # 1 and 2 replaced while queued
-        ("progress", "a2", 1),  # another attempt's progress is never merged
-        ("progress", "a1", 5),  # merges only into the progress just before it
-        ("done", "a1", None),  # a non-progress event is never replaced
-        ("progress", "a1", 7),
+    assert [(d["type"], d["attempt_id"], d.get("progress")) for d in got] == [
+        ("progress", 1, 0.3),  # 0.1 and 0.2 replaced while queued
+        ("progress", 2, 0.1),  # another attempt's progress is never merged
+        ("progress", 1, 0.5),  # merges only into the progress just before it
+        ("done", 1, None),  # a non-progress event is never replaced
+        ("progress", 1, 0.7),
     ]
     r.close()
 
@@ -387,22 +403,24 @@ def test_progress_of_one_attempt_is_coalesced_while_queued(own_valkey: PrivateVa
 # -- presence: worker heartbeats ---------------------------------------------------------------
 
 
+def beat(name: str, **fields) -> Heartbeat:
+    return Heartbeat(name=name, pid=fields.pop("pid", 7), **fields)
+
+
 def test_beat_live_workers_leave_and_forget(r: redis.Redis) -> None:
     assert presence.live_workers(r) == {}
-    presence.beat(r, "node-b", {"state": "idle", "pid": 12}, ttl=30)
-    presence.beat(r, "node-a", {"state": "rendering", "task": 7}, ttl=30)
-    assert presence.live_workers(r) == {
-        "node-a": {"state": "rendering", "task": 7},
-        "node-b": {"state": "idle", "pid": 12},
-    }
-    assert list(presence.live_workers(r)) == ["node-a", "node-b"]
+    presence.beat(r, beat("node-b", state="idle", pid=12), ttl=30)
+    presence.beat(r, beat("node-a", state="busy", task="abcd1234:7"), ttl=30)
+    live = presence.live_workers(r)
+    assert list(live) == ["node-a", "node-b"]
+    assert (live["node-a"]["state"], live["node-a"]["task"], live["node-b"]["pid"]) == ("busy", "abcd1234:7", 12)
     assert 29_000 < r.pttl("farm:hb:node-a") <= 30_000
 
-    presence.beat(r, "node-a", {"state": "idle"}, ttl=30)  # the newest info replaces the old
-    assert presence.live_workers(r)["node-a"] == {"state": "idle"}
+    presence.beat(r, beat("node-a", state="idle"), ttl=30)  # the newest info replaces the old
+    assert presence.live_workers(r)["node-a"]["state"] == "idle"
 
     presence.leave(r, "node-b")
-    assert presence.live_workers(r) == {"node-a": {"state": "idle"}}
+    assert list(presence.live_workers(r)) == ["node-a"]
     assert r.smembers(keys.WORKERS_SET) == {b"node-a"}
     assert not r.exists("farm:hb:node-b")
 
@@ -413,33 +431,44 @@ def test_beat_live_workers_leave_and_forget(r: redis.Redis) -> None:
 
 
 def test_heartbeat_expires_after_its_ttl(r: redis.Redis) -> None:
-    presence.beat(r, "short", {"n": 1}, ttl=1.0)
-    presence.beat(r, "long", {"n": 2}, ttl=30)
+    presence.beat(r, beat("short", seq=1), ttl=1.0)
+    presence.beat(r, beat("long", seq=2), ttl=30)
     assert 900 < r.pttl("farm:hb:short") <= 1000
     time.sleep(0.6)
-    presence.beat(r, "short", {"n": 3}, ttl=1.0)  # a beat in time keeps it alive past the first TTL
+    presence.beat(r, beat("short", seq=3), ttl=1.0)  # a beat in time keeps it alive past the first TTL
     time.sleep(0.6)
-    assert presence.live_workers(r) == {"short": {"n": 3}, "long": {"n": 2}}
+    assert {n: b["seq"] for n, b in presence.live_workers(r).items()} == {"short": 3, "long": 2}
     wait_for(
         lambda: "short" not in presence.live_workers(r),
         2.0,
         "the short heartbeat to expire",
         interval=0.05,
     )
-    assert presence.live_workers(r) == {"long": {"n": 2}}
+    assert list(presence.live_workers(r)) == ["long"]
     # Expired, but still announced: only the manager decides a worker is gone, and forgets it.
     assert r.smembers(keys.WORKERS_SET) == {b"short", b"long"}
     presence.forget(r, ["short"])
     assert r.smembers(keys.WORKERS_SET) == {b"long"}
 
 
-def test_a_garbled_heartbeat_is_not_a_live_worker(r: redis.Redis) -> None:
-    presence.beat(r, "ok", {"n": 1}, ttl=30)
-    presence.beat(r, "bad", {"n": 1}, ttl=30)
-    presence.beat(r, "list", {"n": 1}, ttl=30)
+def test_a_bad_heartbeat_is_not_a_live_worker_and_says_why(r: redis.Redis) -> None:
+    for name in ("ok", "bad", "list", "pid", "other"):
+        presence.beat(r, beat(name), ttl=30)
     r.set("farm:hb:bad", "{not json")
     r.set("farm:hb:list", "[1]")
-    assert presence.live_workers(r) == {"ok": {"n": 1}}
+    r.set("farm:hb:pid", json.dumps({"name": "pid", "pid": "x"}))
+    r.set("farm:hb:other", beat("ok").to_json())  # a beat under another worker's name
+    r.sadd(keys.WORKERS_SET, "../x")
+    live, bad = presence.read_beats(r)
+    assert list(live) == ["ok"]
+    assert {b.name: b.reason for b in bad} == {
+        "../x": "workers: '../x' is not a worker name",
+        "bad": "heartbeat: not valid JSON (key must be a string at line 1 column 2)",
+        "list": "heartbeat: [1] is not a JSON object",
+        "other": "heartbeat: name 'ok' at the key of 'other'",
+        "pid": "heartbeat: pid: 'x' should be a valid integer",
+    }
+    assert list(presence.live_workers(r)) == ["ok"]
 
 
 # -- the manager's leader lock -----------------------------------------------------------------

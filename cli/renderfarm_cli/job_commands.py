@@ -69,7 +69,7 @@ def submit(
     scene: Annotated[str, typer.Argument(help="The scene file to render.", show_default=False)],
     frames: Annotated[Optional[str], typer.Option(help="Frames to render, e.g. 1-100, 1-100x2, 1,5,10-20 (default: the scene's own range).")] = None,
     chunk: Annotated[str, typer.Option(help="Frames per task.")] = "1",
-    renderer: Annotated[str, typer.Option(help="Renderer: builtin, blender (a .blend), null (draws nothing: measures the farm) or command.")] = "builtin",
+    renderer: Annotated[Optional[str], typer.Option(help="Renderer: builtin, blender, null (draws nothing: measures the farm) or command (default: blender for a .blend, else builtin).")] = None,
     priority: Annotated[str, typer.Option(help="0-100, higher renders first.")] = "50",
     pool: Annotated[str, typer.Option(help="Worker pool to render on.")] = "default",
     name: Annotated[Optional[str], typer.Option(help="Job name, used in frame file names (default: the scene's file name).")] = None,
@@ -88,6 +88,7 @@ def submit(
     samples: Annotated[Optional[str], typer.Option(help="Samples per pixel instead of the scene's own (blender).")] = None,
     allow_scripts: Annotated[bool, typer.Option("--allow-scripts", help="Let the .blend's auto-run scripts and drivers run (off by default).")] = False,
     blender_version: Annotated[Optional[str], typer.Option(help="Render only on workers with this Blender, e.g. 4.2 (default: the version that saved the .blend).")] = None,
+    request_id: Annotated[Optional[str], typer.Option(help="Send again a submission the manager did not answer in time (the id it printed): never makes a second job.")] = None,
     wait: Annotated[bool, typer.Option("--wait", help="Wait for the job to finish, showing progress.")] = False,
     json_: JsonOpt = False,
 ) -> None:
@@ -100,7 +101,7 @@ def submit(
                      keep_tiles=keep_tiles, max_workers=max_workers, after=after, first_last=first_last,
                      site=site, prefer=prefer, requires=tuple(require or ()), resolution=resolution,
                      samples=samples, allow_scripts=allow_scripts, renderer_version=blender_version)
-    job_id = submit_shot(settings, sub)
+    job_id = submit_shot(settings, sub, request_id=request_id, warn=note)
     status = _status_of(settings, job_id)
     if wait:
         from renderfarm_cli.progress import follow_job

@@ -16,8 +16,8 @@ def _verb(verb: str, job: str, **body) -> None:
     from renderfarm.config import load_settings
 
     reply = send_verb(load_settings(), verb, job, **body)
-    out().print(f"job [bold]{reply['job_id']}[/]: {verb} applied; now ", state_text(reply["state"]),
-                f", priority {reply['priority']}" if verb == "priority" else "", sep="")
+    out().print(f"job [bold]{reply.job_id}[/]: {verb} applied; now ", state_text(reply.state),
+                f", priority {reply.priority}" if verb == "priority" else "", sep="")
 
 
 def cancel(job: JobArg) -> None:
@@ -53,4 +53,4 @@ def priority(
     """Change a job's priority (0-100, higher first)."""
     from renderfarm.planning import check_priority
 
-    _verb("priority", job, priority=check_priority(value))
+    _verb("priority", job, priority=check_priority(value))  # a typed number, refused in its own words

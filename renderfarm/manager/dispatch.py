@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import json
-import time
 from collections import Counter
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from sqlalchemy import func, select
 
@@ -19,6 +18,8 @@ from renderfarm.scheduling import Candidate, WorkerView, pick_task
 if TYPE_CHECKING:
     from sqlmodel import Session
 
+    from renderfarm.wire import TaskOrder
+
 QUEUE_DEPTH = 2  # one running + one prefetched
 MAX_JOBS_CONSIDERED = 200
 BLOCKLIST_AFTER = 3  # failed tasks of one job after which a worker gets no more of it
@@ -29,7 +30,7 @@ class Handout:
     """An attempt created in the database, to be put on its worker's queue after commit."""
 
     worker: str
-    payload: dict[str, Any]
+    order: TaskOrder
     timeout: float
 
 
@@ -80,9 +81,10 @@ class FairShare:
         self.passes[job_id] = self.passes.get(job_id, 0.0) + 1.0
 
 
-def plan_handouts(session: Session, workers: list[WorkerView], fair: FairShare | None = None) -> list[Handout]:
-    """Create attempts for the free slots of `workers` (the live ones taking work), in the
-    caller's transaction."""
+def plan_handouts(session: Session, workers: list[WorkerView], fair: FairShare | None = None, *,
+                  now: float) -> list[Handout]:
+    """Create attempts for the free slots of `workers` (the live ones taking work), at the
+    manager's time `now`, in the caller's transaction."""
     fair = fair or FairShare()
     hands = Hands.load(session)
     free = {w.name: QUEUE_DEPTH - hands.per_worker[w.name] for w in workers if hands.per_worker[w.name] < QUEUE_DEPTH}
@@ -112,22 +114,21 @@ def plan_handouts(session: Session, workers: list[WorkerView], fair: FairShare |
             chosen.append((view.name, choice))
             hands.add(view.name, choice.job_id)
             fair.charge(choice.job_id)
-    return _queue_attempts(session, chosen)
+    return _queue_attempts(session, chosen, now)
 
 
-def _queue_attempts(session: Session, chosen: list[tuple[str, Candidate]]) -> list[Handout]:
+def _queue_attempts(session: Session, chosen: list[tuple[str, Candidate]], now: float) -> list[Handout]:
     """Create the chosen attempts: their tasks and jobs loaded in one query each, and one flush
     for all of them (a flush per attempt costs more than the rest of dispatch)."""
     if not chosen:
         return []
     tasks = {t.id: t for t in session.scalars(select(Task).where(Task.id.in_([c.task_id for _, c in chosen])))}
     jobs = {j.id: j for j in session.scalars(select(Job).where(Job.id.in_({c.job_id for _, c in chosen})))}
-    now = time.time()
     queued = [(jobs[c.job_id], tasks[c.task_id], lifecycle.queue_attempt(session, tasks[c.task_id], worker, now,
                                                                          flush=False))
               for worker, c in chosen]
     session.flush()
-    return [Handout(attempt.worker, attempt_payload(job, task, attempt), job.timeout) for job, task, attempt in queued]
+    return [Handout(attempt.worker, task_order(job, task, attempt), job.timeout) for job, task, attempt in queued]
 
 
 def runnable_jobs(session: Session) -> list[tuple]:
@@ -193,10 +194,10 @@ def required_tags(requires: str | None) -> frozenset[str]:
     return frozenset(requires.split(",")) if requires else frozenset()
 
 
-def outranked_prefetches(session: Session) -> list[tuple[Attempt, int]]:
+def outranked_prefetches(session: Session) -> list[Attempt]:
     """Prefetched attempts (queued, not started, behind a running one) of jobs that a runnable
     job with pending tasks outranks in priority, in the same pool: withdrawn, they let the more
-    urgent work start as soon as a worker frees up. Returns (attempt, task index) pairs."""
+    urgent work start as soon as a worker frees up."""
     jobs = runnable_jobs(session)
     waiting: dict[str, int] = {}
     for job in jobs:
@@ -209,42 +210,29 @@ def outranked_prefetches(session: Session) -> list[tuple[Attempt, int]]:
         return []
     busy = select(Attempt.worker).where(Attempt.state == AttemptState.RUNNING.value)
     rows = session.execute(
-        select(Attempt, Task.index, Job.priority, Job.pool)
-        .join(Task, Task.id == Attempt.task_id).join(Job, Job.id == Attempt.job_id)
+        select(Attempt, Job.priority, Job.pool)
+        .join(Job, Job.id == Attempt.job_id)
         .where(Attempt.state == AttemptState.QUEUED.value, Attempt.worker.in_(busy))
     ).all()
-    return [(a, index) for a, index, priority, pool in rows if priority < waiting.get(pool, -1)]
+    return [a for a, priority, pool in rows if priority < waiting.get(pool, -1)]
 
 
-def attempt_payload(job: Job, task: Task, attempt: Attempt) -> dict[str, Any]:
-    """The JSON a worker receives: ids and plain values only, never secrets."""
-    payload: dict[str, Any] = {
-        "v": 1,
-        "kind": task.kind,
-        "attempt_id": attempt.id,
-        "attempt": attempt.number,
-        "task_id": task.id,
-        "task_index": task.index,
-        "job_id": job.id,
-        "name": job.name,
-        "renderer": job.renderer,
-        "scene_key": job.scene_key,
-        "scene_sha256": job.scene_sha256,
-        "frames": parse_frames(task.frames),
-        "format": job.output_format,
-        "width": job.width,
-        "height": job.height,
-        "timeout": job.timeout,
-    }
-    if job.renderer_version:
-        payload["renderer_version"] = job.renderer_version
-    if job.render_options:
-        payload["options"] = json.loads(job.render_options)
-    tiles = job_tiles(job)
+def task_order(job: Job, task: Task, attempt: Attempt) -> TaskOrder:
+    """What a worker receives for one attempt: ids and plain values only, never secrets."""
+    from renderfarm.wire import Box, RenderOptions, TaskOrder
+
+    region = grid = None
+    tile_keys: tuple[str, ...] = ()
     if task.kind == TaskKind.TILE.value:
-        t = tiles[task.tile]
-        payload["region"] = [t.x, t.y, t.width, t.height]
+        t = job_tiles(job)[task.tile]
+        region = Box(x=t.x, y=t.y, width=t.width, height=t.height)
     elif task.kind == TaskKind.ASSEMBLE.value:
-        payload["grid"] = job.tiles
-        payload["tile_keys"] = frame_tile_keys(job, task.first_frame)
-    return payload
+        grid, tile_keys = job.tiles, tuple(frame_tile_keys(job, task.first_frame))
+    return TaskOrder(
+        kind=task.kind, attempt_id=attempt.id, attempt=attempt.number, task_id=task.id, task_index=task.index,
+        job_id=job.id, name=job.name, renderer=job.renderer, scene_key=job.scene_key,
+        scene_sha256=job.scene_sha256, frames=tuple(parse_frames(task.frames)), format=job.output_format,
+        width=job.width, height=job.height, timeout=float(job.timeout), region=region, grid=grid,
+        tile_keys=tile_keys, renderer_version=job.renderer_version,
+        options=RenderOptions(**json.loads(job.render_options)) if job.render_options else None,
+    )

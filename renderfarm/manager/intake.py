@@ -1,18 +1,23 @@
-"""Applying what arrives on the streams: intents from the CLI and events from workers."""
+"""Applying what arrives on the streams: typed intents from the CLI and typed events from workers.
+
+Each function routes one message to the state machine (renderfarm.lifecycle), which decides. An
+event naming an attempt that does not exist, or one its sender was not given, is refused: the
+caller keeps it as a dead letter with the reason.
+"""
 
 from __future__ import annotations
 
 import logging
-import time
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from renderfarm import lifecycle
 from renderfarm.errors import RenderFarmError, StorageError, VerificationError
 from renderfarm.manager.expected import expected_outputs, frame_tile_keys
 from renderfarm.manager.submission import submit
-from renderfarm.manager.verbs import VERBS, apply_verb
+from renderfarm.manager.verbs import apply_verb
 from renderfarm.models import Attempt, Job, Task, TaskKind
+from renderfarm.wire import Bye, Done, Failed, Progress, Released, Reply, Started, SubmitIntent
 
 if TYPE_CHECKING:
     from concurrent.futures import Future
@@ -21,10 +26,10 @@ if TYPE_CHECKING:
 
     from renderfarm.config import Settings
     from renderfarm.storage import Storage
+    from renderfarm.wire import Event, Intent, Output, Usage
 
 log = logging.getLogger(__name__)
 PROMOTE_THREADS = 16  # storage requests in flight at once for a batch's done events
-
 
 
 @dataclass(frozen=True)
@@ -41,12 +46,11 @@ class Promotion:
 class Batch:
     """What one transaction of the manager touched, to act on after it commits."""
 
-    replies: dict[str, dict] = field(default_factory=dict)
+    replies: dict[str, Reply] = field(default_factory=dict)
     jobs: set[str] = field(default_factory=set)
     released: list[tuple[int, int]] = field(default_factory=list)  # (task, attempt) leases to drop
     left_workers: list[str] = field(default_factory=list)  # queues to empty
     delete_keys: list[str] = field(default_factory=list)  # attempt copies of promoted frames
-    won: list[tuple[int, int]] = field(default_factory=list)  # (task, attempt) leases to age out
     # Promotions started ahead for the batch's done events, all at once (attempt id -> outcome
     # to come): they run while the events before them are applied.
     promoted: dict[int, Future[Promotion]] = field(default_factory=dict)
@@ -58,95 +62,87 @@ class Batch:
         return future.result() if future is not None else None
 
     def release(self, attempts) -> None:
-        """Drop these attempts' leases after commit (only where they still hold them)."""
+        """Drop these attempts' leases and RQ jobs after commit (leases only where they still
+        hold them)."""
         for a in attempts:
             self.released.append((a.task_id, a.id))
             self.jobs.add(a.job_id)
 
+    def merge(self, other: Batch) -> None:
+        """Take in what another batch (one entry's, applied on its own) touched."""
+        self.replies.update(other.replies)
+        self.jobs |= other.jobs
+        self.released += other.released
+        self.left_workers += other.left_workers
+        self.delete_keys += other.delete_keys
 
-def apply_intent(session: Session, settings: Settings, r, doc: dict[str, Any], batch: Batch) -> None:
-    request_id = str(doc.get("request_id", ""))
-    kind = doc.get("type")
-    body = doc.get("body") if isinstance(doc.get("body"), dict) else {}
+
+def apply_intent(session: Session, settings: Settings, r, intent: Intent, batch: Batch, now: float) -> None:
+    """Apply one intent; its reply goes out after commit. A refusal (no such job, a submission
+    the farm's caps refuse) is the reply, not an error."""
     try:
-        if kind == "submit":
-            reply = {"ok": True, "job_id": submit(session, settings, body)}
-        elif kind in VERBS:
-            reply = apply_verb(session, r, kind, body, batch)
+        if isinstance(intent, SubmitIntent):
+            job_id, created = submit(session, settings, intent, now)
+            reply = Reply(ok=True, job_id=job_id, changed=created)
         else:
-            reply = {"ok": False, "error": f"unknown intent {kind!r}"}
+            reply = apply_verb(session, r, intent, batch, now)
     except RenderFarmError as e:
-        reply = {"ok": False, "error": str(e)}
-    if request_id:
-        batch.replies[request_id] = reply
+        reply = Reply(ok=False, error=str(e)[:4000])
+    batch.replies[intent.request_id] = reply
 
 
-def apply_event(session: Session, settings: Settings, storage: Storage, doc: dict[str, Any], batch: Batch) -> None:
-    """Apply one worker event. Raises a transient StorageError when storage is unreachable: the
-    caller rolls this event back and applies it again later."""
-    kind = doc.get("type")
-    now = time.time()
-    if kind == "bye":
-        worker = str(doc.get("worker", ""))
-        lost = lifecycle.worker_offline(session, worker, now, "worker left")
-        batch.left_workers.append(worker)
+def apply_event(session: Session, settings: Settings, storage: Storage, event: Event, batch: Batch,
+                now: float) -> str | None:
+    """Apply one worker event at the manager's time `now`. Returns why it is refused (an attempt
+    that does not exist, or that its sender was not given), else None. Raises a transient
+    StorageError when storage is unreachable: the caller rolls this event back and applies it
+    again later."""
+    if isinstance(event, Bye):
+        lost = lifecycle.worker_offline(session, event.worker, now, "worker left")
+        batch.left_workers.append(event.worker)
         batch.release(lost)
-        log.info("worker %s left; %d unfinished attempt(s) handed back", worker, len(lost))
-        return
-    try:
-        attempt = session.get(Attempt, int(doc.get("attempt_id")))
-    except (TypeError, ValueError):
-        attempt = None
-    if attempt is None or attempt.worker != doc.get("worker"):
-        log.warning("ignoring %s event for unknown attempt %r from %r", kind, doc.get("attempt_id"), doc.get("worker"))
-        return
+        log.info("worker %s left; %d unfinished attempt(s) handed back", event.worker, len(lost))
+        return None
+    attempt = session.get(Attempt, event.attempt_id)
+    if attempt is None:
+        return f"{event.type} event from {event.worker} for attempt {event.attempt_id}, which does not exist"
+    if attempt.worker != event.worker:
+        return f"{event.type} event from {event.worker} for attempt {attempt.id}, which was given to {attempt.worker}"
     batch.jobs.add(attempt.job_id)
-    if isinstance(doc.get("usage"), dict):
-        _record_usage(session, settings, attempt, doc["usage"])
-    if kind == "started":
-        lifecycle.start_attempt(session, attempt, float(doc.get("ts", now)))
-    elif kind == "progress":
-        lifecycle.note_progress(session, attempt, float(doc.get("progress", 0.0)))
-    elif kind == "done":
-        attempt_done(session, storage, attempt, list(doc.get("outputs") or []), doc.get("log_key"), now, batch,
-                     _started_ts(doc))
-    elif kind == "failed":
-        if attempt.state == "queued":  # a short attempt sends no started event
-            lifecycle.start_attempt(session, attempt, _started_ts(doc) or now)
+    usage = getattr(event, "usage", None)
+    if usage is not None:
+        _record_usage(session, settings, attempt, usage)
+    started_at = now - usage.wall if usage is not None else None
+    if isinstance(event, Started):
+        lifecycle.start_attempt(session, attempt, now - event.elapsed)
+    elif isinstance(event, Progress):
+        lifecycle.note_progress(session, attempt, event.progress)
+    elif isinstance(event, Done):
+        attempt_done(session, storage, attempt, event.outputs, event.log_key, now, batch, started_at)
+    elif isinstance(event, Failed):
         job = session.get(Job, attempt.job_id)
-        error = str(doc.get("error") or "failed")
-        live = attempt.state in ("queued", "running")
-        lifecycle.fail_attempt(session, attempt, now, error, doc.get("log_key"), job.max_attempts)
+        live = lifecycle.receive_failure(session, attempt, now, event.error, event.log_key, job.max_attempts,
+                                         started_at)
         batch.release([attempt])
-        bad_tiles = doc.get("bad_tiles")
-        if live and isinstance(bad_tiles, list) and all(isinstance(t, int) for t in bad_tiles):
-            reopened = lifecycle.reopen_tiles(session, session.get(Task, attempt.task_id), bad_tiles)
+        if live and event.bad_tiles:
+            reopened = lifecycle.reopen_tiles(session, session.get(Task, attempt.task_id), list(event.bad_tiles))
             log.info("assembly %s: tile(s) %s rendered again", _label(session, attempt), [t.tile for t in reopened])
-        log.info("attempt %s failed on %s: %s", _label(session, attempt), attempt.worker, error)
-    elif kind == "released":
-        lifecycle.lose_attempt(session, attempt, now, f"handed back: {doc.get('reason') or 'worker stopping'}")
+        log.info("attempt %s failed on %s: %s", _label(session, attempt), attempt.worker, event.error)
+    elif isinstance(event, Released):
+        lifecycle.lose_attempt(session, attempt, now, f"handed back: {event.reason or 'worker stopping'}")
         batch.release([attempt])
         log.info("attempt %s handed back by %s", _label(session, attempt), attempt.worker)
-    else:
-        log.warning("ignoring event of unknown type %r", kind)
+    return None
 
 
-def attempt_done(session: Session, storage: Storage, attempt: Attempt, outputs: list, log_key: str | None,
-                 now: float, batch: Batch, started_ts: float | None = None) -> None:
+def attempt_done(session: Session, storage: Storage, attempt: Attempt, outputs: tuple[Output, ...] | list[Output],
+                 log_key: str | None, now: float, batch: Batch, started_at: float | None = None) -> None:
     """An attempt says it rendered everything: verify, promote, commit the task, exactly once."""
     from renderfarm.manager.verify import verify_and_promote
 
     ahead = batch.promotion(attempt.id, take=True)
-    if attempt.state == "queued":
-        # A short task sends no started event: its done event says when it started.
-        lifecycle.start_attempt(session, attempt, started_ts if started_ts is not None else now)
-    current = attempt.state == "running" and lifecycle.is_current(session, attempt)
-    if not current:
-        if attempt.state == "running":
-            # Checked before promotion: only the task's live attempt may write its final frames.
-            lifecycle.discard_attempt(session, attempt, now, "another attempt finished first or superseded it")
-            batch.release([attempt])
-        if ahead is not None and ahead.error is None and session.get(Task, attempt.task_id).state != "done":
+    if not lifecycle.receive_done(session, attempt, now, started_at):
+        if ahead is not None and ahead.error is None and not lifecycle.task_done(session, attempt):
             # Promoted ahead while it was live, then an earlier entry of this batch took the task
             # from it (a cancel): its frames must not stay as if committed.
             batch.delete_keys += ahead.final_keys
@@ -155,10 +151,7 @@ def attempt_done(session: Session, storage: Storage, attempt: Attempt, outputs: 
     task = session.get(Task, attempt.task_id)
     try:
         if ahead is None:
-            leftovers = verify_and_promote(
-                storage, outputs, job_id=job.id, task_index=task.index, attempt=attempt.number,
-                expected=expected_outputs(job, task), fmt=job.output_format,
-            )
+            leftovers = verify_and_promote(storage, list(outputs), **_where(job, task, attempt))
         elif ahead.error is not None:
             raise ahead.error
         else:
@@ -177,41 +170,33 @@ def attempt_done(session: Session, storage: Storage, attempt: Attempt, outputs: 
     if task.kind == TaskKind.ASSEMBLE.value and not job.keep_tiles:
         # Only now that the frame is committed are its tiles of no further use.
         batch.delete_keys += frame_tile_keys(job, task.first_frame)
-    # The winner keeps the lease for a while: a stale attempt of the same task (a worker that
-    # was frozen, not dead) sees another attempt holds it and stops its render.
-    batch.won.append((attempt.task_id, attempt.id))
-    batch.jobs.add(attempt.job_id)
+    batch.release([attempt])
     batch.delete_keys += leftovers
 
 
-def _started_ts(doc: dict) -> float | None:
-    usage = doc.get("usage")
-    value = usage.get("started_ts") if isinstance(usage, dict) else None
-    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
+def _where(job: Job, task: Task, attempt: Attempt) -> dict:
+    """What verify_and_promote needs to know of an attempt, as plain values."""
+    return {"job_id": job.id, "task_index": task.index, "attempt": attempt.number, "name": job.name,
+            "expected": expected_outputs(job, task), "fmt": job.output_format}
 
 
-def _record_usage(session: Session, settings: Settings, attempt: Attempt, usage: dict) -> None:
+def _record_usage(session: Session, settings: Settings, attempt: Attempt, usage: Usage) -> None:
     from renderfarm.errors import ConfigError
     from renderfarm.sites import Site, account
 
-    name = str(usage.get("site") or "local")[:64]
     try:
-        site = settings.site(name)
+        site = settings.site(usage.site)
     except ConfigError:  # the worker names a site this manager's farm.toml does not: no price known
-        log.warning("attempt %s: site %r is not configured here; its usage is counted at no price", attempt.id, name)
-        site = Site(name)
-
-    def number(key: str) -> float | None:
-        value = usage.get(key)
-        return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) and value >= 0 else None
-
-    wall, cpu = number("wall") or 0.0, number("cpu") or 0.0
-    result = account(site, wall_seconds=wall, cpu_seconds=cpu, watts=number("watts"),
-                     watts_per_core=number("watts_per_core"))
-    lifecycle.record_usage(session, attempt, site.name, result, wall=wall, cpu=cpu)
+        log.warning("attempt %s: site %r is not configured here; its usage is counted at no price",
+                    attempt.id, usage.site)
+        site = Site(usage.site)
+    result = account(site, wall_seconds=usage.wall, cpu_seconds=usage.cpu, watts=usage.watts,
+                     watts_per_core=usage.watts_per_core)
+    lifecycle.record_usage(session, attempt, site.name, result, wall=usage.wall, cpu=usage.cpu)
 
 
-def _reject(session: Session, attempt: Attempt, job: Job, task: Task, now: float, log_key: str | None, e: Exception) -> None:
+def _reject(session: Session, attempt: Attempt, job: Job, task: Task, now: float, log_key: str | None,
+            e: Exception) -> None:
     error = f"output rejected: {e}"
     lifecycle.fail_attempt(session, attempt, now, error, log_key, job.max_attempts)
     log.warning("attempt %s:%d/%d %s", job.id, task.index, attempt.number, error)
@@ -222,19 +207,16 @@ def _label(session: Session, attempt: Attempt) -> str:
     return f"{attempt.job_id}:{task.index}/{attempt.number}"
 
 
-def may_meet_storage(doc: dict[str, Any], batch: Batch) -> bool:
+def may_meet_storage(event: Event, batch: Batch) -> bool:
     """Whether applying this event may call storage, or raise a transient StorageError: only a
     done event can, unless its promotion was settled ahead (by `promote_ahead`)."""
-    if doc.get("type") != "done":
+    if not isinstance(event, Done):
         return False
-    try:
-        ahead = batch.promotion(int(doc.get("attempt_id")))
-    except (TypeError, ValueError):
-        return False  # ignored as an unknown attempt
+    ahead = batch.promotion(event.attempt_id)
     return ahead is None or (isinstance(ahead.error, StorageError) and ahead.error.transient)
 
 
-def promote_ahead(session: Session, storage: Storage, entries: list[tuple[str, str, dict]], batch: Batch) -> None:
+def promote_ahead(session: Session, storage: Storage, events: list[Event], batch: Batch) -> None:
     """Start verifying and promoting the outputs of every done event in a batch at once, before
     applying the events one by one: each promotion waits on storage (a conditional copy per
     frame), and doing them together, while the events before them are applied, rather than in
@@ -246,22 +228,15 @@ def promote_ahead(session: Session, storage: Storage, entries: list[tuple[str, s
     from renderfarm.manager.verify import verify_and_promote
 
     calls = {}
-    for _stream, _entry, doc in entries:
-        if doc.get("type") != "done":
+    for event in events:
+        if not isinstance(event, Done) or event.attempt_id in calls:
             continue
-        try:
-            attempt = session.get(Attempt, int(doc.get("attempt_id")))
-        except (TypeError, ValueError):
+        attempt = session.get(Attempt, event.attempt_id)
+        if attempt is None or attempt.worker != event.worker or not lifecycle.may_promote(session, attempt):
             continue
-        if attempt is None or attempt.worker != doc.get("worker") or attempt.id in calls:
-            continue
-        if attempt.state not in ("queued", "running") or not lifecycle.is_current(session, attempt):
-            continue
-        job, task = session.get(Job, attempt.job_id), session.get(Task, attempt.task_id)
         # Plain values only: the call runs in another thread while this one uses the session.
-        where = {"job_id": job.id, "task_index": task.index, "attempt": attempt.number,
-                 "expected": expected_outputs(job, task), "fmt": job.output_format}
-        outputs = list(doc.get("outputs") or [])
+        where = _where(session.get(Job, attempt.job_id), session.get(Task, attempt.task_id), attempt)
+        outputs = list(event.outputs)
 
         def call(where=where, outputs=outputs) -> Promotion:
             keys = [e.final_key for e in where["expected"]]

@@ -10,21 +10,27 @@ from typing import TYPE_CHECKING
 
 from sqlalchemy import select
 
-from renderfarm import lifecycle, presence, queues, streams
+from renderfarm import keys, lifecycle, presence, queues, streams
 from renderfarm.capabilities import worker_view
+from renderfarm.clock import Clock
 from renderfarm.db import make_engine, session_scope, upgrade
 from renderfarm.errors import StorageError
 from renderfarm.manager.dispatch import FairShare, outranked_prefetches, plan_handouts
-from renderfarm.manager.intake import Batch, apply_event, apply_intent, may_meet_storage, promote_ahead
+from renderfarm.manager.inbox import Inbox
+from renderfarm.manager.intake import Batch
 from renderfarm.manager.leader import LeaderLock
 from renderfarm.manager.reconcile import SWEEP_EVERY, Reconciler
 from renderfarm.models import Job, Worker, WorkerState
 from renderfarm.redisconn import connect
 from renderfarm.scheduling import WorkerView
 from renderfarm.storage import open_storage
+from renderfarm.wire import DeadLetter, Progress, Started
 
 if TYPE_CHECKING:
     from renderfarm.config import Settings
+    from renderfarm.presence import BadBeat
+    from renderfarm.streams import Entry
+    from renderfarm.wire import Heartbeat
 
 log = logging.getLogger("renderfarm.manager")
 
@@ -37,30 +43,33 @@ REBALANCE_EVERY = 1.0  # seconds between looks for prefetched work that more urg
 DELETE_EVERY = 5.0  # seconds between bulk deletes of storage copies nothing needs any more
 DELETE_IDLE_EVERY = 1.0  # the same while the manager is idle
 DISPATCH_EVERY = 0.5  # seconds between dispatch rounds when nothing has happened that frees a slot
-QUIET_EVENTS = ("started", "progress")  # events that neither free a slot nor make work runnable
+QUIET_EVENTS = (Started, Progress)  # events that neither free a slot nor make work runnable
 
 
 class Manager:
     """One manager process. `run()` blocks until `stop` is set."""
 
-    def __init__(self, settings: Settings, *, poll_ms: int = 200) -> None:
+    def __init__(self, settings: Settings, *, poll_ms: int = 200, clock: Clock | None = None) -> None:
         self.settings = settings
         self.poll_ms = poll_ms
+        self.clock = clock or Clock()
         self.engine = make_engine(settings.database_url, writer=True)
         self.storage = open_storage(settings)
         self.r = None
         self.lock: LeaderLock | None = None
-        self.live: dict[str, dict] = {}
+        self.live: dict[str, Heartbeat] = {}
         self.reconciler = Reconciler()
         self.fair = FairShare()
-        self.deferred: list[tuple[str, str, dict]] = []
+        self.inbox = Inbox(self)
+        self.deferred: list[Entry] = []
         self._retry_deferred_at = 0.0
         self._missing: dict[str, int] = {}
         self._beat_at: dict[str, float] = {}  # when the latest beat of each worker was first seen
-        self._beat_ts: dict[str, object] = {}
+        self._beat_seq: dict[str, int] = {}
+        self._bad_beats: set[str] = set()  # workers whose bad heartbeat is already a dead letter
         self._ttl: dict[str, float] = {}
         self._written_at: dict[str, float] = {}
-        self._started = time.time()
+        self._started = self.clock.now()
         self._redis_back_at = 0.0
         self._next_reap = 0.0
         self._next_reconcile = 0.0
@@ -70,6 +79,7 @@ class Manager:
         self._doomed: list[str] = []  # storage keys to delete in bulk
         self._deleted_at = 0.0
         self._next_renew = 0.0
+        self._in_flight: list[str] = []  # ids of the entries being applied
 
     # -- start and stop -------------------------------------------------------------------
 
@@ -120,7 +130,7 @@ class Manager:
         announced = False
         while not stop.is_set():
             if self.lock.acquire():
-                self._next_renew = time.monotonic() + LEADER_RENEW
+                self._next_renew = self.clock.monotonic() + LEADER_RENEW
                 return True
             if not announced:
                 log.info("another manager (%s) is leading; waiting", self.lock.holder())
@@ -138,12 +148,12 @@ class Manager:
         backoff = 0.5
         while not stop.is_set():
             try:
-                if time.monotonic() >= self._next_renew:
+                if self.clock.monotonic() >= self._next_renew:
                     if not self.lock.renew():
                         log.error("lost the leader lock; waiting to lead again")
                         if not self._lead(stop):
                             return
-                    self._next_renew = time.monotonic() + LEADER_RENEW
+                    self._next_renew = self.clock.monotonic() + LEADER_RENEW
                 # An idle manager blocks in Redis for the next entry rather than sleeping,
                 # so an intent or an event is applied the moment it arrives.
                 idle = not self.tick(pending=pending, block_ms=None if pending or not idle else self.poll_ms)
@@ -155,9 +165,11 @@ class Manager:
                 backoff = min(backoff * 2, 5.0)
                 pending = True
                 # Workers could not beat while Redis was away: their TTLs count from its return.
-                self._redis_back_at = time.time() + backoff
+                self._redis_back_at = self.clock.now() + backoff
             except Exception:  # a bug must not stop the farm: log it, back off, carry on
                 log.exception("unexpected error in the manager loop; retrying in %.1f s", backoff)
+                for entry_id in self._in_flight:  # read again, they count: see Inbox.parse
+                    self.inbox.failures[entry_id] = self.inbox.failures.get(entry_id, 0) + 1
                 stop.wait(backoff)
                 backoff = min(backoff * 2, 5.0)
                 pending = True
@@ -165,79 +177,80 @@ class Manager:
     def tick(self, *, pending: bool = False, block_ms: int | None = None) -> bool:
         """One round: apply what arrived, watch workers, reconcile, fill queues. True if anything
         happened."""
-        if self.deferred and time.monotonic() >= self._retry_deferred_at:
+        if self.deferred and self.clock.monotonic() >= self._retry_deferred_at:
             again, self.deferred = self.deferred, []
             self.apply(again)
             self._next_dispatch = 0.0
         entries = streams.read(self.r, pending=pending, block_ms=None if self.deferred else block_ms)
         if pending:  # entries deferred before a reconnect come back as pending ones
-            held = {e for _, e, _ in self.deferred}
-            entries = [x for x in entries if x[1] not in held]
+            held = {e.id for e in self.deferred}
+            entries = [e for e in entries if e.id not in held]
         if entries:
-            self.apply(entries)
-            if any(stream == streams.keys.CONTROL_STREAM for stream, _, _ in entries):
+            messages = self.apply(entries)
+            if any(e.is_control for e in entries):
                 self._next_rebalance = 0.0  # a new or reprioritised job may outrank prefetched work
-            if any(stream == streams.keys.CONTROL_STREAM or doc.get("type") not in QUIET_EVENTS
-                   for stream, _, doc in entries):
+            if any(not isinstance(m, QUIET_EVENTS) for m in messages):
                 self._next_dispatch = 0.0
         self.watch_workers()
         self.delete_doomed(idle=not entries)
-        if time.monotonic() >= self._next_reconcile:
-            self._next_reconcile = time.monotonic() + SWEEP_EVERY
+        if self.clock.monotonic() >= self._next_reconcile:
+            self._next_reconcile = self.clock.monotonic() + SWEEP_EVERY
             self.reconcile()
             self._next_dispatch = 0.0
         handed = 0
         # A round costs a few queries: only when a slot may have freed up (a task ended, a
         # worker came or changed, an intent arrived), and every DISPATCH_EVERY all the same.
-        if time.monotonic() >= self._next_dispatch:
-            self._next_dispatch = time.monotonic() + DISPATCH_EVERY
+        if self.clock.monotonic() >= self._next_dispatch:
+            self._next_dispatch = self.clock.monotonic() + DISPATCH_EVERY
             handed = self.dispatch()
         return bool(entries) or handed > 0
 
-    def apply(self, entries: list[tuple[str, str, dict]]) -> None:
-        """Apply entries in one transaction; each in a savepoint, so one that meets a storage
-        outage is rolled back alone and deferred (not acknowledged) to be applied later."""
-        batch = Batch()
-        deferred: list[tuple[str, str, dict]] = []
-        with session_scope(self.engine) as session:
-            _preload(session, entries)
-            promote_ahead(session, self.storage, entries, batch)
-            for entry in entries:
-                stream, _entry_id, doc = entry
-                if stream != streams.keys.CONTROL_STREAM and not may_meet_storage(doc, batch):
-                    # Most events (started, progress, and done events promoted ahead) cannot
-                    # meet a storage outage: a savepoint each would cost a flush each.
-                    apply_event(session, self.settings, self.storage, doc, batch)
-                    continue
-                savepoint = session.begin_nested()
-                try:
-                    if stream == streams.keys.CONTROL_STREAM:
-                        apply_intent(session, self.settings, self.r, doc, batch)
-                    else:
-                        apply_event(session, self.settings, self.storage, doc, batch)
-                    savepoint.commit()
-                except StorageError as e:  # only transient ones come through apply_event
-                    savepoint.rollback()
-                    deferred.append(entry)
-                    log.warning("storage unreachable (%s); event deferred", e)
-            self._refresh_jobs(session, batch.jobs)
+    def apply(self, entries: list[Entry]) -> list:
+        """Parse and apply entries (see renderfarm.manager.inbox); an entry that meets a storage
+        outage is deferred (not acknowledged) to be applied later, one that cannot be parsed or
+        applied is acknowledged and kept as a dead letter. Returns the messages applied."""
+        now = self.clock.now()
+        self._in_flight = [e.id for e in entries]
+        letters: list[DeadLetter] = []
+        replies = {}
+        ready = []
+        for entry in entries:
+            message, letter = self.inbox.parse(entry, now)
+            if letter is not None:
+                letters.append(letter)
+                log.warning("dead letter: %s %s: %s", entry.stream, entry.id, letter.reason)
+                reply = self.inbox.reply_to(entry, letter)
+                if reply is not None:
+                    replies[reply[0]] = reply[1]
+            if message is not None:
+                ready.append((entry, message))
+        outcome = self.inbox.apply(ready, now) if ready else None
+        batch = outcome.batch if outcome else Batch()
+        deferred = outcome.deferred if outcome else []
+        letters += outcome.letters if outcome else []
+        # Dead letters are kept before their entries are acknowledged: nothing is lost between.
+        streams.post_dead_letters(self.r, letters)
         self._after_commit(batch)
-        for request_id, reply in batch.replies.items():
+        for request_id, reply in {**replies, **batch.replies}.items():
             streams.send_reply(self.r, request_id, reply)
-        held = {e for _, e, _ in deferred}
+        held = {e.id for e in deferred}
         for stream in streams.STREAMS:
-            done = [e for s, e, _ in entries if s == stream and e not in held]
-            keep = [e for s, e, _ in deferred if s == stream]
+            done = [e.id for e in entries if e.stream == stream and e.id not in held]
+            keep = [e.id for e in deferred if e.stream == stream]
             streams.ack(self.r, stream, done, keep_from=min(keep, key=streams.entry_order) if keep else None)
+        for entry in entries:
+            if entry.id not in held:
+                self.inbox.failures.pop(entry.id, None)
+        self._in_flight = []
         if deferred:
             self.deferred += deferred
-            self._retry_deferred_at = time.monotonic() + DEFER_RETRY
+            self._retry_deferred_at = self.clock.monotonic() + DEFER_RETRY
+        return [m for _e, m in ready]
 
     def _after_commit(self, batch: Batch) -> None:
         for worker in batch.left_workers:
             queues.withdraw_queue(self.r, worker)
         queues.release_leases(self.r, batch.released)
-        queues.age_out_leases(self.r, batch.won)
         self._doomed += batch.delete_keys
         self.delete_doomed()
 
@@ -246,17 +259,17 @@ class Manager:
         thousand keys at most every few seconds (every second while idle) rather than one per
         task."""
         due = self._deleted_at + (DELETE_IDLE_EVERY if idle else DELETE_EVERY)
-        if not self._doomed or (not now and len(self._doomed) < 1000 and time.monotonic() < due):
+        if not self._doomed or (not now and len(self._doomed) < 1000 and self.clock.monotonic() < due):
             return
         keys, self._doomed = self._doomed, []
-        self._deleted_at = time.monotonic()
+        self._deleted_at = self.clock.monotonic()
         try:
             self.storage.delete(keys)
         except StorageError as e:  # only copies of committed frames: leaving them costs space
             log.warning("could not delete %d promoted attempt copies: %s", len(keys), e)
 
-    def _refresh_jobs(self, session, job_ids: set[str]) -> None:
-        now = time.time()
+    def refresh_jobs(self, session, job_ids: set[str], now: float) -> None:
+        """Finish the jobs whose tasks are all final (in the caller's transaction)."""
         for job_id in job_ids:
             job = session.get(Job, job_id)
             if job is not None:
@@ -271,39 +284,53 @@ class Manager:
         """Record live workers; declare one dead when its heartbeat key has been missing on two
         reaper sweeps and its last beat is at least a TTL old (a wiped Redis loses every
         heartbeat key at once, but the workers beat again well within their TTL)."""
-        self.live = presence.live_workers(self.r)
-        roster = {name: info.get("state") for name, info in self.live.items()}
+        self.live, bad = presence.read_beats(self.r)
+        now = self.clock.now()
+        self._put_aside(bad, now)
+        roster = {name: beat.state for name, beat in self.live.items()}
         if roster != self._roster:
             self._roster = roster
             self._next_dispatch = 0.0
-        now = time.time()
-        for name, info in self.live.items():
-            # When each beat was first seen, by our clock (the worker's may be skewed).
-            if info.get("ts") != self._beat_ts.get(name):
-                self._beat_ts[name] = info.get("ts")
+        for name, beat in self.live.items():
+            self._bad_beats.discard(name)
+            # When each beat was first seen, by our clock (a worker's is never used).
+            if beat.seq != self._beat_seq.get(name):
+                self._beat_seq[name] = beat.seq
                 self._beat_at[name] = now
-            try:  # each worker declares its TTL (sites with slow links may set longer ones)
-                self._ttl[name] = max(1.0, float(info.get("ttl") or self.settings.heartbeat_ttl))
-            except (TypeError, ValueError):
-                self._ttl[name] = self.settings.heartbeat_ttl
+            self._ttl[name] = beat.ttl  # sites with slow links may declare longer ones
         due = [n for n in self.live if now - self._written_at.get(n, 0.0) >= WORKER_REFRESH]
-        reap = time.monotonic() >= self._next_reap
+        reap = self.clock.monotonic() >= self._next_reap
         if not due and not reap:
             return
         batch = Batch()
         dead: list[str] = []
         with session_scope(self.engine) as session:
-            if due:  # one query for all the rows to refresh rather than one each (held: see _preload)
+            if due:  # one query for all the rows to refresh rather than one each (held: see preload)
                 session.info["preloaded"] = session.scalars(select(Worker).where(Worker.name.in_(due))).all()
             for name in due:
-                lifecycle.see_worker(session, name, self.live[name], now)
+                lifecycle.see_worker(session, self.live[name], now)
                 self._written_at[name] = now
             if reap:
-                self._next_reap = time.monotonic() + REAP_EVERY
+                self._next_reap = self.clock.monotonic() + REAP_EVERY
                 dead = self._reap(session, now, batch)
-            self._refresh_jobs(session, batch.jobs)
+            self.refresh_jobs(session, batch.jobs, now)
         self._after_commit(batch)
         presence.forget(self.r, dead)
+
+    def _put_aside(self, bad: list[BadBeat], now: float) -> None:
+        """Keep a dead letter of each bad heartbeat, once per worker until it beats well again;
+        a name in the workers' set that is no worker's name is dropped from it."""
+        letters = []
+        for beat in bad:
+            if beat.name in self._bad_beats:
+                continue
+            self._bad_beats.add(beat.name)
+            log.warning("ignoring the heartbeat of %r: %s", beat.name, beat.reason)
+            letters.append(DeadLetter(
+                source=keys.WORKERS_SET if beat.raw is None else keys.heartbeat_key(beat.name[:64]),
+                entry=beat.name[:200], reason=beat.reason, raw=DeadLetter.excerpt(beat.raw), at=now))
+        streams.post_dead_letters(self.r, letters)
+        presence.forget(self.r, [b.name for b in bad if b.raw is None])
 
     def _reap(self, session, now: float, batch: Batch) -> list[str]:
         known = session.execute(
@@ -323,84 +350,60 @@ class Manager:
             batch.left_workers.append(name)
             batch.release(lost)
             dead.append(name)
-            for table in (self._missing, self._beat_at, self._beat_ts, self._ttl, self._written_at):
+            for table in (self._missing, self._beat_at, self._beat_seq, self._ttl, self._written_at):
                 table.pop(name, None)
         return dead
 
     def reconcile(self) -> None:
         batch = Batch()
+        now = self.clock.now()
         with session_scope(self.engine) as session:
             try:
-                self.reconciler.sweep(session, self.r, self.storage, self.live, batch)
+                self.reconciler.sweep(session, self.r, self.storage, self.live, batch, now)
             except StorageError as e:
                 log.warning("reconciliation postponed: storage unreachable (%s)", e)
                 session.rollback()
                 return
-            self._refresh_jobs(session, batch.jobs)
+            self.refresh_jobs(session, batch.jobs, now)
         self._after_commit(batch)
 
-    def _view(self, name: str, info: dict) -> WorkerView:
+    def _view(self, beat: Heartbeat) -> WorkerView:
         from renderfarm.errors import ConfigError
 
-        site = str(info.get("site") or "local")
         try:
-            price = self.settings.site(site).ranking_price
+            price = self.settings.site(beat.site).ranking_price
         except ConfigError:
             price = 0
-        return worker_view(name, str(info.get("pool", "default")), site, info.get("capabilities"), price)
+        caps = beat.capabilities.model_dump(mode="json", exclude_none=True) if beat.capabilities else None
+        return worker_view(beat.name, beat.pool, beat.site, caps, price)
 
     def make_way(self) -> None:
         """Withdraw prefetched attempts that a more urgent job's pending tasks outrank, so those
         start as soon as a worker frees up (a new high-priority job, or `farm priority`)."""
         batch = Batch()
-        now = time.time()
+        now = self.clock.now()
         with session_scope(self.engine) as session:
-            for attempt, index in outranked_prefetches(session):
-                rq_id = queues.rq_job_id(attempt.job_id, index, attempt.number)
-                if queues.withdraw_attempt(self.r, attempt.worker, rq_id):
-                    lifecycle.lose_attempt(session, attempt, now, "withdrawn for a more urgent job")
+            for attempt in outranked_prefetches(session):
+                if queues.withdraw_attempt(self.r, attempt.worker, attempt.id):
+                    lifecycle.take_back_attempt(session, attempt, now, "withdrawn for a more urgent job")
                     batch.release([attempt])
         self._after_commit(batch)
 
     def dispatch(self) -> int:
         """Fill every live worker's queue; returns how many attempts were handed out."""
         views = [
-            self._view(name, info) for name, info in self.live.items()
-            if info.get("state") != WorkerState.STOPPING.value and name in self._written_at
+            self._view(beat) for name, beat in self.live.items()
+            if beat.state != WorkerState.STOPPING.value and name in self._written_at
         ]
         if not views:
             return 0
-        if time.monotonic() >= self._next_rebalance:
-            self._next_rebalance = time.monotonic() + REBALANCE_EVERY
+        if self.clock.monotonic() >= self._next_rebalance:
+            self._next_rebalance = self.clock.monotonic() + REBALANCE_EVERY
             self.make_way()
         with session_scope(self.engine) as session:
-            handouts = plan_handouts(session, views, self.fair)
-        queues.enqueue_attempts(self.r, [(h.worker, h.payload, h.timeout) for h in handouts])
+            handouts = plan_handouts(session, views, self.fair, now=self.clock.now())
+        queues.enqueue_attempts(self.r, [(h.worker, h.order, h.timeout) for h in handouts])
         return len(handouts)
-
-
-def _preload(session, entries: list[tuple[str, str, dict]]) -> None:
-    """Load the attempts, tasks, jobs and workers a batch of events names, in one query, so that
-    applying each event finds them in the session instead of querying one by one."""
-    from renderfarm.models import Attempt, Task
-
-    ids = set()
-    for _stream, _entry, doc in entries:
-        try:
-            ids.add(int(doc.get("attempt_id")))
-        except (TypeError, ValueError):
-            pass
-    if not ids:
-        return
-    rows = session.execute(
-        select(Attempt, Task, Job, Worker)
-        .join(Task, Task.id == Attempt.task_id)
-        .join(Job, Job.id == Attempt.job_id)
-        .outerjoin(Worker, Worker.name == Attempt.worker)
-        .where(Attempt.id.in_(ids))
-    ).all()
-    # The session's identity map holds objects weakly: keep them for the batch's duration.
-    session.info["preloaded"] = [obj for row in rows for obj in row if obj is not None]
 
 
 def run_manager(settings: Settings, stop: threading.Event | None = None) -> None:

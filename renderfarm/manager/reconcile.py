@@ -6,7 +6,6 @@ and otherwise handed out again."""
 from __future__ import annotations
 
 import logging
-import time
 from typing import TYPE_CHECKING
 
 from sqlalchemy import select
@@ -23,6 +22,7 @@ if TYPE_CHECKING:
     from sqlmodel import Session
 
     from renderfarm.storage import Storage
+    from renderfarm.wire import Heartbeat
 
 log = logging.getLogger("renderfarm.manager")
 
@@ -35,9 +35,9 @@ class Reconciler:
     def __init__(self) -> None:
         self.suspects: dict[int, float] = {}  # attempt id -> when first found missing
 
-    def sweep(self, session: Session, r: Redis, storage: Storage, live: dict[str, dict], batch: Batch) -> int:
+    def sweep(self, session: Session, r: Redis, storage: Storage, live: dict[str, Heartbeat], batch: Batch,
+              now: float) -> int:
         """One sweep in the caller's transaction; returns how many attempts it resolved."""
-        now = time.time()
         rows = session.execute(
             select(Attempt, Task.index).join(Task, Task.id == Attempt.task_id)
             .where(Attempt.state.in_([s.value for s in ATTEMPT_ACTIVE]))
@@ -47,27 +47,30 @@ class Reconciler:
         if not rows:
             return 0
         pipe = r.pipeline(transaction=False)
-        for attempt, index in rows:
+        for attempt, _index in rows:
             pipe.get(keys.lease_key(attempt.task_id))
-            pipe.exists(f"rq:job:{queues.rq_job_id(attempt.job_id, index, attempt.number)}")
-        answers = pipe.execute()
+        leases = pipe.execute()
+        # Queued means waiting in the worker's queue: an RQ job key alone may be a failed one.
+        queued = queues.queued_in(r, [(a.worker, a.id) for a, _ in rows])
         resolved = 0
-        for i, (attempt, index) in enumerate(rows):
-            lease, job_exists = answers[2 * i], answers[2 * i + 1]
-            holder = int(lease) if lease is not None else None
+        for (attempt, index), lease, waiting in zip(rows, leases, queued):
+            try:
+                holder = int(lease) if lease is not None else None
+            except ValueError:
+                holder = None
             beat = live.get(attempt.worker)
             if beat is None:
                 continue  # a silent worker is the reaper's business, not ours
-            rendering = beat.get("attempt_id") == attempt.id
-            if holder is None and rendering:
+            held = attempt.id in beat.attempts  # rendering, or its outputs still uploading
+            if holder is None and held:
                 queues.restore_lease(r, attempt.task_id, attempt.id)  # Redis was wiped mid-render
                 holder = attempt.id
-            if holder == attempt.id and (job_exists or rendering):
+            if holder == attempt.id and (waiting or held):
                 self.suspects.pop(attempt.id, None)
                 continue
             first = self.suspects.setdefault(attempt.id, now)
             # Two sweeps, and long enough for a worker to beat again after a wipe.
-            if now - first < max(SWEEP_EVERY, float(beat.get("ttl", 30)) / 3):
+            if now - first < max(SWEEP_EVERY, beat.ttl / 3):
                 continue
             self.suspects.pop(attempt.id, None)
             self._resolve(session, r, storage, attempt, index, batch, now)
@@ -84,7 +87,7 @@ class Reconciler:
             frames=parse_frames(task.frames), name=job.name, ext=extension(job),
         )
         # Whatever happens next, this attempt's job must not run from a queue Redis kept.
-        _withdraw(r, attempt, index)
+        queues.withdraw_attempt(r, attempt.worker, attempt.id)
         if outputs is not None:
             log.warning("attempt %s: lost by Redis, but its output is in storage; verifying it", label)
             attempt_done(session, storage, attempt, outputs, None, now, batch)
@@ -93,11 +96,3 @@ class Reconciler:
         lifecycle.lose_attempt(session, attempt, now, "lost by Redis (no lease, queued job or heartbeat knows it)")
         batch.release([attempt])
         log.warning("attempt %s: lost by Redis; its task goes out again", label)
-
-
-def _withdraw(r: Redis, attempt: Attempt, index: int) -> None:
-    rq_id = queues.rq_job_id(attempt.job_id, index, attempt.number)
-    pipe = r.pipeline(transaction=False)
-    pipe.lrem(f"rq:queue:{keys.queue_name(attempt.worker)}", 0, rq_id)
-    pipe.delete(f"rq:job:{rq_id}")
-    pipe.execute()

@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from renderfarm.errors import StorageError, VerificationError
 from renderfarm.frames import frame_name
@@ -13,63 +12,42 @@ from renderfarm.storage.keys import attempt_prefix
 if TYPE_CHECKING:
     from renderfarm.manager.expected import Expected
     from renderfarm.storage import Storage
-
-
-@dataclass(frozen=True)
-class Output:
-    """One file an attempt says it wrote."""
-
-    frame: int
-    key: str
-    sha256: str
-    size: int
-    etag: str | None = None  # the version tag storage gave the upload
-
-    @classmethod
-    def parse(cls, doc: Any) -> Output:
-        try:
-            etag = doc.get("etag")
-            return cls(int(doc["frame"]), str(doc["key"]), str(doc["sha256"]), int(doc["size"]),
-                       str(etag) if etag else None)
-        except (KeyError, TypeError, ValueError, AttributeError):
-            raise VerificationError(f"malformed output record {str(doc)[:200]!r}") from None
+    from renderfarm.wire import Output
 
 
 def verify_and_promote(
-    storage: Storage, outputs: list[Any], *, job_id: str, task_index: int, attempt: int,
+    storage: Storage, outputs: list[Output], *, job_id: str, task_index: int, attempt: int, name: str,
     expected: list[Expected], fmt: str,
 ) -> list[str]:
     """Check that the attempt wrote every expected output, intact, decodable and the right size,
-    under its own attempt prefix; then copy each to its final key. Returns the attempt's own
-    copies, to be deleted once the task is committed. A transient StorageError (storage
-    unreachable) passes through: that is no verdict on the attempt."""
+    at its own attempt keys; then copy each to its final key. Returns the attempt's own copies,
+    to be deleted once the task is committed. A transient StorageError (storage unreachable)
+    passes through: that is no verdict on the attempt."""
+    from renderfarm.images import extension
+
     prefix = attempt_prefix(job_id, task_index, attempt)
-    by_frame: dict[int, Output] = {}
-    for doc in outputs:
-        out = Output.parse(doc)
-        if not out.key.startswith(prefix):
-            raise VerificationError(f"frame {out.frame}: key {out.key!r} is outside the attempt's prefix {prefix}")
-        by_frame[out.frame] = out
+    by_frame = {out.frame: out for out in outputs}
     missing = [e.frame for e in expected if e.frame not in by_frame]
     if missing:
         raise VerificationError(f"no output for frame(s) {', '.join(map(str, missing))}")
-    pairs = [(by_frame[want.frame], want) for want in expected]
-    if all(out.etag for out, _ in pairs):
+    ext = extension(fmt)
+    pairs = [(by_frame[want.frame], want, prefix + frame_name(name, want.frame, ext)) for want in expected]
+    if all(out.etag for out, _, _ in pairs):
         # The worker checked each file (decodes, format, size) before uploading it; what is
         # left is that it is still there and unchanged: the copy is conditional on its tag.
-        _in_parallel([lambda o=out, w=want: _promote(storage, o, w) for out, want in pairs])
-        return [out.key for out, _ in pairs]
-    for out, want in pairs:  # no tags (an older worker): read and decode every file here
-        _deep_check(storage, out, want, fmt)
-    for out, want in pairs:
-        storage.copy(out.key, want.final_key)
-    return [out.key for out, _ in pairs]
+        _in_parallel([lambda o=out, w=want, k=key: _promote(storage, o, w, k) for out, want, key in pairs])
+        return [key for _, _, key in pairs]
+    for out, want, key in pairs:  # no tags: read and decode every file here
+        _deep_check(storage, out, want, key, fmt)
+    for _out, want, key in pairs:
+        storage.copy(key, want.final_key)
+    return [key for _, _, key in pairs]
 
 
-def _promote(storage: Storage, out: Output, want: Expected) -> None:
-    what = f"frame {want.frame} ({out.key})"
+def _promote(storage: Storage, out: Output, want: Expected, key: str) -> None:
+    what = f"frame {want.frame} ({key})"
     try:
-        storage.copy(out.key, want.final_key, if_match=out.etag)
+        storage.copy(key, want.final_key, if_match=out.etag)
     except StorageError as e:
         if e.transient:
             raise
@@ -79,12 +57,12 @@ def _promote(storage: Storage, out: Output, want: Expected) -> None:
         raise VerificationError(f"{what}: missing from storage ({e})") from None
 
 
-def _deep_check(storage: Storage, out: Output, want: Expected, fmt: str) -> None:
+def _deep_check(storage: Storage, out: Output, want: Expected, key: str, fmt: str) -> None:
     from renderfarm.images import check_image
 
-    what = f"frame {want.frame} ({out.key})"
+    what = f"frame {want.frame} ({key})"
     try:
-        data = storage.get_bytes(out.key)
+        data = storage.get_bytes(key)
     except StorageError as e:
         if e.transient:
             raise
@@ -117,16 +95,18 @@ def _in_parallel(calls: list) -> None:
 
 
 def outputs_in_storage(storage: Storage, *, job_id: str, task_index: int, attempt: int, frames: list[int],
-                       name: str, ext: str) -> list[dict] | None:
+                       name: str, ext: str) -> list[Output] | None:
     """An attempt's outputs as its done event would have listed them, found in storage (the event
     was lost); None unless every frame is there. SHA-256s come from the objects' metadata."""
+    from renderfarm.wire import Output
+
     prefix = attempt_prefix(job_id, task_index, attempt)
     found = []
     for frame in frames:
         key = prefix + frame_name(name, frame, ext)
         info = storage.head(key)
-        if info is None:
+        if info is None or info.size < 1:
             return None
         sha = info.sha256 or hashlib.sha256(storage.get_bytes(key)).hexdigest()
-        found.append({"frame": frame, "key": key, "sha256": sha, "size": info.size})
+        found.append(Output(frame=frame, sha256=sha, size=info.size))
     return found

@@ -13,22 +13,22 @@ from renderfarm.errors import StorageError
 if TYPE_CHECKING:
     from renderfarm.tiles import Tile
     from renderfarm_worker.runtime import WorkerRuntime
-    from renderfarm_worker.tasks import AttemptSpec
+    from renderfarm.wire import Output, TaskOrder
+    from renderfarm_worker.attemptlog import AttemptLog
 
 log = logging.getLogger("renderfarm.worker")
 
 
-def assemble(rt: WorkerRuntime, spec: AttemptSpec, workdir: Path, log_file) -> list[dict]:
+def assemble(rt: WorkerRuntime, spec: TaskOrder, workdir: Path, log_file: AttemptLog) -> list[Output]:
     """Stitch the frame; a missing or broken tile raises TileProblem naming it (and the manager
     has exactly those tiles rendered again)."""
     from renderfarm.stitching import assemble_frame
     from renderfarm.tiles import parse_grid
-    from renderfarm_worker.tasks import upload_output
+    from renderfarm_worker.render import upload_output
 
     frame = spec.frames[0]
     out = workdir / "out" / spec.output_name(frame)
-    log_file.write(f"# {spec.label} on {rt.name}: assembling frame {frame} from {len(spec.tile_keys)} tiles\n".encode())
-    log_file.flush()
+    log_file.note(f"{spec.label} on {rt.name}: assembling frame {frame} from {len(spec.tile_keys)} tiles")
     assemble_frame(
         _fetch(rt, spec, workdir, log_file), width=spec.width, height=spec.height, fmt=spec.format,
         out_path=out, grid=parse_grid(spec.grid or ""),
@@ -39,7 +39,7 @@ def assemble(rt: WorkerRuntime, spec: AttemptSpec, workdir: Path, log_file) -> l
     return [upload_output(rt, spec, frame, out)]
 
 
-def _fetch(rt: WorkerRuntime, spec: AttemptSpec, workdir: Path, log_file) -> Iterator[tuple[Tile, Path | None]]:
+def _fetch(rt: WorkerRuntime, spec: TaskOrder, workdir: Path, log_file: AttemptLog) -> Iterator[tuple[Tile, Path | None]]:
     """Each tile downloaded just before it is stitched, the one before deleted: one tile on disk
     and in memory at a time. A tile storage no longer has comes as None."""
     from renderfarm.errors import RenderError

@@ -32,7 +32,7 @@ def detect(settings: Settings, tags: tuple[str, ...], blender: Blender | None = 
         "memory_gib": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1),
         **({"gpu": gpu} if gpu else {}),
         **({"paths": {"blender": blender.path}} if blender is not None else {}),
-        "tags": sorted(set(tags) | ({"gpu"} if gpu else set())),
+        "tags": tuple(sorted(set(tags) | ({"gpu"} if gpu else set()))),
     }
 
 

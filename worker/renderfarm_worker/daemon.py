@@ -15,7 +15,6 @@ from pathlib import Path
 from renderfarm.capabilities import check_tags
 from renderfarm.config import load_settings
 from renderfarm.errors import RenderFarmError
-from renderfarm.events import EventType
 from renderfarm.keys import queue_name
 from renderfarm.planning import slug
 from renderfarm.redisconn import connect
@@ -204,7 +203,9 @@ def _serve(args: argparse.Namespace, settings, blender_found) -> int:
             presence.leave(r, name)
         except Exception as e:  # Redis may be down; the manager reaps us by heartbeat instead
             log.warning("could not withdraw heartbeat: %s", e)
-        rt.events.send(EventType.BYE)
+        from renderfarm.wire import Bye
+
+        rt.events.send(Bye(worker=name))
         if not rt.events.close(timeout=10.0):
             log.warning("some events could not be delivered before exit")
         install(None)

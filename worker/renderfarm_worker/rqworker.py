@@ -40,7 +40,18 @@ def refusal(job) -> str | None:
     callbacks = [getattr(job, f, None) for f in CALLBACK_FIELDS]
     if any(callbacks):
         return f"it names callbacks {[c for c in callbacks if c]}"
+    if job.kwargs or len(job.args) != 1 or not isinstance(job.args[0], str):
+        return "its arguments are not one task order"
     return None
+
+
+def _raw_data(job) -> str:
+    """The start of a refused job's data, as stored, for the dead letter (never decoded)."""
+    try:
+        raw = job.connection.hget(job.key, "data") or b""
+    except Exception:  # noqa: BLE001 - a dead letter is best effort
+        return ""
+    return raw[:4096].decode("utf-8", "replace") if isinstance(raw, bytes) else str(raw)[:4096]
 
 
 class Bookkeeper:
@@ -169,8 +180,11 @@ class FarmWorker(SimpleWorker):
     def execute_job(self, job, queue):
         why = refusal(job)
         if why:
-            log.error("security: refused job %s from queue %s: %s", job.id, queue.name, why)
+            raw = _raw_data(job)
             self._drop(job, queue)
+            rt = runtime._CURRENT
+            if rt is not None:
+                rt.refuse(job.id, f"job {job.id[:80]!r} from queue {queue.name}: {why}", raw)
             return
         super().execute_job(job, queue)
 

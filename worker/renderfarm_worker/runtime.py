@@ -19,13 +19,15 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from renderfarm import __version__, presence, queues
 from renderfarm.errors import RenderFarmError, StorageError
 from renderfarm.events import EventSender
-from renderfarm.models import WorkerState
 from renderfarm.renderers.session import RendererSession
+from renderfarm.states import WorkerState
 from renderfarm.storage import open_storage
 from renderfarm.storage.retry import retrying
 
 if TYPE_CHECKING:
     from redis import Redis
+
+    from renderfarm.wire import Heartbeat
 
     from renderfarm.config import Settings
     from renderfarm.renderers.blender import Blender
@@ -121,8 +123,11 @@ class WorkerRuntime:
     storage: Storage = field(init=False)
     events: EventSender = field(init=False)
     host: str = field(default_factory=socket.gethostname)
-    started_at: float = field(default_factory=time.time)
+    started: float = field(default_factory=time.monotonic)
     lease: Lease | None = None
+    # Every attempt this worker holds: the one rendering, and those whose outputs are uploading.
+    holding: dict[int, None] = field(default_factory=dict)
+    _beats: int = 0
     session: RendererSession | None = None  # the warm renderer of the job last rendered
     stopping: bool = False  # SIGTERM seen: take no new work
     _stop_reason: str | None = None
@@ -142,7 +147,7 @@ class WorkerRuntime:
 
     def __post_init__(self) -> None:
         self.storage = open_storage(self.settings)
-        self.events = EventSender(self.r, self.name)
+        self.events = EventSender(self.r)
         self.finisher = Finisher()
         self.render_io = ThreadPoolExecutor(1, thread_name_prefix="render-io")
         self.uploads = ThreadPoolExecutor(UPLOADS_AT_ONCE, thread_name_prefix="upload")
@@ -154,6 +159,7 @@ class WorkerRuntime:
     def begin(self, lease: Lease) -> None:
         with self._lock:
             self.lease = lease
+            self.holding[lease.attempt_id] = None
             self._stop_reason = None
             self._hand_back = False
 
@@ -161,6 +167,48 @@ class WorkerRuntime:
         with self._lock:
             self.lease = None
             self._stop_reason = None
+
+    def let_go(self, attempt_id: int) -> None:
+        """The attempt is reported (or handed back): this worker holds it no more."""
+        with self._lock:
+            self.holding.pop(attempt_id, None)
+
+    def attempt_dir(self, rq_id: str) -> Path:
+        """The scratch directory of one attempt; its name comes from a checked order, and it is
+        checked again to lie inside the scratch directory before anything is made or removed."""
+        base = (self.scratch / "attempts").resolve()
+        path = (base / rq_id).resolve()
+        if path.parent != base:
+            raise RenderFarmError(f"attempt directory {rq_id!r} is outside {base}")
+        return path
+
+    def refuse(self, rq_id: str, reason: str, raw: object) -> None:
+        """A queued job that is not a valid order of ours: dropped, and reported to the manager."""
+        from renderfarm.wire import DeadLetter, Refused
+
+        log.error("security: refused job %s: %s", rq_id[:80], reason)
+        text = raw if isinstance(raw, (str, bytes)) else repr(raw)
+        self.events.send(Refused(worker=self.name, rq_id=str(rq_id)[:200], reason=reason[:4000],
+                                 raw=DeadLetter.excerpt(text)))
+
+    def lease_holder_patiently(self, task_id: int) -> int | None:
+        """The attempt holding a task, asked until Redis answers (a finished render is kept while
+        Redis is away, not failed); the render is handed back if Redis stays away too long."""
+        import redis
+
+        deadline = time.monotonic() + self.settings.storage_retry
+        backoff = 0.5
+        while True:
+            try:
+                return queues.lease_holder(self.r, task_id)
+            except redis.RedisError as e:
+                if time.monotonic() > deadline:
+                    raise Interrupted(f"Redis unreachable for {self.settings.storage_retry:g} s ({e})",
+                                      hand_back=True) from None
+                log.warning("Redis unreachable (%s); keeping the finished render, asking again in %.1f s", e,
+                            backoff)
+                time.sleep(backoff)
+                backoff = min(backoff * 2, 5.0)
 
     def interrupt(self, reason: str, *, hand_back: bool, lease: Lease | None = None) -> None:
         """Ask the current render (if any; with `lease`, only if it is still that one) to stop as
@@ -252,20 +300,26 @@ class WorkerRuntime:
 
     # -- heartbeat ------------------------------------------------------------------------------
 
-    def info(self) -> dict[str, Any]:
-        lease = self.lease
+    def info(self) -> Heartbeat:
+        """This worker's heartbeat now; each one is numbered one higher than the last."""
+        from renderfarm.wire import Capabilities, Heartbeat
+
+        with self._lock:
+            lease = self.lease
+            held = ([lease.attempt_id] if lease else []) + [a for a in self.holding if not lease or a != lease.attempt_id]
+            self._beats += 1
+            seq = self._beats
         if self.stopping:
             state = WorkerState.STOPPING
         else:
             state = WorkerState.BUSY if lease else WorkerState.IDLE
-        return {
-            "name": self.name, "host": self.host, "pid": os.getpid(), "pool": self.pool,
-            "cores": os.cpu_count() or 1, "version": __version__, "started_at": self.started_at,
-            "state": state.value, "task": lease.label.split("/")[0] if lease else None,
-            "attempt_id": lease.attempt_id if lease else None,
-            "site": self.site, "ttl": self.heartbeat_ttl, "ts": time.time(),
-            **({"capabilities": self.capabilities} if self.capabilities else {}),
-        }
+        return Heartbeat(
+            name=self.name, host=self.host[:255], pid=os.getpid(), pool=self.pool, site=self.site,
+            cores=os.cpu_count() or 1, version=__version__, uptime=round(time.monotonic() - self.started, 3),
+            state=state.value, task=lease.label.split("/")[0] if lease else None, attempts=tuple(held[:16]),
+            ttl=self.heartbeat_ttl, seq=seq,
+            capabilities=Capabilities(**self.capabilities) if self.capabilities else None,
+        )
 
     @property
     def heartbeat_ttl(self) -> float:
@@ -273,7 +327,7 @@ class WorkerRuntime:
         return self.settings.site(self.site).heartbeat_ttl or self.settings.heartbeat_ttl
 
     def beat(self) -> None:
-        presence.beat(self.r, self.name, self.info(), self.heartbeat_ttl)
+        presence.beat(self.r, self.info(), self.heartbeat_ttl)
 
     def start_heartbeat(self) -> None:
         import redis

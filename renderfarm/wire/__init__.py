@@ -1,0 +1,55 @@
+"""The wire contracts: one class per message that crosses Redis, each with one `parse(raw)` that
+checks every field's type, range and length (raising a WireError that names the field and the
+value) and one `to_json()`. Both ends of every hop use the same class.
+
+    hop                                 messages
+    control stream   CLI -> manager     SubmitIntent (a JobSpec), CancelIntent, SuspendIntent,
+                                        ResumeIntent, RetryIntent, PriorityIntent: parse_intent()
+    reply list       manager -> CLI     Reply
+    worker queue     manager -> worker  TaskOrder
+    heartbeat key    worker -> manager  Heartbeat
+    event stream     worker -> manager  Started, Progress, Done, Failed, Released, Refused, Bye:
+                                        parse_event()
+    dead letters     manager -> admins  DeadLetter
+
+Importing this package imports pydantic (~0.2 s): the CLI imports it only in the commands that
+send or read messages, never for `farm --help`.
+"""
+
+from renderfarm.wire.base import Limits, Message, WireError
+from renderfarm.wire.deadletter import DeadLetter
+from renderfarm.wire.events import (
+    AttemptEvent,
+    Bye,
+    Done,
+    Event,
+    Failed,
+    Output,
+    Progress,
+    Refused,
+    Released,
+    Started,
+    Usage,
+    parse_event,
+)
+from renderfarm.wire.heartbeat import Capabilities, Heartbeat
+from renderfarm.wire.intents import (
+    CancelIntent,
+    Intent,
+    PriorityIntent,
+    Reply,
+    ResumeIntent,
+    RetryIntent,
+    SuspendIntent,
+    VerbIntent,
+    parse_intent,
+)
+from renderfarm.wire.orders import Box, TaskOrder
+from renderfarm.wire.submission import JobSpec, RenderOptions, SubmitIntent
+
+__all__ = [
+    "AttemptEvent", "Box", "Bye", "CancelIntent", "Capabilities", "DeadLetter", "Done", "Event", "Failed",
+    "Heartbeat", "Intent", "JobSpec", "Limits", "Message", "Output", "PriorityIntent", "Progress", "Refused",
+    "Released", "RenderOptions", "Reply", "ResumeIntent", "RetryIntent", "Started", "SubmitIntent",
+    "SuspendIntent", "TaskOrder", "Usage", "VerbIntent", "WireError", "parse_event", "parse_intent",
+]

@@ -1,0 +1,85 @@
+"""The control stream's intents (the CLI asks, the manager applies) and the manager's replies.
+
+Every intent carries the request id the CLI made; the manager answers on that id's reply list.
+A verb names one job by its full id (the CLI resolves a prefix first)."""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from pydantic import Field
+
+from renderfarm.wire.base import JobId, Message, RequestId, Text, union_parser
+from renderfarm.wire.submission import SubmitIntent
+
+
+class CancelIntent(Message):
+    """`farm cancel JOB`: every unfinished task is cancelled, running ones stopped."""
+
+    what = "intent cancel"
+    type: Literal["cancel"] = "cancel"
+    request_id: RequestId
+    job: JobId
+
+
+class SuspendIntent(Message):
+    """`farm suspend JOB [--kill]`: no new task starts; with `kill`, running ones stop too."""
+
+    what = "intent suspend"
+    type: Literal["suspend"] = "suspend"
+    request_id: RequestId
+    job: JobId
+    kill: bool = False
+
+
+class ResumeIntent(Message):
+    """`farm resume JOB`: a suspended job's tasks may start again."""
+
+    what = "intent resume"
+    type: Literal["resume"] = "resume"
+    request_id: RequestId
+    job: JobId
+
+
+class RetryIntent(Message):
+    """`farm retry JOB [--all]`: render the failed tasks again (with `all`, every task)."""
+
+    what = "intent retry"
+    type: Literal["retry"] = "retry"
+    request_id: RequestId
+    job: JobId
+    all: bool = False
+
+
+class PriorityIntent(Message):
+    """`farm priority JOB N`: the job's new priority, 0-100 (higher first)."""
+
+    what = "intent priority"
+    type: Literal["priority"] = "priority"
+    request_id: RequestId
+    job: JobId
+    priority: Annotated[int, Field(ge=0, le=100)]
+
+
+Intent = SubmitIntent | CancelIntent | SuspendIntent | ResumeIntent | RetryIntent | PriorityIntent
+VerbIntent = CancelIntent | SuspendIntent | ResumeIntent | RetryIntent | PriorityIntent
+INTENT_MAX_BYTES = SubmitIntent.MAX_BYTES
+
+parse_intent = union_parser(
+    "intent", (SubmitIntent, CancelIntent, SuspendIntent, ResumeIntent, RetryIntent, PriorityIntent),
+    INTENT_MAX_BYTES,
+)
+"""Any entry of the control stream, checked: `parse_intent(raw) -> Intent`."""
+
+
+class Reply(Message):
+    """The manager's answer to one intent: `ok`, or the error in one line. `changed` is False when
+    the verb had nothing to do (the job was already in the state asked for)."""
+
+    what = "reply"
+    ok: bool
+    error: Text | None = None
+    job_id: JobId | None = None
+    state: Annotated[str, Field(max_length=16)] | None = None
+    priority: Annotated[int, Field(ge=0, le=100)] | None = None
+    changed: bool | None = None

@@ -1,0 +1,136 @@
+"""The submission: a job as the artist's `farm submit` sends it and the manager creates it.
+
+The CLI builds it from the command line and parses it before uploading anything; the manager
+parses the same bytes from the control stream. One parse, both ends: every field's type, range
+and length, the farm's caps (tasks per job, frames per task, pixels, samples), and what the
+renderer takes."""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from pydantic import Field, ValidationInfo, model_validator
+
+from renderfarm.errors import FrameSpecError, InputError
+from renderfarm.frames import lowest_frame
+from renderfarm.wire.base import (
+    MAX_WORKERS_CAP,
+    TASK_FRAMES_CAP,
+    JobId,
+    Limits,
+    Message,
+    RequestId,
+    Sha256,
+    ShortSlug,
+    Slug,
+    Tag,
+    limits_of,
+)
+
+MAX_SIZE = 65536  # pixels per side, whatever the caps
+MAX_TIMEOUT = 7 * 86400  # seconds a task may be allowed to render
+SCENE_KEY = r"^scenes/[0-9a-f]{64}\.(?:toml|json|zip)$"
+VERSION = r"^[0-9]{1,3}(?:\.[0-9]{1,3}){0,2}$"
+
+
+class RenderOptions(Message):
+    """Options beyond frames and format, for the renderers that take them."""
+
+    what = "render_options"
+
+    samples: Annotated[int, Field(ge=1, le=1_000_000)] | None = None
+    allow_scripts: Literal[True] | None = None  # let a .blend's auto-run scripts run
+
+
+class JobSpec(Message):
+    """A job as submitted: what to render, how to split it, where and when it may run."""
+
+    what = "submission"
+
+    name: Slug
+    owner: ShortSlug
+    renderer: Annotated[str, Field(pattern=r"^[a-z][a-z0-9_-]{0,31}$")]
+    scene_name: Annotated[str, Field(min_length=1, max_length=255, pattern=r"^[^\x00-\x1f\x7f/]+$")]
+    scene_key: Annotated[str, Field(pattern=SCENE_KEY)]
+    scene_sha256: Sha256
+    frames: Annotated[str, Field(min_length=1, max_length=4096)]
+    chunk: Annotated[int, Field(ge=1, le=TASK_FRAMES_CAP)] = 1
+    priority: Annotated[int, Field(ge=0, le=100)] = 50
+    pool: ShortSlug = "default"
+    width: Annotated[int, Field(ge=1, le=MAX_SIZE)]
+    height: Annotated[int, Field(ge=1, le=MAX_SIZE)]
+    output_format: Literal["png", "png16", "exr"] = "png"
+    timeout: Annotated[float, Field(ge=1, le=MAX_TIMEOUT)] | None = None
+    tiles: Annotated[str, Field(max_length=32)] | None = None
+    keep_tiles: bool = False
+    max_workers: Annotated[int, Field(ge=1, le=MAX_WORKERS_CAP)] | None = None
+    after: JobId | None = None
+    first_last: bool = False
+    site: ShortSlug | None = None
+    prefer: Literal["cheapest"] | None = None
+    requires: Annotated[tuple[Tag, ...], Field(max_length=32)] = ()
+    renderer_version: Annotated[str, Field(pattern=VERSION)] | None = None
+    render_options: RenderOptions | None = None
+
+    @model_validator(mode="after")
+    def _fits_the_farm(self, info: ValidationInfo) -> JobSpec:
+        self.check(limits_of(info))
+        return self
+
+    def check(self, limits: Limits) -> None:
+        """The checks that span fields or need the farm's caps; raises InputError naming one."""
+        from renderfarm.planning import check_task_count
+        from renderfarm.renderers.registry import get_renderer
+
+        renderer = get_renderer(self.renderer)
+        if self.output_format not in renderer.formats:
+            raise InputError(f"format: the {renderer.name} renderer writes {', '.join(renderer.formats)}, "
+                             f"not {self.output_format}")
+        options = self.render_options or RenderOptions()
+        asked = {"samples": options.samples, "allow_scripts": options.allow_scripts,
+                 "version": self.renderer_version}
+        for option, value in asked.items():
+            if value is not None and option not in renderer.options:
+                flag = {"version": "blender-version"}.get(option, option).replace("_", "-")
+                raise InputError(f"{flag}: the {renderer.name} renderer does not take --{flag}")
+        if self.chunk > limits.max_task_frames:
+            raise InputError(f"chunk: {self.chunk:,} frames per task is over the limit of "
+                             f"{limits.max_task_frames:,} (FARM_MAX_TASK_FRAMES raises it)")
+        pixels = self.width * self.height
+        if pixels > limits.max_pixels:
+            raise InputError(f"resolution: {self.width}x{self.height} is {pixels:,} pixels, over the limit of "
+                             f"{limits.max_pixels:,} (FARM_MAX_PIXELS raises it)")
+        if options.samples is not None and options.samples > limits.max_samples:
+            raise InputError(f"samples: {options.samples:,} is over the limit of {limits.max_samples:,} "
+                             f"(FARM_MAX_SAMPLES raises it)")
+        if self.keep_tiles and self.tiles is None:
+            raise InputError("keep-tiles: the job is not tiled (add --tiles CxR or --tile-size PX)")
+        if not self.scene_key.startswith(f"scenes/{self.scene_sha256}."):
+            raise InputError(f"scene_key: {self.scene_key!r} is not the key of scene {self.scene_sha256[:12]}...")
+        check_task_count(self.frames, self.chunk, limits.max_tasks, self.tile_count)
+        if self.renderer == "blender" and lowest_frame(self.frames) < 0:
+            raise FrameSpecError(f"frames: {self.frames[:40]!r} holds negative frames, which Blender's -f cannot name")
+        if self.site is not None and limits.sites is not None and self.site not in limits.sites:
+            known = ", ".join(sorted(limits.sites))
+            raise InputError(f"site: {self.site!r} is not a configured site ({known})")
+
+    @property
+    def tile_count(self) -> int:
+        """Tiles per frame (0: the job renders whole frames)."""
+        if self.tiles is None:
+            return 0
+        from renderfarm.tiles import parse_grid
+
+        return len(parse_grid(self.tiles).split(self.width, self.height))
+
+
+class SubmitIntent(Message):
+    """`farm submit`: create this job. The request id makes it idempotent: the same request id
+    sent again never makes a second job."""
+
+    what = "intent submit"
+    MAX_BYTES = 128 * 1024
+
+    type: Literal["submit"] = "submit"
+    request_id: RequestId
+    job: JobSpec

@@ -90,9 +90,10 @@ def check_submission(settings: Settings, sub: Submission) -> JobSpec:
 
     from renderfarm.wire import JobSpec, Limits
 
+    limits = Limits.of(settings)
     renderer = get_renderer(renderer_for(Path(sub.scene), sub.renderer))
     scene = check_scene_path(renderer, Path(sub.scene))
-    info = renderer.describe(scene)
+    info = renderer.describe(scene, limits)
     options = _render_options(renderer, sub)
     width, height = options.pop("resolution", (info.width, info.height))
     version = options.pop("version", info.version if "version" in renderer.options else None)
@@ -125,7 +126,7 @@ def check_submission(settings: Settings, sub: Submission) -> JobSpec:
         "render_options": options or None,
     }
     doc = {k: v for k, v in doc.items() if v is not None}
-    return JobSpec.parse(json.dumps(doc), limits=Limits.of(settings))
+    return JobSpec.parse(json.dumps(doc), limits=limits)
 
 
 def _number(value: object, *, real: bool = False) -> object:
@@ -202,7 +203,7 @@ def submit(settings: Settings, sub: Submission, *, request_id: str | None = None
     """Check the shot, upload its scene (once per content), hand it to the manager; returns the
     job id once the manager has committed the job. The same `request_id` sent again (after a
     timeout) never makes a second job."""
-    from renderfarm.wire import SubmitIntent
+    from renderfarm.wire import Limits, SubmitIntent
 
     request_id = request_id or new_request_id()
     if not re.fullmatch(r"[0-9a-f]{32}", request_id):
@@ -220,7 +221,7 @@ def submit(settings: Settings, sub: Submission, *, request_id: str | None = None
 
     storage = open_storage(settings)
     with tempfile.TemporaryDirectory(prefix="farm-submit-") as packing:
-        scene = get_renderer(spec.renderer).package(Path(sub.scene), Path(packing))
+        scene = get_renderer(spec.renderer).package(Path(sub.scene), Path(packing), Limits.of(settings))
         sha = _sha256(scene)
         key = scene_key(sha, scene.suffix.lower())
         if storage.head(key) is None:

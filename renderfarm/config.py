@@ -54,6 +54,13 @@ class Settings:
     render_threads: int = 0
     # Seconds the CLI waits for the manager to answer a submission or a verb.
     submit_wait: float = 60.0
+    # Caps on what one job may ask of the farm: checked on submit, and by each worker again.
+    max_pixels: int = 16384 * 16384  # pixels in one frame (width x height)
+    max_samples: int = 65536  # samples per pixel (Blender's --samples, a builtin scene's)
+    max_scene_bytes: int = 10 * 2**20  # a TOML/JSON scene file
+    max_scene_objects: int = 10_000  # objects and lights in a builtin scene
+    max_unpacked_bytes: int = 20 * 2**30  # what a scene pack (a .blend and its files) unpacks to
+    max_pack_entries: int = 100_000  # files in a scene pack
     # The sites workers may declare, from [sites.NAME] tables of farm.toml (see renderfarm.sites).
     sites: dict[str, Site] = field(default_factory=dict, compare=False, repr=False)
     # Where each value came from ("env FARM_REDIS_URL", "./farm.toml", "local farm", "default").
@@ -100,6 +107,12 @@ _ENV = {
     "blender": "FARM_BLENDER",
     "render_threads": "FARM_RENDER_THREADS",
     "submit_wait": "FARM_SUBMIT_WAIT",
+    "max_pixels": "FARM_MAX_PIXELS",
+    "max_samples": "FARM_MAX_SAMPLES",
+    "max_scene_bytes": "FARM_MAX_SCENE_BYTES",
+    "max_scene_objects": "FARM_MAX_SCENE_OBJECTS",
+    "max_unpacked_bytes": "FARM_MAX_UNPACKED_BYTES",
+    "max_pack_entries": "FARM_MAX_PACK_ENTRIES",
 }
 _SETTABLE = set(_ENV)
 
@@ -279,6 +292,10 @@ def _check(s: Settings) -> None:
         raise bad("max_attempts", f"{s.max_attempts} must be at least 1")
     if not 0 <= s.render_threads <= 1024:
         raise bad("render_threads", f"{s.render_threads} must be 0 (all cores) to 1024")
+    for cap in ("max_pixels", "max_samples", "max_scene_bytes", "max_scene_objects",
+                "max_unpacked_bytes", "max_pack_entries"):
+        if getattr(s, cap) < 1:
+            raise bad(cap, f"{getattr(s, cap)} must be at least 1")
 
 
 def mask_url(url: str | None) -> str | None:

@@ -203,3 +203,19 @@ def test_a_missing_texture_is_named_at_submit(blend, tmp_path):
             pack_scene(blend, tmp_path)
     finally:
         shutil.move(moved, texture)
+
+
+@needs_blender
+def test_a_pack_over_the_caps_is_refused_while_it_is_packed(blend, tmp_path):
+    from renderfarm.renderers.blender.scene import pack_scene
+    from renderfarm.renderers.limits import Limits
+
+    size = blend.stat().st_size  # the .blend alone fits; with its texture it does not
+    with pytest.raises(SceneError, match=r"^scene pack 'scene.zip': unpacks to .* over the farm's cap of .* "
+                                         r"\(set FARM_MAX_UNPACKED_BYTES or max_unpacked_bytes in farm.toml"):
+        pack_scene(blend, tmp_path, Limits(max_unpacked_bytes=size + 10))
+    with pytest.raises(SceneError, match=r"holds 3 files, over the farm's cap of 2 \(set FARM_MAX_PACK_ENTRIES"):
+        pack_scene(blend, tmp_path, Limits(max_pack_entries=2))
+    assert list(tmp_path.iterdir()) == []  # nothing left half-packed
+    packed = pack_scene(blend, tmp_path, Limits(max_pack_entries=3, max_unpacked_bytes=size + 10_000))
+    assert len(zipfile.ZipFile(packed).namelist()) == 3

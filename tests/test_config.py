@@ -484,6 +484,12 @@ def test_effective_settings_never_show_a_password(dirs, monkeypatch) -> None:
         ("allow_commands", "False", "default"),
         ("blender", "", "default"),
         ("render_threads", "0", "default"),
+        ("max_pixels", "268435456", "default"),
+        ("max_samples", "65536", "default"),
+        ("max_scene_bytes", "10485760", "default"),
+        ("max_scene_objects", "10000", "default"),
+        ("max_unpacked_bytes", "21474836480", "default"),
+        ("max_pack_entries", "100000", "default"),
     ]
     text = repr(rows)
     for secret in ("pw-local-valkey", "db-pass", "endpoint-pass", "local-s3-secret"):
@@ -595,6 +601,12 @@ def test_settings_env_round_trips(dirs) -> None:
         FARM_ALLOW_COMMANDS="yes",
         FARM_BLENDER="/opt/blender-4.2/blender",
         FARM_RENDER_THREADS="8",
+        FARM_MAX_PIXELS="1000000",
+        FARM_MAX_SAMPLES="64",
+        FARM_MAX_SCENE_BYTES="2048",
+        FARM_MAX_SCENE_OBJECTS="3",
+        FARM_MAX_UNPACKED_BYTES="4096",
+        FARM_MAX_PACK_ENTRIES="5",
     )
     env = settings_env(s)
     assert env == {
@@ -614,6 +626,12 @@ def test_settings_env_round_trips(dirs) -> None:
         "FARM_ALLOW_COMMANDS": "1",
         "FARM_BLENDER": "/opt/blender-4.2/blender",
         "FARM_RENDER_THREADS": "8",
+        "FARM_MAX_PIXELS": "1000000",
+        "FARM_MAX_SAMPLES": "64",
+        "FARM_MAX_SCENE_BYTES": "2048",
+        "FARM_MAX_SCENE_OBJECTS": "3",
+        "FARM_MAX_UNPACKED_BYTES": "4096",
+        "FARM_MAX_PACK_ENTRIES": "5",
     }
     assert load_settings(env, cwd=cwd) == s
 

@@ -3,12 +3,19 @@
 from __future__ import annotations
 
 import sys
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
 from renderfarm.errors import InputError, RenderError, SceneError, shown
+from renderfarm.renderers.limits import (
+    Limits,
+    check_render_size,
+    check_scene_file,
+    check_scene_objects,
+)
 
 
 @dataclass(frozen=True)
@@ -46,6 +53,7 @@ class RenderRequest:
     program: str | None = None  # the renderer's executable on this worker, for those that have one
     threads: int = 0  # render threads (0: all cores)
     options: Mapping[str, Any] = field(default_factory=dict)  # the job's render options (samples...)
+    limits: Limits | None = None  # the caps this worker renders within (None: its settings')
 
 
 class Renderer(Protocol):
@@ -54,8 +62,8 @@ class Renderer(Protocol):
     formats: tuple[str, ...]
     options: tuple[str, ...]  # the job options it takes beyond frames and format (`samples`...)
 
-    def describe(self, path: Path) -> SceneInfo: ...
-    def package(self, path: Path, into: Path) -> Path: ...
+    def describe(self, path: Path, limits: Limits | None = None) -> SceneInfo: ...
+    def package(self, path: Path, into: Path, limits: Limits | None = None) -> Path: ...
     def command(self, request: RenderRequest) -> list[str]: ...
     def session_command(self) -> list[str] | None: ...
     def session_request(self, request: RenderRequest) -> dict: ...
@@ -77,13 +85,19 @@ class BuiltinRenderer:
     formats = ("png", "png16", "exr")
     options: tuple[str, ...] = ()
 
-    def describe(self, path: Path) -> SceneInfo:
+    def describe(self, path: Path, limits: Limits | None = None) -> SceneInfo:
+        """The scene's size and frames, once it is checked whole and within the farm's caps."""
         from renderfarm.renderers.builtin.scene import load_scene
 
+        limits = limits or Limits.current()
+        check_scene_file(path, limits)
         scene = load_scene(path)
+        check_scene_objects(path.name, len(scene.objects) + len(scene.lights), limits)
+        check_render_size(scene.width, scene.height, scene.samples, limits,
+                          what=f"scene: {shown(path.name)}: render size")
         return SceneInfo(scene.width, scene.height, scene.frames)
 
-    def package(self, path: Path, into: Path) -> Path:
+    def package(self, path: Path, into: Path, limits: Limits | None = None) -> Path:
         return path  # a scene file is self-contained
 
     def session_command(self) -> list[str] | None:
@@ -98,6 +112,11 @@ class BuiltinRenderer:
         }
 
     def command(self, request: RenderRequest) -> list[str]:
+        with _refused_on_worker():
+            limits = request.limits or Limits.current()
+            check_scene_file(request.scene, limits)
+            frame = request.frame_size or (request.width, request.height)
+            check_render_size(*frame, None, limits)
         extra = [f"--format={request.fmt}"]
         if request.region is not None:
             r = request.region
@@ -116,6 +135,9 @@ class NullRenderer(BuiltinRenderer):
                 "output": request.output_pattern, "format": request.fmt}
 
     def command(self, request: RenderRequest) -> list[str]:
+        with _refused_on_worker():
+            limits = request.limits or Limits.current()
+            check_render_size(request.width, request.height, None, limits)
         return _python_module(
             "renderfarm.renderers.null", request, f"--size={request.width}x{request.height}", f"--format={request.fmt}"
         )
@@ -129,16 +151,24 @@ class CommandRenderer:
     formats = ("png",)
     options: tuple[str, ...] = ()
 
-    def describe(self, path: Path) -> SceneInfo:
+    def describe(self, path: Path, limits: Limits | None = None) -> SceneInfo:
         from renderfarm.renderers.command import load_command_scene
 
+        limits = limits or Limits.current()
+        check_scene_file(path, limits)
         scene = load_command_scene(path)
+        check_render_size(scene.width, scene.height, None, limits,
+                          what=f"scene: {shown(path.name)}: render size")
         return SceneInfo(scene.width, scene.height, scene.frames)
 
-    def package(self, path: Path, into: Path) -> Path:
+    def package(self, path: Path, into: Path, limits: Limits | None = None) -> Path:
         return path
 
     def command(self, request: RenderRequest) -> list[str]:
+        with _refused_on_worker():
+            limits = request.limits or Limits.current()
+            check_scene_file(request.scene, limits)
+            check_render_size(request.width, request.height, None, limits)
         return _python_module("renderfarm.renderers.command", request)
 
     def session_command(self) -> list[str] | None:
@@ -157,22 +187,29 @@ class BlenderRenderer:
     formats = ("png", "png16", "exr")
     options = ("resolution", "samples", "allow_scripts", "version")
 
-    def describe(self, path: Path) -> SceneInfo:
+    def describe(self, path: Path, limits: Limits | None = None) -> SceneInfo:
+        """What the .blend says; its size is checked against the caps once the job's own
+        resolution is known (`check_render_size`), its files when it is packed."""
         from renderfarm.renderers.blender.scene import read_blend
 
         info = read_blend(path)
         return SceneInfo(info.width, info.height, info.frames, info.version)
 
-    def package(self, path: Path, into: Path) -> Path:
-        """The scene and every file it uses, packed by Blender Asset Tracer into one ZIP."""
+    def package(self, path: Path, into: Path, limits: Limits | None = None) -> Path:
+        """The scene and every file it uses, packed by Blender Asset Tracer into one ZIP within
+        the farm's caps on packs."""
         from renderfarm.renderers.blender.scene import pack_scene
 
-        return pack_scene(path, into)
+        return pack_scene(path, into, limits)
 
     def command(self, request: RenderRequest) -> list[str]:
         if request.program is None:
             raise RenderError("no Blender on this worker (set FARM_BLENDER or put blender on PATH)")
         options = request.options
+        with _refused_on_worker():
+            samples = int(options["samples"]) if options.get("samples") else None
+            check_render_size(*(request.frame_size or (request.width, request.height)), samples,
+                              request.limits or Limits.current())
         argv = [
             *_python_module("renderfarm.renderers.blender", request), f"--blender={request.program}",
             "--size={}x{}".format(*(request.frame_size or (request.width, request.height))),
@@ -192,6 +229,15 @@ class BlenderRenderer:
 
     def session_request(self, request: RenderRequest) -> dict:
         raise NotImplementedError
+
+
+@contextmanager
+def _refused_on_worker() -> Iterator[None]:
+    """A job over this worker's caps fails its attempt, saying which cap and how to raise it."""
+    try:
+        yield
+    except InputError as e:
+        raise RenderError(f"over this worker's caps: {e}") from None
 
 
 RENDERERS: dict[str, Renderer] = {

@@ -4,13 +4,14 @@ the bad value, and the field types messages share (ids, names, hashes, bounded n
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import TYPE_CHECKING, Annotated, Any, ClassVar
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
 from renderfarm.errors import InputError, shown
 from renderfarm.frames import FRAME_LIMIT
+from renderfarm.renderers.limits import Limits as RenderLimits
 
 if TYPE_CHECKING:
     from typing import Self
@@ -57,24 +58,19 @@ class WireError(InputError):
 
 
 @dataclass(frozen=True)
-class Limits:
-    """The farm's own caps a message is checked against, from its settings (or the defaults)."""
+class Limits(RenderLimits):
+    """The farm's own caps a message is checked against, from its settings (or the defaults):
+    the renderers' caps (pixels, samples, scenes) and the job's (tasks, frames per task, sites)."""
 
     max_tasks: int = 100_000
     max_task_frames: int = 1_000
-    max_pixels: int = 16384 * 16384
-    max_samples: int = 1_000_000
     sites: frozenset[str] | None = None  # the configured sites; None: not checked here
 
     @classmethod
     def of(cls, settings: Settings) -> Limits:
-        return cls(
-            max_tasks=settings.max_tasks,
-            max_task_frames=settings.max_task_frames,
-            max_pixels=getattr(settings, "max_pixels", cls.max_pixels),
-            max_samples=getattr(settings, "max_samples", cls.max_samples),
-            sites=frozenset(settings.sites) if settings.sites else None,
-        )
+        render = {f.name: getattr(settings, f.name) for f in fields(RenderLimits)}
+        return cls(**render, max_tasks=settings.max_tasks, max_task_frames=settings.max_task_frames,
+                   sites=frozenset(settings.sites) if settings.sites else None)
 
 
 DEFAULT_LIMITS = Limits()

@@ -38,7 +38,7 @@ class RenderOptions(Message):
 
     what = "render_options"
 
-    samples: Annotated[int, Field(ge=1, le=1_000_000)] | None = None
+    samples: Annotated[int, Field(ge=1, le=2**31 - 1)] | None = None  # the farm's cap: FARM_MAX_SAMPLES
     allow_scripts: Literal[True] | None = None  # let a .blend's auto-run scripts run
 
 
@@ -80,6 +80,7 @@ class JobSpec(Message):
     def check(self, limits: Limits) -> None:
         """The checks that span fields or need the farm's caps; raises InputError naming one."""
         from renderfarm.planning import check_task_count
+        from renderfarm.renderers.limits import check_render_size, raise_hint
         from renderfarm.renderers.registry import get_renderer
 
         renderer = get_renderer(self.renderer)
@@ -94,15 +95,9 @@ class JobSpec(Message):
                 flag = {"version": "blender-version"}.get(option, option).replace("_", "-")
                 raise InputError(f"{flag}: the {renderer.name} renderer does not take --{flag}")
         if self.chunk > limits.max_task_frames:
-            raise InputError(f"chunk: {self.chunk:,} frames per task is over the limit of "
-                             f"{limits.max_task_frames:,} (FARM_MAX_TASK_FRAMES raises it)")
-        pixels = self.width * self.height
-        if pixels > limits.max_pixels:
-            raise InputError(f"resolution: {self.width}x{self.height} is {pixels:,} pixels, over the limit of "
-                             f"{limits.max_pixels:,} (FARM_MAX_PIXELS raises it)")
-        if options.samples is not None and options.samples > limits.max_samples:
-            raise InputError(f"samples: {options.samples:,} is over the limit of {limits.max_samples:,} "
-                             f"(FARM_MAX_SAMPLES raises it)")
+            raise InputError(f"chunk: {self.chunk} frames a task is over the farm's cap of {limits.max_task_frames} "
+                             f"({raise_hint('max_task_frames')})")
+        check_render_size(self.width, self.height, options.samples, limits)
         if self.keep_tiles and self.tiles is None:
             raise InputError("keep-tiles: the job is not tiled (add --tiles CxR or --tile-size PX)")
         if not self.scene_key.startswith(f"scenes/{self.scene_sha256}."):

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 
 from renderfarm.errors import RenderError, VerificationError
 from renderfarm.keys import log_stream
+from renderfarm.renderers.limits import Limits
 from renderfarm.renderers.process import run_renderer, scrubbed_env
 from renderfarm.renderers.registry import RenderRequest, get_renderer
 from renderfarm.wire import Output, Progress
@@ -56,7 +57,7 @@ class Render:
         request = RenderRequest(
             scene, order.frames, pattern, *size, region=region, fmt=order.format,
             frame_size=(order.width, order.height), program=program, threads=rt.settings.render_threads,
-            options=order.render_options,
+            options=order.render_options, limits=Limits.of(rt.settings),
         )
         argv = renderer.command(request)
         self.log_file.note(f"{order.label} on {rt.name}: {' '.join(argv)}")

@@ -365,13 +365,14 @@ class WorkerRuntime:
         suffix = Path(key).suffix
         if suffix == ".zip":
             from renderfarm.renderers.blender.scene import unpack_scene
+            from renderfarm.renderers.limits import Limits
 
             unpacked, pack = self.scratch / "scenes" / sha256, self.scratch / "scenes" / f"{sha256}.zip"
             if unpacked.exists():
-                return unpack_scene(pack, unpacked)  # unpacked before: finds its main file
+                return unpack_scene(pack, unpacked, Limits.of(self.settings))  # unpacked before: finds its main file
             self._download_scene(key, sha256, pack)
             try:
-                return unpack_scene(pack, unpacked)
+                return unpack_scene(pack, unpacked, Limits.of(self.settings))
             finally:
                 pack.unlink(missing_ok=True)
         target = self.scratch / "scenes" / f"{sha256}{suffix}"

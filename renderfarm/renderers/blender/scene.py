@@ -19,11 +19,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from renderfarm.errors import SceneError
+from renderfarm.renderers.limits import Limits, check_pack, check_pack_totals
 
 MANIFEST = "renderfarm.json"
 _FIXED_TIME = (1980, 1, 1, 0, 0, 0)
 _SKIPPED = {"pack-info.txt"}  # BAT's note of when and where it packed: differs every time
-MAX_UNPACKED = 64 * 2**30  # a pack that claims more than this is refused before unpacking
 
 
 @dataclass(frozen=True)
@@ -100,14 +100,18 @@ def _reason(e: Exception) -> str:
     return (str(e).strip() or type(e).__name__).splitlines()[0][:200]
 
 
-def pack_scene(path: Path, into: Path) -> Path:
-    """Pack `path` and every file it uses into `into/<stem>.zip`; SceneError names what is missing."""
+def pack_scene(path: Path, into: Path, limits: Limits | None = None) -> Path:
+    """Pack `path` and every file it uses into `into/<stem>.zip`; SceneError names what is missing,
+    or the cap the files come to more than (counted as they are queued: a pack over the cap stops
+    there, not once it is written)."""
     from blender_asset_tracer.pack import transfer
 
     _quiet_bat()
+    limits = limits or Limits.current()
     raw = into / "bat.zip"
+    refused: list[SceneError] = []
     try:
-        with _packer(path, raw) as packer:
+        with _packer(path, raw, limits, refused) as packer:
             try:
                 packer.strategise()
                 missing = sorted(str(p) for p in packer.missing_files)
@@ -119,21 +123,48 @@ def pack_scene(path: Path, into: Path) -> Path:
                 packer.abort()  # else BAT's transfer thread waits on forever, and so does this process
                 raise
     except transfer.FileTransferError as e:
+        if refused:
+            raise refused[0] from None
         raise SceneError(f"scene: {path.name[:100]}: could not pack {len(e.files_remaining)} file(s), "
                          f"starting with {str(e.files_remaining[0])[:200]}") from None
+    finally:
+        if refused:
+            raw.unlink(missing_ok=True)
+    if refused:
+        raise refused[0]
     target = into / f"{path.stem}.zip"
     _normalize(raw, target, path.name)
     raw.unlink()
+    check_pack(target, limits)  # the pack as a worker will see it
     return target
 
 
-def _packer(path: Path, target: Path):
+def _packer(path: Path, target: Path, limits: Limits, refused: list[SceneError]):
     """BAT's ZIP packer, copying its temporary files where it would move them: in BAT 1.23 a move
     is queued before the file's size is read, and the ZIP thread may have deleted it by then
-    (1 pack in 12 failed here). BAT deletes its temporary directory when the packer closes."""
+    (1 pack in 12 failed here). BAT deletes its temporary directory when the packer closes.
+
+    Files are counted as they are queued; the first one over a cap stops the transfer thread and
+    lands in `refused`, and nothing more is queued (raising there would leave BAT's thread
+    waiting forever)."""
     from blender_asset_tracer.pack import transfer, zipped
 
     class CopyingTransferrer(zipped.ZipTransferrer):
+        entries, unpacked = 1, 0  # the manifest is an entry too
+
+        def queue_copy(self, src, dst) -> None:
+            if refused:
+                return
+            if Path(dst).name not in _SKIPPED:  # left out of the pack by _normalize
+                self.entries, self.unpacked = self.entries + 1, self.unpacked + src.stat().st_size
+            try:
+                check_pack_totals(f"{path.stem}.zip", self.entries, self.unpacked, limits)
+            except SceneError as e:
+                refused.append(e)
+                self.abort()
+                return
+            super().queue_copy(src, dst)
+
         def queue_move(self, src, dst) -> None:
             self.queue_copy(src, dst)
 
@@ -158,16 +189,16 @@ def _normalize(source: Path, target: Path, main: str) -> None:
                 shutil.copyfileobj(data, out, 1 << 20)
 
 
-def unpack_scene(pack: Path, target: Path) -> Path:
+def unpack_scene(pack: Path, target: Path, limits: Limits | None = None) -> Path:
     """Unpack a scene pack into the directory `target` (made whole or not at all); returns the main
-    .blend in it."""
+    .blend in it. A pack over the caps (`limits`, else this process's settings) or with an entry
+    that would land outside `target` is refused before anything is written."""
     if not target.exists():
+        check_pack(pack, limits or Limits.current())
         tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=".unpack-"))
         try:
             with zipfile.ZipFile(pack) as z:
-                if sum(i.file_size for i in z.infolist()) > MAX_UNPACKED:
-                    raise SceneError(f"scene pack {pack.name}: unpacks to more than {MAX_UNPACKED >> 30} GiB")
-                z.extractall(tmp)  # extractall drops absolute paths and '..' from names
+                z.extractall(tmp)
             tmp.rename(target)
         except FileExistsError:  # another task of this worker unpacked it meanwhile
             pass

@@ -14,8 +14,8 @@ from pydantic import Field, ValidationInfo, model_validator
 from renderfarm.errors import FrameSpecError, InputError
 from renderfarm.frames import lowest_frame
 from renderfarm.wire.base import (
+    INT64,
     MAX_WORKERS_CAP,
-    TASK_FRAMES_CAP,
     JobId,
     Limits,
     Message,
@@ -54,7 +54,7 @@ class JobSpec(Message):
     scene_key: Annotated[str, Field(pattern=SCENE_KEY)]
     scene_sha256: Sha256
     frames: Annotated[str, Field(min_length=1, max_length=4096)]
-    chunk: Annotated[int, Field(ge=1, le=TASK_FRAMES_CAP)] = 1
+    chunk: Annotated[int, Field(ge=1, le=INT64)] = 1  # the farm's cap: FARM_MAX_TASK_FRAMES
     priority: Annotated[int, Field(ge=0, le=100)] = 50
     pool: ShortSlug = "default"
     width: Annotated[int, Field(ge=1, le=MAX_SIZE)]

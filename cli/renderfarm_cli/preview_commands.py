@@ -66,7 +66,9 @@ def contact_sheet(
 def movie(
     job: JobArg,
     output: Annotated[str, typer.Argument(help="The MP4 file to write.", show_default=False)],
-    fps: Annotated[float, typer.Option(help="Frames per second.")] = FPS_DEFAULT,
+    fps: Annotated[Optional[float], typer.Option(
+        help=f"Frames per second (default: the scene's own frame rate, else {FPS_DEFAULT:g}).", show_default=False,
+    )] = None,
     frames: FramesOpt = None,
 ) -> None:
     """Encode a job's finished frames, in frame order, as an H.264 MP4 movie."""
@@ -76,5 +78,9 @@ def movie(
     with _progress(f"movie {job}") as on_progress:
         result = encode_movie(load_settings(), job, output, fps=fps, frames=frames, on_progress=on_progress)
     _note_partial(result)
+    rate = f"{result.fps:.6g} fps" + ("" if fps is not None or result.fps_from.startswith("the default") else
+                                      " from the scene")
     out().print(f"movie of {result.frames} frame(s) of job [bold]{result.job_id}[/] "
-                f"({result.width}x{result.height}, {fps:g} fps, {result.frames / fps:.1f} s): {output}")
+                f"({result.width}x{result.height}, {rate}, {result.frames / result.fps:.1f} s): {output}")
+    if fps is None and result.fps_from.startswith("the default"):
+        note(f"{rate}, {result.fps_from} (--fps chooses another)")

@@ -355,13 +355,13 @@ def test_cli_commands(settings, tmp_path, monkeypatch):
 
     sheet = runner.invoke(app, ["contact-sheet", job_id, str(tmp_path / "s.png"), "--columns", "2", "--width", "32"])
     assert sheet.exit_code == 0, sheet.output
-    assert f"contact sheet of 3 frame(s) of job {job_id} (2x2, " in sheet.output
+    assert f"contact sheet of 3 frames of job {job_id} (2x2, " in sheet.output
     assert f"job {job_id} is queued: 3 of its 5 frames are shown" in sheet.output
     assert read_pixels(tmp_path / "s.png", "png").shape == (sheet_layout(3, 2, 32, *SIZE).height, 6 + 2 * 38, 3)
 
     movie = runner.invoke(app, ["movie", job_id, str(tmp_path / "m.mp4"), "--fps", "30", "--frames", "2-3"])
     assert movie.exit_code == 0, movie.output
-    assert "movie of 2 frame(s)" in movie.output and "30 fps" in movie.output
+    assert "movie of 2 frames" in movie.output and "30 fps" in movie.output
     assert len(decode_movie(tmp_path / "m.mp4")[1]) == 2
 
     scene = tmp_path / "twelve.toml"
@@ -401,7 +401,7 @@ def test_contact_sheet_and_movie_on_a_local_farm(tmp_path):
         job = json.loads(sub.stdout)
         assert job["state"] == "done", job
         sheet = run_farm("contact-sheet", job["id"][:5], str(tmp_path / "orbit.png"), "--columns", "3", env=env)
-        assert "contact sheet of 6 frame(s)" in sheet.stdout
+        assert "contact sheet of 6 frames" in sheet.stdout
         layout = sheet_layout(6, 3, preview.THUMB_WIDTH_DEFAULT, 320, 180)
         assert read_pixels(tmp_path / "orbit.png", "png").shape == (layout.height, layout.width, 3)
 

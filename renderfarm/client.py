@@ -396,38 +396,66 @@ def read_task_log(settings: Settings, session, task_ref: str) -> str:
 
 
 def follow_task_log(settings: Settings, task_ref: str, write: Callable[[str], None]) -> None:
-    """Print a running attempt's renderer output as it comes, until the attempt ends (or its
-    stored log, if it has ended already)."""
+    """Print a running attempt's renderer output as it comes, until the attempt ends, then what
+    its stored log holds beyond that (the protocol's lines are not sent live, and the log's last
+    lines say how the renderer ended); an attempt that has ended already gets its stored log."""
     from renderfarm.db import session_scope
-    from renderfarm.models import ATTEMPT_ACTIVE
+    from renderfarm.models import ATTEMPT_ACTIVE, Attempt
     from renderfarm.status import reader_engine
 
     engine = reader_engine(settings)
     if engine is None:
         raise NotFoundError(f"task {task_ref!r}: no such task (no job was ever submitted here)")
     active = {s.value for s in ATTEMPT_ACTIVE}
+
+    def beyond(stored: list[str], shown: list[str]) -> list[str]:
+        """The lines of `stored` after the last of `shown` (a subsequence of it), or all of
+        `stored` when `shown` is not found in it in order."""
+        position = 0
+        for line in shown:
+            line = line.rstrip("\r")
+            while position < len(stored) and stored[position].rstrip("\r") != line:
+                position += 1
+            if position == len(stored):
+                return stored
+            position += 1
+        return stored[position:]
+
     try:
         with session_scope(engine) as session:
             job, task, attempt = find_attempt(session, task_ref)
+        label = f"{job.id}:{task.index}/{attempt.number}"
         if attempt.state not in active:
             with session_scope(engine) as session:
-                write(read_task_log(settings, session, f"{job.id}:{task.index}/{attempt.number}"))
+                write(read_task_log(settings, session, label))
             return
         r = connect(settings)
-        last = "0"
+        last, shown = "0", []
         while True:
             got = r.xread({keys.log_stream(attempt.id): last}, count=100, block=1000) or []
             for _stream, entries in got:
                 for entry_id, fields in entries:
                     last = entry_id
-                    write((fields.get(b"l") or b"").decode("utf-8", "replace") + "\n")
-            if not got:
-                with session_scope(engine) as session:
-                    from renderfarm.models import Attempt
+                    text = (fields.get(b"l") or b"").decode("utf-8", "replace")
+                    shown.extend(text.split("\n"))
+                    write(text + "\n")
+            if got:
+                continue
+            with session_scope(engine) as session:
+                ended = session.get(Attempt, attempt.id)
+                state, log_key = ended.state, ended.log_key
+            if state not in active:
+                break
+        if log_key:
+            from renderfarm.storage import open_storage
 
-                    state = session.get(Attempt, attempt.id).state
-                if state not in active:
-                    write(f"# attempt {job.id}:{task.index}/{attempt.number} ended: {state}\n")
-                    return
+            try:
+                stored = open_storage(settings).get_bytes(log_key).decode("utf-8", "replace")
+            except RenderFarmError as e:
+                write(f"# the stored log could not be read: {e}\n")
+            else:
+                write("".join(line + "\n" for line in beyond(stored.splitlines(), shown)))
+        write(f"# attempt {label} ended: {state}\n")
     finally:
         engine.dispose()
+

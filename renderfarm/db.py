@@ -78,10 +78,23 @@ def _alembic_config(engine: Engine):
 
 
 def upgrade(engine: Engine, revision: str = "head") -> None:
-    """Apply Alembic migrations up to `revision` (the manager does this at start)."""
+    """Apply Alembic migrations up to `revision` (the manager does this at start). Alembic's own
+    INFO lines (its dialect, each step) are held back: one line says what changed, if anything."""
+    import logging
+
     from alembic import command
 
-    command.upgrade(_alembic_config(engine), revision)
+    alembic = logging.getLogger("alembic")
+    level = alembic.level
+    alembic.setLevel(logging.WARNING)
+    try:
+        before = current_revision(engine)
+        command.upgrade(_alembic_config(engine), revision)
+        after = current_revision(engine)
+    finally:
+        alembic.setLevel(level)
+    if after != before:
+        logging.getLogger(__name__).info("database schema upgraded from %s to %s", before or "empty", after)
 
 
 def current_revision(engine: Engine) -> str | None:

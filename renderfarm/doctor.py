@@ -33,7 +33,9 @@ if TYPE_CHECKING:
 
 CONNECT_TIMEOUT = 3.0  # seconds a server gets to connect and to answer each request
 CHECK_DEADLINE = 15.0  # seconds a whole check may take before it is reported as hanging
-PROBE_PREFIX = "doctor/"
+# The probe object lies at the storage root, in no folder: S3 servers that keep folders (SeaweedFS)
+# would keep an empty doctor/ after the probe is deleted.
+PROBE_PREFIX = ".farm-doctor-probe-"
 MIN_REDIS = (6, 2)  # RQ's reliable dequeue needs LMOVE (FACTS.md)
 
 START_LOCAL_FARM = "start the local farm: `farm up -d`"
@@ -231,7 +233,7 @@ def schema_verdict(name: str, current: str | None, head: str, known: set[str]) -
 
 
 def check_storage(settings: Settings) -> list[Check]:
-    """The bucket or directory exists, and a probe object under doctor/ can be written, read and deleted."""
+    """The bucket or directory exists, and a probe object can be written, read and deleted."""
     if settings.storage_url.startswith("file://"):
         return [_check_file_storage(settings)]
     return [_check_s3_storage(settings)]
@@ -314,8 +316,8 @@ def _s3_client(settings: Settings):
 
 
 def _probe(storage: Storage) -> str | None:
-    """Put, get and delete a small object under doctor/: None when all three work, else what failed."""
-    key = f"{PROBE_PREFIX}probe-{secrets.token_hex(6)}"
+    """Put, get and delete a small object: None when all three work, else what failed."""
+    key = f"{PROBE_PREFIX}{secrets.token_hex(6)}"
     data = f"renderfarm doctor {key}\n".encode()
     try:
         storage.put_bytes(key, data)

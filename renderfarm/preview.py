@@ -84,6 +84,8 @@ class Preview:
     height: int
     columns: int = 0  # contact sheets only
     rows: int = 0
+    fps: float = 0.0  # movies only: the frame rate used, and why that one
+    fps_from: str = ""
 
 
 @dataclass(frozen=True)
@@ -223,7 +225,7 @@ def contact_sheet(
 
     columns, width = check_sheet_options(columns, width)
     out = check_output(Path(out), ".png")
-    job_id, state, total = find_job(settings, job)
+    job_id, state, total, _ = find_job(settings, job)
     storage, chosen = _chosen_frames(settings, job_id, state, frames)
     layout: SheetLayout | None = None
     sheet = draw = None
@@ -268,19 +270,21 @@ def _paste_thumbnail(sheet, image, layout: SheetLayout, x: int, y: int) -> None:
 
 
 def movie(
-    settings: Settings, job: str, out: Path, *, fps: float = FPS_DEFAULT, frames: str | None = None,
+    settings: Settings, job: str, out: Path, *, fps: float | None = None, frames: str | None = None,
     on_progress: Progress | None = None,
 ) -> Preview:
     """Encode the finished frames of `job` (an id or unique prefix), in frame order, as an H.264
-    MP4 (yuv420p, `fps` frames a second) at `out`. The first frame sets the size (an odd width
-    or height gains one repeated pixel); a later frame of another size is scaled to it."""
+    MP4 (yuv420p) at `out`, `fps` frames a second (None: the rate the job's scene asks for, else
+    FPS_DEFAULT). The first frame sets the size (an odd width or height gains one repeated
+    pixel); a later frame of another size is scaled to it."""
     import numpy as np
     from PIL import Image
 
-    rate = check_fps(fps)
+    given = None if fps is None else check_fps(fps)
     out = check_output(Path(out), ".mp4")
-    job_id, state, total = find_job(settings, job)
+    job_id, state, total, scene_key = find_job(settings, job)
     storage, chosen = _chosen_frames(settings, job_id, state, frames)
+    rate, fps_from = (given, "--fps") if given is not None else _scene_rate(storage, scene_key)
     size: tuple[int, int] | None = None
     encoder: H264Encoder | None = None
     with _writing(out) as partial, _streamed(storage, chosen) as fetched:
@@ -300,7 +304,17 @@ def movie(
         finally:
             if encoder is not None:
                 encoder.stop()
-    return Preview(job_id, state, total, out, len(chosen), *encoder.size)
+    return Preview(job_id, state, total, out, len(chosen), *encoder.size, fps=float(rate), fps_from=fps_from)
+
+
+def _scene_rate(storage: Storage, scene_key: str) -> tuple[Fraction, str]:
+    """The frame rate the job's scene asks for, else FPS_DEFAULT; and where it came from."""
+    from renderfarm.framerate import scene_fps
+
+    fps, where = scene_fps(storage, scene_key)
+    if fps is None or not 0 < fps <= FPS_MAX:
+        return check_fps(FPS_DEFAULT), f"the default: {where}"
+    return check_fps(fps), where
 
 
 def pad_even(rgb: np.ndarray) -> np.ndarray:
@@ -372,8 +386,8 @@ class H264Encoder:
         return RenderError(f"movie: ffmpeg exited {self._proc.returncode} ({reason[:300]})")
 
 
-def find_job(settings: Settings, ref: str) -> tuple[str, str, int]:
-    """The id, state and frame count of the job `ref` (an id or unique prefix) names."""
+def find_job(settings: Settings, ref: str) -> tuple[str, str, int, str]:
+    """The id, state, frame count and scene key of the job `ref` (an id or unique prefix) names."""
     from renderfarm.db import session_scope
     from renderfarm.status import reader_engine, resolve_job
 
@@ -383,7 +397,7 @@ def find_job(settings: Settings, ref: str) -> tuple[str, str, int]:
     try:
         with session_scope(engine) as session:
             job = resolve_job(session, ref)
-            return job.id, job.state, job.frame_count
+            return job.id, job.state, job.frame_count, job.scene_key
     finally:
         engine.dispose()
 

@@ -14,6 +14,10 @@ from renderfarm.frames import parse_frames
 from renderfarm.models import Attempt, Task
 from renderfarm.sites import MICRO, NANO, PICO
 
+# The key of a cost charged without a currency (only in a database written before sites had to
+# name one along with a price).
+NO_CURRENCY = "(no currency)"
+
 if TYPE_CHECKING:
     from sqlmodel import Session
 
@@ -39,13 +43,20 @@ class Usage:
         self.co2_ng += co2
         self.cost_pico[currency] = self.cost_pico.get(currency, 0) + cost
 
+    def priced(self) -> dict[str, int]:
+        """The costs per currency, without the zero of attempts at sites with no price (no
+        currency): a job rendered where power has no price costs {}, not {"": 0}."""
+        return {currency: pico for currency, pico in sorted(self.cost_pico.items()) if currency or pico}
+
     def to_json(self) -> dict[str, Any]:
         doc = asdict(self)
         doc["wall_seconds"] = round(self.wall_seconds, 3)
         doc["cpu_seconds"] = round(self.cpu_seconds, 3)
         doc["energy_kwh"] = self.energy_ukwh / MICRO
         doc["co2_kg"] = self.co2_ng / NANO / 1000
-        doc["cost"] = {currency: pico / PICO for currency, pico in sorted(self.cost_pico.items())}
+        priced = self.priced()
+        doc["cost_pico"] = {currency or NO_CURRENCY: pico for currency, pico in priced.items()}
+        doc["cost"] = {currency or NO_CURRENCY: pico / PICO for currency, pico in priced.items()}
         return doc
 
 

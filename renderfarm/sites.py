@@ -8,7 +8,7 @@ its energy times its price, and a job's totals exactly the sums of its attempts.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from decimal import Decimal, InvalidOperation
 
 from renderfarm.errors import ConfigError
@@ -30,6 +30,7 @@ class Site:
     watts: float = 100.0  # a worker's draw unless it declares its own
     heartbeat_ttl: float | None = None  # seconds; None: the farm's heartbeat_ttl
     compare_micros: int | None = None  # price for choosing the cheapest site (a common currency)
+    source: str = field(default="", compare=False)  # the farm.toml that defined it, for `farm config`
 
     @property
     def price_per_kwh(self) -> float:
@@ -63,16 +64,35 @@ def parse_sites(tables: object, source: str) -> dict[str, Site]:
             raise ConfigError(f"{where}.watts: {watts:g} must be more than 0")
         ttl = table.get("heartbeat_ttl")
         compare = table.get("compare_price_per_kwh")
+        price = _micros(where, "price_per_kwh", table.get("price_per_kwh", 0))
+        if price and not currency:
+            raise ConfigError(f"{where}.currency: missing; price_per_kwh {table['price_per_kwh']!r} needs a "
+                              "currency code (e.g. currency = \"EUR\")")
         sites[name] = Site(
             name=name,
-            price_micros=_micros(where, "price_per_kwh", table.get("price_per_kwh", 0)),
+            price_micros=price,
             currency=currency.upper(),
             carbon_mg_per_kwh=round(_number(where, "carbon_g_per_kwh", table.get("carbon_g_per_kwh", 0)) * 1000),
             watts=watts,
             heartbeat_ttl=None if ttl is None else max(1.0, _number(where, "heartbeat_ttl", ttl)),
             compare_micros=None if compare is None else _micros(where, "compare_price_per_kwh", compare),
+            source=source,
         )
     return sites
+
+
+def site_settings(site: Site) -> list[tuple[str, str]]:
+    """A site's effective settings as farm.toml keys and the values in force, for `farm config`."""
+    rows = [
+        ("price_per_kwh", f"{Decimal(site.price_micros) / MICRO:f}" if site.price_micros else "0 (no price)"),
+        ("currency", site.currency or "(none)"),
+        ("carbon_g_per_kwh", f"{Decimal(site.carbon_mg_per_kwh) / 1000:f}"),
+        ("watts", f"{site.watts:g}"),
+        ("heartbeat_ttl", "the farm's" if site.heartbeat_ttl is None else f"{site.heartbeat_ttl:g}"),
+    ]
+    if site.compare_micros is not None:
+        rows.append(("compare_price_per_kwh", f"{Decimal(site.compare_micros) / MICRO:f}"))
+    return [(f"sites.{site.name}.{key}", value) for key, value in rows]
 
 
 def _number(where: str, key: str, value: object) -> float:

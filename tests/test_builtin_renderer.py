@@ -227,7 +227,8 @@ def test_subprocess_renders_frames_in_order_and_reports_each(tmp_path):
     frame_lines = [line for line in lines if line.startswith("frame ")]
     expected = [f"frame {f} {tmp_path / 'out' / f'orbit.{f}.png'}" for f in (5, -3, 1)]
     assert frame_lines == expected
-    assert all(line.startswith(("frame ", "progress ")) for line in lines)
+    assert all(line.startswith(("frame ", "progress ", "rendering frame ", "rendered frame ")) for line in lines)
+    assert "rendering frame 5: 48x27, 4 samples a pixel" in lines
     assert "progress 5 1.000" in lines
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [
         "orbit.-3.png",

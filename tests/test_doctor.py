@@ -290,7 +290,25 @@ def test_file_storage_probe(tmp_path):
         f"mount the shared filesystem at {root}, or create it: mkdir -p {root}")]
     root.mkdir()
     assert doctor.check_storage(settings) == [Check("storage", OK, f"file://{root}: wrote, read and deleted a probe object")]
-    assert list(root.rglob("*")) in ([], [root / "doctor"])  # the probe object is gone
+    assert list(root.rglob("*")) == []  # the probe object is gone, and no empty doctor/ is left
+
+
+def test_the_storage_probe_leaves_nothing_in_the_bucket(seaweed, tmp_path):
+    """A doctor run used to leave an empty doctor/ in the bucket (SeaweedFS keeps the folder of a
+    deleted object)."""
+    import boto3
+    from conftest import s3_settings
+
+    from renderfarm.storage import open_storage
+
+    bucket = f"probe-{secrets.token_hex(4)}"
+    settings = s3_settings(seaweed, tmp_path / "state", bucket)
+    open_storage(settings).check()  # makes the bucket
+    assert doctor.check_storage(settings)[0].status == OK
+    client = boto3.client("s3", endpoint_url=seaweed.endpoint, region_name="us-east-1",
+                          aws_access_key_id=seaweed.access_key, aws_secret_access_key=seaweed.secret_key)
+    listing = client.list_objects_v2(Bucket=bucket, Delimiter="/")
+    assert listing.get("Contents", []) == [] and listing.get("CommonPrefixes", []) == [], listing
 
 
 def test_blender_found_on_path_and_through_farm_blender(tmp_path):

@@ -52,14 +52,14 @@ def red_level(index: int, count: int) -> int:
 
 
 def add_job(settings, frames: str, *, fmt: str = "png", size: tuple[int, int] = SIZE,
-            rendered: list[int] | None = None) -> str:
+            rendered: list[int] | None = None, scene_key: str = "scenes/x.toml") -> str:
     """A job of `frames` in the database, with the `rendered` ones (default: all) in storage:
     frame i of n is flat red_level(i, n) red and 128 green, with a white bar in its top rows."""
     job_id = secrets.token_hex(4)
     plans = plan_tasks(frames, 1, 100_000)
     numbers = [f for p in plans for f in p.frames]
     job = Job(id=job_id, name="shot", owner="tester", renderer="builtin", scene_name="shot.toml",
-              scene_key="scenes/x.toml", scene_sha256="ab" * 32, frames=frames, frame_count=len(numbers),
+              scene_key=scene_key, scene_sha256="ab" * 32, frames=frames, frame_count=len(numbers),
               chunk=1, width=size[0], height=size[1], output_format=fmt, submitted_at=1.0)
     engine = make_engine(settings.database_url, writer=True)
     with session_scope(engine) as s:
@@ -255,6 +255,24 @@ def test_movie_of_16bit_and_exr_frames(settings, tmp_path, fmt):
     assert [abs(int(f[30, 32, 0]) - red_level(i, 4)) <= 4 for i, f in enumerate(frames)] == [True] * 4
 
 
+def test_movie_plays_at_the_scenes_frame_rate_unless_told(settings, tmp_path):
+    """A 12 fps scene made a 24 fps movie: the job row keeps no frame rate, so the movie reads
+    it from the job's scene in storage."""
+    scene = tmp_path / "twelve.toml"
+    scene.write_text((EXAMPLES / "orbit.toml").read_text().replace("fps = 24", "fps = 12"))
+    open_storage(settings).put_file("scenes/twelve.toml", scene)
+    job_id = add_job(settings, "1-3", scene_key="scenes/twelve.toml")
+    result = preview.movie(settings, job_id, tmp_path / "scene.mp4")
+    assert (result.fps, result.fps_from) == (12, "the scene's [render] fps")
+    assert decode_movie(tmp_path / "scene.mp4")[0]["fps"] == 12
+    result = preview.movie(settings, job_id, tmp_path / "told.mp4", fps=30)
+    assert (result.fps, result.fps_from) == (30, "--fps")
+    assert decode_movie(tmp_path / "told.mp4")[0]["fps"] == 30
+    # A scene that cannot be read (here: gone from storage) falls back on 24 and says why.
+    result = preview.movie(settings, add_job(settings, "1"), tmp_path / "gone.mp4")
+    assert (result.fps, result.fps_from) == (24, "the default: the job's scene is no longer in storage")
+
+
 def test_ffmpeg_failure_is_one_line(tmp_path):
     encoder = preview.H264Encoder(tmp_path / "missing" / "x.mp4", (16, 16), Fraction(24))
     try:
@@ -337,14 +355,23 @@ def test_cli_commands(settings, tmp_path, monkeypatch):
 
     sheet = runner.invoke(app, ["contact-sheet", job_id, str(tmp_path / "s.png"), "--columns", "2", "--width", "32"])
     assert sheet.exit_code == 0, sheet.output
-    assert f"contact sheet of 3 frame(s) of job {job_id} (2x2, " in sheet.output
+    assert f"contact sheet of 3 frames of job {job_id} (2x2, " in sheet.output
     assert f"job {job_id} is queued: 3 of its 5 frames are shown" in sheet.output
     assert read_pixels(tmp_path / "s.png", "png").shape == (sheet_layout(3, 2, 32, *SIZE).height, 6 + 2 * 38, 3)
 
     movie = runner.invoke(app, ["movie", job_id, str(tmp_path / "m.mp4"), "--fps", "30", "--frames", "2-3"])
     assert movie.exit_code == 0, movie.output
-    assert "movie of 2 frame(s)" in movie.output and "30 fps" in movie.output
+    assert "movie of 2 frames" in movie.output and "30 fps" in movie.output
     assert len(decode_movie(tmp_path / "m.mp4")[1]) == 2
+
+    scene = tmp_path / "twelve.toml"
+    scene.write_text((EXAMPLES / "orbit.toml").read_text().replace("fps = 24", "fps = 12"))
+    open_storage(settings).put_file("scenes/twelve-cli.toml", scene)
+    twelve = add_job(settings, "1-3", scene_key="scenes/twelve-cli.toml")
+    movie = runner.invoke(app, ["movie", twelve, str(tmp_path / "t.mp4")])
+    assert movie.exit_code == 0, movie.output
+    assert "(64x36, 12 fps from the scene, 0.2 s)" in movie.output
+    assert decode_movie(tmp_path / "t.mp4")[0]["fps"] == 12
 
     bad = runner.invoke(app, ["movie", job_id, str(tmp_path / "m.avi")])
     assert isinstance(bad.exception, InputError)  # app.main turns it into one red line
@@ -374,7 +401,7 @@ def test_contact_sheet_and_movie_on_a_local_farm(tmp_path):
         job = json.loads(sub.stdout)
         assert job["state"] == "done", job
         sheet = run_farm("contact-sheet", job["id"][:5], str(tmp_path / "orbit.png"), "--columns", "3", env=env)
-        assert "contact sheet of 6 frame(s)" in sheet.stdout
+        assert "contact sheet of 6 frames" in sheet.stdout
         layout = sheet_layout(6, 3, preview.THUMB_WIDTH_DEFAULT, 320, 180)
         assert read_pixels(tmp_path / "orbit.png", "png").shape == (layout.height, layout.width, 3)
 

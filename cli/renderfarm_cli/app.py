@@ -5,8 +5,14 @@ from __future__ import annotations
 import sys
 
 import typer
+import typer.core
 
 from renderfarm_cli import doctor_commands, farm_commands, job_commands, preview_commands, top, wrangle_commands
+
+# Typer 0.19 escapes the brackets of `[default: 1]` and `[required]` for Rich whenever Rich is
+# installed, even with rich_markup_mode=None, so plain help showed `\[required]` (later Typers
+# escape only for Rich help). Our help is plain: Typer need not know Rich is there.
+typer.core.HAS_RICH = False
 
 app = typer.Typer(
     name="farm",

@@ -90,6 +90,11 @@ def duration(seconds: float | None) -> str:
     return f"{s // 3600}h{(s % 3600) // 60:02d}m"
 
 
+def counted(n: int, noun: str, plural: str | None = None) -> str:
+    """1 frame, 2 frames, 0 frames: a count with its noun in the right number."""
+    return f"{n:,} {noun if n == 1 else plural or noun + 's'}"
+
+
 def age(epoch: float | None, now: float | None = None) -> str:
     if epoch is None:
         return "-"

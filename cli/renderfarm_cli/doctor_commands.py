@@ -6,7 +6,7 @@ from typing import Annotated
 
 import typer
 
-from renderfarm_cli.console import out, print_json
+from renderfarm_cli.console import counted, out, print_json
 
 # The status column's words and styles (console.STYLES); a failure is written loud.
 LABELS = {"ok": ("ok", "ok"), "warn": ("warn", "warn"), "fail": ("FAIL", "error")}
@@ -41,6 +41,6 @@ def _print_table(checks) -> None:
     failed = sum(c.status.value == "fail" for c in checks)
     warned = sum(c.status.value == "warn" for c in checks)
     if failed or warned:
-        out().print(Text(f"{failed} failed, {warned} warning(s)", style="error" if failed else "warn"))
+        out().print(Text(f"{failed} failed, {counted(warned, 'warning')}", style="error" if failed else "warn"))
     else:
         out().print(Text(f"all {len(checks)} checks passed", style="ok"))

@@ -175,20 +175,27 @@ def env() -> None:
 
 
 def config(json_: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False) -> None:
-    """Print the effective settings and where each came from (secrets masked)."""
+    """Print the effective settings and where each came from (secrets masked), sites included."""
     from renderfarm.config import effective_settings
+    from renderfarm.sites import site_settings
 
-    rows = effective_settings(_settings())
+    settings = _settings()
+    rows = effective_settings(settings)
+    for site in sorted(settings.sites.values(), key=lambda site: site.name):
+        rows += [(key, value, site.source) for key, value in site_settings(site)]
+    if not settings.sites:
+        rows.append(("sites", "none (add [sites.NAME] to farm.toml to price energy)", "default"))
     if json_:
         print_json({name: {"value": value, "source": source} for name, value, source in rows})
         return
+    from rich.markup import escape
     from rich.table import Table
 
     table = Table(box=None, header_style="bold")
     for col in ("SETTING", "VALUE", "FROM"):
         table.add_column(col)
     for row in rows:
-        table.add_row(*row)
+        table.add_row(*(escape(cell) for cell in row))
     out().print(table)
 
 

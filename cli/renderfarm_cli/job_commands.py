@@ -8,7 +8,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from renderfarm_cli.console import age, duration, note, out, print_json, state_text
+from renderfarm_cli.console import age, counted, duration, note, out, print_json, state_text
 
 JobArg = Annotated[str, typer.Argument(help="Job id, or a unique prefix of one.", show_default=False)]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
@@ -107,12 +107,14 @@ def submit(
         from renderfarm_cli.progress import follow_job
 
         if not json_:
-            out().print(f"submitted job [bold]{job_id}[/] ({status.frames} frames in {status.tasks} tasks)")
+            out().print(f"submitted job [bold]{job_id}[/] ({counted(status.frames, 'frame')} in "
+                        f"{counted(status.tasks, 'task')})")
         status = follow_job(settings, job_id, f"job {job_id}")
     if json_:
         print_json(status.to_json())
     elif not wait:
-        out().print(f"submitted job [bold]{job_id}[/] ({status.frames} frames in {status.tasks} tasks)")
+        out().print(f"submitted job [bold]{job_id}[/] ({counted(status.frames, 'frame')} in "
+                    f"{counted(status.tasks, 'task')})")
     if wait and status.state != "done":
         raise typer.Exit(1)
 
@@ -191,8 +193,9 @@ def status(
     renderer = s.renderer + (f" {s.renderer_version}" if s.renderer_version else "")
     out().print(f"[bold]job {s.id}[/] {s.name} ({s.owner}), priority {s.priority}, pool {s.pool}, renderer {renderer}")
     out().print("  state     ", state_text(s.state), sep="")
-    out().print(f"  frames    {s.frames_spec} = {s.frames} frames in {s.tasks} tasks of up to {s.chunk}, {s.width}x{s.height}")
-    out().print(f"  progress  {s.progress:.1%}  ({s.frames_done}/{s.frames} frames done)")
+    out().print(f"  frames    {s.frames_spec} = {counted(s.frames, 'frame')} in {counted(s.tasks, 'task')} "
+                f"of up to {s.chunk}, {s.width}x{s.height}")
+    out().print(f"  progress  {s.progress:.1%}  ({s.frames_done}/{counted(s.frames, 'frame')} done)")
     counts = ", ".join(f"{n} {state}" for state, n in s.counts.items() if n)
     out().print(f"  tasks     {counts or 'none'}")
     out().print(f"  elapsed   {duration(s.elapsed)}   ETA {duration(s.eta)}")
@@ -230,10 +233,11 @@ def _farm_status(settings, json_: bool) -> None:
     if json_:
         print_json(doc)
         return
-    out().print(f"farm {'[ok]running[/]' if live is not None else '[warn]not running[/]'}, {len(live or {})} live worker(s)")
+    out().print(f"farm {'[ok]running[/]' if live is not None else '[warn]not running[/]'}, {counted(len(live or {}), 'live worker')}")
     out().print("jobs: " + ", ".join(f"{n} {state}" for state, n in doc["jobs"].items() if n) if jobs_ else "jobs: none")
     for j in active:
-        out().print(f"  {j.id} {j.name}: {j.progress:.0%} of {j.frames} frames, {j.state}, ETA {duration(j.eta)}")
+        out().print(f"  {j.id} {j.name}: {j.progress:.0%} of {counted(j.frames, 'frame')}, {j.state}, "
+                    f"ETA {duration(j.eta)}")
 
 
 def tasks(
@@ -315,7 +319,7 @@ def download(
     finally:
         if "p" in progress:
             progress["p"].__exit__(None, None, None)
-    out().print(f"{len(paths)} frame(s) in {dest}")
+    out().print(f"{counted(len(paths), 'frame')} in {dest}")
 
 
 def log(

@@ -9,7 +9,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from renderfarm_cli.console import note, out
+from renderfarm_cli.console import counted, note, out
 
 # The library's defaults (renderfarm.preview), repeated here so `farm --help` need not import it.
 COLUMNS_DEFAULT = 8
@@ -41,7 +41,8 @@ def _progress(title: str) -> Iterator[Callable[[int, int], None]]:
 
 def _note_partial(result) -> None:
     if result.frames < result.job_frames and result.job_state != "done":
-        note(f"job {result.job_id} is {result.job_state}: {result.frames} of its {result.job_frames} frames are shown")
+        note(f"job {result.job_id} is {result.job_state}: {result.frames} of its {counted(result.job_frames, 'frame')} "
+             "are shown")
 
 
 def contact_sheet(
@@ -59,14 +60,16 @@ def contact_sheet(
         result = draw_sheet(load_settings(), job, output, columns=columns, width=width, frames=frames,
                             on_progress=on_progress)
     _note_partial(result)
-    out().print(f"contact sheet of {result.frames} frame(s) of job [bold]{result.job_id}[/] "
+    out().print(f"contact sheet of {counted(result.frames, 'frame')} of job [bold]{result.job_id}[/] "
                 f"({result.columns}x{result.rows}, {result.width}x{result.height} px): {output}")
 
 
 def movie(
     job: JobArg,
     output: Annotated[str, typer.Argument(help="The MP4 file to write.", show_default=False)],
-    fps: Annotated[float, typer.Option(help="Frames per second.")] = FPS_DEFAULT,
+    fps: Annotated[Optional[float], typer.Option(
+        help=f"Frames per second (default: the scene's own frame rate, else {FPS_DEFAULT:g}).", show_default=False,
+    )] = None,
     frames: FramesOpt = None,
 ) -> None:
     """Encode a job's finished frames, in frame order, as an H.264 MP4 movie."""
@@ -76,5 +79,9 @@ def movie(
     with _progress(f"movie {job}") as on_progress:
         result = encode_movie(load_settings(), job, output, fps=fps, frames=frames, on_progress=on_progress)
     _note_partial(result)
-    out().print(f"movie of {result.frames} frame(s) of job [bold]{result.job_id}[/] "
-                f"({result.width}x{result.height}, {fps:g} fps, {result.frames / fps:.1f} s): {output}")
+    rate = f"{result.fps:.6g} fps" + ("" if fps is not None or result.fps_from.startswith("the default") else
+                                      " from the scene")
+    out().print(f"movie of {counted(result.frames, 'frame')} of job [bold]{result.job_id}[/] "
+                f"({result.width}x{result.height}, {rate}, {result.frames / result.fps:.1f} s): {output}")
+    if fps is None and result.fps_from.startswith("the default"):
+        note(f"{rate}, {result.fps_from} (--fps chooses another)")

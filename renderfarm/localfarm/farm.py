@@ -261,7 +261,9 @@ class LocalFarm:
             # A bucket answers before the volume servers do: write and read an object.
             storage.check()
             storage.put_bytes(".farm-probe", b"ok")
-            return storage.get_bytes(".farm-probe") == b"ok"
+            answered = storage.get_bytes(".farm-probe") == b"ok"
+            storage.delete([".farm-probe"])  # nothing of ours left in the bucket
+            return answered
 
         services.wait_until(ready, timeout=60, proc=proc.popen, what="SeaweedFS", log_path=Path(proc.log))
 

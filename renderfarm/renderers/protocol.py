@@ -1,8 +1,11 @@
 """The line protocol between a worker and a renderer process, and warm sessions.
 
 A renderer writes, one line each on stdout: ``progress <frame> <fraction>`` now and then and
-``frame <frame> <path>`` once a frame's file is complete. Run once, it renders its command line's
-frames and exits 0. Run with ``--session``, it stays up and reads one JSON request per line on
+``frame <frame> <path>`` once a frame's file is complete. Any other line is for people: the
+worker shows it live (`farm log -f`) and keeps it in the attempt's log, so a renderer should say
+what it is doing now and then (about once a second, not on every block); such a line must not
+begin with one of the protocol's words. Run once, it renders its command line's frames and
+exits 0. Run with ``--session``, it stays up and reads one JSON request per line on
 stdin (the same fields as its options), answering each with the lines above and then ``done``,
 or ``failed <message>`` for a request it cannot do; it exits at end of input. A worker keeps one
 session per job warm, so consecutive tasks skip the interpreter's and imports' start-up.

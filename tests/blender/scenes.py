@@ -37,6 +37,8 @@ class SceneSpec:
     texture: str | None = None  # the ground shows this image (an absolute path), self-lit
     canary: str | None = None  # an auto-run text block writes this file when the scene is opened
     dither: float = 1.0  # Blender's default: 8-bit outputs carry a little noise
+    compress: bool = False  # saved with Blender's "Compress" option (Zstandard since Blender 3.0)
+    fps: int = 24
 
 
 def build_scene(path: Path, spec: SceneSpec, blender: str | None = None, timeout: float = 120) -> Path:
@@ -117,6 +119,7 @@ def _build(spec: dict) -> None:
     scene.render.resolution_percentage = 100
     scene.render.dither_intensity = spec["dither"]
     scene.frame_start, scene.frame_end = spec["frame_start"], spec["frame_end"]
+    scene.render.fps, scene.render.fps_base = spec["fps"], 1.0
     scene.view_settings.view_transform = "Standard"
     scene.view_settings.look = "None"
     settings = scene.render.image_settings
@@ -152,7 +155,7 @@ def _build(spec: dict) -> None:
         text.use_module = True  # "Register": run whenever the file is opened with scripts allowed
 
     scene.frame_set(spec["frame_start"])
-    bpy.ops.wm.save_as_mainfile(filepath=spec["path"])
+    bpy.ops.wm.save_as_mainfile(filepath=spec["path"], compress=spec["compress"])
     if spec["texture"]:
         saved = [i.filepath for i in bpy.data.images if i.source == "FILE"]
         assert saved == [spec["texture"]], f"texture path not kept absolute: {saved}"

@@ -6,7 +6,9 @@
 Frames render in the order given, each to an 8-bit PNG (`png`, the default), a 16-bit PNG
 (`png16`) or a float RGBA OpenEXR (`exr`), written by `renderfarm.images`. On stdout, one line
 each, flushed at once: ``progress <frame> <fraction>`` now and then, ``frame <frame> <path>``
-once a file is complete.
+once a file is complete (the protocol's lines), and for the people reading the log,
+``rendering frame <frame>: ...`` when a frame starts and about once a second after, and
+``rendered frame <frame> ...`` when it is written.
 Exit 0 when all frames are written; 2 with one line on stderr for a bad scene or argument;
 1 for anything else.
 """
@@ -15,6 +17,7 @@ from __future__ import annotations
 
 import os
 import sys
+import time
 import traceback
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -33,6 +36,8 @@ USAGE = (
 OPTIONS = ("--scene", "--frames", "--output", "--region", "--format")
 # Report progress only when a frame is this much further along, to keep the log short.
 PROGRESS_STEP = 0.05
+# Seconds between two of the human progress lines of one frame (the worker shows those live).
+HUMAN_EVERY = 1.0
 
 
 @dataclass(frozen=True)
@@ -123,24 +128,37 @@ def render(arguments: Arguments) -> None:
     from renderfarm.renderers.builtin.raytrace import check_region, render_linear
 
     scene = load_scene(arguments.scene)
-    check_region(arguments.region, scene.width, scene.height)
+    x, y, width, height = check_region(arguments.region, scene.width, scene.height)
+    size = f"{width}x{height}" + ("" if arguments.region is None else f" at {x},{y}")
     for frame in arguments.frames:
-        linear = render_linear(scene, frame, arguments.region, progress=_progress_printer(frame))
+        started = time.monotonic()
+        _say(f"rendering frame {frame}: {size}, {scene.samples} samples a pixel")
+        progress = _progress_printer(frame, height, started)
+        linear = render_linear(scene, frame, arguments.region, progress=progress)
         path = output_path(arguments.output, frame)
         os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
         encode_linear(linear, arguments.format, path)
         del linear  # the next frame's buffer can take its place
+        _say(f"rendered frame {frame} in {time.monotonic() - started:.2f} s")
         _say(f"frame {frame} {path}")
 
 
-def _progress_printer(frame: int) -> Callable[[float], None]:
+def _progress_printer(frame: int, rows: int, started: float) -> Callable[[float], None]:
+    """The progress callback of one frame: a protocol line every PROGRESS_STEP of the frame, and
+    a line for people (rows done, seconds so far) every HUMAN_EVERY seconds."""
     reported = 0.0
+    told = started
 
     def progress(fraction: float) -> None:
-        nonlocal reported
+        nonlocal reported, told
         if fraction - reported >= PROGRESS_STEP or (fraction == 1.0 and reported < 1.0):
             reported = fraction
             _say(f"progress {frame} {fraction:.3f}")
+        now = time.monotonic()
+        if now - told >= HUMAN_EVERY and fraction < 1.0:
+            told = now
+            _say(f"rendering frame {frame}: {int(fraction * rows)} of {rows} rows "
+                 f"({fraction:.0%}) after {now - started:.1f} s")
 
     return progress
 

@@ -122,8 +122,9 @@ async def drive(settings, job: str, tmp_path: Path) -> None:
         # The job turns running once the manager has heard of a start: a worker says so a second
         # into a render, or with the render's end (its row can say busy before either).
         await until(pilot, lambda: cell(jobs, job, "state") == "running", 10, "the job row to say running")
+        # At 80 columns the owner gets 6 characters (the name takes the room).
         assert [cell(jobs, job, c) for c in ("id", "name", "owner", "state", "priority")] == [
-            job, "sleepy", "wrangler", "running", "50"]
+            job, "sleepy", "wrang…", "running", "50"]
         assert cell(jobs, job, "frames").endswith("/40")
         assert {cell(workers, name, "task").split(":")[0] for name in workers.ids} == {job}
 

@@ -8,6 +8,7 @@ import json
 
 import pytest
 from conftest import farm_env, run_farm
+from renderfarm_cli.top_view import task_cells
 from sqlalchemy import select
 
 from renderfarm import lifecycle
@@ -143,6 +144,8 @@ def test_a_tiled_jobs_tasks_say_which_tile_they_render(engine, database_url, tmp
         (3, "24", "tile", "tile 1,1", "x=32 y=24 32x24"),
         (4, "24", "assemble", "assembly", "x=0 y=0 64x48"),
     ]
+    # `farm top`'s task screen says it too.
+    assert [task_cells(t, NOW)["frames"] for t in rows[3:6]] == ["24 tile 1,1", "24 assembly", "25 tile 0,0"]
     env = cli_env(tmp_path, database_url)
     doc = json.loads(run_farm("tasks", "eeee", "--json", env=env).stdout)
     assert {k: doc[3][k] for k in ("kind", "tile", "column", "row", "region")} == {

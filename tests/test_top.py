@@ -232,17 +232,43 @@ def test_columns_fit_80_columns_and_names_take_what_is_left():
 
 
 def test_top_refuses_to_run_without_a_terminal(tmp_path):
-    """Piped or redirected, `farm top` says so in one line and exits 1 at once, drawing nothing."""
+    """Piped or redirected, `farm top` says so in one line and exits 1 at once, drawing nothing:
+    input from /dev/null, or input and error output on a terminal but output into a pipe."""
+    import os
+    import pty
+    import re
     import subprocess
 
     from conftest import farm_command
 
     env = farm_env(tmp_path / "state")
+    hint = "(`farm top` is interactive; `farm jobs --json` and `farm status --json` serve scripts)"
     started = time.monotonic()
     proc = subprocess.run([*farm_command(), "top"], stdin=subprocess.DEVNULL, capture_output=True, text=True,
                           env=env, timeout=30)
     assert (proc.returncode, proc.stdout) == (1, "")
-    assert proc.stderr.splitlines() == [
-        "farm: top: its input is not a terminal (`farm top` is interactive; `farm jobs --json` and "
-        "`farm status --json` serve scripts)"]
-    assert time.monotonic() - started < 10
+    assert proc.stderr.splitlines() == [f"farm: top: its input is not a terminal {hint}"]
+
+    leader, follower = pty.openpty()
+    try:
+        proc = subprocess.run([*farm_command(), "top"], stdin=follower, stdout=subprocess.PIPE, stderr=follower,
+                              env=env, timeout=30)
+        os.close(follower)
+        follower = -1
+        said = b""
+        while True:  # what the command wrote to the terminal
+            try:
+                chunk = os.read(leader, 4096)
+            except OSError:  # the terminal's other end is closed: all read
+                break
+            if not chunk:
+                break
+            said += chunk
+    finally:
+        os.close(leader)
+        if follower >= 0:
+            os.close(follower)
+    assert (proc.returncode, proc.stdout) == (1, b"")
+    shown = re.sub(r"\x1b\[[0-9;]*m", "", said.decode()).strip()  # in red, on a terminal
+    assert shown == f"farm: top: its output is not a terminal {hint}"
+    assert time.monotonic() - started < 20

@@ -197,3 +197,33 @@ def test_the_selection_keeps_its_place_when_its_job_leaves_the_list(tmp_path):
             await pilot.press("q")
 
     asyncio.run(drive())
+
+
+def test_a_blocked_job_says_so_and_why_on_its_row_and_the_status_line(managed):
+    settings, engine = managed
+    with session_scope(engine) as s:  # c fails (each task fails once, one attempt allowed); d waits on it
+        for task in s.scalars(select(Task).where(Task.job_id == "c0000003")).all():
+            attempt = lifecycle.queue_attempt(s, task, "w1", 1100.0)
+            lifecycle.start_attempt(s, attempt, 1101.0)
+            lifecycle.fail_attempt(s, attempt, 1102.0, "exit 3", None, 1)
+        lifecycle.refresh_job(s, s.get(Job, "c0000003"), 1102.0)
+        job = Job(id="d0000004", name="comp_after_fx", owner="wrangler01", renderer="builtin", scene_name="s.toml",
+                  scene_key=f"scenes/{SHA}.toml", scene_sha256=SHA, frames="1", frame_count=1, chunk=1,
+                  width=64, height=48, submitted_at=2000.0, after="c0000003")
+        lifecycle.create_job(s, job, plan_tasks("1", 1, 100))
+
+    async def drive() -> None:
+        app = farm_top(settings)
+        async with app.run_test(size=SIZE) as pilot:
+            farm, jobs = app.farm, app.farm.query_one("#jobs")
+            await until(pilot, lambda: "d0000004" in jobs.ids, 10, "the blocked job's row")
+            assert jobs.cell("d0000004", "state").strip() == "blocked"
+            while jobs.selected_id() != "d0000004":
+                await pilot.press("down")
+            await until(pilot, lambda: "blocked: c0000003 failed" in str(farm.query_one("#status").render()), 3,
+                        "the status line")
+            assert str(farm.query_one("#status").render()).strip() == (
+                "blocked: c0000003 failed; it starts once that job is retried (f) and done")
+            await pilot.press("q")
+
+    asyncio.run(drive())

@@ -46,9 +46,9 @@ def top() -> None:
     from renderfarm.config import load_settings
     from renderfarm.errors import InputError
 
-    # Without a terminal on both ends the app would draw escape codes into a file or pipe, and
-    # wait for keys that never come, until it is killed.
-    for name, stream in (("input", sys.stdin), ("output", sys.stdout)):
+    # Without a terminal the app would draw escape codes into a file or pipe (Textual draws on
+    # stderr), and wait for keys that never come, until it is killed.
+    for name, stream in (("input", sys.stdin), ("output", sys.stdout), ("error output", sys.stderr)):
         if stream is None or not stream.isatty():
             raise InputError(f"top: its {name} is not a terminal (`farm top` is interactive; "
                              "`farm jobs --json` and `farm status --json` serve scripts)")

@@ -170,8 +170,8 @@ def test_download_tiles_of_a_job_without_them_is_one_line(engine, database_url, 
     env = cli_env(tmp_path, database_url)
     for job, message in (
         ("ffff0006", "farm: tiles: job ffff0006 is not tiled (it was submitted without --tiles or --tile-size)"),
-        ("eeee0005", "farm: tiles: job eeee0005 has no tiles in storage: its tiles are deleted once each frame is "
-                     "assembled (submit with --keep-tiles to keep them)"),
+        ("eeee0005", ("farm: tiles: job eeee0005 has no tiles in storage: its tiles are deleted once each frame "
+                      "is assembled (submit with --keep-tiles to keep them)")),
     ):
         proc = run_farm("download", job, str(tmp_path / "out"), "--tiles", env=env, check=False)
         assert (proc.returncode, proc.stderr.strip().splitlines()[-1]) == (1, message)

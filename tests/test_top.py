@@ -245,14 +245,14 @@ def test_top_refuses_to_run_without_a_terminal(tmp_path):
     hint = "(`farm top` is interactive; `farm jobs --json` and `farm status --json` serve scripts)"
     started = time.monotonic()
     proc = subprocess.run([*farm_command(), "top"], stdin=subprocess.DEVNULL, capture_output=True, text=True,
-                          env=env, timeout=30)
+                          env=env, timeout=30, check=False)
     assert (proc.returncode, proc.stdout) == (1, "")
     assert proc.stderr.splitlines() == [f"farm: top: its input is not a terminal {hint}"]
 
     leader, follower = pty.openpty()
     try:
         proc = subprocess.run([*farm_command(), "top"], stdin=follower, stdout=subprocess.PIPE, stderr=follower,
-                              env=env, timeout=30)
+                              env=env, timeout=30, check=False)
         os.close(follower)
         follower = -1
         said = b""

@@ -156,6 +156,11 @@ def test_the_job_table_at_80_columns_shows_cost_and_gives_the_name_room(managed)
             # 100 W for 7.2 s is 200 micro-kWh: 0.00008 CNY at 0.4 CNY per kWh.
             assert row.split()[-1] == "8e-05"
             assert jobs.cell("c0000003", "cost") == "-"  # no price, no cost
+            # A wider terminal gives the room to the name (and a little to the owner).
+            await pilot.resize_terminal(120, 24)
+            await until(pilot, lambda: any(line.startswith(" a0000001 lighting_sq010_sh0010_v003 ")
+                                           for line in screen_lines(app)), 5, "the whole name")
+            assert jobs.cell("a0000001", "owner").strip() == "wrangler01"
             await pilot.press("q")
 
     asyncio.run(drive())

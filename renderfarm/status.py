@@ -126,7 +126,7 @@ class TaskRow:
     def what(self) -> str:
         """What the task renders, in words: `frames`, `tile 2,1` (column, row) or `assembly`."""
         if self.kind == TaskKind.TILE.value:
-            return f"tile {self.column},{self.row}"
+            return f"tile {self.tile}" if self.column is None else f"tile {self.column},{self.row}"
         return "assembly" if self.kind == TaskKind.ASSEMBLE.value else "frames"
 
     def region_text(self) -> str:

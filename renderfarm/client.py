@@ -342,23 +342,49 @@ def frame_objects(settings: Settings, job_id: str):
     return storage, sorted(storage.list(frames_prefix(job_id)), key=lambda o: o.key)
 
 
+def tile_objects(settings: Settings, job_id: str):
+    """The committed tiles of a job still in storage, in key order: all of them for a job
+    submitted with --keep-tiles, otherwise those of frames not assembled yet."""
+    from renderfarm.storage import open_storage
+    from renderfarm.storage.keys import tiles_prefix
+
+    storage = open_storage(settings)
+    return storage, sorted(storage.list(tiles_prefix(job_id)), key=lambda o: o.key)
+
+
 def download(
-    settings: Settings, job_id: str, dest: Path, on_progress: Callable[[int, int, str], None] = lambda *_: None
+    settings: Settings, job_id: str, dest: Path, on_progress: Callable[[int, int, str], None] = lambda *_: None,
+    *, tiles: bool = False,
 ) -> list[Path]:
-    """Copy a job's final frames into `dest`; a file already there with the same size is kept."""
-    storage, objects = frame_objects(settings, job_id)
+    """Copy a job's final frames into `dest` (with `tiles`, its committed tiles instead, as
+    `dest/<name>.<frame>/<tile>.<ext>`); a file already there with the same size is kept."""
+    from renderfarm.storage.keys import tiles_prefix
+
+    storage, objects = tile_objects(settings, job_id) if tiles else frame_objects(settings, job_id)
+    prefix = tiles_prefix(job_id) if tiles else frames_prefix(job_id)
     dest.mkdir(parents=True, exist_ok=True)
     paths = []
     for i, obj in enumerate(objects, 1):
-        name = obj.key.rsplit("/", 1)[-1]
+        name = _relative_name(obj.key, prefix)
         target = dest / name
         if not (target.exists() and target.stat().st_size == obj.size):
-            tmp = dest / f".{name}.part"
+            target.parent.mkdir(parents=True, exist_ok=True)
+            tmp = target.parent / f".{target.name}.part"
             retrying(f"download {obj.key}", lambda: storage.download_file(obj.key, tmp), within=DOWNLOAD_RETRY)
             os.replace(tmp, target)
         paths.append(target)
         on_progress(i, len(objects), name)
     return paths
+
+
+def _relative_name(key: str, prefix: str) -> str:
+    """Where an object under `prefix` goes below the destination; never outside it."""
+    from renderfarm.errors import StorageError
+
+    parts = key[len(prefix):].split("/")
+    if not key.startswith(prefix) or any(p in ("", ".", "..") for p in parts):
+        raise StorageError(f"download: storage key {key[:200]!r} is not a file name under {prefix!r}")
+    return "/".join(parts)
 
 
 def find_attempt(session, task_ref: str):

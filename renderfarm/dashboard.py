@@ -184,6 +184,7 @@ class Dashboard:
                                 notes=notes + [str(e)])
             jobs = active_and_recent_jobs(session, now)
             rows = list_workers(session, live)
+            running = running_tasks(session)
             throughput = Throughput(finished_per_minute(session, now))
             failures = recent_failures(session)
 
@@ -194,7 +195,7 @@ class Dashboard:
                 queues = queue_depths(self.redis(), watched)
             except (FarmNotRunningError, redis_lib.RedisError):
                 self._drop_redis()
-        workers = [worker_line(w, now, queues) for w in _live_first(rows)]
+        workers = [worker_line(w, now, queues, running) for w in _live_first(rows)]
         return Snapshot(
             taken_at=now, jobs=jobs, workers=workers, queues=queues, throughput=throughput,
             failures=failures, farm_running=live is not None, manager_running=manager, notes=notes,
@@ -310,10 +311,37 @@ def recent_failures(session: Session, limit: int = RECENT_FAILURES) -> list[Fail
     ]
 
 
-def worker_line(w: WorkerRow, now: float, queues: dict[str, int] | None) -> WorkerLine:
+def running_tasks(session: Session) -> dict[str, str]:
+    """The task (JOB:INDEX) each worker is running, as the database has it."""
+    from sqlalchemy import select
+
+    from renderfarm.models import Attempt, Task
+
+    rows = session.execute(
+        select(Attempt.worker, Attempt.job_id, Task.index)
+        .join(Task, Task.id == Attempt.task_id)
+        .where(Attempt.state == AttemptState.RUNNING.value)
+        .order_by(Attempt.started_at.desc(), Attempt.id.desc())
+    ).all()
+    running: dict[str, str] = {}
+    for worker, job_id, index in rows:
+        running.setdefault(worker, f"{job_id}:{index}")
+    return running
+
+
+def worker_line(w: WorkerRow, now: float, queues: dict[str, int] | None,
+                running: dict[str, str] | None = None) -> WorkerLine:
+    """A worker's row. Whether it is busy, and on what, comes from the running attempts read with
+    the job rows, not from its heartbeat: a heartbeat is up to a third of its TTL old (10 s by
+    default), and the rows must agree with the jobs they show as running."""
     age = None if w.last_heartbeat is None else max(0.0, now - w.last_heartbeat)
     queued = None if queues is None else queues.get(w.name)
-    return WorkerLine(w.name, w.state, w.current_task, age, w.pool, queued)
+    state, task = w.state, w.current_task
+    if running is not None:
+        task = running.get(w.name)
+        if state in (WorkerState.IDLE.value, WorkerState.BUSY.value):
+            state = WorkerState.BUSY.value if task else WorkerState.IDLE.value
+    return WorkerLine(w.name, state, task, age, w.pool, queued)
 
 
 def _live_first(rows: list[WorkerRow]) -> list[WorkerRow]:

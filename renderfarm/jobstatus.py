@@ -10,14 +10,15 @@ from typing import Any
 
 from renderfarm.scheduling import WorkerView, unschedulable
 from renderfarm.sites import PICO
-from renderfarm.states import JobState, TaskState
+from renderfarm.states import JOB_FINAL, JobState, TaskState
 
 JOB_COLUMNS = (
     "id", "name", "owner", "state", "priority", "pool", "renderer", "frames", "frame_count", "task_count", "chunk",
     "width", "height", "submitted_at", "started_at", "finished_at", "error", "site", "requires",
-    "renderer_version",
+    "renderer_version", "after",
 )
 WORKER_COLUMNS = ("name", "pool", "site", "capabilities")  # of the workers not offline
+MISSING = "missing"  # the state shown for an --after job that is no longer in the database
 
 
 @dataclass(frozen=True)
@@ -50,16 +51,22 @@ class JobStatus:
     site: str | None = None  # pinned to this site
     unschedulable: str | None = None  # why no live worker can run its waiting tasks, if none can
     renderer_version: str | None = None  # the renderer version it needs ("3.4": any 3.4.x)
+    after: str | None = None  # the job it starts after (--after), once that one is done
+    after_state: str | None = None  # that job's state ("missing" once it is gone)
+    waiting_on: str | None = None  # the --after job, while it keeps this one from starting
+    blocked: str | None = None  # "1a2b3c4d failed": the --after job will not be done unless retried
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
 
 
 def summarize(job: Mapping[str, Any], state_rows: Iterable[tuple], costs: Mapping[str, int],
-              now: float | None = None, workers: Iterable[WorkerView] | None = None) -> JobStatus:
+              now: float | None = None, workers: Iterable[WorkerView] | None = None,
+              after_state: str | None = None) -> JobStatus:
     """A job's status from its row (JOB_COLUMNS), its tasks grouped by state as (state, count,
-    frames finished, weight, weight x progress), its cost so far per currency (10^-12 units), and
-    the live workers (to tell when none of them can run the job)."""
+    frames finished, weight, weight x progress), its cost so far per currency (10^-12 units), the
+    live workers (to tell when none of them can run the job), and the state of its --after job
+    (None when that job no longer exists)."""
     now = time.time() if now is None else now
     counts = {s.value: 0 for s in TaskState}
     frames_done = 0
@@ -100,4 +107,23 @@ def summarize(job: Mapping[str, Any], state_rows: Iterable[tuple], costs: Mappin
         started_at=job["started_at"], finished_at=job["finished_at"], elapsed=elapsed, eta=eta, error=job["error"],
         cost={c: v / PICO for c, v in costs.items()}, projected_cost={c: v / PICO for c, v in projected.items()},
         requires=requires, site=job.get("site"), unschedulable=why, renderer_version=job.get("renderer_version"),
+        **_after_fields(job, after_state),
     )
+
+
+def _after_fields(job: Mapping[str, Any], after_state: str | None) -> dict[str, Any]:
+    """What a job's --after job means for it now. The scheduler starts a job's tasks only once its
+    --after job is done: until then it waits on it, and a failed, cancelled or vanished --after
+    job blocks it until that job is retried and done."""
+    after = job.get("after")
+    if not after:
+        return {}
+    state = after_state or MISSING
+    fields: dict[str, Any] = {"after": after, "after_state": state}
+    final = {s.value for s in JOB_FINAL}
+    if job["state"] in final or state == JobState.DONE.value:
+        return fields
+    fields["waiting_on"] = after
+    if state in final or state == MISSING:
+        fields["blocked"] = f"{after} {'no longer exists' if state == MISSING else state}"
+    return fields

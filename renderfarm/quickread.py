@@ -19,6 +19,7 @@ _STATES_SQL = (
     "SELECT state, count(*), coalesce(sum(CASE WHEN kind != 'tile' THEN frame_count ELSE 0 END), 0), "
     "coalesce(sum(weight), 0.0), coalesce(sum(weight * progress), 0.0) FROM tasks WHERE job_id = ? GROUP BY state"
 )
+_STATE_SQL = "SELECT state FROM jobs WHERE id = ?"
 _WORKERS_SQL = "SELECT " + ", ".join(WORKER_COLUMNS) + " FROM workers WHERE state != 'offline'"
 _COSTS_SQL = (
     "SELECT currency, coalesce(sum(cost_pico), 0) FROM attempts "
@@ -89,7 +90,11 @@ class QuickReader:
     def status(self, job: dict[str, Any], now: float | None = None, workers: list | None = None) -> JobStatus:
         costs = {c: int(v) for c, v in self._rows(_COSTS_SQL, job["id"])}
         workers = self.live_workers() if workers is None else workers
-        return summarize(job, self._rows(_STATES_SQL, job["id"]), costs, now, workers)
+        after_state = None
+        if job["after"]:
+            found = self._rows(_STATE_SQL, job["after"])
+            after_state = found[0][0] if found else None
+        return summarize(job, self._rows(_STATES_SQL, job["id"]), costs, now, workers, after_state)
 
     def live_workers(self) -> list:
         """The scheduler's view of every worker not offline, as the manager last recorded it."""

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 from sqlalchemy import case, func, select
 
 from renderfarm.capabilities import parse_capabilities, worker_view
-from renderfarm.errors import NotFoundError, SchemaMissing
+from renderfarm.errors import InputError, NotFoundError, SchemaMissing
 from renderfarm.jobstatus import JOB_COLUMNS, JobStatus, summarize
 from renderfarm.models import Attempt, Job, JobState, Task, TaskKind, TaskState, Worker, WorkerState
 from renderfarm.scheduling import WorkerView
@@ -76,7 +76,9 @@ def job_status(session: Session, job: Job, now: float | None = None, workers: li
         .group_by(Task.state)
     ).all()
     workers = live_worker_views(session) if workers is None else workers
-    return summarize({c: getattr(job, c) for c in JOB_COLUMNS}, rows, job_costs(session, job.id), now, workers)
+    after_state = session.scalar(select(Job.state).where(Job.id == job.after)) if job.after else None
+    return summarize({c: getattr(job, c) for c in JOB_COLUMNS}, rows, job_costs(session, job.id), now, workers,
+                     after_state)
 
 
 def live_worker_views(session: Session) -> list[WorkerView]:
@@ -107,11 +109,32 @@ class TaskRow:
     started_at: float | None
     finished_at: float | None
     error: str | None
-    kind: str = "render"
-    tile: int | None = None
+    kind: str = "render"  # render (a chunk of whole frames), tile, or assemble
+    tile: int | None = None  # a tile task's index in the job's grid (row-major)
+    column: int | None = None  # and its column and row in the grid
+    row: int | None = None
+    region: dict[str, int] | None = None  # the pixels it produces: x, y, width, height
 
     def to_json(self) -> dict[str, Any]:
-        return asdict(self)
+        """Every field; a tiled job's tasks also carry their column, row and region."""
+        doc = asdict(self)
+        for key in ("column", "row", "region"):
+            if doc[key] is None:
+                del doc[key]
+        return doc
+
+    def what(self) -> str:
+        """What the task renders, in words: `frames`, `tile 2,1` (column, row) or `assembly`."""
+        if self.kind == TaskKind.TILE.value:
+            return f"tile {self.tile}" if self.column is None else f"tile {self.column},{self.row}"
+        return "assembly" if self.kind == TaskKind.ASSEMBLE.value else "frames"
+
+    def region_text(self) -> str:
+        """`x=320 y=0 320x180`, or `-` when the region is not known."""
+        if not self.region:
+            return "-"
+        r = self.region
+        return f"x={r['x']} y={r['y']} {r['width']}x{r['height']}"
 
 
 def list_tasks(session: Session, job: Job, state: str | None = None, limit: int | None = None) -> list[TaskRow]:
@@ -139,11 +162,40 @@ def list_tasks(session: Session, job: Job, state: str | None = None, limit: int 
                  "started_at": row.started_at, "finished_at": row.finished_at, "error": row.error,
                  "log_key": row.log_key}
             )
+    tiles = _job_tiles(job)
     return [
         TaskRow(f"{job.id}:{t.index}", t.index, t.frames, t.state, t.worker, t.progress,
-                by_task.get(t.id, []), t.started_at, t.finished_at, t.error, t.kind, t.tile)
+                by_task.get(t.id, []), t.started_at, t.finished_at, t.error, t.kind, t.tile,
+                **_placement(job, t, tiles))
         for t in tasks
     ]
+
+
+def _job_tiles(job: Job) -> list:
+    """The tiles of a tiled job's frames (none for a job rendered whole, or a grid that no longer
+    parses: a listing must still show the tasks)."""
+    from renderfarm.tiles import parse_grid
+
+    if not job.tiles:
+        return []
+    try:
+        return parse_grid(job.tiles).split(job.width, job.height)
+    except InputError:
+        return []
+
+
+def _placement(job: Job, task: Task, tiles: list) -> dict[str, Any]:
+    """Where a tiled job's task puts its pixels: a tile's column, row and region, or the whole
+    frame for an assembly (nothing for a job rendered whole: every task renders whole frames)."""
+    if task.kind == TaskKind.RENDER.value:
+        return {}
+    if task.kind == TaskKind.ASSEMBLE.value:
+        return {"region": {"x": 0, "y": 0, "width": job.width, "height": job.height}}
+    if task.tile is None or not 0 <= task.tile < len(tiles):
+        return {}
+    tile = tiles[task.tile]
+    return {"column": tile.column, "row": tile.row,
+            "region": {"x": tile.x, "y": tile.y, "width": tile.width, "height": tile.height}}
 
 
 @dataclass(frozen=True)

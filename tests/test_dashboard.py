@@ -212,3 +212,23 @@ def test_unreachable_database_is_one_error(tmp_path):
 def test_first_line():
     assert first_line("\n\n  exited 3  \nmore") == "exited 3"
     assert first_line(None) == first_line("  \n") == "(no error message)"
+
+
+def test_worker_rows_follow_the_running_attempts_not_a_stale_heartbeat(farm_db, database_url, redis_url, tmp_path):
+    """A heartbeat is up to a third of its TTL old: w1's still says idle though the database has it
+    running a0000001:2, and w2's still says busy on a task that has ended. The rows, and the
+    header's busy count, follow the running attempts read with the job rows."""
+    r = redis_lib.Redis.from_url(redis_url)
+    presence.beat(r, "w1", {"state": "idle", "task": None, "ts": NOW - 8}, ttl=30)
+    presence.beat(r, "w2", {"state": "busy", "task": "a0000001:4", "ts": NOW - 8}, ttl=30)
+    presence.beat(r, "w4", {"state": "stopping", "task": None, "ts": NOW - 1}, ttl=30)
+    snap = snapshot(settings_for(tmp_path, database_url, redis_url), now=NOW)
+    r.close()
+    assert [(w.name, w.state, w.current_task) for w in snap.workers] == [
+        ("w1", "busy", "a0000001:2"),
+        ("w2", "idle", None),
+        ("w4", "stopping", None),  # a worker on its way out says so, whatever it runs
+        ("w3", "offline", None),
+    ]
+    running = {j.id for j in snap.jobs if j.state == "running"}
+    assert {w.current_task.split(":")[0] for w in snap.workers if w.state == "busy"} == running

@@ -76,6 +76,22 @@ def test_keep_tiles_keeps_them(farm):
     assert sorted(o.key for o in storage.list(f"jobs/{job}/tiles/")) == [
         f"jobs/{job}/tiles/kept.0003/0.png", f"jobs/{job}/tiles/kept.0003/1.png",
     ]
+    # `farm download --tiles` fetches them, one folder per frame.
+    dest = root / "kept-tiles"
+    assert run_farm("download", job, str(dest), "--tiles", env=env).stdout.strip() == f"2 tile(s) in {dest}"
+    files = sorted(p.relative_to(dest).as_posix() for p in dest.rglob("*") if p.is_file())
+    assert files == ["kept.0003/0.png", "kept.0003/1.png"]
+    assert [read_pixels(dest / f, "png").shape[:2] for f in files] == [(180, 160), (180, 160)]
+    # `farm tasks` says which tile each task renders, and where.
+    tasks = tasks_of(env, job)
+    assert [(t["kind"], t.get("column"), t.get("row"), t.get("region")) for t in tasks] == [
+        ("tile", 0, 0, {"x": 0, "y": 0, "width": 160, "height": 180}),
+        ("tile", 1, 0, {"x": 160, "y": 0, "width": 160, "height": 180}),
+        ("assemble", None, None, {"x": 0, "y": 0, "width": 320, "height": 180}),
+    ]
+    table = run_farm("tasks", job, env=env).stdout.splitlines()
+    assert [" ".join(line.split()[1:7]) for line in table[1:]] == [
+        "tile 0,0 3 x=0 y=0 160x180", "tile 1,0 3 x=160 y=0 160x180", "assembly 3 x=0 y=0 320x180 done"]
 
 
 def test_a_tile_deleted_before_assembly_is_rendered_again_alone(farm):

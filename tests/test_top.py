@@ -14,7 +14,16 @@ from pathlib import Path
 import pytest
 from conftest import farm_env, farm_processes, run_farm
 from renderfarm_cli.top import farm_top
-from renderfarm_cli.top_view import progress_bar, short_count, sparkline
+from renderfarm_cli.top_view import (
+    cost_text,
+    job_columns,
+    money,
+    progress_bar,
+    short_count,
+    short_duration,
+    sparkline,
+    task_columns,
+)
 
 from renderfarm.client import Submission, submit
 from renderfarm.config import load_settings
@@ -70,7 +79,7 @@ class Reader:
 
 
 def cell(table, row: str, col: str) -> str:
-    return str(table.get_cell(row, col))
+    return table.cell(row, col).strip()
 
 
 def status_line(screen) -> str:
@@ -105,18 +114,19 @@ async def drive(settings, job: str, tmp_path: Path) -> None:
 
         # The job row and both workers' rows appear, refreshed in place as they render.
         seen = time.monotonic()
-        await until(pilot, lambda: job in [r.key.value for r in jobs.ordered_rows], 10, "the job row")
-        await until(pilot, lambda: workers.row_count == 2
-                    and all(cell(workers, r.key.value, "state") == "busy" for r in workers.ordered_rows),
+        await until(pilot, lambda: job in jobs.ids, 10, "the job row")
+        await until(pilot, lambda: len(workers.ids) == 2
+                    and all(cell(workers, name, "state") == "busy" for name in workers.ids),
                     20, "two busy worker rows")
         print(f"rows on screen {time.monotonic() - seen:.1f} s after the app started")
         # The job turns running once the manager has heard of a start: a worker says so a second
         # into a render, or with the render's end (its row can say busy before either).
         await until(pilot, lambda: cell(jobs, job, "state") == "running", 10, "the job row to say running")
+        # At 80 columns the owner gets 6 characters (the name takes the room).
         assert [cell(jobs, job, c) for c in ("id", "name", "owner", "state", "priority")] == [
-            job, "sleepy", "wrangler", "running", "50"]
+            job, "sleepy", "wrang…", "running", "50"]
         assert cell(jobs, job, "frames").endswith("/40")
-        assert {cell(workers, r.key.value, "task").split(":")[0] for r in workers.ordered_rows} == {job}
+        assert {cell(workers, name, "task").split(":")[0] for name in workers.ids} == {job}
 
         # s suspends the selected job: the manager applies it and starts no new task of it.
         await until(pilot, lambda: db.job(job).counts["done"] >= 1, 20, "a task to finish")
@@ -145,7 +155,7 @@ async def drive(settings, job: str, tmp_path: Path) -> None:
 
         # Enter opens the job's tasks; l opens the selected (first, done) task's log.
         await pilot.press("enter")
-        await until(pilot, lambda: app.screen.query("#tasks") and app.screen.query_one("#tasks").row_count == 40,
+        await until(pilot, lambda: app.screen.query("#tasks") and len(app.screen.query_one("#tasks").ids) == 40,
                     10, "the job's 40 tasks")
         tasks = app.screen.query_one("#tasks")
         assert cell(tasks, f"{job}:0", "state") == "done"
@@ -199,3 +209,66 @@ def test_formatters():
     assert sparkline([0, 1, 2, 4, 8]) == "▁▂▃▅█"
     assert sparkline([0, 0]) == "▁▁"
     assert [short_count(n) for n in (0, 9999, 10_000, 123_456)] == ["0", "9999", "10k", "123k"]
+    assert [short_duration(s) for s in (None, 0.4, 59, 60, 599, 600, 3599, 3600, 35_999, 36_000, 359_999, 400_000, 9e6)] == [
+        "-", "0s", "59s", "1m00s", "9m59s", "10m", "59m", "1h00m", "9h59m", "10h", "99h", "4d", "99d+"]
+    assert [money(v) for v in (0, 0.0123456, 0.5, 12.345678, 1234.5, 12345.6, 999_999.4, 1_234_567, 0.00001234)] == [
+        "0", "0.0123", "0.5000", "12.346", "1234.5", "12346", "999999", "1235k", "1e-05"]
+    # No price anywhere (the local farm's default) is no cost at all; several currencies do not add up.
+    assert [cost_text(c) for c in ({}, {"": 0.0}, {"EUR": 0.0}, {"EUR": 0.0123}, {"EUR": 1.0, "CNY": 7.0})] == [
+        "-", "-", "0", "0.0123", "mixed"]
+
+
+def test_columns_fit_80_columns_and_names_take_what_is_left():
+    """Each column's text plus one space, plus a scrollbar: exactly the screen's width. At 80 the
+    name gets 15 characters (the owner 6); on a wider screen the name takes most of the rest."""
+    for width in (80, 100, 160):
+        for columns in (job_columns(width), task_columns(width)):
+            assert sum(w + 1 for _key, _label, w in columns) + 1 == width
+    widths = {key: w for key, _label, w in job_columns(80)}
+    assert widths == {"id": 8, "name": 15, "owner": 6, "state": 9, "priority": 3, "progress": 9, "frames": 9,
+                      "eta": 5, "cost": 6}
+    assert {key: w for key, _label, w in job_columns(120) if key in ("name", "owner")} == {"name": 45, "owner": 16}
+    assert {key: w for key, _label, w in task_columns(80)}["error"] == 25
+
+
+def test_top_refuses_to_run_without_a_terminal(tmp_path):
+    """Piped or redirected, `farm top` says so in one line and exits 1 at once, drawing nothing:
+    input from /dev/null, or input and error output on a terminal but output into a pipe."""
+    import os
+    import pty
+    import re
+    import subprocess
+
+    from conftest import farm_command
+
+    env = farm_env(tmp_path / "state")
+    hint = "(`farm top` is interactive; `farm jobs --json` and `farm status --json` serve scripts)"
+    started = time.monotonic()
+    proc = subprocess.run([*farm_command(), "top"], stdin=subprocess.DEVNULL, capture_output=True, text=True,
+                          env=env, timeout=30, check=False)
+    assert (proc.returncode, proc.stdout) == (1, "")
+    assert proc.stderr.splitlines() == [f"farm: top: its input is not a terminal {hint}"]
+
+    leader, follower = pty.openpty()
+    try:
+        proc = subprocess.run([*farm_command(), "top"], stdin=follower, stdout=subprocess.PIPE, stderr=follower,
+                              env=env, timeout=30, check=False)
+        os.close(follower)
+        follower = -1
+        said = b""
+        while True:  # what the command wrote to the terminal
+            try:
+                chunk = os.read(leader, 4096)
+            except OSError:  # the terminal's other end is closed: all read
+                break
+            if not chunk:
+                break
+            said += chunk
+    finally:
+        os.close(leader)
+        if follower >= 0:
+            os.close(follower)
+    assert (proc.returncode, proc.stdout) == (1, b"")
+    shown = re.sub(r"\x1b\[[0-9;]*m", "", said.decode()).strip()  # in red, on a terminal
+    assert shown == f"farm: top: its output is not a terminal {hint}"
+    assert time.monotonic() - started < 20

@@ -33,6 +33,8 @@ STYLES = dict(
         "offline": "dim",
         "missing": "red",
         "unschedulable": "yellow",
+        "waiting": "cyan",  # a job whose --after job is not done yet
+        "blocked": "bold yellow",  # one whose --after job failed or was cancelled
     }
 )
 

@@ -170,11 +170,32 @@ def jobs(
         table.add_column(col, justify="right" if col in ("PRI", "FRAMES", "DONE") else "left")
     for s in rows:
         table.add_row(
-            s.id, s.name, s.owner, state_text("unschedulable" if s.unschedulable else s.state), str(s.priority),
+            s.id, s.name, s.owner, state_text(shown_state(s)), str(s.priority),
             str(s.frames), f"{s.progress:.0%}",
             duration(s.elapsed), duration(s.eta), age(s.submitted_at),
         )
     out().print(table if rows else "no jobs yet")
+    for s in [s for s in rows if s.blocked]:  # why, for each: the table has no room for it
+        out().print(f"job {s.id} {after_line(s)}", markup=False)
+
+
+def shown_state(s) -> str:
+    """A job's state as listings show it: why a queued job does not start, when it cannot."""
+    if s.blocked:
+        return "blocked"
+    if s.waiting_on:
+        return "waiting"
+    return "unschedulable" if s.unschedulable else s.state
+
+
+def after_line(s) -> str | None:
+    """What a job's --after job means for it now, in words (None when it no longer matters)."""
+    if s.blocked:
+        return (f"blocked: {s.blocked}; this job starts once {s.after} is retried "
+                f"(`farm retry {s.after}`) and done")
+    if s.waiting_on:
+        return f"waiting on job {s.after} ({s.after_state}): this job starts once it is done"
+    return None
 
 
 def status(
@@ -199,6 +220,10 @@ def status(
     counts = ", ".join(f"{n} {state}" for state, n in s.counts.items() if n)
     out().print(f"  tasks     {counts or 'none'}")
     out().print(f"  elapsed   {duration(s.elapsed)}   ETA {duration(s.eta)}")
+    if after_line(s):
+        from rich.markup import escape
+
+        out().print(f"  after     {'[warn]' if s.blocked else ''}{escape(after_line(s))}{'[/]' if s.blocked else ''}")
     if s.requires:
         out().print(f"  requires  {', '.join(s.requires)}")
     if s.unschedulable:
@@ -236,8 +261,9 @@ def _farm_status(settings, json_: bool) -> None:
     out().print(f"farm {'[ok]running[/]' if live is not None else '[warn]not running[/]'}, {counted(len(live or {}), 'live worker')}")
     out().print("jobs: " + ", ".join(f"{n} {state}" for state, n in doc["jobs"].items() if n) if jobs_ else "jobs: none")
     for j in active:
-        out().print(f"  {j.id} {j.name}: {j.progress:.0%} of {counted(j.frames, 'frame')}, {j.state}, "
-                    f"ETA {duration(j.eta)}")
+        why = f" ({after_line(j)})" if j.waiting_on else ""
+        out().print(f"  {j.id} {j.name}: {j.progress:.0%} of {counted(j.frames, 'frame')}, {shown_state(j)}, "
+                    f"ETA {duration(j.eta)}{why}", markup=False)
 
 
 def tasks(
@@ -256,13 +282,17 @@ def tasks(
         return
     from rich.table import Table
 
+    tiled = any(t.kind != "render" for t in rows)  # a tile or an assembly: say which, and where
     table = Table(box=None, header_style="bold")
-    for col in ("TASK", "FRAMES", "STATE", "WORKER", "ATTEMPTS", "TIME", "ERROR"):
+    for col in ("TASK", *(("KIND",) if tiled else ()), "FRAMES", *(("REGION",) if tiled else ()),
+                "STATE", "WORKER", "ATTEMPTS", "TIME", "ERROR"):
         table.add_column(col)
     for t in rows:
         took = (t.finished_at - t.started_at) if t.finished_at and t.started_at else None
         tries = ", ".join(f"{a['number']}:{a['worker']}:{a['state']}" for a in t.attempts) or "-"
-        table.add_row(t.id, t.frames, state_text(t.state), t.worker or "-", tries, duration(took), (t.error or "")[:60])
+        placed = ((t.what(),), (t.region_text(),)) if tiled else ((), ())
+        table.add_row(t.id, *placed[0], t.frames, *placed[1], state_text(t.state), t.worker or "-", tries,
+                      duration(took), (t.error or "")[:60])
     out().print(table if rows else "no tasks")
 
 
@@ -297,29 +327,39 @@ def workers(json_: JsonOpt = False) -> None:
 def download(
     job: JobArg,
     dest: Annotated[str, typer.Argument(help="Directory to put the frames in.", show_default=False)],
+    tiles: Annotated[bool, typer.Option("--tiles", help="Download the job's kept tiles (submitted with --keep-tiles) instead, as DEST/NAME.FRAME/TILE.EXT.")] = False,
 ) -> None:
     """Download a job's finished frames into DEST."""
     from renderfarm.client import download as fetch
+    from renderfarm.errors import InputError, NotFoundError
     from renderfarm.status import resolve_job
 
     from renderfarm_cli.progress import Progress
 
     settings = _settings()
     with _job_session(settings, job) as session:
-        job_id = resolve_job(session, job).id
+        found = resolve_job(session, job)
+        job_id, tiled, kept = found.id, bool(found.tiles), found.keep_tiles
+    if tiles and not tiled:
+        raise InputError(f"tiles: job {job_id} is not tiled (it was submitted without --tiles or --tile-size)")
+    what = "tiles" if tiles else "frames"
     progress: dict[str, Progress] = {}
 
     def on_progress(i: int, total: int, name: str) -> None:
         if "p" not in progress:
-            progress["p"] = Progress(f"download {job_id}", total, "frames").__enter__()
+            progress["p"] = Progress(f"download {job_id}", total, what).__enter__()
         progress["p"].update(i, name, force=i == total)
 
+    target = _path("dest", dest)
     try:
-        paths = fetch(settings, job_id, _path("dest", dest), on_progress)
+        paths = fetch(settings, job_id, target, on_progress, tiles=tiles)
     finally:
         if "p" in progress:
             progress["p"].__exit__(None, None, None)
-    out().print(f"{counted(len(paths), 'frame')} in {dest}")
+    if tiles and not paths:
+        why = "none are stored yet" if kept else "its tiles are deleted once each frame is assembled (submit with --keep-tiles to keep them)"
+        raise NotFoundError(f"tiles: job {job_id} has no tiles in storage: {why}")
+    out().print(f"{counted(len(paths), 'tile' if tiles else 'frame')} in {dest}")
 
 
 def log(

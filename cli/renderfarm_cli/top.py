@@ -2,7 +2,8 @@
 
 The screens are Textual classes defined inside builder functions: the CLI imports this module at
 start-up, and importing Textual (~250 ms, Rich with it) there would slow down every `farm --help`.
-The data comes from renderfarm.dashboard; the formatters are plain functions in top_view.
+The data comes from renderfarm.dashboard; the formatters are plain functions in top_view, the
+dialogs are in top_dialogs.
 """
 
 from __future__ import annotations
@@ -11,20 +12,20 @@ import time
 from functools import cache
 from typing import TYPE_CHECKING
 
+from renderfarm_cli.top_dialogs import dialogs
 from renderfarm_cli.top_view import (
-    JOB_COLUMNS,
-    TASK_COLUMNS,
     WORKER_COLUMNS,
     activity_text,
-    add_columns,
     error_text,
     failures_text,
     job_cells,
-    selected_key,
+    job_columns,
+    job_story,
+    keyed_table_class,
     styled,
     summary_text,
-    sync_table,
     task_cells,
+    task_columns,
     worker_cells,
 )
 
@@ -42,8 +43,17 @@ MESSAGE_SECONDS = 8.0  # how long a verb's answer stays in the status line
 
 def top() -> None:
     """Watch and steer the farm in a terminal UI: jobs, workers, queues, throughput, failures."""
-    from renderfarm.config import load_settings
+    import sys
 
+    from renderfarm.config import load_settings
+    from renderfarm.errors import InputError
+
+    # Without a terminal the app would draw escape codes into a file or pipe (Textual draws on
+    # stderr), and wait for keys that never come, until it is killed.
+    for name, stream in (("input", sys.stdin), ("output", sys.stdout), ("error output", sys.stderr)):
+        if stream is None or not stream.isatty():
+            raise InputError(f"top: its {name} is not a terminal (`farm top` is interactive; "
+                             "`farm jobs --json` and `farm status --json` serve scripts)")
     farm_top(load_settings()).run()
 
 
@@ -53,63 +63,11 @@ def farm_top(settings: Settings) -> App:
 
 
 @cache
-def _dialogs():
-    """The cancel confirmation and the priority input (modal screens)."""
-    from textual.app import ComposeResult
-    from textual.binding import Binding
-    from textual.containers import Vertical
-    from textual.screen import ModalScreen
-    from textual.widgets import Input, Label, Static
-
-    class Confirm(ModalScreen[bool]):
-        """A yes/no question: only y says yes (a stray Enter must not cancel a shot); n or Escape says no."""
-
-        BINDINGS = [Binding("y", "answer(True)", "Yes"), Binding("n,escape", "answer(False)", "No")]
-
-        def __init__(self, question: str) -> None:
-            super().__init__()
-            self.question = question
-
-        def compose(self) -> ComposeResult:
-            with Vertical(classes="dialog"):
-                yield Static(self.question, id="question", markup=False)
-                yield Label("[b]y[/b] yes   [b]n[/b] no", classes="hint")
-
-        def action_answer(self, yes: bool) -> None:
-            self.dismiss(yes)
-
-    class AskPriority(ModalScreen[int | None]):
-        """A job's new priority, 0-100; Escape leaves it as it is."""
-
-        BINDINGS = [Binding("escape", "dismiss(None)", "Back")]
-
-        def __init__(self, job_id: str, current: int) -> None:
-            super().__init__()
-            self.job_id, self.current = job_id, current
-
-        def compose(self) -> ComposeResult:
-            with Vertical(classes="dialog"):
-                yield Label(f"Priority of job {self.job_id} (0-100, higher renders first):")
-                yield Input(str(self.current), id="priority", restrict=r"\d{0,3}", max_length=3)
-                yield Label("Enter to set, Escape to leave it", classes="hint", id="priority-hint")
-
-        def on_input_submitted(self, event: Input.Submitted) -> None:
-            from renderfarm.errors import InputError
-            from renderfarm.planning import check_priority
-
-            try:
-                self.dismiss(check_priority(event.value))
-            except InputError as e:
-                self.query_one("#priority-hint", Label).update(styled(str(e), "error"))
-
-    return Confirm, AskPriority
-
-
-@cache
 def _job_screens():
     """A job's tasks, and a task's log."""
     import asyncio
 
+    from textual import events
     from textual.app import ComposeResult
     from textual.binding import Binding
     from textual.screen import Screen
@@ -163,12 +121,15 @@ def _job_screens():
 
         def compose(self) -> ComposeResult:
             yield Static(f" tasks of job {self.job_id}", id="title", classes="title")
-            yield DataTable(id="tasks", cursor_type="row", zebra_stripes=True)
+            yield keyed_table_class()(task_columns(self.app.size.width), id="tasks", cursor_type="row",
+                                      zebra_stripes=True)
             yield Static("", id="status")
             yield Footer()
 
+        def on_resize(self, event: events.Resize) -> None:
+            self.query_one("#tasks", DataTable).set_columns(task_columns(event.size.width))
+
         async def on_mount(self) -> None:
-            add_columns(self.query_one("#tasks", DataTable), TASK_COLUMNS)
             self.set_interval(TASKS_REFRESH, self.tick)
             await self.reload()
 
@@ -192,18 +153,19 @@ def _job_screens():
                 # A job of many tasks is slow to read: read it less often rather than all the time.
                 self.next_read = time.monotonic() + 4 * (time.monotonic() - started)
             now = time.time()
-            sync_table(self.query_one("#tasks", DataTable), TASK_COLUMNS,
-                       [(t.id, task_cells(t, now)) for t in rows])
+            self.query_one("#tasks", DataTable).sync([(t.id, task_cells(t, now)) for t in rows])
             which = "failed task(s)" if self.only_failed else "task(s)"
             self.query_one("#title", Static).update(f" {len(rows)} {which} of job {self.job_id}")
             self.query_one("#status", Static).update(
                 styled(f" read {time.strftime('%H:%M:%S')} · Enter or l opens a task's log", "dim"))
 
         def on_data_table_row_selected(self, event: DataTable.RowSelected) -> None:
-            self.app.push_screen(TaskLog(self.dashboard, event.row_key.value))
+            key = event.data_table.id_at(event.cursor_row)
+            if key is not None:
+                self.app.push_screen(TaskLog(self.dashboard, key))
 
         def action_open_log(self) -> None:
-            key = selected_key(self.query_one("#tasks", DataTable))
+            key = self.query_one("#tasks", DataTable).selected_id()
             if key is not None:
                 self.app.push_screen(TaskLog(self.dashboard, key))
 
@@ -219,12 +181,14 @@ def _farm_screen():
     """The main screen: jobs, workers, throughput, failures, and the verbs on the selected job."""
     import asyncio
 
+    from textual import events
     from textual.app import ComposeResult
     from textual.binding import Binding
     from textual.screen import Screen
     from textual.widgets import DataTable, Footer, Static
 
-    Confirm, AskPriority = _dialogs()
+    KeyedTable = keyed_table_class()
+    Confirm, AskPriority = dialogs()
     JobTasks, _TaskLog = _job_screens()
 
     class Farm(Screen):
@@ -247,8 +211,8 @@ def _farm_screen():
 
         def compose(self) -> ComposeResult:
             yield Static(" reading the farm…", id="summary")
-            yield DataTable(id="jobs", cursor_type="row", zebra_stripes=True)
-            workers = DataTable(id="workers", cursor_type="none")
+            yield KeyedTable(job_columns(self.app.size.width), id="jobs", cursor_type="row", zebra_stripes=True)
+            workers = KeyedTable(WORKER_COLUMNS, id="workers", cursor_type="none")
             workers.can_focus = False  # the keys always act on the jobs table
             yield workers
             yield Static("", id="activity")
@@ -256,9 +220,10 @@ def _farm_screen():
             yield Static("", id="status")
             yield Footer()
 
+        def on_resize(self, event: events.Resize) -> None:
+            self.query_one("#jobs", DataTable).set_columns(job_columns(event.size.width))
+
         async def on_mount(self) -> None:
-            add_columns(self.query_one("#jobs", DataTable), JOB_COLUMNS)
-            add_columns(self.query_one("#workers", DataTable), WORKER_COLUMNS)
             self.query_one("#jobs", DataTable).focus()
             self.timer = self.set_interval(REFRESH, self.reload)
             await self.reload()
@@ -291,10 +256,8 @@ def _farm_screen():
 
         def show(self, snap: Snapshot) -> None:
             self.query_one("#summary", Static).update(summary_text(snap))
-            sync_table(self.query_one("#jobs", DataTable), JOB_COLUMNS,
-                       [(j.id, job_cells(j)) for j in snap.jobs])
-            sync_table(self.query_one("#workers", DataTable), WORKER_COLUMNS,
-                       [(w.name, worker_cells(w)) for w in snap.workers])
+            self.query_one("#jobs", DataTable).sync([(j.id, job_cells(j)) for j in snap.jobs])
+            self.query_one("#workers", DataTable).sync([(w.name, worker_cells(w)) for w in snap.workers])
             self.query_one("#activity", Static).update(activity_text(snap))
             self.query_one("#failures", Static).update(failures_text(snap))
             self.query_one("#failures", Static).display = bool(snap.failures)
@@ -309,19 +272,29 @@ def _farm_screen():
                 text = self.message[1]
             elif self.snap and self.snap.notes:
                 text = styled(" " + self.snap.notes[0], "warn")
+            elif (job := self.highlighted()) is not None and (story := job_story(job)):
+                text = styled(" " + story, "warn")
             elif self.snap and not self.snap.jobs:
                 text = styled(" no jobs yet: `farm submit SCENE` queues one", "dim")
             else:
                 text = styled(" ↑↓ select a job · Enter: its tasks · S: suspend and kill · ?: all keys", "dim")
             self.query_one("#status", Static).update(text)
 
+        def highlighted(self):
+            """The job under the cursor, or None."""
+            key = self.query_one("#jobs", DataTable).selected_id()
+            return next((j for j in (self.snap.jobs if self.snap else []) if j.id == key), None)
+
         def selected(self):
             """The selected job's row, or None (saying so)."""
-            key = selected_key(self.query_one("#jobs", DataTable))
-            job = next((j for j in (self.snap.jobs if self.snap else []) if j.id == key), None)
+            job = self.highlighted()
             if job is None:
                 self.say("no job selected", error=True)
             return job
+
+        def on_data_table_row_highlighted(self, event: DataTable.RowHighlighted) -> None:
+            if event.data_table.id == "jobs":
+                self.show_status()
 
         def action_verb(self, verb: str, kill: bool = False) -> None:
             job = self.selected()
@@ -361,8 +334,9 @@ def _farm_screen():
                 self.app.push_screen(JobTasks(self.dashboard, job.id))
 
         def on_data_table_row_selected(self, event: DataTable.RowSelected) -> None:
-            if event.data_table.id == "jobs":
-                self.app.push_screen(JobTasks(self.dashboard, event.row_key.value))
+            key = event.data_table.id_at(event.cursor_row)
+            if event.data_table.id == "jobs" and key is not None:
+                self.app.push_screen(JobTasks(self.dashboard, key))
 
         def send(self, verb: str, job_id: str, **body) -> None:
             """Hand a verb to the manager without blocking the keys; its answer goes to the status line."""

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import time
+from functools import cache
 from typing import TYPE_CHECKING, Any
 
 from renderfarm_cli.console import STYLES, duration
@@ -16,6 +17,7 @@ if TYPE_CHECKING:
 SPARKS = "▁▂▃▄▅▆▇█"
 EIGHTHS = " ▏▎▍▌▋▊▉"
 BAR_WIDTH = 6
+JOB_BAR_WIDTH = 4  # the jobs table's bar: 80 columns leave no more
 
 
 # -- formatting (plain text, testable without a terminal) ----------------------------------------
@@ -53,21 +55,92 @@ def styled(text: str, style_of: str | None = None) -> Text:
     return Text(text, style=STYLES.get(key, ""))
 
 
+def short_duration(seconds: float | None) -> str:
+    """At most 5 characters: 45s, 9m59s, 59m, 9h59m, 99h, 12d, 99d+ (an ETA needs no more)."""
+    if seconds is None:
+        return "-"
+    s = max(0, round(seconds))
+    if s < 60:
+        return f"{s}s"
+    if s < 600:
+        return f"{s // 60}m{s % 60:02d}s"
+    if s < 3600:
+        return f"{s // 60}m"
+    if s < 36_000:
+        return f"{s // 3600}h{(s % 3600) // 60:02d}m"
+    if s < 360_000:
+        return f"{s // 3600}h"
+    return f"{s // 86_400}d" if s < 100 * 86_400 else "99d+"
+
+
+def money(value: float, width: int = 6) -> str:
+    """An amount in at most `width` characters, as many decimals as fit: 0.0123, 12.35, 12346,
+    1.2M; amounts too small to show in that many are shown as 1e-05."""
+    if value == 0:
+        return "0"
+    if abs(value) < 10 ** -(width - 3):
+        return f"{value:.0e}"
+    for decimals in range(width - 2, -1, -1):
+        text = f"{value:.{decimals}f}"
+        if len(text) <= width:
+            return text
+    for suffix, scale in (("k", 1e3), ("M", 1e6), ("G", 1e9), ("T", 1e12)):
+        for decimals in (1, 0):
+            text = f"{value / scale:.{decimals}f}{suffix}"
+            if len(text) <= width:
+                return text
+    return "huge"
+
+
+def cost_text(cost: dict[str, float]) -> str:
+    """A job's cost so far for a narrow column: one amount, `-` where no site has a price (no
+    currency, nothing spent), `mixed` where it was spent in several currencies."""
+    priced = {c: v for c, v in cost.items() if c or v}
+    if not priced:
+        return "-"
+    if len(priced) > 1:
+        return "mixed"
+    return money(next(iter(priced.values())))
+
+
+def job_state(j) -> str:
+    """A job's state as top shows it: why a queued job does not start, when it cannot."""
+    if j.blocked:
+        return "blocked"
+    if j.waiting_on:
+        return "waiting"
+    return j.state
+
+
+def job_story(j) -> str | None:
+    """One line on what keeps the highlighted job from rendering, for the status line (None if
+    nothing does)."""
+    if j.blocked:
+        return f"blocked: {j.blocked}; it starts once that job is retried (f) and done"
+    if j.waiting_on:
+        return f"waiting on job {j.after} ({j.after_state}): it starts once that job is done"
+    if j.unschedulable and j.state in ("queued", "running"):
+        return f"unschedulable: {j.unschedulable}"
+    return None
+
+
 def job_cells(j) -> dict[str, Any]:
+    state = job_state(j)
     return {
-        "id": j.id, "name": clip(j.name, 10), "owner": clip(j.owner, 8), "state": styled(j.state),
+        "id": j.id, "name": j.name, "owner": j.owner, "state": styled(state),
         "priority": str(j.priority), "progress": _bar_text(j.progress, j.state),
         "frames": f"{short_count(j.frames_done)}/{short_count(j.frames)}",
         # Only a running job's ETA means anything: a suspended one's would grow while it waits.
-        "eta": duration(j.eta) if j.state == "running" else "-",
+        "eta": short_duration(j.eta) if j.state == "running" and state == "running" else "-",
+        "cost": cost_text(j.cost),
     }
 
 
 def worker_cells(w) -> dict[str, Any]:
     return {
-        "name": clip(w.name, 18), "state": styled(w.state), "task": w.current_task or "-",
+        "name": w.name, "state": styled(w.state), "task": w.current_task or "-",
         "beat": duration(w.heartbeat_age), "queued": "-" if w.queued is None else str(w.queued),
-        "pool": clip(w.pool, 10),
+        "pool": w.pool,
     }
 
 
@@ -76,9 +149,10 @@ def task_cells(t, now: float) -> dict[str, Any]:
     if t.started_at is not None:
         took = (t.finished_at or now) - t.started_at
     error = t.error.strip().splitlines()[0] if t.error and t.error.strip() else ""
+    what = t.frames if t.kind == "render" else f"{t.frames} {t.what()}"
     return {
-        "task": str(t.index), "frames": clip(t.frames, 9), "state": styled(t.state),
-        "worker": clip(t.worker or "-", 12), "tries": str(len(t.attempts)), "time": duration(took),
+        "task": str(t.index), "frames": what, "state": styled(t.state),
+        "worker": t.worker or "-", "tries": str(len(t.attempts)), "time": short_duration(took),
         "error": error,
     }
 
@@ -86,10 +160,10 @@ def task_cells(t, now: float) -> dict[str, Any]:
 def _bar_text(progress: float, state: str) -> Text:
     from rich.text import Text
 
-    bar = progress_bar(progress)
+    bar = progress_bar(progress, JOB_BAR_WIDTH)
     colour = {"done": "green", "failed": "red", "suspended": "yellow", "cancelled": "dim"}.get(state, "blue")
-    text = Text(bar[:BAR_WIDTH], style=f"{colour} on grey23")
-    text.append(bar[BAR_WIDTH:])
+    text = Text(bar[:JOB_BAR_WIDTH], style=f"{colour} on grey23")
+    text.append(bar[JOB_BAR_WIDTH:])
     return text
 
 
@@ -150,34 +224,50 @@ def error_text(e: BaseException) -> str:
     return f"unexpected error: {type(e).__name__}: {e}"
 
 
-# -- the Textual app --------------------------------------------------------------------------
+# -- the tables ---------------------------------------------------------------------------------
 
+# (key, label, width): the width of a column's text; one space separates the columns. None: the
+# column takes what the others leave (at least MIN_FLEX).
+Columns = list[tuple[str, str, int]]
+SCROLLBAR = 1
+MIN_FLEX = 10
 
-JOB_COLUMNS = [("id", "JOB", 8), ("name", "NAME", 10), ("owner", "OWNER", 8), ("state", "STATE", 9),
-               ("priority", "PRI", 3), ("progress", "PROGRESS", 11), ("frames", "FRAMES", 9), ("eta", "ETA", 5)]
+JOB_COLUMNS_SPEC = [("id", "JOB", 8), ("name", "NAME", None), ("owner", "OWNER", 6), ("state", "STATE", 9),
+                    ("priority", "PRI", 3), ("progress", "PROGRESS", JOB_BAR_WIDTH + 5), ("frames", "FRAMES", 9),
+                    ("eta", "ETA", 5), ("cost", "COST", 6)]
 WORKER_COLUMNS = [("name", "WORKER", 18), ("state", "STATE", 8), ("task", "TASK", 13), ("beat", "BEAT", 5),
                   ("queued", "Q", 2), ("pool", "POOL", 10)]
-TASK_COLUMNS = [("task", "TASK", 5), ("frames", "FRAMES", 9), ("state", "STATE", 9), ("worker", "WORKER", 12),
-                ("tries", "TRY", 3), ("time", "TIME", 5), ("error", "ERROR", 21)]
+TASK_COLUMNS_SPEC = [("task", "TASK", 5), ("frames", "FRAMES", 13), ("state", "STATE", 9),
+                     ("worker", "WORKER", 12), ("tries", "TRY", 3), ("time", "TIME", 5), ("error", "ERROR", None)]
 
 
-def sync_table(table, columns, rows: list[tuple[str, dict[str, Any]]]) -> None:
-    """Make a DataTable show `rows` (key, cells) in order, in place: changed cells are updated;
-    the rows are laid anew only when the keys or their order change, and the cursor stays on
-    the same key (so a refresh never moves the wrangler's selection to another job)."""
-    keys = [key for key, _ in rows]
-    if [r.key.value for r in table.ordered_rows] == keys:
-        for key, cells in rows:
-            for col, _label, _width in columns:
-                if not _same(table.get_cell(key, col), cells[col]):
-                    table.update_cell(key, col, cells[col])
-        return
-    selected = selected_key(table)
-    table.clear()
-    for key, cells in rows:
-        table.add_row(*(cells[col] for col, _label, _width in columns), key=key)
-    if selected in keys:
-        table.move_cursor(row=keys.index(selected), animate=False)
+def fit_columns(spec, width: int) -> Columns:
+    """The columns of `spec` for a screen `width` wide: the flexible one takes what is left after
+    the others, their separating spaces and a scrollbar; OWNER grows too on wide screens."""
+    extra = max(0, width - 80)
+    fixed = {key: w + (min(extra // 4, 10) if key == "owner" else 0) for key, _label, w in spec if w is not None}
+    left = width - SCROLLBAR - len(spec) - sum(fixed.values())
+    return [(key, label, fixed.get(key, max(MIN_FLEX, left))) for key, label, _w in spec]
+
+
+def job_columns(width: int) -> Columns:
+    return fit_columns(JOB_COLUMNS_SPEC, width)
+
+
+def task_columns(width: int) -> Columns:
+    return fit_columns(TASK_COLUMNS_SPEC, width)
+
+
+def fitted(value: Any, width: int) -> Any:
+    """A cell's text clipped to its column (with an ellipsis) and led by the separating space."""
+    from rich.text import Text
+
+    if isinstance(value, Text):
+        if value.cell_len > width:
+            value = value.copy()
+            value.truncate(width, overflow="ellipsis")
+        return Text(" ") + value
+    return " " + clip(str(value), width)
 
 
 def _same(old: Any, new: Any) -> bool:
@@ -189,16 +279,74 @@ def _same(old: Any, new: Any) -> bool:
     return old == new
 
 
-def selected_key(table) -> str | None:
-    """The key of the row under the table's cursor, or None for an empty table."""
-    from textual.coordinate import Coordinate
+@cache
+def keyed_table_class():
+    """KeyedTable: a DataTable refreshed in place whose cursor stays on the same id (a job, a
+    worker, a task) whatever the new rows' order. (Built on first use: Textual is slow to import.)"""
+    from textual.widgets import DataTable
 
-    if table.row_count == 0:
-        return None
-    row = min(max(table.cursor_row, 0), table.row_count - 1)
-    return table.coordinate_to_cell_key(Coordinate(row, 0)).row_key.value
+    class KeyedTable(DataTable):
+        """Rows are keyed by position and their ids kept beside them, so a refresh that re-sorts
+        the rows only updates cells: the table is never cleared, its scroll stays where it was, and
+        the cursor moves to wherever its id went (or stays at its place if that id is gone)."""
 
+        def __init__(self, columns: Columns, **kwargs: Any) -> None:
+            super().__init__(cell_padding=0, **kwargs)
+            self.spec = columns
+            self.ids: list[str] = []
+            self.last: list[tuple[str, dict[str, Any]]] = []
 
-def add_columns(table, columns) -> None:
-    for key, label, width in columns:
-        table.add_column(label, width=width, key=key)
+        def on_mount(self) -> None:
+            self._add_columns()
+
+        def _add_columns(self) -> None:
+            for key, label, width in self.spec:
+                self.add_column(" " + label, width=width + 1, key=key)
+
+        def set_columns(self, columns: Columns) -> None:
+            """Lay the table out anew for other column widths (the terminal was resized)."""
+            if columns == self.spec:
+                return
+            keep = self.selected_id()
+            self.spec, rows = columns, self.last
+            self.clear(columns=True)
+            self.ids = []
+            self._add_columns()
+            self.sync(rows, keep=keep)
+
+        def sync(self, rows: list[tuple[str, dict[str, Any]]], keep: str | None = None) -> None:
+            """Show `rows` (id, cells by column key) in this order, changing only what changed."""
+            keep = keep or self.selected_id()
+            place = self.cursor_row
+            self.last = rows
+            while self.row_count > len(rows):
+                self.remove_row(str(self.row_count - 1))
+            for i, (_id, cells) in enumerate(rows):
+                values = [fitted(cells[key], width) for key, _label, width in self.spec]
+                if i >= self.row_count:
+                    self.add_row(*values, key=str(i))
+                    continue
+                for (key, _label, _width), value in zip(self.spec, values):
+                    if not _same(self.get_cell(str(i), key), value):
+                        self.update_cell(str(i), key, value)
+            self.ids = [row_id for row_id, _cells in rows]
+            if not self.ids:
+                return
+            target = self.ids.index(keep) if keep in self.ids else min(max(place, 0), len(self.ids) - 1)
+            if target != self.cursor_row:
+                self.move_cursor(row=target, animate=False)
+
+        def selected_id(self) -> str | None:
+            """The id of the row under the cursor, or None for an empty table."""
+            if not self.ids:
+                return None
+            return self.ids[min(max(self.cursor_row, 0), len(self.ids) - 1)]
+
+        def id_at(self, row: int) -> str | None:
+            return self.ids[row] if 0 <= row < len(self.ids) else None
+
+        def cell(self, row_id: str, key: str) -> str:
+            """The text a row's cell shows (without the separating space)."""
+            return str(self.get_cell(str(self.ids.index(row_id)), key))[1:]
+
+    return KeyedTable

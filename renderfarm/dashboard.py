@@ -162,7 +162,7 @@ class Dashboard:
         manager = False
         try:
             r = self.redis()
-            live = presence.live_workers(r)
+            live = presence.live_workers(r, now)
             manager = bool(r.exists(keys.MANAGER_LEADER))
         except (FarmNotRunningError, redis_lib.RedisError):
             self._drop_redis()

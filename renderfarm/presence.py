@@ -74,10 +74,24 @@ def read_beats(r: Redis) -> tuple[dict[str, Heartbeat], list[BadBeat]]:
     return live, bad
 
 
-def live_workers(r: Redis) -> dict[str, dict[str, Any]]:
-    """Every worker with a good, unexpired heartbeat, as plain values (for listings)."""
+def live_workers(r: Redis, now: float | None = None) -> dict[str, dict[str, Any]]:
+    """Every worker with a good, unexpired heartbeat, as plain values (for listings), with `ts`:
+    when it beat last, by this reader's clock `now` (from what is left of the beat's TTL in Redis,
+    never from the worker's own clock)."""
+    import time
+
     live, _bad = read_beats(r)
-    return {name: beat.model_dump(mode="json", exclude_none=True) for name, beat in live.items()}
+    if not live:
+        return {}
+    pipe = r.pipeline(transaction=False)
+    for name in live:
+        pipe.pttl(keys.heartbeat_key(name))
+    now = time.time() if now is None else now
+    out = {}
+    for (name, beat), left_ms in zip(live.items(), pipe.execute()):
+        age = max(0.0, beat.ttl - left_ms / 1000) if isinstance(left_ms, int) and left_ms >= 0 else 0.0
+        out[name] = {**beat.model_dump(mode="json", exclude_none=True), "ts": now - age}
+    return out
 
 
 def forget(r: Redis, names: list[str]) -> None:

@@ -24,7 +24,8 @@ from renderfarm.db import DatabaseError, make_engine, session_scope, upgrade
 from renderfarm.localfarm.services import free_ports
 from renderfarm.models import Attempt, Job, Task
 from renderfarm.planning import plan_tasks
-from renderfarm.queues import enqueue_attempt
+from renderfarm.queues import enqueue_attempts
+from renderfarm.wire import Heartbeat, TaskOrder
 
 NOW = 1_000_000.0
 SHA = "cd" * 32
@@ -153,13 +154,21 @@ def test_snapshot_with_redis_refusing_connections(farm_db, database_url, tmp_pat
     assert job_rows(snap) == EXPECTED_JOBS
 
 
+def beat(r, name: str, *, age: float, **fields) -> None:
+    """A worker's heartbeat as if written `age` seconds before the test's NOW (its TTL runs down)."""
+    presence.beat(r, Heartbeat(name=name, pid=1, ttl=30.0, **fields), ttl=30)
+    r.pexpire(f"farm:hb:{name}", int((30 - age) * 1000))
+
+
 def test_snapshot_with_the_farm_up(farm_db, database_url, redis_url, tmp_path):
     """Live heartbeats override the database; a known worker without one is missing; queue
     depths come from the workers' RQ queues."""
     r = redis_lib.Redis.from_url(redis_url)
-    presence.beat(r, "w1", {"state": "busy", "task": "a0000001:2", "ts": NOW - 1, "pool": "gpu"}, ttl=30)
-    payload = {"job_id": "a0000001", "task_index": 3, "attempt": 2, "task_id": 4, "attempt_id": 99}
-    enqueue_attempt(r, "w1", payload, timeout=60)
+    beat(r, "w1", state="busy", task="a0000001:2", pool="gpu", age=1)
+    order = TaskOrder(attempt_id=99, attempt=2, task_id=4, task_index=3, job_id="a0000001", name="shot",
+                      renderer="null", scene_key=f"scenes/{'0' * 64}.toml", scene_sha256="0" * 64, frames=(7,),
+                      width=64, height=36, timeout=60.0)
+    enqueue_attempts(r, [("w1", order, 60)])
     with Dashboard(settings_for(tmp_path, database_url, redis_url)) as dashboard:
         snap = dashboard.snapshot(now=NOW)
         assert (snap.farm_running, snap.manager_running, snap.notes) == (True, False, [MANAGER_DOWN])
@@ -168,7 +177,7 @@ def test_snapshot_with_the_farm_up(farm_db, database_url, redis_url, tmp_path):
     assert (snap.farm_running, snap.manager_running, snap.notes) == (True, True, [])
     assert snap.queues == {"w1": 1, "w2": 0}
     assert snap.workers == [
-        WorkerLine("w1", "busy", "a0000001:2", 1.0, "gpu", 1),
+        WorkerLine("w1", "busy", "a0000001:2", pytest.approx(1.0, abs=0.5), "gpu", 1),  # as Redis counts it
         WorkerLine("w2", "missing", None, 40.0, "default", 0),
         WorkerLine("w3", "offline", None, 900.0, "default", None),
     ]
@@ -219,9 +228,9 @@ def test_worker_rows_follow_the_running_attempts_not_a_stale_heartbeat(farm_db, 
     running a0000001:2, and w2's still says busy on a task that has ended. The rows, and the
     header's busy count, follow the running attempts read with the job rows."""
     r = redis_lib.Redis.from_url(redis_url)
-    presence.beat(r, "w1", {"state": "idle", "task": None, "ts": NOW - 8}, ttl=30)
-    presence.beat(r, "w2", {"state": "busy", "task": "a0000001:4", "ts": NOW - 8}, ttl=30)
-    presence.beat(r, "w4", {"state": "stopping", "task": None, "ts": NOW - 1}, ttl=30)
+    beat(r, "w1", state="idle", age=8)
+    beat(r, "w2", state="busy", task="a0000001:4", age=8)
+    beat(r, "w4", state="stopping", age=1)
     snap = snapshot(settings_for(tmp_path, database_url, redis_url), now=NOW)
     r.close()
     assert [(w.name, w.state, w.current_task) for w in snap.workers] == [

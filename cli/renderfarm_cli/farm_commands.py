@@ -120,7 +120,11 @@ def demo(
         settings = _settings()
         job_id = submit_shot(settings, Submission(scene=scene, name="demo"))
         out().print(f"submitted {scene.name} as job [bold]{job_id}[/]")
-        status = follow_job(settings, job_id, f"rendering {job_id}")
+        try:
+            status = follow_job(settings, job_id, f"rendering {job_id}")
+        except KeyboardInterrupt:
+            _cancel_demo(settings, job_id)
+            raise
         if status.state != "done":
             raise typer.Exit(1)
         target = Path(dest) / job_id
@@ -132,6 +136,21 @@ def demo(
         if ours:
             err().print("stopping the farm...", style="dim")
             farm.down()
+
+
+def _cancel_demo(settings, job_id: str) -> None:
+    """Ctrl-C: cancel the demo's job before the farm stops, so it is not left `running`. A second
+    Ctrl-C skips the wait."""
+    from renderfarm.client import send_verb
+    from renderfarm.errors import RenderFarmError
+
+    err().print(f"cancelling job {job_id}...", style="dim")
+    try:
+        send_verb(settings, "cancel", job_id)
+    except RenderFarmError as e:
+        note(f"job {job_id} was not cancelled: {e}")
+    except KeyboardInterrupt:
+        note(f"job {job_id} was not cancelled (interrupted again)")
 
 
 def find_example(name: str) -> Path:

@@ -290,7 +290,10 @@ def _farm_screen():
             self.show(snap)
 
         def show(self, snap: Snapshot) -> None:
-            self.query_one("#summary", Static).update(summary_text(snap))
+            from renderfarm.localfarm.health import restart_summary
+
+            summary, restarts = summary_text(snap), restart_summary(self.dashboard.settings.state_dir)
+            self.query_one("#summary", Static).update(summary.append(f" · {restarts}", "yellow") if restarts else summary)
             sync_table(self.query_one("#jobs", DataTable), JOB_COLUMNS,
                        [(j.id, job_cells(j)) for j in snap.jobs])
             sync_table(self.query_one("#workers", DataTable), WORKER_COLUMNS,

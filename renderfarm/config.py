@@ -179,7 +179,8 @@ def recorded_settings(settings: Settings) -> dict:
     return {
         "recorded_at": time.time(),
         "settings": {
-            name: {"value": getattr(settings, name), "source": settings.sources.get(name, "default")} for name in RECORDED
+            name: {"value": getattr(settings, name), "source": settings.sources.get(name, "default")}
+            for name in RECORDED
         },
     }
 

@@ -242,7 +242,9 @@ def _farm_status(settings, json_: bool) -> None:
     if json_:
         print_json(doc)
         return
-    state = "[ok]running[/]" if doc["running"] else "[warn]manager not running[/]" if live is not None else "[warn]not running[/]"
+    state = "[ok]running[/]" if doc["running"] else "[warn]not running[/]"
+    if live is not None and not doc["running"]:
+        state = "[warn]manager not running[/]"  # Redis answers; a dead manager's lock does not count
     out().print(f"farm {state}, {len(live or {})} live worker(s)")
     if life is not None:
         from rich.markup import escape

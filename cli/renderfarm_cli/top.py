@@ -293,7 +293,8 @@ def _farm_screen():
             from renderfarm.localfarm.health import restart_summary
 
             summary, restarts = summary_text(snap), restart_summary(self.dashboard.settings.state_dir)
-            self.query_one("#summary", Static).update(summary.append(f" · {restarts}", "yellow") if restarts else summary)
+            summary.append(f" · {restarts}" if restarts else "", "yellow")  # the local farm's restarts
+            self.query_one("#summary", Static).update(summary)
             sync_table(self.query_one("#jobs", DataTable), JOB_COLUMNS,
                        [(j.id, job_cells(j)) for j in snap.jobs])
             sync_table(self.query_one("#workers", DataTable), WORKER_COLUMNS,

@@ -118,7 +118,8 @@ class ManagerLife:
         if self.process_alive is False:
             return f"manager not running: {where} has exited (it last renewed its leader lock {renewed})"
         if self.silent:
-            return f"manager {where} silent: it last renewed its leader lock {renewed} (every {LEADER_RENEW:g} s when well)"
+            return (f"manager {where} silent: it last renewed its leader lock {renewed} "
+                    f"(every {LEADER_RENEW:g} s when well)")
         return f"manager {where}, last renewed its leader lock {renewed}"
 
     def to_json(self) -> dict:
@@ -189,10 +190,12 @@ def check_local_farm(settings: Settings) -> list[Check]:
             else "`farm up -d` starts them again"
         checks.append(Check("local farm", CheckStatus.FAIL, f"{running}; not running: {names}", fix))
     elif health.detached and not supervised:
-        checks.append(Check("local farm", CheckStatus.WARN, f"{running}, but no supervisor: a process that dies stays dead",
+        checks.append(Check("local farm", CheckStatus.WARN,
+                            f"{running}, but no supervisor: a process that dies stays dead",
                             "`farm up -d` starts the supervisor again"))
     else:
-        watcher = f"supervisor pid {health.supervisor.pid}" if supervised else "not supervised (farm up in the foreground)"
+        watcher = f"supervisor pid {health.supervisor.pid}" if supervised \
+            else "not supervised (farm up in the foreground, or --no-supervise)"
         checks.append(Check("local farm", CheckStatus.OK, f"{running}, {watcher}"))
     for p in health.processes:
         if p.restarts:

@@ -1,7 +1,8 @@
 """Settings: where the farm's Redis, database and storage are, from the environment and farm.toml.
 
 Precedence, highest first: environment (``FARM_*``), ``./farm.toml``, ``<state dir>/farm.toml``,
-the embedded local farm's generated settings (``<state dir>/local.json``), built-in defaults.
+what the last `farm up` of the state directory ran with (``<state dir>/up.json``), the embedded
+local farm's generated settings (``<state dir>/local.json``), built-in defaults.
 """
 
 from __future__ import annotations
@@ -9,6 +10,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import time
 import tomllib
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
@@ -21,6 +23,12 @@ DEFAULT_STATE_DIR = "~/.local/state/renderfarm"
 LOCAL_FILE = "local.json"
 TOML_FILE = "farm.toml"
 LOCAL_BUCKET = "renderfarm"
+RECORD_FILE = "up.json"
+# What `farm up` records for every later command of its state directory, in any shell: where the
+# farm's Redis, database and storage are.
+RECORDED = ("redis_url", "redis_ca", "database_url", "storage_url", "s3_endpoint_url", "s3_region", "s3_checksums")
+# Of those, the ones that make another farm when they differ.
+WHERE = ("redis_url", "database_url", "storage_url", "s3_endpoint_url")
 
 
 @dataclass(frozen=True)
@@ -138,6 +146,7 @@ def load_settings(environ: dict[str, str] | None = None, cwd: Path | None = None
     sources = {name: "default" for name in values}
     layers: list[tuple[str, dict]] = [
         ("local farm", _local_farm_layer(state_dir)),
+        (f"{state_dir / RECORD_FILE} (farm up)", _recorded_layer(state_dir)),
         (str(state_dir / TOML_FILE), _read_toml(state_dir / TOML_FILE)),
         ("./" + TOML_FILE, local_toml),
     ]
@@ -182,6 +191,55 @@ def _local_farm_layer(state_dir: Path) -> dict:
     if "s3_port" in local:
         layer["s3_endpoint_url"] = f"http://{host}:{local['s3_port']}"
     return layer
+
+
+def recorded_settings(settings: Settings) -> dict:
+    """What `farm up` writes to up.json: the value of each recorded setting and where it came from."""
+    return {
+        "recorded_at": time.time(),
+        "settings": {
+            name: {"value": getattr(settings, name), "source": settings.sources.get(name, "default")}
+            for name in RECORDED
+        },
+    }
+
+
+def read_recorded(state_dir: Path) -> dict[str, dict]:
+    """The settings the last `farm up` of this state directory ran with ({} if it never ran)."""
+    path = state_dir / RECORD_FILE
+    try:
+        doc = json.loads(path.read_text())
+    except FileNotFoundError:
+        return {}
+    except (OSError, ValueError) as e:
+        raise ConfigError(f"{path}: unreadable ({e}); delete it and run `farm up` again") from None
+    found = doc.get("settings") if isinstance(doc, dict) else None
+    if not isinstance(found, dict):
+        raise ConfigError(f"{path}: no 'settings' table; delete it and run `farm up` again")
+    return {k: v for k, v in found.items() if k in RECORDED and isinstance(v, dict)}
+
+
+def _recorded_layer(state_dir: Path) -> dict:
+    """What `farm up` was told (not what the local farm generates, nor defaults): the values every
+    command of this state directory uses unless its own environment or farm.toml says otherwise."""
+    return {
+        name: entry["value"] for name, entry in read_recorded(state_dir).items()
+        if entry.get("value") is not None and entry.get("source") not in ("default", "local farm")
+    }
+
+
+def differing_settings(settings: Settings) -> list[tuple[str, str, str]]:
+    """(setting, the last `farm up`'s value, this process's value) for each place (Redis,
+    database, storage) where these settings point elsewhere than that farm; secrets masked."""
+    recorded = read_recorded(settings.state_dir)
+    out = []
+    for name in WHERE:
+        if name not in recorded:
+            continue
+        theirs, ours = recorded[name].get("value"), getattr(settings, name)
+        if theirs != ours:
+            out.append((name, str(mask_url(theirs) or "none"), str(mask_url(ours) or "none")))
+    return out
 
 
 def url_host(address: str) -> str:

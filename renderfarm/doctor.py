@@ -26,6 +26,7 @@ from urllib.parse import unquote, urlsplit
 
 from renderfarm.config import load_settings, mask_url, read_local_file
 from renderfarm.errors import ConfigError, RenderFarmError, StorageError
+from renderfarm.localfarm.health import check_local_farm
 
 if TYPE_CHECKING:
     from renderfarm.config import Settings
@@ -78,6 +79,7 @@ def run_checks(settings: Settings, environ: Mapping[str, str]) -> list[Check]:
     checks += _bounded("storage", lambda: check_storage(settings))
     checks += check_renderers(settings)
     checks += _bounded("renderer blender", lambda: [check_blender(environ)])
+    checks += check_local_farm(settings)  # its processes and restart counts
     return scrubbed(checks, _secrets(settings, environ))
 
 

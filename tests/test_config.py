@@ -660,3 +660,61 @@ def test_the_local_farm_urls_name_its_listen_address(dirs, listen, redis_host, s
     assert s.redis_url == f"redis://:pw-local-valkey@{redis_host}:7001/0"
     assert s.s3_endpoint_url == f"http://{s3_host}:7002"
     assert s.sources["redis_url"] == "local farm"
+
+
+# -- what `farm up` recorded (up.json) ----------------------------------------------------------
+
+
+PG = "postgresql+psycopg://farm:pg-secret@db.example:5432/farm"
+
+
+def record(state: Path, cwd: Path, **env: str) -> None:
+    """What `farm up` writes, from the settings of a shell with `env`."""
+    from renderfarm.config import RECORD_FILE, recorded_settings
+
+    (state / RECORD_FILE).write_text(json.dumps(recorded_settings(load(state, cwd, **env))))
+
+
+def test_every_shell_uses_what_farm_up_was_told(dirs) -> None:
+    """A shell without FARM_DATABASE_URL reads the database `farm up` ran with, not the default SQLite."""
+    state, cwd = dirs
+    write_local(state)
+    record(state, cwd, FARM_DATABASE_URL=PG, FARM_STORAGE_URL="file:///srv/frames")
+    s = load(state, cwd)
+    assert (s.database_url, s.storage_url) == (PG, "file:///srv/frames")
+    assert s.sources["database_url"] == f"{state / 'up.json'} (farm up)"
+    assert s.configured_elsewhere("database_url")
+    # What the local farm generates or defaults to is derived afresh, never frozen by the record.
+    assert (s.redis_url, s.sources["redis_url"]) == (LOCAL_REDIS, "local farm")
+    assert s.s3_endpoint_url is None  # the local S3 serves only the local bucket
+    # A second `farm up` from that shell records the same again.
+    record(state, cwd)
+    assert load(state, cwd).database_url == PG
+
+
+def test_environment_and_farm_toml_beat_the_record(dirs) -> None:
+    state, cwd = dirs
+    record(state, cwd, FARM_DATABASE_URL=PG)
+    other = f"sqlite:///{state}/other.db"
+    assert load(state, cwd, FARM_DATABASE_URL=other).database_url == other
+    (cwd / "farm.toml").write_text(f'database_url = "{other}"\n')
+    assert load(state, cwd).sources["database_url"] == "./farm.toml"
+
+
+def test_differing_settings_name_the_running_farms_database_masked(dirs) -> None:
+    from renderfarm.config import differing_settings
+
+    state, cwd = dirs
+    record(state, cwd, FARM_DATABASE_URL=PG)
+    assert differing_settings(load(state, cwd)) == []
+    other = f"sqlite:///{state}/other.db"
+    assert differing_settings(load(state, cwd, FARM_DATABASE_URL=other)) == [
+        ("database_url", "postgresql+psycopg://farm:***@db.example:5432/farm", other)
+    ]
+
+
+def test_an_unreadable_record_names_the_file(dirs) -> None:
+    state, cwd = dirs
+    (state / "up.json").write_text("{not json")
+    with pytest.raises(ConfigError, match=r"up\.json: unreadable .*delete it and run `farm up` again"):
+        load(state, cwd)

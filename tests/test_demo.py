@@ -40,8 +40,9 @@ def test_demo_renders_48_frames_on_two_workers(tmp_path):
     assert not farm_processes(state), farm_processes(state)
 
 
-def test_ctrl_c_during_the_demo_leaves_nothing_running(tmp_path):
+def test_ctrl_c_during_the_demo_cancels_its_job_and_leaves_nothing_running(tmp_path):
     import signal
+    import sqlite3
     import subprocess
 
     from conftest import farm_command, wait_for
@@ -57,6 +58,10 @@ def test_ctrl_c_during_the_demo_leaves_nothing_running(tmp_path):
     assert proc.returncode != 0, output
     assert "Traceback" not in output, output
     wait_for(lambda: not farm_processes(state), 30, "every farm process to exit")
+    # Not left `running` in the database until the next demo: cancelled before the farm stopped.
+    with sqlite3.connect(state / "farm.db") as db:
+        assert [s for (s,) in db.execute("select state from jobs")] == ["cancelled"], output
+    assert "cancelling job" in output, output
 
 
 def _rendering(state) -> bool:

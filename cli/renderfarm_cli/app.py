@@ -27,9 +27,12 @@ app = typer.Typer(
 
 @app.callback()
 def _root(
+    ctx: typer.Context,
     debug: bool = typer.Option(False, "--debug", help="Show the traceback of an unexpected error."),
 ) -> None:
     """renderfarm: submit shots, watch them render, and run the farm."""
+    if ctx.invoked_subcommand not in ("up", "down") and not {"-h", "--help"} & set(sys.argv[1:]):
+        farm_commands.note_other_farm()  # a shell pointed at another farm than the running one
 
 
 # The command line contract (DESIGN.md): names here are what scripts rely on.

@@ -49,9 +49,13 @@ def up(
     listen: Annotated[Optional[str], typer.Option(
         metavar="ADDR", help="Serve Valkey and SeaweedFS on this address of the host, for workers on other hosts (default: 127.0.0.1).",
     )] = None,
+    supervise: Annotated[bool, typer.Option(
+        help="With -d: leave a supervisor that starts again any farm process that dies, until `farm down`.",
+    )] = True,
 ) -> None:
     """Start the local farm: Valkey, SeaweedFS, the manager and N workers (what is configured
-    elsewhere is used instead)."""
+    elsewhere is used instead). Every later command of this state directory, in any shell, uses
+    the Redis, database and storage it starts with, unless its environment says otherwise."""
     from renderfarm.localfarm import LocalFarm
 
     settings = _settings()
@@ -61,8 +65,9 @@ def up(
     if not detach:
         _interrupt_on_sigterm()
     settings = farm.up(count, detach=detach, on_step=lambda step: err().print(f"starting {step}...", style="dim"),
-                       sites=site, listen=listen)
+                       sites=site, listen=listen, supervise=supervise)
     out().print(f"[ok]farm up[/] in {time.monotonic() - started:.1f} s: {count} worker(s), state in {settings.state_dir}")
+    _print_where(settings)
     if listen is not None:
         from renderfarm.config import mask_url
 
@@ -84,6 +89,36 @@ def up(
     finally:
         err().print("stopping the farm...", style="dim")
         farm.down()
+
+
+def _print_where(settings) -> None:
+    """Name the database and storage the farm runs with when the user chose them (not the defaults)."""
+    from renderfarm.config import mask_url
+
+    chosen = [f"{name.removesuffix('_url')} {mask_url(getattr(settings, name))} (from {settings.sources[name]})"
+              for name in ("redis_url", "database_url", "storage_url") if settings.configured_elsewhere(name)]
+    if chosen:
+        out().print("with " + "; ".join(chosen) + ": every command of this state directory uses them",
+                    soft_wrap=True, markup=False)
+
+
+def note_other_farm() -> None:
+    """Say on stderr when this command's settings point at another Redis, database or storage than
+    the local farm that runs in its state directory (a shell with an old FARM_DATABASE_URL...)."""
+    from renderfarm.config import RECORD_FILE, load_settings
+    from renderfarm.errors import RenderFarmError
+
+    try:
+        settings = load_settings()
+        if not (settings.state_dir / RECORD_FILE).exists():
+            return  # no farm ever started here
+        from renderfarm.localfarm.health import other_farm_note
+
+        text = other_farm_note(settings)
+    except RenderFarmError:  # a bad setting: the command itself says so
+        return
+    if text:
+        note(text)
 
 
 def down() -> None:
@@ -120,7 +155,11 @@ def demo(
         settings = _settings()
         job_id = submit_shot(settings, Submission(scene=scene, name="demo"))
         out().print(f"submitted {scene.name} as job [bold]{job_id}[/]")
-        status = follow_job(settings, job_id, f"rendering {job_id}")
+        try:
+            status = follow_job(settings, job_id, f"rendering {job_id}")
+        except KeyboardInterrupt:
+            _cancel_demo(settings, job_id)
+            raise
         if status.state != "done":
             raise typer.Exit(1)
         target = Path(dest) / job_id
@@ -132,6 +171,21 @@ def demo(
         if ours:
             err().print("stopping the farm...", style="dim")
             farm.down()
+
+
+def _cancel_demo(settings, job_id: str) -> None:
+    """Ctrl-C: cancel the demo's job before the farm stops, so it is not left `running`. A second
+    Ctrl-C skips the wait."""
+    from renderfarm.client import send_verb
+    from renderfarm.errors import RenderFarmError
+
+    err().print(f"cancelling job {job_id}...", style="dim")
+    try:
+        send_verb(settings, "cancel", job_id)
+    except RenderFarmError as e:
+        note(f"job {job_id} was not cancelled: {e}")
+    except KeyboardInterrupt:
+        note(f"job {job_id} was not cancelled (interrupted again)")
 
 
 def find_example(name: str) -> Path:

@@ -31,19 +31,27 @@ def _settings():
 
 def farm_state_note(settings) -> dict | None:
     """Live worker heartbeats when the farm runs; otherwise say on stderr that it is not running."""
-    from renderfarm import keys, presence
+    return _farm_state(settings)[0]
+
+
+def _farm_state(settings):
+    """(live worker heartbeats, the manager's last sign of life), or (None, None) when Redis does
+    not answer; says on stderr what is not running."""
+    from renderfarm import presence
     from renderfarm.errors import FarmNotRunningError
+    from renderfarm.localfarm.health import manager_life
     from renderfarm.redisconn import NOT_RUNNING_HINT, connect
 
     try:
         r = connect(settings, timeout=1.0)
         live = presence.live_workers(r)
-        if not r.exists(keys.MANAGER_LEADER):
+        life = manager_life(r)  # a manager killed outright still holds its lock for up to 10 s
+        if not life.running:
             note(f"the farm's manager is not running; {NOT_RUNNING_HINT}")
-        return live
+        return live, life
     except FarmNotRunningError:
         note(f"the farm is not running (showing the database only); {NOT_RUNNING_HINT}")
-        return None
+        return None, None
 
 
 def _read(settings):
@@ -239,9 +247,10 @@ def status(
 
 
 def _farm_status(settings, json_: bool) -> None:
+    from renderfarm.localfarm.health import farm_health
     from renderfarm.status import list_jobs, list_workers
 
-    live = farm_state_note(settings)
+    live, life = _farm_state(settings)
     reader = _read(settings)
     jobs_, workers_ = [], []
     if reader is not None:
@@ -249,8 +258,12 @@ def _farm_status(settings, json_: bool) -> None:
             jobs_ = list_jobs(session, 1000)
             workers_ = list_workers(session, live)
     active = [j for j in jobs_ if j.state in ("queued", "running")]
+    local = farm_health(settings.state_dir)
     doc = {
-        "running": live is not None,
+        "running": life is not None and life.running,
+        "redis": live is not None,
+        "manager": life.to_json() if life else None,
+        "local_farm": local.to_json() if local else None,
         "workers": {"live": len(live or {}), "known": len(workers_)},
         "jobs": {state: sum(1 for j in jobs_ if j.state == state) for state in ("queued", "running", "done", "failed", "cancelled")},
         "active": [j.to_json() for j in active],
@@ -258,7 +271,15 @@ def _farm_status(settings, json_: bool) -> None:
     if json_:
         print_json(doc)
         return
-    out().print(f"farm {'[ok]running[/]' if live is not None else '[warn]not running[/]'}, {counted(len(live or {}), 'live worker')}")
+    state = "[ok]running[/]" if doc["running"] else "[warn]not running[/]"
+    if live is not None and not doc["running"]:
+        state = "[warn]manager not running[/]"  # Redis answers; a dead manager's lock does not count
+    out().print(f"farm {state}, {counted(len(live or {}), 'live worker')}")
+    if life is not None:
+        from rich.markup import escape
+
+        restarts = f"; local farm restarts: {local.restarts}" if local and local.restarts else ""
+        out().print(f"  {escape(life.describe())}{restarts}")
     out().print("jobs: " + ", ".join(f"{n} {state}" for state, n in doc["jobs"].items() if n) if jobs_ else "jobs: none")
     for j in active:
         why = f" ({after_line(j)})" if j.waiting_on else ""

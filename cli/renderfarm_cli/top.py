@@ -255,7 +255,11 @@ def _farm_screen():
             self.show(snap)
 
         def show(self, snap: Snapshot) -> None:
-            self.query_one("#summary", Static).update(summary_text(snap))
+            from renderfarm.localfarm.health import restart_summary
+
+            summary, restarts = summary_text(snap), restart_summary(self.dashboard.settings.state_dir)
+            summary.append(f" · {restarts}" if restarts else "", "yellow")  # the local farm's restarts
+            self.query_one("#summary", Static).update(summary)
             self.query_one("#jobs", DataTable).sync([(j.id, job_cells(j)) for j in snap.jobs])
             self.query_one("#workers", DataTable).sync([(w.name, worker_cells(w)) for w in snap.workers])
             self.query_one("#activity", Static).update(activity_text(snap))

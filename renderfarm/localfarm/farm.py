@@ -4,53 +4,50 @@ What the configuration already points elsewhere (a Redis, an S3 endpoint, a file
 used instead of being started. Ports, passwords and keys are generated once, kept 0600 in
 ``local.json`` and reused, so `farm env` stays valid across restarts. The servers listen on
 loopback, or on the address `farm up --listen` names (kept in ``local.json`` too, so the URLs
-the farm hands out reach them from other hosts).
+the farm hands out reach them from other hosts). `farm up` records the Redis, database and
+storage it runs with (``up.json``): every command of this state directory uses them unless its
+environment says otherwise. `farm up -d` leaves a supervisor behind that starts again whatever
+dies (see supervisor.py); `farm down` stops it first.
 """
 
 from __future__ import annotations
 
-import fcntl
 import json
 import os
 import secrets
 import signal
-import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
 from pathlib import Path
 
 from renderfarm import keys
-from renderfarm.config import LOCAL_BUCKET, Settings, load_settings, read_local_file, settings_env
+from renderfarm.config import (
+    LOCAL_BUCKET,
+    RECORD_FILE,
+    Settings,
+    differing_settings,
+    load_settings,
+    read_local_file,
+    recorded_settings,
+    settings_env,
+)
 from renderfarm.errors import RenderFarmError
 from renderfarm.localfarm import services
+from renderfarm.localfarm.runfile import (
+    RUN_FILE,
+    FarmProcess,
+    RunFile,
+    locked,
+    read_run_file,
+    write_run_file,
+)
 
-RUN_FILE = "run.json"
 STOP_ORDER = ("worker", "manager", "weed", "valkey")
+SUPERVISOR_ARGV = [sys.executable, "-m", "renderfarm.localfarm.supervisor"]
 
-
-@dataclass
-class FarmProcess:
-    role: str
-    name: str
-    pid: int
-    start_time: int | None
-    log: str
-    popen: subprocess.Popen | None = field(default=None, repr=False, compare=False)
-
-    def alive(self) -> bool:
-        if self.popen is not None:
-            return self.popen.poll() is None
-        return services.alive(self.pid, self.start_time)
-
-    def signal(self, sig: int) -> None:
-        if self.alive():
-            try:
-                os.kill(self.pid, sig)
-            except ProcessLookupError:
-                pass
+__all__ = ["RUN_FILE", "AlreadyRunning", "FarmProcess", "LocalFarm"]
 
 
 class LocalFarm:
@@ -60,6 +57,7 @@ class LocalFarm:
         self.settings = settings
         self.state_dir = settings.state_dir
         self.processes: list[FarmProcess] = []
+        self.supervisor: FarmProcess | None = None
 
     # -- the state directory ------------------------------------------------------------------
 
@@ -69,10 +67,9 @@ class LocalFarm:
 
     @contextmanager
     def _locked(self) -> Iterator[None]:
-        """One `farm up` or `farm down` at a time per state directory."""
+        """One `farm up`, `farm down` or supervisor round at a time per state directory."""
         self._prepare_state_dir()
-        with (self.state_dir / ".lock").open("w") as f:
-            fcntl.flock(f, fcntl.LOCK_EX)
+        with locked(self.state_dir):
             yield
 
     def _prepare_state_dir(self) -> None:
@@ -112,56 +109,75 @@ class LocalFarm:
         return local
 
     def read_run_file(self) -> list[FarmProcess]:
-        try:
-            doc = json.loads(self.run_file.read_text())
-        except (FileNotFoundError, ValueError):
-            return []
-        return [FarmProcess(**p) for p in doc.get("processes", [])]
+        run = read_run_file(self.state_dir)
+        return run.processes if run else []
 
     def _write_run_file(self, detached: bool) -> None:
-        doc = {
-            "started_at": time.time(),
-            "detached": detached,
-            "processes": [
-                {"role": p.role, "name": p.name, "pid": p.pid, "start_time": p.start_time, "log": p.log}
-                for p in self.processes
-            ],
-        }
-        services.write_private(self.run_file, json.dumps(doc, indent=2))
+        run = RunFile(self.processes, self.supervisor, detached, time.time())
+        write_run_file(self.state_dir, run)
 
     def running(self) -> list[FarmProcess]:
-        """The farm processes of this state directory that are alive now."""
+        """The farm processes of this state directory that are alive now (the supervisor aside)."""
         return [p for p in self.read_run_file() if p.alive()]
 
     # -- up -----------------------------------------------------------------------------------
 
     def up(self, workers: int, *, detach: bool, on_step: Callable[[str], None] = lambda _: None,
-           sites: list[str] | None = None, listen: str | None = None) -> Settings:
+           sites: list[str] | None = None, listen: str | None = None, supervise: bool = True) -> Settings:
         """Start what this farm needs and is not running (all of it, or what died: a farm whose
         Valkey crashed gets its Valkey back); returns the settings every farm process uses.
         `listen`: the address Valkey and SeaweedFS serve on (default: where the running ones
-        already do, else loopback)."""
+        already do, else loopback). Detached and with `supervise`, a supervisor process starts
+        again whatever dies until `farm down`."""
         if listen is not None:
             listen = services.listen_address(listen)
         with self._locked():
-            alive = [p for p in self.read_run_file() if p.alive()]
+            run = read_run_file(self.state_dir) or RunFile()
+            alive = [p for p in run.processes if p.alive()]
+            supervisor = run.supervisor if run.supervisor and run.supervisor.alive() else None
             names = [f"{self._host()}-w{i}" for i in range(1, workers + 1)]
             wanted = {"valkey", "seaweedfs", "manager", *names}
-            if alive and wanted <= {p.name for p in alive} | self._not_ours():
+            watched = supervisor is not None or not (detach and supervise)
+            if alive and wanted <= {p.name for p in alive} | self._not_ours() and watched:
                 raise AlreadyRunning(f"the local farm is already running ({len(alive)} processes); `farm down` stops it")
-            self.processes = alive
+            if alive:
+                self._check_same_farm()
+            self.processes, self.supervisor = alive, supervisor
             try:
                 for site in sites or ():
                     self.settings.site(site)  # a site farm.toml does not name is refused here
                 settings = self._start(names, detach, on_step, running={p.name for p in alive}, sites=sites or [],
                                        listen=listen)
+                _count_restarts(run.processes, [p for p in self.processes if p not in alive])
+                if detach and supervise and supervisor is None:
+                    self.supervisor = self._spawn_supervisor(settings)
             except BaseException:
                 self._stop([p for p in self.processes if p not in alive], grace=3.0)
                 self.processes = alive
                 self._write_run_file(detach)
                 raise
+            services.write_private(self.state_dir / RECORD_FILE, json.dumps(recorded_settings(settings), indent=2))
             self._write_run_file(detach)
             return settings
+
+    def _check_same_farm(self) -> None:
+        """A running farm keeps the Redis, database and storage it started with: starting its
+        missing parts with others would split it in two."""
+        differ = differing_settings(self.settings)
+        if differ:
+            name, theirs, ours = differ[0]
+            source = self.settings.sources.get(name, "default")
+            raise RenderFarmError(
+                f"{name}: the local farm in {self.state_dir} runs with {theirs}, not {ours} (from {source}); "
+                "`farm down` first to start it with that"
+            )
+
+    def _spawn_supervisor(self, settings: Settings) -> FarmProcess:
+        env = {**os.environ, **settings_env(settings)}
+        log_path = self.state_dir / "logs" / "supervisor.log"
+        popen = services.spawn(SUPERVISOR_ARGV, cwd=self.state_dir, env=env, log_path=log_path, detach=True)
+        return FarmProcess("supervisor", "supervisor", popen.pid, services.process_start_time(popen.pid), str(log_path),
+                           list(SUPERVISOR_ARGV), started_at=time.time(), popen=popen)
 
     def _not_ours(self) -> set[str]:
         """Services configured elsewhere, which this farm never starts."""
@@ -228,7 +244,8 @@ class LocalFarm:
     def _spawn(self, role: str, name: str, argv: list[str], env: dict, logs: Path, detach: bool) -> FarmProcess:
         log_path = logs / f"{name}.log"
         popen = services.spawn(argv, cwd=self.state_dir, env=env, log_path=log_path, detach=detach)
-        proc = FarmProcess(role, name, popen.pid, services.process_start_time(popen.pid), str(log_path), popen)
+        proc = FarmProcess(role, name, popen.pid, services.process_start_time(popen.pid), str(log_path), list(argv),
+                           started_at=time.time(), popen=popen)
         self.processes.append(proc)
         return proc
 
@@ -294,13 +311,19 @@ class LocalFarm:
     # -- down ---------------------------------------------------------------------------------
 
     def down(self, *, grace: float = 10.0) -> list[FarmProcess]:
-        """Stop every process this farm started; returns those that were running."""
+        """Stop every process this farm started, its supervisor first (holding the lock, which
+        the supervisor needs to start anything); returns the farm processes that were running."""
         with self._locked():
-            procs = self.processes or self.read_run_file()
+            run = read_run_file(self.state_dir) or RunFile()
+            procs = self.processes or run.processes
+            supervisor = self.supervisor or run.supervisor
             alive = [p for p in procs if p.alive()]
+            if supervisor is not None:
+                _signal_and_wait([supervisor], signal.SIGTERM, 5.0)
+                _signal_and_wait([supervisor], signal.SIGKILL, 5.0)
             self._stop(procs, grace)
             self.run_file.unlink(missing_ok=True)
-            self.processes = []
+            self.processes, self.supervisor = [], None
             return alive
 
     def _stop(self, procs: list[FarmProcess], grace: float) -> None:
@@ -313,6 +336,15 @@ class LocalFarm:
             if role == "worker":  # a second SIGTERM is RQ's cold shutdown
                 _signal_and_wait(group, signal.SIGTERM, 5.0)
             _signal_and_wait(group, signal.SIGKILL, 5.0)
+
+
+def _count_restarts(before: list[FarmProcess], started: list[FarmProcess]) -> None:
+    """A process started again in place of a dead one of its name carries on its restart count."""
+    dead = {p.name: p for p in before}
+    for proc in started:
+        if proc.name in dead:
+            proc.restarts = dead[proc.name].restarts + 1
+            proc.exited_at = time.time()
 
 
 def _ports_free(port: int, hosts: set[str]) -> bool:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import ctypes
 import hashlib
 import json
 import os
@@ -12,6 +11,7 @@ import socket
 import subprocess
 import sys
 import time
+from functools import cache
 from pathlib import Path
 
 from renderfarm.errors import InputError, RenderFarmError
@@ -156,23 +156,30 @@ def weed_argv(data_dir: Path, ports: dict[str, int], access_key: str, secret_key
     return argv
 
 
-_libc = None
-if sys.platform.startswith("linux"):
+@cache
+def _libc():
+    """The C library, for prctl (loaded on first use: the CLI imports this module at start-up)."""
+    import ctypes
+
+    if not sys.platform.startswith("linux"):
+        return None
     try:
-        _libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        return ctypes.CDLL("libc.so.6", use_errno=True)
     except OSError:
-        _libc = None
+        return None
 
 
 def _term_with_parent() -> None:
-    if _libc is not None:
-        _libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    libc = _libc()  # loaded by spawn() before the fork: only a cache lookup here
+    if libc is not None:
+        libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
 
 
 def spawn(argv: list[str], *, cwd: Path, env: dict[str, str], log_path: Path, detach: bool) -> subprocess.Popen:
     """Start a farm process in its own session, output appended to its log. Unless detached, it
     is told to stop when the process that started it dies (so Ctrl-C or a kill leaves nothing)."""
     log_path.parent.mkdir(parents=True, exist_ok=True)
+    _libc()
     with log_path.open("ab") as log:
         return subprocess.Popen(
             argv, cwd=cwd, env=env, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,

@@ -21,16 +21,18 @@ HEARTBEAT_TTL = 3.0
 
 
 class LiveFarm:
-    def __init__(self, tmp: Path, workers: int = 2, **env: str) -> None:
+    def __init__(self, tmp: Path, workers: int = 2, *, supervise: bool = False, **env: str) -> None:
         self.tmp = tmp
         self.state = tmp / "state"
         self.workers = workers
+        # These tests kill processes and start them again themselves: no supervisor unless asked.
+        self.up_args = () if supervise else ("--no-supervise",)
         self.env = farm_env(self.state, FARM_HEARTBEAT_TTL=f"{HEARTBEAT_TTL:g}", FARM_ALLOW_COMMANDS="1", **env)
 
     # -- processes ------------------------------------------------------------------------------
 
     def up(self) -> None:
-        run_farm("up", "-d", "-w", str(self.workers), env=self.env, timeout=120)
+        run_farm("up", "-d", "-w", str(self.workers), *self.up_args, env=self.env, timeout=120)
 
     def down(self) -> None:
         run_farm("down", env=self.env, check=False, timeout=120)

@@ -150,14 +150,14 @@ bpy.ops.wm.save_as_mainfile(filepath={str(root / "shot" / "scene.blend")!r})
 
 @needs_blender
 def test_a_blend_is_read_without_blender(settings, blend):
-    body = check_submission(settings, Submission(scene=blend, renderer="blender"))
-    assert (body["width"], body["height"], body["frames"]) == (160, 90, "5-20x3")
+    spec = check_submission(settings, Submission(scene=blend))  # a .blend: Blender, without asking
+    assert (spec.renderer, spec.width, spec.height, spec.frames) == ("blender", 160, 90, "5-20x3")
     version = subprocess.run([BLENDER, "--version"], capture_output=True, text=True).stdout.split()[1]
-    assert version.startswith(body["renderer_version"] + ".")
-    body = check_submission(settings, Submission(scene=blend, renderer="blender", resolution="161x91", samples="4",
+    assert version.startswith(spec.renderer_version + ".")
+    spec = check_submission(settings, Submission(scene=blend, renderer="blender", resolution="161x91", samples="4",
                                                  allow_scripts=True, renderer_version="4.2", frames="1-3"))
-    assert (body["width"], body["height"], body["renderer_version"]) == (161, 91, "4.2")
-    assert body["render_options"] == {"samples": 4, "allow_scripts": True}
+    assert (spec.width, spec.height, spec.renderer_version) == (161, 91, "4.2")
+    assert spec.render_options.model_dump(exclude_none=True) == {"samples": 4, "allow_scripts": True}
     with pytest.raises(FrameSpecError, match="negative frames"):
         check_submission(settings, Submission(scene=blend, renderer="blender", frames="-3-1"))
     with pytest.raises(InputError, match="blender-version: '4.x'"):

@@ -97,7 +97,7 @@ def test_a_job_after_a_failed_or_cancelled_one_says_it_is_blocked(engine, databa
     table = run_farm("jobs", env=env).stdout
     assert [line.split()[3] for line in table.splitlines()[1:3]] == ["blocked", "failed"]
     assert "job bbbb0002 blocked: aaaa0001 failed" in table
-    assert "bbbb0002 bbbb: 0% of 1 frames, blocked, ETA - (blocked: aaaa0001 failed" in run_farm(
+    assert "bbbb0002 bbbb: 0% of 1 frame, blocked, ETA - (blocked: aaaa0001 failed" in run_farm(
         "status", env=env).stdout
 
     # Cancelled blocks it the same way; a job waiting on a running one is only waiting.

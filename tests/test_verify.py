@@ -13,6 +13,7 @@ from renderfarm.manager.expected import Expected
 from renderfarm.manager.verify import verify_and_promote
 from renderfarm.storage.files import FileStorage
 from renderfarm.storage.keys import attempt_prefix
+from renderfarm.wire import Output
 
 JOB = "a1b2c3d4"
 
@@ -28,23 +29,27 @@ def storage(tmp_path):
     return FileStorage(tmp_path / "store", "file://" + str(tmp_path / "store"))
 
 
-def stage(storage, frame: int, data: bytes, *, task: int = 3, attempt: int = 2, **overrides) -> dict:
-    key = attempt_prefix(JOB, task, attempt) + f"shot.{frame:04d}.png"
-    storage.put_bytes(key, data)
-    record = {"frame": frame, "key": key, "sha256": hashlib.sha256(data).hexdigest(), "size": len(data)}
-    record.update(overrides)
-    return record
+def key_of(frame: int, attempt: int = 2) -> str:
+    """Where attempt 2 of task 3 writes a frame (the key the manager derives, never one it is told)."""
+    return attempt_prefix(JOB, 3, attempt) + f"shot.{frame:04d}.png"
+
+
+def stage(storage, frame: int, data: bytes, *, attempt: int = 2, **overrides) -> Output:
+    storage.put_bytes(key_of(frame, attempt), data)
+    fields = {"frame": frame, "sha256": hashlib.sha256(data).hexdigest(), "size": max(1, len(data)), **overrides}
+    return Output(**fields)
 
 
 def verify(storage, outputs, frames=(1, 2)):
     expected = [Expected(f, f"jobs/{JOB}/frames/shot.{f:04d}.png", 32, 18) for f in frames]
-    return verify_and_promote(storage, outputs, job_id=JOB, task_index=3, attempt=2, expected=expected, fmt="png")
+    return verify_and_promote(storage, outputs, job_id=JOB, task_index=3, attempt=2, name="shot",
+                              expected=expected, fmt="png")
 
 
 def test_verified_frames_are_promoted_and_attempt_copies_returned(storage):
     outputs = [stage(storage, 1, png(32, 18)), stage(storage, 2, png(32, 18))]
     leftovers = verify(storage, outputs)
-    assert leftovers == [o["key"] for o in outputs]
+    assert leftovers == [key_of(1), key_of(2)]
     finals = [f"jobs/{JOB}/frames/shot.0001.png", f"jobs/{JOB}/frames/shot.0002.png"]
     assert sorted(o.key for o in storage.list(f"jobs/{JOB}/frames/")) == finals
     assert storage.get_bytes(finals[0]) == png(32, 18)
@@ -58,7 +63,7 @@ def test_verified_frames_are_promoted_and_attempt_copies_returned(storage):
         (lambda s: [stage(s, 1, png(32, 18)), stage(s, 2, png(64, 18))], "64x18 pixels, expected 32x18"),
         (lambda s: [stage(s, 1, png(32, 18)), stage(s, 2, b"")], "empty file"),
         (lambda s: [stage(s, 1, png(32, 18)), stage(s, 2, png(32, 18), sha256="0" * 64)], "do not match"),
-        (lambda s: [stage(s, 1, png(32, 18)), stage(s, 2, png(32, 18), attempt=1)], "outside the attempt's prefix"),
+        (lambda s: [stage(s, 1, png(32, 18)), stage(s, 2, png(32, 18), attempt=1)], "missing from storage"),
         (lambda s: [stage(s, 1, png(32, 18)), stage(s, 2, b"GIF89a" + bytes(40))], "not a PNG file, expected 8-bit PNG"),
     ],
     ids=["missing", "truncated", "wrong-size", "empty", "sha-mismatch", "other-attempt", "not-png"],
@@ -72,22 +77,22 @@ def test_bad_outputs_are_rejected_and_nothing_promoted(storage, make, message):
 
 def test_object_deleted_after_the_event_is_reported(storage):
     outputs = [stage(storage, 1, png(32, 18)), stage(storage, 2, png(32, 18))]
-    storage.delete([outputs[1]["key"]])
+    storage.delete([key_of(2)])
     with pytest.raises(VerificationError, match="missing from storage"):
         verify(storage, outputs)
 
 
-def tagged(storage, frame: int, data: bytes) -> dict:
+def tagged(storage, frame: int, data: bytes) -> Output:
     """An output as a worker reports it: uploaded from a file, with the tag storage gave it."""
     import tempfile
     from pathlib import Path
 
-    key = attempt_prefix(JOB, 3, 2) + f"shot.{frame:04d}.png"
+    key = key_of(frame)
     with tempfile.NamedTemporaryFile(suffix=".png", delete=False) as f:
         f.write(data)
     etag = storage.put_file(key, Path(f.name))
     Path(f.name).unlink()
-    return {"frame": frame, "key": key, "sha256": hashlib.sha256(data).hexdigest(), "size": len(data), "etag": etag}
+    return Output(frame=frame, sha256=hashlib.sha256(data).hexdigest(), size=len(data), etag=etag)
 
 
 def test_tagged_outputs_are_promoted_by_a_conditional_copy(storage):
@@ -98,9 +103,9 @@ def test_tagged_outputs_are_promoted_by_a_conditional_copy(storage):
 
 def test_a_tagged_output_changed_or_gone_since_upload_is_rejected(storage):
     outputs = [tagged(storage, 1, png(32, 18)), tagged(storage, 2, png(32, 18))]
-    storage.put_bytes(outputs[1]["key"], png(32, 18, (1, 2, 3)))  # overwritten after the event
+    storage.put_bytes(key_of(2), png(32, 18, (1, 2, 3)))  # overwritten after the event
     with pytest.raises(VerificationError, match="changed in storage since the worker uploaded it"):
         verify(storage, outputs)
-    storage.delete([outputs[1]["key"]])
+    storage.delete([key_of(2)])
     with pytest.raises(VerificationError, match="missing from storage"):
         verify(storage, outputs)

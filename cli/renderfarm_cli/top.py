@@ -355,8 +355,8 @@ def _farm_screen():
             except Exception as e:
                 self.say(error_text(e), error=True)
                 return
-            extra = f", priority {reply['priority']}" if verb == "priority" else ""
-            self.say(f"job {reply['job_id']}: {verb} applied; now {reply['state']}{extra}")
+            extra = f", priority {reply.priority}" if verb == "priority" else ""
+            self.say(f"job {reply.job_id}: {verb} applied; now {reply.state}{extra}")
             await self.reload()
 
     return Farm

@@ -231,8 +231,7 @@ class Manager:
         # Dead letters are kept before their entries are acknowledged: nothing is lost between.
         streams.post_dead_letters(self.r, letters)
         self._after_commit(batch)
-        for request_id, reply in {**replies, **batch.replies}.items():
-            streams.send_reply(self.r, request_id, reply)
+        self._answer({**replies, **batch.replies})
         held = {e.id for e in deferred}
         for stream in streams.STREAMS:
             done = [e.id for e in entries if e.stream == stream and e.id not in held]
@@ -246,6 +245,18 @@ class Manager:
             self.deferred += deferred
             self._retry_deferred_at = self.clock.monotonic() + DEFER_RETRY
         return [m for _e, m in ready]
+
+    def _answer(self, replies: dict) -> None:
+        """Send the replies; one that cannot be sent (a bug, not Redis) is logged, not retried."""
+        import redis
+
+        for request_id, reply in replies.items():
+            try:
+                streams.send_reply(self.r, request_id, reply)
+            except redis.RedisError:
+                raise
+            except Exception:
+                log.exception("could not answer request %s", request_id)
 
     def _after_commit(self, batch: Batch) -> None:
         for worker in batch.left_workers:

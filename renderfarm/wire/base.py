@@ -130,6 +130,7 @@ def union_parser(what: str, members: tuple[type[Message], ...], max_bytes: int):
 
 
 _TAGGED = re.compile(r"^[a-z_]+$")
+_PREFIX = re.compile(r"^(?:Input|String|Tuple|List|Dictionary|Value) (?=should)")
 
 
 def describe(what: str, e: ValidationError, *, tagged: bool = False) -> str:
@@ -154,7 +155,7 @@ def describe(what: str, e: ValidationError, *, tagged: bool = False) -> str:
         return f"{what}: {field}: {message.removeprefix('Value error, ')}"
     if kind in ("model_type", "model_attributes_type", "dict_type") and not loc:
         return f"{what}: {_value(value)} is not a JSON object"
-    return f"{what}: {field}: {_value(value)} {message.removeprefix('Input ').removeprefix('String ')}"
+    return f"{what}: {field}: {_value(value)} {_PREFIX.sub('', message)}"
 
 
 def _value(value: Any) -> str:

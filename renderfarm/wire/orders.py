@@ -9,8 +9,7 @@ from typing import TYPE_CHECKING, Annotated, Literal
 
 from pydantic import Field, model_validator
 
-from renderfarm.errors import InputError
-from renderfarm.wire.base import TASK_FRAMES_CAP, Frame, Id, JobId, Message, Sha256, Slug, StorageKey
+from renderfarm.wire.base import TASK_FRAMES_CAP, Frame, Id, JobId, Message, Sha256, Slug, StorageKey, WireError
 from renderfarm.wire.submission import MAX_SIZE, MAX_TIMEOUT, SCENE_KEY, VERSION, RenderOptions
 
 if TYPE_CHECKING:
@@ -58,25 +57,25 @@ class TaskOrder(Message):
     @model_validator(mode="after")
     def _consistent(self) -> TaskOrder:
         if not self.scene_key.startswith(f"scenes/{self.scene_sha256}."):
-            raise InputError(f"task order: scene_key {self.scene_key!r} is not the key of its scene_sha256")
+            raise WireError(f"task order: scene_key {self.scene_key!r} is not the key of its scene_sha256")
         if self.kind == "tile":
             if self.region is None or len(self.frames) != 1:
-                raise InputError("task order: a tile task names one frame and its region")
+                raise WireError("task order: a tile task names one frame and its region")
             r = self.region
             if r.x + r.width > self.width or r.y + r.height > self.height:
-                raise InputError(f"task order: region {r.x},{r.y} {r.width}x{r.height} is outside the "
+                raise WireError(f"task order: region {r.x},{r.y} {r.width}x{r.height} is outside the "
                                  f"{self.width}x{self.height} frame")
         elif self.region is not None:
-            raise InputError(f"task order: a {self.kind} task has no region")
+            raise WireError(f"task order: a {self.kind} task has no region")
         if self.kind == "assemble":
             if not self.grid or not self.tile_keys or len(self.frames) != 1:
-                raise InputError("task order: an assembly names one frame, its grid and its tiles' keys")
+                raise WireError("task order: an assembly names one frame, its grid and its tiles' keys")
             prefix = f"jobs/{self.job_id}/tiles/"
             outside = next((k for k in self.tile_keys if not k.startswith(prefix)), None)
             if outside is not None:
-                raise InputError(f"task order: tile key {outside[:100]!r} is outside {prefix}")
+                raise WireError(f"task order: tile key {outside[:100]!r} is outside {prefix}")
         elif self.grid is not None or self.tile_keys:
-            raise InputError(f"task order: a {self.kind} task has no tiles to assemble")
+            raise WireError(f"task order: a {self.kind} task has no tiles to assemble")
         return self
 
     @property
@@ -87,7 +86,7 @@ class TaskOrder(Message):
     @property
     def rq_id(self) -> str:
         """The RQ job id of this order (RQ allows letters, digits, '_' and '-' only)."""
-        return f"{self.job_id}-{self.task_index}-{self.attempt}"
+        return f"attempt-{self.attempt_id}"
 
     @property
     def prefix(self) -> str:

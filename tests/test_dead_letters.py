@@ -1,0 +1,192 @@
+"""No entry wedges the manager: one that breaks its contract, names what its sender does not hold,
+or fails to apply is acknowledged and kept as a dead letter with its reason, and the others are
+applied (a real Valkey, SQLite and file storage; the manager driven tick by tick)."""
+
+from __future__ import annotations
+
+import json
+import threading
+from pathlib import Path
+
+import pytest
+from conftest import wait_for
+from test_manager_loop import in_process_manager
+
+from renderfarm import keys, presence, streams
+from renderfarm.clock import SteppedClock
+from renderfarm.db import session_scope
+from renderfarm.models import Job
+from renderfarm.wire import CancelIntent, JobSpec, Progress, SubmitIntent
+
+SHA = "ab" * 32
+SPEC = JobSpec(name="shot", owner="ana", renderer="null", scene_name="shot.toml", scene_key=f"scenes/{SHA}.toml",
+               scene_sha256=SHA, frames="1-4", width=64, height=36)
+
+
+def submit(request: str) -> SubmitIntent:
+    return SubmitIntent(request_id=request * 32, job=SPEC)
+
+
+def letters(manager) -> list:
+    return [letter for _id, letter in streams.dead_letters(manager.r, count=1000)][::-1]
+
+
+def jobs(manager) -> list[str]:
+    with session_scope(manager.engine) as s:
+        return sorted(j.request_id for j in s.query(Job).all())
+
+
+def unacknowledged(manager) -> int:
+    return sum(manager.r.xpending(stream, keys.MANAGER_GROUP)["pending"] for stream in streams.STREAMS)
+
+
+def test_bad_entries_are_dead_lettered_with_their_reasons_and_the_rest_applied(redis_url: str, tmp_path: Path):
+    """The entries that wedged the farm for good: each is refused alone, the farm goes on."""
+    manager = in_process_manager(redis_url, tmp_path)
+    r = manager.r
+    huge = json.loads(submit("1").to_json())
+    huge["job"]["max_workers"] = 99999999999999999999999
+    requires = json.loads(submit("2").to_json())
+    requires["job"]["requires"] = 5
+    bad_control = [json.dumps(huge), json.dumps(requires), "[" * 10_000 + "]" * 10_000,
+                   json.dumps({"type": "cancel", "request_id": "3" * 32, "job": "../../x"})]
+    bad_events = [
+        json.dumps({"type": "progress", "worker": "w", "attempt_id": 1e30, "progress": 0.5}),
+        json.dumps({"type": "progress", "worker": "w", "attempt_id": 1, "progress": "abc"}),
+        json.dumps({"type": "started", "worker": "w", "attempt_id": 1, "ts": "x"}),
+        json.dumps({"type": "done", "worker": "w", "attempt_id": 1, "outputs": 5,
+                    "usage": {"wall": 1.0}}),
+        json.dumps({"type": "done", "worker": "w", "attempt_id": 1,
+                    "outputs": [{"frame": 1, "sha256": SHA, "size": 3}], "usage": {"wall": 1e308}}),
+    ]
+    for raw in bad_control:
+        streams.post(r, keys.CONTROL_STREAM, raw)
+    streams.post(r, keys.CONTROL_STREAM, submit("a"))
+    for raw in bad_events:
+        streams.post(r, keys.EVENT_STREAM, raw)
+    # Well formed, but naming an attempt that does not exist: refused, with the sender's name.
+    streams.post(r, keys.EVENT_STREAM, Progress(worker="evil-node", attempt_id=7, progress=0.5))
+    r.xadd(keys.EVENT_STREAM, {"no-d": "field"})
+    presence.beat(r, presence_beat("good-node"), ttl=30)
+    r.set(keys.heartbeat_key("bad-node"), json.dumps({"name": "bad-node", "pid": "x"}), ex=30)
+    r.sadd(keys.WORKERS_SET, "bad-node")
+
+    manager.tick()
+    manager.tick()  # a bad heartbeat is kept once, not once a round
+
+    assert jobs(manager) == ["a" * 32]
+    assert unacknowledged(manager) == 0
+    reasons = [(letter.source, letter.reason) for letter in letters(manager)]
+    assert reasons == [
+        ("farm:control", "intent submit: job.max_workers: 99999999999999999999999 should be less than or equal to "
+                         "10000"),
+        ("farm:control", "intent submit: job.requires: 5 should be a valid array"),
+        ("farm:control", "intent: not valid JSON (recursion limit exceeded at line 1 column 202)"),
+        ("farm:control", "intent cancel: job: '../../x' should match pattern '^[0-9a-f]{4,16}$'"),
+        ("farm:events", "event progress: attempt_id: 1e+30 should be a valid integer"),
+        ("farm:events", "event progress: progress: 'abc' should be a valid number"),
+        ("farm:events", "event started: ts: not a field of this message"),
+        ("farm:events", "event done: outputs: 5 should be a valid array"),
+        ("farm:events", "event done: usage.wall: 1e+308 should be less than or equal to 10000000"),
+        ("farm:events", "event: not valid JSON (EOF while parsing a value at line 1 column 0)"),
+        # (refused when applied, after those refused when parsed)
+        ("farm:events", "refused: progress event from evil-node for attempt 7, which does not exist"),
+        ("farm:hb:bad-node", "heartbeat: pid: 'x' should be a valid integer"),
+    ]
+    by_entry = {letter.reason: letter for letter in letters(manager)}
+    assert by_entry["refused: progress event from evil-node for attempt 7, which does not exist"].worker == "evil-node"
+    assert json.loads(by_entry["event progress: progress: 'abc' should be a valid number"].raw)["progress"] == "abc"
+    assert len(by_entry["intent: not valid JSON (recursion limit exceeded at line 1 column 202)"].raw) <= 4100  # the 20,000-byte entry, cut short
+    # The senders of refused intents heard at once, not after a timeout.
+    assert streams.await_reply(r, "1" * 32, 1).error.startswith("intent submit: job.max_workers")
+    assert streams.await_reply(r, "a" * 32, 1).ok
+    assert "good-node" in manager.live and "bad-node" not in manager.live
+    manager.engine.dispose()
+
+
+def presence_beat(name: str):
+    from renderfarm.wire import Heartbeat
+
+    return Heartbeat(name=name, pid=1, seq=1)
+
+
+def test_a_submission_sent_again_makes_no_second_job(redis_url: str, tmp_path: Path):
+    manager = in_process_manager(redis_url, tmp_path)
+    for _ in range(3):
+        streams.send_intent(manager.r, submit("b"))
+        manager.tick()
+    replies = [streams.await_reply(manager.r, "b" * 32, 1) for _ in range(3)]
+    assert jobs(manager) == ["b" * 32]
+    assert len({reply.job_id for reply in replies}) == 1
+    assert [reply.changed for reply in replies] == [True, False, False]
+    manager.engine.dispose()
+
+
+def test_an_entry_whose_apply_raises_is_dead_lettered_and_the_rest_applied(redis_url: str, tmp_path: Path,
+                                                                           monkeypatch):
+    """A fault in our own code, injected into the apply path for one entry: that entry is put
+    aside at its first delivery; the entries around it in the same batch are applied."""
+    from renderfarm.manager import inbox, intake
+
+    manager = in_process_manager(redis_url, tmp_path)
+    real = intake.apply_intent
+
+    def faulty(session, settings, r, intent, batch, now):
+        if intent.request_id == "c" * 32:
+            raise ZeroDivisionError("injected fault")
+        return real(session, settings, r, intent, batch, now)
+
+    monkeypatch.setattr(inbox, "apply_intent", faulty)
+    for request in "dce":
+        streams.send_intent(manager.r, submit(request))
+    manager.tick()
+    assert jobs(manager) == ["d" * 32, "e" * 32]
+    [letter] = letters(manager)
+    assert (letter.reason, letter.deliveries) == ("could not be applied: ZeroDivisionError: injected fault", 1)
+    assert "dead letter" in streams.await_reply(manager.r, "c" * 32, 1).error
+    assert unacknowledged(manager) == 0
+    manager.engine.dispose()
+
+
+def test_an_entry_that_breaks_the_loop_itself_is_dead_lettered_on_its_third_delivery(
+    redis_url: str, tmp_path: Path, monkeypatch
+):
+    """A fault outside any one entry's transaction (answering it fails): the manager's loop backs
+    off and reads the entry again; on its third delivery it is put aside, and the farm goes on."""
+    from renderfarm.clock import Clock
+    from renderfarm.manager import Manager
+
+    manager = in_process_manager(redis_url, tmp_path, Clock())
+    real = Manager._after_commit
+
+    def faulty(self, batch):
+        if "f" * 32 in batch.replies:
+            raise ValueError("injected fault after the commit")
+        return real(self, batch)
+
+    monkeypatch.setattr(Manager, "_after_commit", faulty)
+    streams.send_intent(manager.r, CancelIntent(request_id="f" * 32, job="abcd1234"))
+    stop = threading.Event()
+    thread = threading.Thread(target=manager.run, args=(stop,), daemon=True)
+    thread.start()
+    try:
+        got = wait_for(lambda: letters(manager), 30, "the entry to be dead-lettered")
+        assert [(x.reason, x.deliveries) for x in got] == [("delivered 3 times without being applied", 3)]
+        streams.send_intent(manager.r, submit("9"))  # the farm goes on
+        assert streams.await_reply(manager.r, "9" * 32, 10).ok
+        assert wait_for(lambda: unacknowledged(manager) == 0, 10, "everything acknowledged")
+    finally:
+        stop.set()
+        thread.join(15)
+
+
+@pytest.mark.parametrize("stepped", [SteppedClock()])
+def test_times_come_from_the_managers_clock(redis_url: str, tmp_path: Path, stepped):
+    """A job's times are the manager's, however far off a worker's clock is."""
+    manager = in_process_manager(redis_url, tmp_path, stepped)
+    streams.send_intent(manager.r, submit("7"))
+    manager.tick()
+    with session_scope(manager.engine) as s:
+        job = s.query(Job).one()
+        assert job.submitted_at == stepped.now()
+    manager.engine.dispose()

@@ -85,6 +85,7 @@ class Snapshot:
     farm_running: bool = False  # Redis answers
     manager_running: bool = False  # and a manager holds the leader lock
     notes: list[str] = field(default_factory=list)  # what the status line should say
+    dead_letters: int | None = None  # entries the manager put aside; None when Redis is down
 
 
 def first_line(text: str | None) -> str:
@@ -160,10 +161,12 @@ class Dashboard:
         notes: list[str] = []
         live = None
         manager = False
+        dead_letters = None
         try:
             r = self.redis()
             live = presence.live_workers(r, now)
             manager = bool(r.exists(keys.MANAGER_LEADER))
+            dead_letters = int(r.xlen(keys.DEAD_LETTERS))
         except (FarmNotRunningError, redis_lib.RedisError):
             self._drop_redis()
             notes.append(FARM_DOWN)
@@ -199,6 +202,7 @@ class Dashboard:
         return Snapshot(
             taken_at=now, jobs=jobs, workers=workers, queues=queues, throughput=throughput,
             failures=failures, farm_running=live is not None, manager_running=manager, notes=notes,
+            dead_letters=dead_letters,
         )
 
     # -- a job's tasks and a task's log ------------------------------------------------------------

@@ -134,12 +134,34 @@ def check_redis(settings: Settings) -> list[Check]:
                 saves: str | None = client.config_get("save").get("save", "")
             except redis.ResponseError:  # CONFIG renamed or refused, as managed services do
                 saves = None
+            dead = dead_letter_verdict(client)
     except redis.AuthenticationError as e:
         return [Check("redis", CheckStatus.FAIL, f"{where} refused the password ({_first_line(e)})",
                       "put the server's password in FARM_REDIS_URL: redis://:PASSWORD@host:port/0")]
     except redis.RedisError as e:
         return [Check("redis", CheckStatus.FAIL, f"{where} does not answer ({_first_line(e)})", _redis_fix(settings, e))]
-    return [version_verdict(server, where), persistence_verdict(persistence, saves)]
+    return [version_verdict(server, where), persistence_verdict(persistence, saves), dead]
+
+
+def dead_letter_verdict(client) -> Check:
+    """How many entries the manager put aside as dead letters (a bad entry never blocks the farm,
+    but someone sent it: a bug, a stale node or an attack)."""
+    from renderfarm import keys
+
+    count = int(client.xlen(keys.DEAD_LETTERS))
+    if not count:
+        return Check("dead letters", CheckStatus.OK, "none")
+    newest = client.xrevrange(keys.DEAD_LETTERS, count=1)
+    why = ""
+    if newest:
+        import json
+
+        try:
+            why = "; newest: " + str(json.loads(newest[0][1].get(b"d") or b"{}").get("reason", ""))[:120]
+        except (ValueError, AttributeError):
+            why = ""
+    return Check("dead letters", CheckStatus.WARN, f"{count} entr{'y' if count == 1 else 'ies'} put aside{why}",
+                 "see why with `farm dead-letters`")
 
 
 def _redis_fix(settings: Settings, e: Exception) -> str:

@@ -190,3 +190,31 @@ def test_times_come_from_the_managers_clock(redis_url: str, tmp_path: Path, step
         job = s.query(Job).one()
         assert job.submitted_at == stepped.now()
     manager.engine.dispose()
+
+
+def test_dead_letters_are_listed_counted_by_doctor_and_shown_in_top(redis_url: str, tmp_path: Path):
+    import redis
+
+    from conftest import farm_env, run_farm
+    from renderfarm.dashboard import Snapshot
+    from renderfarm.doctor import dead_letter_verdict
+    from renderfarm_cli.top_view import summary_text
+
+    manager = in_process_manager(redis_url, tmp_path)
+    streams.post(manager.r, keys.EVENT_STREAM, '{"type": "progress", "worker": "node-7", "attempt_id": "x"}')
+    streams.post(manager.r, keys.CONTROL_STREAM, "[not json")
+    manager.tick()
+    env = farm_env(tmp_path / "cli", FARM_REDIS_URL=redis_url)
+    listed = json.loads(run_farm("dead-letters", "--json", env=env).stdout)
+    assert [(d["source"], d["worker"], d["reason"]) for d in listed] == [  # newest first
+        ("farm:events", "node-7", "event progress: attempt_id: 'x' should be a valid integer"),
+        ("farm:control", None, "intent: not valid JSON (expected ident at line 1 column 3)"),
+    ]
+    table = run_farm("dead-letters", env=env).stdout
+    assert "event progress: attempt_id: 'x' should be a valid integer" in table and "node-7" in table
+    check = dead_letter_verdict(redis.Redis.from_url(redis_url))
+    assert (check.status.value, check.detail, check.fix) == (
+        "warn", "2 entries put aside; newest: event progress: attempt_id: 'x' should be a valid integer",
+        "see why with `farm dead-letters`")
+    assert "2 dead letters" in summary_text(Snapshot(taken_at=0.0, farm_running=True, dead_letters=2)).plain
+    manager.engine.dispose()

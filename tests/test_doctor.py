@@ -23,7 +23,7 @@ from renderfarm.doctor import Check, CheckStatus
 from renderfarm.localfarm import services
 
 OK, WARN, FAIL = CheckStatus.OK, CheckStatus.WARN, CheckStatus.FAIL
-PARTS = ["redis", "redis persistence", "database", "storage",
+PARTS = ["redis", "redis persistence", "dead letters", "database", "storage",
          "renderer builtin", "renderer null", "renderer command", "renderer blender"]
 NO_BLENDER_PATH = str(Path(sys.executable).parent)  # this environment's bin: python, no blender
 
@@ -38,16 +38,16 @@ def fake_blender(folder: Path, body: str = "echo 'Blender 3.4.1'\necho '\tbuild 
 
 
 @pytest.fixture()
-def healthy(tmp_path: Path, valkey, seaweed) -> dict[str, str]:
-    """The environment of a farm whose every part works: private Valkey and SeaweedFS, an
-    upgraded SQLite database, and a (fake) Blender."""
+def healthy(tmp_path: Path, redis_url, seaweed) -> dict[str, str]:
+    """The environment of a farm whose every part works: private Valkey (emptied: no dead letters)
+    and SeaweedFS, an upgraded SQLite database, and a (fake) Blender."""
     state = tmp_path / "state"
     engine = make_engine(f"sqlite:///{state / 'farm.db'}")
     upgrade(engine)
     engine.dispose()
     return farm_env(
         state,
-        FARM_REDIS_URL=valkey_url(valkey),
+        FARM_REDIS_URL=redis_url,
         FARM_STORAGE_URL="s3://renderfarm/doctor-tests",
         FARM_S3_ENDPOINT_URL=seaweed.endpoint,
         AWS_ACCESS_KEY_ID=seaweed.access_key,
@@ -223,13 +223,14 @@ def test_schema_verdicts():
         "upgrade renderfarm here to the version the manager runs")
 
 
-def test_local_farm_valkey_counts_and_its_absence_says_farm_up(tmp_path, valkey):
+def test_local_farm_valkey_counts_and_its_absence_says_farm_up(tmp_path, redis_url, valkey):
     state = tmp_path / "state"
     state.mkdir()
     local = state / "local.json"
     local.write_text(json.dumps({"valkey_port": valkey.port, "valkey_password": valkey.password}))
     settings = load_settings({"FARM_STATE_DIR": str(state)})
-    assert [c.status for c in doctor.check_redis(settings)] == [OK, OK]
+    assert [(c.part, c.status) for c in doctor.check_redis(settings)] == [
+        ("redis", OK), ("redis persistence", OK), ("dead letters", OK)]
     local.write_text(json.dumps({"valkey_port": free_port(), "valkey_password": "localsecret42"}))
     checks = doctor.run_checks(load_settings({"FARM_STATE_DIR": str(state)}), {"PATH": NO_BLENDER_PATH})
     redis = checks[0]

@@ -183,6 +183,8 @@ def summary_text(snap: Snapshot) -> Text:
     text.append(f" · {len(live)} worker(s), {busy} busy · {active} active job(s)")
     if snap.queues is not None:
         text.append(f" · {sum(snap.queues.values())} queued")
+    if snap.dead_letters:
+        text.append(f" · {snap.dead_letters} dead letter{'s' if snap.dead_letters != 1 else ''}", style="yellow")
     text.append(" · " + time.strftime("%H:%M:%S", time.localtime(snap.taken_at)), style="dim")
     return text
 

@@ -126,9 +126,9 @@ def blocking_seconds(command: Sequence) -> float | None:
             return 0.0
     except (IndexError, TypeError, ValueError):  # Redis refuses such a command at once
         return 0.0
-    if held < 0:
-        return 0.0
-    return None if held == 0 else held
+    if held == 0:
+        return None
+    return held if 0 < held < 1e9 else 0.0  # negative, NaN or endless: refused at once
 
 
 def _block_option(options: Sequence) -> object | None:

@@ -86,4 +86,5 @@ def test_how_long_a_command_may_hold_its_reply() -> None:
     assert blocking_seconds(("XREAD", "STREAMS", "BLOCK", "0-0")) == 0  # a stream named BLOCK
     assert blocking_seconds(("XREAD", "BLOCK", 0, "STREAMS", "s", "$")) is None
     assert blocking_seconds(("WAIT", 1, 500)) == 0.5
-    assert blocking_seconds(("BLPOP", "k", "soon")) == 0  # the server refuses it at once
+    for refused in ("soon", "-1", "nan", "inf"):  # the server answers these with an error at once
+        assert blocking_seconds(("BLPOP", "k", refused)) == 0

@@ -1,6 +1,6 @@
 """Run the benchmarks and print one table of figures, each with its baseline and their ratio.
 
-    uv run python -m benchmarks                     # every benchmark (about 10 minutes)
+    uv run python -m benchmarks                     # every benchmark (about 20 minutes)
     uv run python -m benchmarks dispatch status     # some of them
     uv run python -m benchmarks --list
     uv run python -m benchmarks.dispatch --tasks 200   # one, with its own options
@@ -36,6 +36,7 @@ BENCHMARKS = {
     "tiles": "a hero frame in 2x2 tiles on 2 workers against whole on 1",
     "stitch": "stitching an 8K 16-bit frame and an EXR against OpenImageIO's lower bound",
     "blender": "16 Blender frames on 2 one-thread workers against blender -a -t 2",
+    "idle": "a task's wait to start after 3 idle minutes against a warm farm's (about 10 minutes)",
 }
 DEFAULT_JSON = Path(__file__).resolve().parent / "results" / "latest.json"
 

@@ -1,7 +1,11 @@
-"""Connecting to the farm's Redis (or Valkey), with errors that say the farm is not running."""
+"""Connecting to the farm's Redis (or Valkey), with errors that say the farm is not running, and a
+socket timeout that suits each command: a blocking one is given as long as it may block."""
 
 from __future__ import annotations
 
+import functools
+import socket
+from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from renderfarm.config import mask_url
@@ -13,23 +17,35 @@ if TYPE_CHECKING:
     from renderfarm.config import Settings
 
 NOT_RUNNING_HINT = "start it with `farm up -d`"
+# How long an ordinary command's reply may take: more means Redis is gone or stuck (a reply over a
+# long link takes a fraction of a second). A blocking command may take its own wait on top.
+COMMAND_TIMEOUT = 10.0
+# A TCP connection that has heard nothing for 30 s is probed every 5 s and dropped after 3 probes
+# go unanswered, or once data it sent has gone unacknowledged for 45 s: a Redis whose host
+# vanished is noticed within a minute, even by a call that would block for minutes.
+KEEPALIVE = {"TCP_KEEPIDLE": 30, "TCP_KEEPINTVL": 5, "TCP_KEEPCNT": 3, "TCP_USER_TIMEOUT": 45_000}
 
 
 def connect(settings: Settings, *, check: bool = True, timeout: float = 5.0) -> Redis:
-    """A Redis client for the farm; with `check`, ping it and raise FarmNotRunningError if it is down."""
+    """A Redis client for the farm; with `check`, ping it and raise FarmNotRunningError if it is down.
+    `timeout` bounds connecting; a reply may take COMMAND_TIMEOUT (or `timeout`, if longer), and
+    a blocking command's reply as long as the command may block on top of that."""
     import redis
 
     if not settings.redis_url:
         raise FarmNotRunningError(f"the farm is not running: no Redis configured ({NOT_RUNNING_HINT})")
+    scheme = settings.redis_url.split("://", 1)[0].lower()
     tls = {}
-    if settings.redis_url.startswith("rediss://") and settings.redis_ca:
+    if scheme == "rediss" and settings.redis_ca:
         tls = {"ssl_ca_certs": settings.redis_ca}
     client = redis.Redis.from_url(
         settings.redis_url,
-        socket_timeout=max(timeout, 10.0),
+        connection_class=_timed_connection_class(scheme),
+        socket_timeout=max(timeout, COMMAND_TIMEOUT),
         socket_connect_timeout=timeout,
         health_check_interval=30,
         retry_on_timeout=True,
+        **_keepalive(scheme),
         **tls,
         **_no_client_setinfo(),
     )
@@ -42,6 +58,114 @@ def connect(settings: Settings, *, check: bool = True, timeout: float = 5.0) -> 
                 f"({_why(e)}); {NOT_RUNNING_HINT}"
             ) from None
     return client
+
+
+# How long a connection waits for its next reply, where it is not `socket_timeout`.
+_ORDINARY, _FOREVER = object(), object()
+
+
+class BlockingCallTimeouts:
+    """A Redis connection (mixed into redis-py's own classes) whose socket timeout suits the
+    command it waits on. With one timeout for all, either a blocking call outlived it (RQ's
+    405 s dequeue on a 10 s socket ended in a TimeoutError that RQ took for a lost Redis, and
+    backed off up to a minute while tasks waited) or a Redis that stopped answering went unnoticed
+    as long as the longest wait. So an ordinary command waits `socket_timeout` for its reply and
+    a blocking one that much more than it may block; one that blocks until it has an answer waits
+    without a timeout, TCP keepalive standing guard. A blocking command inside a pipeline (none
+    of ours is) waits `socket_timeout` only: redis-py sends a pipeline without `send_command`."""
+
+    _reply_wait: object = _ORDINARY
+
+    def send_command(self, *args, **kwargs):
+        super().send_command(*args, **kwargs)
+        # Set once sent: sending may first run redis-py's health check, a PING of its own.
+        held = blocking_seconds(args)
+        if held == 0 or self.socket_timeout is None:
+            self._reply_wait = _ORDINARY
+        else:
+            self._reply_wait = _FOREVER if held is None else held + self.socket_timeout
+
+    def read_response(self, *args, **kwargs):
+        wait, self._reply_wait = self._reply_wait, _ORDINARY
+        sock = self._sock
+        if wait is _ORDINARY or sock is None:
+            return super().read_response(*args, **kwargs)
+        sock.settimeout(None if wait is _FOREVER else wait)
+        try:
+            return super().read_response(*args, **kwargs)
+        finally:
+            if self._sock is sock:  # still connected: back to the ordinary timeout
+                sock.settimeout(self.socket_timeout)
+
+
+# Where each blocking command names its wait: the last argument, the first one, or a BLOCK option.
+_WAIT_LAST_SECONDS = frozenset({"BLPOP", "BRPOP", "BRPOPLPUSH", "BLMOVE", "BZPOPMIN", "BZPOPMAX"})
+_WAIT_FIRST_SECONDS = frozenset({"BLMPOP", "BZMPOP"})
+_WAIT_LAST_MS = frozenset({"WAIT", "WAITAOF"})
+
+
+def blocking_seconds(command: Sequence) -> float | None:
+    """How long Redis may hold its reply to `command` (name, then arguments) before answering:
+    0 for a command that does not block, None for one that blocks until it has an answer."""
+    if not command:
+        return 0.0
+    name = _word(command[0])
+    try:
+        if name in _WAIT_LAST_SECONDS:
+            held = float(command[-1])
+        elif name in _WAIT_FIRST_SECONDS:
+            held = float(command[1])
+        elif name in _WAIT_LAST_MS:
+            held = float(command[-1]) / 1000
+        elif name in ("XREAD", "XREADGROUP"):
+            block = _block_option(command[4:] if name == "XREADGROUP" else command[1:])  # past GROUP g c
+            if block is None:
+                return 0.0
+            held = float(block) / 1000
+        else:
+            return 0.0
+    except (IndexError, TypeError, ValueError):  # Redis refuses such a command at once
+        return 0.0
+    if held == 0:
+        return None
+    return held if 0 < held < 1e9 else 0.0  # negative, NaN or endless: refused at once
+
+
+def _block_option(options: Sequence) -> object | None:
+    """XREAD's BLOCK value (milliseconds), None without one; its options end at STREAMS."""
+    for i, option in enumerate(options):
+        word = _word(option)
+        if word == "STREAMS":
+            return None
+        if word == "BLOCK":
+            return options[i + 1]
+    return None
+
+
+def _word(arg: object) -> str:
+    return (arg.decode(errors="replace") if isinstance(arg, (bytes, bytearray)) else str(arg)).upper()
+
+
+@functools.cache
+def _timed_connection_class(scheme: str) -> type:
+    """redis-py's connection class for this URL scheme, with BlockingCallTimeouts mixed in."""
+    import redis
+
+    base = {"rediss": redis.SSLConnection, "unix": redis.UnixDomainSocketConnection}.get(scheme, redis.Connection)
+    return type(f"Timed{base.__name__}", (BlockingCallTimeouts, base), {"__module__": __name__})
+
+
+def times_blocking_calls(client: Redis) -> bool:
+    """Whether `client`'s connections give each blocking call its own timeout (made by connect)."""
+    return issubclass(client.connection_pool.connection_class, BlockingCallTimeouts)
+
+
+def _keepalive(scheme: str) -> dict:
+    """TCP keepalive for TCP connections (a Unix socket has none, and needs none)."""
+    if scheme == "unix":
+        return {}
+    options = {getattr(socket, name): value for name, value in KEEPALIVE.items() if hasattr(socket, name)}
+    return {"socket_keepalive": True, "socket_keepalive_options": options}
 
 
 def _no_client_setinfo() -> dict:

@@ -104,6 +104,17 @@ class FarmWorker(SimpleWorker):
         self._beat_pending = threading.Event()
         self._suspended: bool | None = None  # unknown until checked once
 
+    def _set_connection(self, connection):
+        """RQ makes every command's socket timeout longer than its dequeue's wait (415 s), but
+        only on connections the pool opens from then on: the worker's were opened ahead, so the
+        dequeue timed out on them. A client from `connect` gives each blocking call a timeout of
+        its own already, and keeps ordinary commands' short."""
+        from renderfarm.redisconn import times_blocking_calls
+
+        if times_blocking_calls(connection):
+            return connection
+        return super()._set_connection(connection)
+
     # -- RQ's records, written by the bookkeeper --------------------------------------------------
 
     def heartbeat(self, timeout=None, pipeline=None):

@@ -110,6 +110,17 @@ def revoke_leases(r: Redis, held: list[tuple[int, int]]) -> None:
                REVOKED_TTL)
 
 
+def mark_taken_back(r: Redis, task_ids: list[int], *, ttl: float) -> None:
+    """Tell whichever worker still renders these tasks to stop, where no attempt holds their
+    lease any more (a held lease already tells a stale worker it lost). The mark goes after `ttl`."""
+    if not task_ids:
+        return
+    pipe = r.pipeline(transaction=False)
+    for task_id in task_ids:
+        pipe.set(keys.lease_key(task_id), REVOKED, nx=True, px=int(ttl * 1000))
+    pipe.execute()
+
+
 def withdraw_attempt(r: Redis, worker: str, attempt_id: int) -> bool:
     """Take a queued attempt back from its worker's queue; False if the worker already took it."""
     removed = _queue(r, worker).remove(rq_job_id(attempt_id))

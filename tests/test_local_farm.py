@@ -29,6 +29,15 @@ def farm(tmp_path_factory):
     assert not left, f"processes left after farm down: {left}"
 
 
+def last_intent(env: dict) -> bytes:
+    """The id of the last entry ever added to the control stream (the manager trims what it applied)."""
+    from renderfarm.config import load_settings
+    from renderfarm.keys import CONTROL_STREAM
+    from renderfarm.redisconn import connect
+
+    return connect(load_settings(env)).xinfo_stream(CONTROL_STREAM)["last-generated-id"]
+
+
 def job_count(state: Path) -> int:
     with sqlite3.connect(state / "farm.db") as db:
         return db.execute("select count(*) from jobs").fetchone()[0]
@@ -82,7 +91,12 @@ BAD_INPUTS = [
     (["--frames", "10-1"], "frames: '10-1' runs backwards"),
     (["--frames", "abc"], "frames: 'abc' is not a frame spec"),
     (["--frames", "1-100000000"], "frames: '1-100000000'"),
-    (["--chunk", "0"], "chunk: 0 must be at least 1"),
+    (["--chunk", "0"], "chunk: 0 should be greater than or equal to 1"),
+    (["--frames", "1-10000000", "--chunk", "1000000000"],
+     "chunk: 1000000000 frames a task is over the farm's cap of 1000 (set FARM_MAX_TASK_FRAMES or max_task_frames in "
+     "farm.toml to raise it)"),
+    (["--max-workers", "99999999999999999999999"],
+     "max_workers: 99999999999999999999999 should be less than or equal to 10000"),
     (["--priority", "lots"], "priority: 'lots'"),
     (["--renderer", "maya"], "renderer: 'maya' is not one of"),
 ]
@@ -91,13 +105,14 @@ BAD_INPUTS = [
 @pytest.mark.parametrize(("args", "message"), BAD_INPUTS, ids=[a[1] for a, _ in BAD_INPUTS])
 def test_bad_submissions_are_one_line_and_enqueue_nothing(farm, args, message):
     state, env = farm
-    before = job_count(state)
+    before, sent = job_count(state), last_intent(env)
     proc = run_farm("submit", str(SHOT), *args, env=env, check=False)
     assert proc.returncode != 0
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1, proc.stderr
     assert message in lines[0] and "Traceback" not in proc.stderr
     assert job_count(state) == before
+    assert last_intent(env) == sent  # refused before anything was sent
 
 
 def test_bad_scene_files_name_the_problem(farm, tmp_path):

@@ -49,6 +49,6 @@ def test_every_stored_log_holds_the_renderers_output_and_its_exit(tmp_path):
 )
 def test_a_log_ends_with_how_the_renderer_ended_never_exit_none(result, expected):
     from renderfarm.renderers.process import RunResult
-    from renderfarm_worker.tasks import ending
+    from renderfarm_worker.render import ending
 
     assert ending(RunResult(**result, seconds=1.5, cpu_seconds=1.0), 60) == expected

@@ -78,7 +78,7 @@ def test_keep_tiles_keeps_them(farm):
     ]
     # `farm download --tiles` fetches them, one folder per frame.
     dest = root / "kept-tiles"
-    assert run_farm("download", job, str(dest), "--tiles", env=env).stdout.strip() == f"2 tile(s) in {dest}"
+    assert run_farm("download", job, str(dest), "--tiles", env=env).stdout.strip() == f"2 tiles in {dest}"
     files = sorted(p.relative_to(dest).as_posix() for p in dest.rglob("*") if p.is_file())
     assert files == ["kept.0003/0.png", "kept.0003/1.png"]
     assert [read_pixels(dest / f, "png").shape[:2] for f in files] == [(180, 160), (180, 160)]

@@ -44,6 +44,7 @@ class Reconciler:
         ).all()
         active = {a.id for a, _ in rows}
         self.suspects = {a: t for a, t in self.suspects.items() if a in active}
+        self._stop_stale(session, r, live, active)
         if not rows:
             return 0
         pipe = r.pipeline(transaction=False)
@@ -76,6 +77,16 @@ class Reconciler:
             self._resolve(session, r, storage, attempt, index, batch, now)
             resolved += 1
         return resolved
+
+    def _stop_stale(self, session: Session, r: Redis, live: dict[str, Heartbeat], active: set[int]) -> None:
+        """A live worker still holding an attempt that has ended (its task done elsewhere, or it
+        was declared lost while the worker was frozen) is told to stop: its task's lease, if no
+        attempt holds it any more, is marked taken back, which its next lease check sees."""
+        stale = {a for beat in live.values() for a in beat.attempts} - active
+        if not stale:
+            return
+        tasks = session.scalars(select(Attempt.task_id).where(Attempt.id.in_(stale))).all()
+        queues.mark_taken_back(r, list(tasks), ttl=max(60.0, 2 * max(b.ttl for b in live.values())))
 
     def _resolve(self, session: Session, r: Redis, storage: Storage, attempt: Attempt, index: int,
                  batch: Batch, now: float) -> None:

@@ -259,7 +259,8 @@ class WorkerRuntime:
             log.warning("could not check the lease of %s: %s", lease.label, e)
             return
         if holder == queues.REVOKED:
-            self.interrupt("taken back by the farm (job cancelled or suspended)", hand_back=False, lease=lease)
+            self.interrupt("taken back by the farm (job cancelled or suspended, or the task ended elsewhere)",
+                           hand_back=False, lease=lease)
         elif holder is not None and holder != lease.attempt_id:
             self.interrupt(f"superseded: attempt {holder} owns the task now", hand_back=False, lease=lease)
 

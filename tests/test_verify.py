@@ -104,8 +104,20 @@ def test_tagged_outputs_are_promoted_by_a_conditional_copy(storage):
 def test_a_tagged_output_changed_or_gone_since_upload_is_rejected(storage):
     outputs = [tagged(storage, 1, png(32, 18)), tagged(storage, 2, png(32, 18))]
     storage.put_bytes(key_of(2), png(32, 18, (1, 2, 3)))  # overwritten after the event
-    with pytest.raises(VerificationError, match="changed in storage since the worker uploaded it"):
+    with pytest.raises(VerificationError, match="do not match the reported size or SHA-256"):
         verify(storage, outputs)
     storage.delete([key_of(2)])
     with pytest.raises(VerificationError, match="missing from storage"):
         verify(storage, outputs)
+
+
+@pytest.mark.parametrize("forged", [b"#!/bin/sh\nrm -rf ~\n", png(64, 36)[:200], png(16, 9)],
+                         ids=["any-bytes", "cut-short", "wrong-size"])
+def test_a_forged_frame_with_its_own_hash_and_tag_is_never_promoted(storage, forged):
+    """The node's report (SHA-256, size, the upload's tag) all agree with the forged bytes: the
+    manager decodes what it reads back before it promotes anything. (Before: an output with a
+    tag was promoted by a conditional copy alone, and these bytes became frame 2.)"""
+    outputs = [tagged(storage, 1, png(32, 18)), tagged(storage, 2, forged)]
+    with pytest.raises(VerificationError, match="frame 2"):
+        verify(storage, outputs)
+    assert not list(storage.list(f"jobs/{JOB}/frames/"))

@@ -19,10 +19,12 @@ def verify_and_promote(
     storage: Storage, outputs: list[Output], *, job_id: str, task_index: int, attempt: int, name: str,
     expected: list[Expected], fmt: str,
 ) -> list[str]:
-    """Check that the attempt wrote every expected output, intact, decodable and the right size,
-    at its own attempt keys; then copy each to its final key. Returns the attempt's own copies,
-    to be deleted once the task is committed. A transient StorageError (storage unreachable)
-    passes through: that is no verdict on the attempt."""
+    """Check every output the attempt says it wrote, here, whatever the node says: read it back
+    from the attempt's own key, compare its size and SHA-256 with the node's report, decode it
+    whole in the job's format and size; then copy it to its final key, conditional on the version
+    read (nothing but the bytes checked is ever promoted). Returns the attempt's own copies, to be
+    deleted once the task is committed. A transient StorageError (storage unreachable) passes
+    through: that is no verdict on the attempt."""
     from renderfarm.images import extension
 
     prefix = attempt_prefix(job_id, task_index, attempt)
@@ -32,37 +34,19 @@ def verify_and_promote(
         raise VerificationError(f"no output for frame(s) {', '.join(map(str, missing))}")
     ext = extension(fmt)
     pairs = [(by_frame[want.frame], want, prefix + frame_name(name, want.frame, ext)) for want in expected]
-    if all(out.etag for out, _, _ in pairs):
-        # The worker checked each file (decodes, format, size) before uploading it; what is
-        # left is that it is still there and unchanged: the copy is conditional on its tag.
-        _in_parallel([lambda o=out, w=want, k=key: _promote(storage, o, w, k) for out, want, key in pairs])
-        return [key for _, _, key in pairs]
-    for out, want, key in pairs:  # no tags: read and decode every file here
-        _deep_check(storage, out, want, key, fmt)
-    for _out, want, key in pairs:
-        storage.copy(key, want.final_key)
+    # Every frame is checked before any is promoted: a task is committed whole or not at all.
+    tags = _in_parallel([lambda o=out, w=want, k=key: _check(storage, o, w, k, fmt) for out, want, key in pairs])
+    _in_parallel([lambda w=want, k=key, t=tag: _promote(storage, w, k, t) for (_, want, key), tag in zip(pairs, tags)])
     return [key for _, _, key in pairs]
 
 
-def _promote(storage: Storage, out: Output, want: Expected, key: str) -> None:
-    what = f"frame {want.frame} ({key})"
-    try:
-        storage.copy(key, want.final_key, if_match=out.etag)
-    except StorageError as e:
-        if e.transient:
-            raise
-        text = str(e)
-        if "PreconditionFailed" in text or "pre-condition" in text.lower():
-            raise VerificationError(f"{what}: changed in storage since the worker uploaded it") from None
-        raise VerificationError(f"{what}: missing from storage ({e})") from None
-
-
-def _deep_check(storage: Storage, out: Output, want: Expected, key: str, fmt: str) -> None:
+def _check(storage: Storage, out: Output, want: Expected, key: str, fmt: str) -> str | None:
+    """Read one output back and check it; returns the version tag of what was read."""
     from renderfarm.images import check_image
 
     what = f"frame {want.frame} ({key})"
     try:
-        data = storage.get_bytes(key)
+        data, tag = storage.get_tagged(key)
     except StorageError as e:
         if e.transient:
             raise
@@ -72,26 +56,41 @@ def _deep_check(storage: Storage, out: Output, want: Expected, key: str, fmt: st
     if len(data) != out.size or hashlib.sha256(data).hexdigest() != out.sha256:
         raise VerificationError(f"{what}: {len(data)} bytes do not match the reported size or SHA-256")
     check_image(data, fmt=fmt, width=want.width, height=want.height, what=what)
+    return tag
+
+
+def _promote(storage: Storage, want: Expected, key: str, tag: str | None) -> None:
+    what = f"frame {want.frame} ({key})"
+    try:
+        storage.copy(key, want.final_key, if_match=tag)
+    except StorageError as e:
+        if e.transient:
+            raise
+        text = str(e)
+        if "PreconditionFailed" in text or "pre-condition" in text.lower():
+            raise VerificationError(f"{what}: changed in storage while it was checked") from None
+        raise VerificationError(f"{what}: missing from storage ({e})") from None
 
 
 _POOL = None
 
 
-def _in_parallel(calls: list) -> None:
-    """Run storage calls concurrently (they wait on the network, not the CPU); the first error
-    is raised after all have finished."""
+def _in_parallel(calls: list) -> list:
+    """Run storage calls concurrently (they wait on the network, not the CPU); their results in
+    order, or the first error, raised after all have finished."""
     global _POOL
     if len(calls) == 1:
-        calls[0]()
-        return
+        return [calls[0]()]
     from concurrent.futures import ThreadPoolExecutor
 
     if _POOL is None:
         _POOL = ThreadPoolExecutor(max_workers=8, thread_name_prefix="promote")
-    errors = [f.exception() for f in [_POOL.submit(c) for c in calls]]
+    futures = [_POOL.submit(c) for c in calls]
+    errors = [f.exception() for f in futures]
     for error in errors:
         if error is not None:
             raise error
+    return [f.result() for f in futures]
 
 
 def outputs_in_storage(storage: Storage, *, job_id: str, task_index: int, attempt: int, frames: list[int],

@@ -101,6 +101,11 @@ class FileStorage:
         with self._open(key) as f:
             return f.read()
 
+    def get_tagged(self, key: str) -> tuple[bytes, str | None]:
+        """The object and its version tag (its SHA-256 here), for a copy conditional on it."""
+        data = self.get_bytes(key)
+        return data, hashlib.sha256(data).hexdigest()
+
     def download_file(self, key: str, path: Path) -> None:
         with self._open(key) as src, path.open("wb") as dst:
             shutil.copyfileobj(src, dst, 1 << 20)

@@ -78,6 +78,8 @@ def summarize(job: Mapping[str, Any], state_rows: Iterable[tuple], costs: Mappin
             done_share += float(share)
         elif state == TaskState.RUNNING.value:
             partial += float(weighted)
+    # Attempts at a site without a price are counted with no currency and no cost: no money to show.
+    costs = {c: v for c, v in costs.items() if c or v}
     total = max(job["frame_count"], 1)
     done = job["state"] == JobState.DONE.value
     progress = 1.0 if done else min((done_share + partial) / total, 1.0)

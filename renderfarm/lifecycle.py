@@ -311,7 +311,7 @@ def refresh_job(session: Session, job: Job, now: float) -> None:
         ).all()
         more = f" and {failed - len(indexes)} more" if failed > len(indexes) else ""
         _change(job, JobState.FAILED)
-        job.error = f"{failed} task(s) failed: " + ", ".join(f"{job.id}:{i}" for i in indexes) + more
+        job.error = f"{failed} task{'s' if failed != 1 else ''} failed: " + ", ".join(f"{job.id}:{i}" for i in indexes) + more
     else:
         _change(job, JobState.DONE)
 

@@ -222,7 +222,7 @@ def test_failing_task_is_retried_then_fails_the_job(engine):
     assert attempts == [(0, 1, "w1", "done"), (1, 1, "w2", "failed"), (1, 2, "w2", "failed"), (1, 3, "w2", "failed")]
     with session_scope(engine) as s:
         job = s.get(Job, job_id)
-        assert job.error == "1 task(s) failed: job00002:1"
+        assert job.error == "1 task failed: job00002:1"
         assert job.finished_at == 33.0
         task = task_at(s, job_id, 1)
         assert (task.error, task.finished_at, task.progress) == ("boom 3", 32.0, 0.0)
@@ -239,7 +239,7 @@ def test_job_error_names_every_failed_task(engine):
     refresh(engine, job_id, 4.0)
     with session_scope(engine) as s:
         job = s.get(Job, job_id)
-        assert (job.state, job.error) == ("failed", "2 task(s) failed: job00003:1, job00003:3")
+        assert (job.state, job.error) == ("failed", "2 tasks failed: job00003:1, job00003:3")
 
 
 def test_lost_attempt_goes_back_to_pending_without_counting_as_a_failure(engine):

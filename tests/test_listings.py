@@ -176,3 +176,13 @@ def test_download_tiles_of_a_job_without_them_is_one_line(engine, database_url, 
         proc = run_farm("download", job, str(tmp_path / "out"), "--tiles", env=env, check=False)
         assert (proc.returncode, proc.stderr.strip().splitlines()[-1]) == (1, message)
         assert "Traceback" not in proc.stderr
+
+
+def test_a_job_rendered_where_power_has_no_price_shows_no_cost_at_all():
+    row = {"id": "bbbb0002", "name": "b", "owner": "o", "state": "done", "priority": 50, "pool": "default",
+           "renderer": "builtin", "frames": "1", "frame_count": 1, "task_count": 1, "chunk": 1, "width": 8,
+           "height": 8, "submitted_at": 0.0, "started_at": 1.0, "finished_at": 2.0, "error": None, "after": None}
+    done = summarize(row, [("done", 1, 1, 1.0, 1.0)], {"": 0}, now=10.0)
+    assert (done.cost, done.projected_cost) == ({}, {})  # not {"": 0.0}
+    priced = summarize(row, [("done", 1, 1, 1.0, 1.0)], {"": 0, "CNY": 4 * 10**11}, now=10.0)
+    assert priced.cost == {"CNY": 0.4}

@@ -127,7 +127,7 @@ def test_a_failing_task_is_retried_then_fails_the_job(farm, tmp_path):
     job_id = submit(farm.settings, Submission(scene=scene))
     status = farm.wait_job(job_id)
     assert status.state == "failed"
-    assert status.error == f"1 task(s) failed: {job_id}:1"
+    assert status.error == f"1 task failed: {job_id}:1"
     tasks = {t.index: t for t in farm.tasks(job_id)}
     assert [tasks[i].state for i in range(3)] == ["done", "failed", "done"]
     assert [a["state"] for a in tasks[1].attempts] == ["failed", "failed", "failed"]

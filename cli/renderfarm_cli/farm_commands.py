@@ -11,7 +11,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from renderfarm_cli.console import duration, err, note, out, print_json
+from renderfarm_cli.console import counted, duration, err, note, out, print_json
 
 DEMO_SCENE = "bouncing-balls.toml"
 
@@ -66,7 +66,7 @@ def up(
         _interrupt_on_sigterm()
     settings = farm.up(count, detach=detach, on_step=lambda step: err().print(f"starting {step}...", style="dim"),
                        sites=site, listen=listen, supervise=supervise)
-    out().print(f"[ok]farm up[/] in {time.monotonic() - started:.1f} s: {count} worker(s), state in {settings.state_dir}")
+    out().print(f"[ok]farm up[/] in {time.monotonic() - started:.1f} s: {counted(count, 'worker')}, state in {settings.state_dir}")
     _print_where(settings)
     if listen is not None:
         from renderfarm.config import mask_url
@@ -149,7 +149,7 @@ def demo(
         if ours:
             count = workers or _default_workers()
             farm.up(count, detach=False, on_step=lambda step: err().print(f"starting {step}...", style="dim"))
-            out().print(f"farm up in {time.monotonic() - started:.1f} s with {count} worker(s)")
+            out().print(f"farm up in {time.monotonic() - started:.1f} s with {counted(count, 'worker')}")
         else:
             out().print("using the local farm that is already running")
         settings = _settings()

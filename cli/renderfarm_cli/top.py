@@ -12,6 +12,7 @@ import time
 from functools import cache
 from typing import TYPE_CHECKING
 
+from renderfarm_cli.console import counted
 from renderfarm_cli.top_dialogs import dialogs
 from renderfarm_cli.top_view import (
     WORKER_COLUMNS,
@@ -101,7 +102,7 @@ def _job_screens():
             log.clear()
             log.write(text)
             read = time.strftime("%H:%M:%S")
-            status.update(styled(f" {len(text.splitlines())} line(s), read {read} · r reads it again", "dim"))
+            status.update(styled(f" {counted(len(text.splitlines()), 'line')}, read {read} · r reads it again", "dim"))
 
     class JobTasks(Screen):
         """A job's tasks, refreshed in place; Enter opens the selected task's log."""
@@ -323,7 +324,7 @@ def _farm_screen():
             if job is None:
                 return
             left = job.frames - job.frames_done
-            question = (f"Cancel job {job.id} ({job.name}, {job.owner}), {left} frame(s) not done?\n"
+            question = (f"Cancel job {job.id} ({job.name}, {job.owner}), {counted(left, 'frame')} not done?\n"
                         "Queued work is dropped and running renders are killed.")
 
             def answered(yes: bool | None) -> None:

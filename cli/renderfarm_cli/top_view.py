@@ -7,7 +7,7 @@ import time
 from functools import cache
 from typing import TYPE_CHECKING, Any
 
-from renderfarm_cli.console import STYLES, duration
+from renderfarm_cli.console import STYLES, counted, duration
 
 if TYPE_CHECKING:
     from rich.text import Text
@@ -180,7 +180,7 @@ def summary_text(snap: Snapshot) -> Text:
     live = [w for w in snap.workers if w.state not in ("offline", "missing")]
     busy = sum(1 for w in live if w.state == "busy")
     active = sum(1 for j in snap.jobs if j.state in ("queued", "running", "suspended"))
-    text.append(f" · {len(live)} worker(s), {busy} busy · {active} active job(s)")
+    text.append(f" · {counted(len(live), 'worker')}, {busy} busy · {counted(active, 'active job')}")
     if snap.queues is not None:
         text.append(f" · {sum(snap.queues.values())} queued")
     if snap.dead_letters:
@@ -197,7 +197,7 @@ def activity_text(snap: Snapshot) -> Text:
     text.append(sparkline(tp.per_minute), style="cyan")
     text.append(f" {tp.last} now, {tp.average:.1f} avg over {len(tp.per_minute)} min")
     failed = len(snap.failures)
-    text.append(" · " + ("no recent failures" if not failed else f"latest {failed} failure(s):"),
+    text.append(" · " + ("no recent failures" if not failed else f"latest {counted(failed, 'failure')}:"),
                 style="dim" if not failed else "bold red")
     return text
 

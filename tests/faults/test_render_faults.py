@@ -63,7 +63,7 @@ def test_exit_0_without_a_valid_image_fails_and_the_job_names_the_tasks(farm, tm
     job = farm.submit(scene, "--renderer", "command", "--name", "bad")
     assert farm.wait_job(job, timeout=120) == "failed"
     error = farm.query("select error from jobs where id = ?", job)[0]["error"]
-    assert error == f"4 task(s) failed: {job}:0, {job}:1, {job}:2, {job}:3"
+    assert error == f"4 tasks failed: {job}:0, {job}:1, {job}:2, {job}:3"
     by_task: dict[int, list] = {}
     for a in farm.attempts(job):
         by_task.setdefault(a["task"], []).append(a)

@@ -12,12 +12,14 @@ import math
 import os
 import time
 import tomllib
+from collections.abc import Callable
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import urlsplit
 
 from renderfarm.errors import ConfigError
 from renderfarm.sites import DEFAULT_SITE, Site, parse_sites
+from renderfarm.urls import ENCODE_HINT, mask_url, misread_userinfo
 
 DEFAULT_STATE_DIR = "~/.local/state/renderfarm"
 LOCAL_FILE = "local.json"
@@ -322,18 +324,7 @@ def _check(s: Settings) -> None:
     def bad(name: str, why: str) -> ConfigError:
         return ConfigError(f"{name} (from {s.sources.get(name, 'default')}): {why}")
 
-    if s.redis_url is not None and urlsplit(s.redis_url).scheme not in ("redis", "rediss", "unix"):
-        raise bad("redis_url", f"{mask_url(s.redis_url)!r} is not a redis://, rediss:// or unix:// URL")
-    db_scheme = urlsplit(s.database_url).scheme
-    if not (db_scheme.startswith("sqlite") or db_scheme.startswith("postgresql")):
-        raise bad("database_url", f"{mask_url(s.database_url)!r} is neither sqlite:/// nor postgresql+psycopg://")
-    store = urlsplit(s.storage_url)
-    if store.scheme not in ("s3", "file") or (store.scheme == "s3" and not store.netloc):
-        raise bad("storage_url", f"{s.storage_url!r} is neither s3://bucket/prefix nor file:///path")
-    if s.s3_endpoint_url is not None:
-        endpoint = urlsplit(s.s3_endpoint_url)
-        if endpoint.scheme not in ("http", "https") or not endpoint.hostname:
-            raise bad("s3_endpoint_url", f"{mask_url(s.s3_endpoint_url)!r} is not an http:// or https:// URL")
+    _check_urls(s, bad)
     if s.s3_checksums not in ("when_required", "when_supported"):
         raise bad("s3_checksums", f"{s.s3_checksums!r} is neither when_required nor when_supported")
     if s.heartbeat_ttl < 1:
@@ -356,16 +347,31 @@ def _check(s: Settings) -> None:
             raise bad(cap, f"{getattr(s, cap)} must be at least 1")
 
 
-def mask_url(url: str | None) -> str | None:
-    """The URL with any password replaced by ***."""
-    if not url:
-        return url
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    user = parts.username or ""
-    host = parts.netloc.rpartition("@")[2]  # as written: keeps [::1] brackets and the port
-    return urlunsplit(parts._replace(netloc=f"{user}:***@{host}"))
+def _check_urls(s: Settings, bad: Callable[[str, str], ConfigError]) -> None:
+    """Each URL parses, names its port as a number, holds no password its clients would misread,
+    and has a scheme the farm speaks."""
+    for name in ("redis_url", "database_url", "storage_url", "s3_endpoint_url"):
+        url = getattr(s, name) or ""
+        try:
+            # First: with a raw password, urllib takes part of it for the port, and quotes it.
+            credentials = name != "storage_url" and not url.startswith("sqlite")
+            why = misread_userinfo(url) if credentials else None
+            if why:
+                raise bad(name, f"{mask_url(url)!r} {why}: {ENCODE_HINT}")
+            _ = urlsplit(url).port
+        except ValueError as e:  # "Invalid IPv6 URL", "Port could not be cast to integer value..."
+            raise bad(name, f"{mask_url(url)!r} is not a valid URL ({e})") from None
+    if s.redis_url is not None and urlsplit(s.redis_url).scheme not in ("redis", "rediss", "unix"):
+        raise bad("redis_url", f"{mask_url(s.redis_url)!r} is not a redis://, rediss:// or unix:// URL")
+    if not urlsplit(s.database_url).scheme.startswith(("sqlite", "postgresql")):
+        raise bad("database_url", f"{mask_url(s.database_url)!r} is neither sqlite:/// nor postgresql+psycopg://")
+    store = urlsplit(s.storage_url)
+    if store.scheme not in ("s3", "file") or (store.scheme == "s3" and not store.netloc):
+        raise bad("storage_url", f"{mask_url(s.storage_url)!r} is neither s3://bucket/prefix nor file:///path")
+    if s.s3_endpoint_url is not None:
+        endpoint = urlsplit(s.s3_endpoint_url)
+        if endpoint.scheme not in ("http", "https") or not endpoint.hostname:
+            raise bad("s3_endpoint_url", f"{mask_url(s.s3_endpoint_url)!r} is not an http:// or https:// URL")
 
 
 def effective_settings(settings: Settings) -> list[tuple[str, str, str]]:

@@ -22,11 +22,12 @@ from dataclasses import asdict, dataclass
 from enum import Enum
 from pathlib import Path
 from typing import TYPE_CHECKING
-from urllib.parse import unquote, urlsplit
+from urllib.parse import urlsplit
 
 from renderfarm.config import load_settings, mask_url, read_local_file
 from renderfarm.errors import ConfigError, RenderFarmError, StorageError
 from renderfarm.localfarm.health import check_local_farm
+from renderfarm.urls import url_secrets
 
 if TYPE_CHECKING:
     from renderfarm.config import Settings
@@ -407,9 +408,7 @@ def scrubbed(checks: list[Check], hidden: set[str]) -> list[Check]:
 def _secrets(settings: Settings, environ: Mapping[str, str]) -> set[str]:
     found = {environ.get("AWS_SECRET_ACCESS_KEY", ""), environ.get("AWS_SESSION_TOKEN", "")}
     for url in (settings.redis_url, settings.database_url, settings.s3_endpoint_url):
-        password = urlsplit(url).password if url else None
-        if password:
-            found |= {password, unquote(password)}
+        found |= url_secrets(url)  # ?password= ones too
     local = read_local_file(settings.state_dir)
     found |= {str(local.get("valkey_password", "")), str(local.get("s3_secret_key", ""))}
     return {s for s in found if len(s) >= 4}  # a one-letter "secret" would blot out the text

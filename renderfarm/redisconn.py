@@ -187,7 +187,7 @@ def probe(settings: Settings, timeout: float = 1.0) -> tuple[bool, bool]:
     """(Redis answers, a manager holds the leader lock), asked over a bare socket: the CLI's
     read-only commands say whether the farm runs without importing a Redis client."""
     import socket
-    from urllib.parse import unquote, urlsplit
+    from urllib.parse import parse_qs, unquote, urlsplit
 
     from renderfarm.keys import MANAGER_LEADER
 
@@ -209,10 +209,14 @@ def probe(settings: Settings, timeout: float = 1.0) -> tuple[bool, bool]:
                 sock = context.wrap_socket(sock, server_hostname=parts.hostname)
         with sock:
             commands = []
-            if parts.password is not None:
-                user = [unquote(parts.username)] if parts.username else []
-                commands.append(["AUTH", *user, unquote(parts.password)])
-            db = parts.path.strip("/")
+            # As redis-py reads them: the user info's user and password, else ?username= and
+            # ?password=; the database from ?db=, else the path.
+            query = {name: values[0] for name, values in parse_qs(parts.query).items()}
+            user = unquote(parts.username) if parts.username else query.get("username")
+            password = unquote(parts.password) if parts.password else query.get("password")
+            if password is not None:
+                commands.append(["AUTH", *([user] if user else []), password])
+            db = query.get("db") or ("" if parts.scheme == "unix" else unquote(parts.path).strip("/"))
             if db and db != "0":
                 commands.append(["SELECT", db])
             commands.append(["EXISTS", MANAGER_LEADER])

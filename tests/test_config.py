@@ -440,6 +440,19 @@ def test_unreadable_local_file(dirs) -> None:
         ),
         ("redis://:s3cret@[::1]:6380/0", "redis://:***@[::1]:6380/0"),
         ("redis://:p%40ss@host:1/0", "redis://:***@host:1/0"),
+        # Raw characters that end the user info early for urllib: everything up to the last '@'.
+        ("redis://:ab/c#d?e@host:6379/0", "redis://***@host:6379/0"),
+        ("redis://admin:ab/cd@host:6379/0", "redis://***@host:6379/0"),
+        ("redis://:a@b:c@host:6379/0", "redis://:***@host:6379/0"),
+        ("postgresql+psycopg://farm:a@b@db/farm", "postgresql+psycopg://farm:***@db/farm"),
+        (":s3cret@host:6379", ":***@host:6379"),
+        # The query form, which redis-py and libpq read too; its value runs to the next `&name=`.
+        ("redis://host:6379/0?password=s3cret", "redis://host:6379/0?password=***"),
+        ("redis://host/0?username=u&password=a@b/c:d?e&f&db=2", "redis://host/0?username=u&password=***&db=2"),
+        ("postgresql://db/f?sslpassword=s3cret&sslmode=require", "postgresql://db/f?sslpassword=***&sslmode=require"),
+        ("unix:///run/valkey.sock?db=1&password=s3cret", "unix:///run/valkey.sock?db=1&password=***"),
+        ("redis://host:6379/0#s3cret", "redis://host:6379/0#***"),
+        ("sqlite:////tmp/a@b/farm.db", "sqlite:////tmp/a@b/farm.db"),
         ("redis://127.0.0.1:6379/0", "redis://127.0.0.1:6379/0"),
         ("redis://user@host/0", "redis://user@host/0"),
         ("sqlite:////tmp/farm.db", "sqlite:////tmp/farm.db"),
@@ -724,3 +737,109 @@ def test_an_unreadable_record_names_the_file(dirs) -> None:
     (state / "up.json").write_text("{not json")
     with pytest.raises(ConfigError, match=r"up\.json: unreadable .*delete it and run `farm up` again"):
         load(state, cwd)
+
+
+# A password holding one character that URLs give a meaning to, between two pieces no output may
+# show: `farm config` masks it, or the URL is refused in one line that quotes no piece of it.
+PIECES = ("zulu7", "yankee8")
+CHARS = ("/", "#", "?", "@", ":")
+REFUSAL = ": percent-encode the password (/ as %2F, ? as %3F, # as %23, @ as %40, : as %3A)"
+AFTER_HOST = "has an '@' after its host, as a password with a raw '/' or '?' does" + REFUSAL
+FRAGMENT = "has a '#', as a password with a raw '#' does" + REFUSAL
+TWO_AT = "has two '@', as a password with a raw '@' does" + REFUSAL
+
+
+def secret(char: str) -> str:
+    return char.join(PIECES)
+
+
+def shown(state: Path, cwd: Path, var: str, url: str) -> str:
+    """What `farm config` shows of `url` as `var`, or the error it refuses it with."""
+    name = var.removeprefix("FARM_").lower()
+    try:
+        rows = effective_settings(load(state, cwd, **{var: url}))
+    except ConfigError as e:
+        text = str(e)
+    else:
+        text = next(value for key, value, _ in rows if key == name)
+    assert not any(piece in text for piece in PIECES), text
+    return text
+
+
+@pytest.mark.parametrize("char", CHARS)
+def test_config_masks_an_encoded_password_holding_each_character(dirs, char) -> None:
+    from urllib.parse import quote
+
+    state, cwd = dirs
+    encoded = quote(secret(char), safe="")
+    assert shown(state, cwd, "FARM_REDIS_URL", f"redis://:{encoded}@redis.studio:6379/0") == (
+        "redis://:***@redis.studio:6379/0"
+    )
+    assert shown(state, cwd, "FARM_REDIS_URL", f"redis://redis.studio:6379/0?password={encoded}&db=1") == (
+        "redis://redis.studio:6379/0?password=***&db=1"
+    )
+    assert shown(state, cwd, "FARM_DATABASE_URL", f"postgresql+psycopg://farm:{encoded}@db:5432/farm") == (
+        "postgresql+psycopg://farm:***@db:5432/farm"
+    )
+
+
+# What the farm does with each raw character: masks it where every client of that URL reads the
+# password as written (redis-py and urllib take the user info to the last '@', SQLAlchemy and libpq
+# to the first), refuses the URL where a client would read part of it as the host, port or path.
+RAW = {  # char: what redis://:PW@h:1/0, postgresql://u:PW@h:1/d and redis://h:1/0?password=PW show
+    "/": (AFTER_HOST, AFTER_HOST, "redis://h:1/0?password=***"),
+    "#": (FRAGMENT, FRAGMENT, FRAGMENT),
+    "?": (AFTER_HOST, AFTER_HOST, "redis://h:1/0?password=***"),
+    "@": ("redis://:***@h:1/0", TWO_AT, "redis://h:1/0?password=***"),
+    ":": ("redis://:***@h:1/0", "postgresql://u:***@h:1/d", "redis://h:1/0?password=***"),
+}
+
+
+@pytest.mark.parametrize("char", CHARS)
+def test_config_masks_or_refuses_a_raw_password_holding_each_character(dirs, char) -> None:
+    state, cwd = dirs
+    redis_shows, database_shows, query_shows = RAW[char]
+    for var, url, expected in (
+        ("FARM_REDIS_URL", f"redis://:{secret(char)}@h:1/0", redis_shows),
+        ("FARM_DATABASE_URL", f"postgresql://u:{secret(char)}@h:1/d", database_shows),
+        ("FARM_REDIS_URL", f"redis://h:1/0?password={secret(char)}", query_shows),
+    ):
+        text = shown(state, cwd, var, url)
+        assert text == expected or text.endswith(expected), (url, text)
+        if text != expected:  # refused: the setting, its source and the URL masked come first
+            name = var.removeprefix("FARM_").lower()
+            assert text.startswith(f"{name} (from env {var}): '"), text
+
+
+@pytest.mark.parametrize(
+    ("env", "message"),
+    [
+        (
+            {"FARM_REDIS_URL": "redis://:zulu7/yankee8@redis.studio:6379/0"},
+            "redis_url (from env FARM_REDIS_URL): 'redis://***@redis.studio:6379/0' " + AFTER_HOST,
+        ),
+        (
+            {"FARM_REDIS_URL": "http://:zulu7?yankee8@redis.studio:6379/0"},
+            "redis_url (from env FARM_REDIS_URL): 'http://***@redis.studio:6379/0' " + AFTER_HOST,
+        ),
+        (
+            {"FARM_DATABASE_URL": "mysql://farm:zulu7#yankee8@db/farm"},
+            "database_url (from env FARM_DATABASE_URL): 'mysql://***@db/farm' " + FRAGMENT,
+        ),
+        (
+            {"FARM_S3_ENDPOINT_URL": "https://key:zulu7/yankee8@s3.studio"},
+            "s3_endpoint_url (from env FARM_S3_ENDPOINT_URL): 'https://***@s3.studio' " + AFTER_HOST,
+        ),
+        (
+            {"FARM_REDIS_URL": "redis://:zulu7@redis.studio:63x9/0"},
+            ("redis_url (from env FARM_REDIS_URL): 'redis://:***@redis.studio:63x9/0' is not a valid URL "
+             "(Port could not be cast to integer value as '63x9')"),
+        ),
+    ],
+)
+def test_bad_urls_quote_no_part_of_a_password(dirs, env, message) -> None:
+    """urllib reads `redis://:zulu7/yankee8@host` as host '' and port 'zulu7', and says so."""
+    state, cwd = dirs
+    with pytest.raises(ConfigError) as err:
+        load(state, cwd, **env)
+    assert str(err.value) == message

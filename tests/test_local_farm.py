@@ -66,7 +66,7 @@ def test_submit_status_aws_cli_and_restart(farm, tmp_path):
     assert listing.returncode == 0, listing.stderr
     names = sorted(line.split()[-1].rsplit("/", 1)[-1] for line in listing.stdout.splitlines() if line.strip())
     assert names == [f"orbit.{f:04d}.png" for f in range(1, 49, 2)]
-    assert "AWS_SECRET_ACCESS_KEY" in exports and "REDISCLI_AUTH" in exports
+    assert "AWS_SECRET_ACCESS_KEY" in exports and "REDISCLI_AUTH" not in exports
 
     # State survives down and up: the job is still listed as done.
     run_farm("down", env=env, timeout=120)

@@ -202,9 +202,13 @@ def find_example(name: str) -> Path:
 
 
 def env() -> None:
-    """Print shell exports that point renderfarm, the AWS CLI, redis-cli and `rq info` at the farm."""
-    from urllib.parse import urlsplit
+    """Print shell exports that point renderfarm, the AWS CLI and `rq info` at the farm.
 
+    A password is exported only with the place it is for (FARM_REDIS_URL and RQ_REDIS_URL hold
+    both; the S3 keys come with AWS_ENDPOINT_URL). redis-cli is left alone: it reads a password
+    from REDISCLI_AUTH but its server only from its command line, so a plain `redis-cli` would
+    hand the farm's password to whatever listens on port 6379. `redis-cli -u "$FARM_REDIS_URL"`
+    reaches the farm (the password then shows in `ps` to the host's other users)."""
     from renderfarm.config import read_local_file, settings_env
     from renderfarm.errors import ConfigError
     from renderfarm.storage.s3 import local_credentials
@@ -213,17 +217,14 @@ def env() -> None:
     if not settings.redis_url and not read_local_file(settings.state_dir):
         raise ConfigError(f"no farm configured and no local farm ever started in {settings.state_dir} (`farm up -d` first)")
     exports = settings_env(settings)
-    creds = local_credentials(settings)
-    if creds:
-        exports["AWS_ACCESS_KEY_ID"], exports["AWS_SECRET_ACCESS_KEY"] = creds
     if settings.s3_endpoint_url:
         exports["AWS_ENDPOINT_URL"] = settings.s3_endpoint_url
+        creds = local_credentials(settings)  # only ever for the local farm's own endpoint
+        if creds:
+            exports["AWS_ACCESS_KEY_ID"], exports["AWS_SECRET_ACCESS_KEY"] = creds
     exports["AWS_DEFAULT_REGION"] = settings.s3_region
     if settings.redis_url:
         exports["RQ_REDIS_URL"] = settings.redis_url
-        url = urlsplit(settings.redis_url)
-        if url.password:
-            exports["REDISCLI_AUTH"] = url.password
     for key, value in exports.items():
         print(f"export {key}={shlex.quote(value)}")
 

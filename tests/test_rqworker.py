@@ -20,3 +20,23 @@ def test_a_state_written_later_never_overrides_a_newer_one(redis_url: str) -> No
     assert worker.get_state() == WorkerStatus.BUSY
     assert r.hget(worker.key, "state") == WorkerStatus.IDLE.encode()  # the record, as written
     worker._books.close()
+
+
+def test_an_entry_rq_cannot_read_is_dropped_and_the_work_loop_goes_on(redis_url: str) -> None:
+    """A queue entry whose id RQ refuses ('../' in it) ended RQ's work loop, and stayed in its
+    intermediate queue to end it again at the next maintenance."""
+    from rq import Queue
+    from rq.job import Job
+
+    r = redis.Redis.from_url(redis_url)
+    queue = Queue("farm.worker.u", connection=r, serializer=JSONSerializer)
+    made = Job.create("renderfarm_worker.tasks.render_task", args=("{}",), connection=r,
+                      serializer=JSONSerializer, id="attempt-1", origin=queue.name)
+    bad = "attempt-1/../../x"
+    r.hset(Job.key_for(bad), mapping={**made.to_dict(), "status": "queued"})
+    r.rpush(queue.key, bad)
+    queue.enqueue_call("os.system", args=("true",), job_id="after")  # refused too, once reached
+    worker = FarmWorker([queue.name], connection=r, name="u.1.1", serializer=JSONSerializer)
+    worker.work(burst=True, logging_level="WARNING")
+    assert r.llen(queue.key) == 0 and r.llen(queue.intermediate_queue_key) == 0
+    assert not r.exists(Job.key_for(bad)) and not r.exists(Job.key_for("after"))

@@ -45,10 +45,12 @@ def refusal(job) -> str | None:
     return None
 
 
-def _raw_data(job) -> str:
+def _raw_data(connection, job_id: str) -> str:
     """The start of a refused job's data, as stored, for the dead letter (never decoded)."""
+    from rq.job import Job
+
     try:
-        raw = job.connection.hget(job.key, "data") or b""
+        raw = connection.hget(Job.key_for(job_id), "data") or b""
     except Exception:  # noqa: BLE001 - a dead letter is best effort
         return ""
     return raw[:4096].decode("utf-8", "replace") if isinstance(raw, bytes) else str(raw)[:4096]
@@ -188,22 +190,45 @@ class FarmWorker(SimpleWorker):
 
     # -- jobs -------------------------------------------------------------------------------------
 
+    def dequeue_job_and_maintain_ttl(self, timeout, max_idle_time=None):
+        """RQ's dequeue, except that an entry RQ cannot read (an id it refuses, such as one holding
+        '../', or a job hash it cannot restore) is refused like any job not ours, and the next one
+        taken: RQ let the error end its work loop, and left the entry to end it again at its next
+        maintenance."""
+        import redis
+
+        while True:
+            try:
+                return super().dequeue_job_and_maintain_ttl(timeout, max_idle_time)
+            except redis.RedisError:
+                raise
+            except Exception as e:
+                job_id, queue = getattr(e, "job_id", None), getattr(e, "queue", None)
+                if job_id is None or queue is None:  # not a job's: RQ names the job it fetched
+                    raise
+                self._refuse(job_id, queue, f"RQ cannot read it ({type(e).__name__}: {e})")
+
     def execute_job(self, job, queue):
         why = refusal(job)
         if why:
-            raw = _raw_data(job)
-            self._drop(job, queue)
-            rt = runtime._CURRENT
-            if rt is not None:
-                rt.refuse(job.id, f"job {job.id[:80]!r} from queue {queue.name}: {why}", raw)
+            self._refuse(job.id, queue, why)
             return
         super().execute_job(job, queue)
 
-    def _drop(self, job, queue) -> None:
+    def _refuse(self, job_id: str, queue, why: str) -> None:
+        raw = _raw_data(self.connection, job_id)
+        self._drop(job_id, queue)
+        rt = runtime._CURRENT
+        if rt is not None:
+            rt.refuse(job_id, f"job {job_id[:80]!r} from queue {queue.name}: {why}", raw)
+
+    def _drop(self, job_id: str, queue) -> None:
         """Remove a refused job with plain Redis commands: nothing of it is decoded or imported."""
+        from rq.job import Job
+
         pipe = self.connection.pipeline(transaction=False)
-        pipe.lrem(queue.intermediate_queue_key, 1, job.id)
-        pipe.delete(job.key)
+        pipe.lrem(queue.intermediate_queue_key, 1, job_id)
+        pipe.delete(Job.key_for(job_id))
         pipe.execute()
 
     def request_stop(self, signum, frame):

@@ -1,0 +1,221 @@
+"""Nothing anyone writes to Redis wedges the farm or reaches outside a worker's scratch directory
+(a real local farm, two workers): hostile intents, events, heartbeats and task orders are refused
+or dead-lettered with their reasons while a real job renders on; a submission the stopped manager
+cannot answer is sent again without making a second job."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import time
+
+import pytest
+from conftest import run_farm, wait_for
+from faults.livefarm import BOUNCING, LiveFarm, report
+
+from renderfarm import keys, streams
+
+pytestmark = pytest.mark.slow
+
+HUGE = "99999999999999999999999"
+# The old code built paths from the order's strings; its `../` walked from a worker's scratch
+# directory (<state>/scratch/<worker>) up to the test's own directory, next to <state>.
+UP_FROM_ATTEMPTS = "../../../../"  # <scratch>/attempts/<job>-<task>-<attempt>
+UP_FROM_OUT = "../../../../../../"  # <scratch>/attempts/<dir>/out/<name>.<frame>.png
+UP_FROM_SCENES = "../../../../"  # <scratch>/scenes/<sha256>.toml
+RAW_ID = f"attempt-900100/{UP_FROM_ATTEMPTS}victim"  # an RQ job id that RQ itself refuses
+
+
+@pytest.fixture(scope="module")
+def farm(tmp_path_factory):
+    f = LiveFarm(tmp_path_factory.mktemp("wedge"))
+    f.up()
+    yield f
+    f.down()
+
+
+def test_hostile_entries_are_refused_while_a_job_renders_on(farm):
+    r = farm.redis()
+    pids = farm.pids()
+    workers = farm.worker_names()
+    # The sentinel: where the old code made the workdir of job id '../../../../victim' (after
+    # removing what was there). Its name and scene hash attacks wrote next to it.
+    sentinel = farm.tmp / "victim-0-1"
+    sentinel.mkdir()
+    (sentinel / "keep.txt").write_text("keep me")
+    outside = sorted(p.name for p in farm.tmp.iterdir())
+
+    job = farm.submit(BOUNCING, "--frames", "1-24", "--name", "shot")
+    wait_for(lambda: farm.done_tasks(job) >= 1, 60, "the job to be rendering")
+    [[scene_key, sha]] = farm.query("select scene_key, scene_sha256 from jobs where id = ?", job)
+    [[attempt]] = farm.query("select min(id) from attempts where job_id = ?", job)
+    # (source, entry) -> what its dead letter's reason names, and the worker it names
+    expected = {
+        **_post_intents(r, scene_key, sha),
+        **_post_events(r, workers[0], attempt, sha),
+        **_post_heartbeat(r, "bad-node"),
+        **_enqueue_orders(r, workers, job, scene_key, sha),
+    }
+    assert farm.done_tasks(job) < 24, "the job finished before the attack was over"
+    # The CLI's own check, before anything is sent.
+    cli = run_farm("submit", str(BOUNCING), "--max-workers", HUGE, env=farm.env, check=False)
+    assert cli.returncode != 0 and "Traceback" not in cli.stderr
+    assert len(cli.stderr.strip().splitlines()) == 1 and HUGE in cli.stderr, cli.stderr
+
+    try:
+        wait_for(lambda: len(_letters(farm)) >= len(expected), 30, "every entry's dead letter")
+    except AssertionError:
+        pass  # the assertion below shows what came
+    letters = {(x["source"], x["entry"]): x for x in _letters(farm)}
+    came = [(*key, x["reason"]) for key, x in letters.items()]
+    assert letters.keys() == expected.keys(), json.dumps(came, indent=1)
+    for (source, entry), (names, worker) in expected.items():
+        letter = letters[(source, entry)]
+        assert names in letter["reason"] and letter["worker"] == worker, letter
+        if source == keys.CONTROL_STREAM and letter["raw"].startswith("{"):
+            # Its sender hears at once.
+            reply = streams.await_reply(r, json.loads(letter["raw"])["request_id"], 10)
+            assert not reply.ok and reply.error == letter["reason"]
+
+    assert farm.wait_job(job, 120) == "done"
+    farm.check_frames(job, "shot", list(range(1, 25)), (640, 360))
+    assert not farm.query("select id from jobs where name = 'evil'")
+    assert farm.pids() == pids and all(os.path.exists(f"/proc/{p}") for p in pids.values())
+    assert sorted(p.name for p in farm.tmp.iterdir()) == outside
+    assert [p.name for p in sentinel.iterdir()] == ["keep.txt"]
+    assert (sentinel / "keep.txt").read_text() == "keep me"
+    # Nothing is left for RQ's maintenance to trip on.
+    from rq import Queue
+    from rq.job import Job
+
+    intermediate = Queue(keys.queue_name(workers[1]), connection=r).intermediate_queue_key
+    assert RAW_ID.encode() not in r.lrange(intermediate, 0, -1)
+    assert not r.exists(Job.key_for(RAW_ID))
+    r.srem(keys.WORKERS_SET, "bad-node")
+
+
+def _letters(farm) -> list[dict]:
+    out = run_farm("dead-letters", "--json", "--limit", "1000", env=farm.env).stdout
+    return json.loads(out)
+
+
+def _post_intents(r, scene_key: str, sha: str) -> dict:
+    """Submissions that failed the manager's batch on every read, and JSON too deep to read."""
+    from renderfarm.wire import JobSpec, SubmitIntent
+
+    spec = JobSpec(name="evil", owner="mallory", renderer="builtin", scene_name="x.toml",
+                   scene_key=scene_key, scene_sha256=sha, frames="1", width=64, height=36)
+    sent = {}
+    bad = [("max_workers", int(HUGE)), ("max_workers", 1e30), ("requires", 5)]
+    for request, (field, value) in zip("123", bad):
+        doc = json.loads(SubmitIntent(request_id=request * 32, job=spec).to_json())
+        doc["job"][field] = value
+        entry = streams.post(r, keys.CONTROL_STREAM, json.dumps(doc))
+        sent[(keys.CONTROL_STREAM, entry)] = (f"job.{field}", None)
+    deep = streams.post(r, keys.CONTROL_STREAM, "[" * 10_000 + "]" * 10_000)
+    sent[(keys.CONTROL_STREAM, deep)] = ("recursion limit", None)
+    return sent
+
+
+def _post_events(r, worker: str, attempt: int, sha: str) -> dict:
+    """Worker events out of range or of the wrong type, most naming the job's real attempt."""
+    ours = {"worker": worker, "attempt_id": attempt}
+    bad = {
+        "attempt_id": {"type": "progress", **ours, "attempt_id": 1e30, "progress": 0.5},
+        "progress": {"type": "progress", **ours, "progress": "abc"},
+        "ts": {"type": "started", **ours, "ts": "x"},
+        "outputs": {"type": "done", **ours, "outputs": 5, "usage": {"wall": 1}},
+        "usage.wall": {"type": "done", **ours, "usage": {"wall": 1e308},
+                       "outputs": [{"frame": 1, "sha256": sha, "size": 3}]},
+    }
+    sent = {}
+    for field, doc in bad.items():
+        entry = streams.post(r, keys.EVENT_STREAM, json.dumps(doc))
+        sent[(keys.EVENT_STREAM, entry)] = (f" {field}: ", worker)
+    return sent
+
+
+def _post_heartbeat(r, name: str) -> dict:
+    r.set(keys.heartbeat_key(name), json.dumps({"name": name, "pid": "x"}), ex=120)
+    r.sadd(keys.WORKERS_SET, name)
+    reason = "heartbeat: pid: 'x' should be a valid integer"
+    return {(keys.heartbeat_key(name), name): (reason, None)}
+
+
+def _enqueue_orders(r, workers: list[str], job: str, scene_key: str, sha: str) -> dict:
+    """Task orders for our own function, each with the lease it names (as an attacker with Redis
+    access could set it), enqueued as the manager does, and one written into RQ's keys by hand
+    past RQ's own check of job ids."""
+    from rq import Queue
+    from rq.job import Job
+    from rq.serializers import JSONSerializer
+
+    from renderfarm.queues import RENDER_TASK
+
+    base = {"v": 2, "kind": "render", "attempt": 1, "task_index": 0, "job_id": job, "name": "evil",
+            "renderer": "builtin", "scene_key": scene_key, "scene_sha256": sha, "frames": [1],
+            "format": "png", "width": 64, "height": 36, "timeout": 60}
+    crafted = [
+        ("task order: job_id: ", {"job_id": UP_FROM_ATTEMPTS + "victim"}),
+        ("task order: name: ", {"name": UP_FROM_OUT + "pwned"}),
+        ("task order: scene_sha256: ", {"scene_sha256": UP_FROM_SCENES + "pwned-scene/x"}),
+        ("carries the order of attempt", {}),  # a valid order, under another attempt's RQ job id
+    ]
+    sent = {}
+    for i, (names, fields) in enumerate(crafted):
+        attempt_id = task_id = 900_001 + i
+        r.set(keys.lease_key(task_id), attempt_id)
+        worker = workers[i % 2]
+        rq_id = f"attempt-{attempt_id + (1000 if names.startswith('carries') else 0)}"
+        order = json.dumps({**base, "attempt_id": attempt_id, "task_id": task_id, **fields})
+        queue = Queue(keys.queue_name(worker), connection=r, serializer=JSONSerializer)
+        queue.enqueue_call(RENDER_TASK, args=(order,), job_id=rq_id, result_ttl=0)
+        sent[(queue.name, rq_id)] = (names, worker)
+
+    queue = Queue(keys.queue_name(workers[1]), connection=r, serializer=JSONSerializer)
+    order = json.dumps({**base, "attempt_id": 900_100, "task_id": 900_100,
+                        "job_id": UP_FROM_ATTEMPTS + "victim"})
+    r.set(keys.lease_key(900_100), 900_100)
+    made = Job.create(RENDER_TASK, args=(order,), connection=r, serializer=JSONSerializer,
+                      id="attempt-900100", origin=queue.name, result_ttl=0)
+    r.hset(Job.key_for(RAW_ID), mapping={**made.to_dict(), "status": "queued"})
+    r.lpush(queue.key, RAW_ID)
+    sent[(queue.name, RAW_ID)] = ("RQ cannot read it", workers[1])
+    return sent
+
+
+def test_a_submission_the_stopped_manager_did_not_answer_is_sent_again_without_a_second_job(farm):
+    env = {**farm.env, "FARM_SUBMIT_WAIT": "5"}
+    manager = farm.pids()["manager"]
+    [[before]] = farm.query("select count(*) from jobs")
+    submit = ("submit", str(BOUNCING), "--frames", "1", "--name", "held", "--json")
+    os.kill(manager, signal.SIGSTOP)
+    stopped = time.monotonic()
+    try:
+        # Within the leader lock's life: the intent is sent, and the CLI gives up waiting.
+        timed_out = run_farm(*submit, env=env, check=False)
+        assert timed_out.returncode != 0 and "Traceback" not in timed_out.stderr
+        assert len(timed_out.stderr.strip().splitlines()) == 1, timed_out.stderr
+        request_id = re.search(r"--request-id ([0-9a-f]{32})", timed_out.stderr).group(1)
+        # Past it: the CLI sends nothing, and says why.
+        wait_for(lambda: not farm.redis().exists(keys.MANAGER_LEADER), 20,
+                 "the stopped manager's lock to expire")
+        refused = run_farm(*submit, env=env, check=False)
+        assert refused.returncode != 0 and "Traceback" not in refused.stderr
+        assert len(refused.stderr.strip().splitlines()) == 1, refused.stderr
+        assert "manager is not running" in refused.stderr
+        time.sleep(max(0.0, 30 - (time.monotonic() - stopped)))  # the stop the acceptance names
+    finally:
+        os.kill(manager, signal.SIGCONT)
+    report("submit to a stopped manager", first=timed_out.stderr.strip(),
+           past_the_lock=refused.stderr.strip())
+    wait_for(lambda: farm.redis().exists(keys.MANAGER_LEADER), 20, "the manager to lead again")
+    again = run_farm(*submit, "--request-id", request_id, env=env)
+    job = json.loads(again.stdout)["id"]
+    rows = farm.query("select id, request_id from jobs where name = 'held'")
+    assert [tuple(row) for row in rows] == [(job, request_id)]
+    assert farm.query("select count(*) from jobs")[0][0] == before + 1
+    assert farm.wait_job(job, 60) == "done"
+    assert farm.pids()["manager"] == manager

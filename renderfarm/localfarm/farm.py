@@ -97,10 +97,15 @@ class LocalFarm:
         for name in wanted:
             port = local.get(name)
             server = "valkey" if name == "valkey_port" else "seaweedfs"
-            if isinstance(port, int) and (server not in starting or _ports_free(port, hosts)):
+            # A port's gRPC twin (+10000) must not be another server's port, nor the other way round.
+            taken = {q for k, v in local.items() if k != name and k in wanted for q in (v, v + 10000)}
+            if isinstance(port, int) and (server not in starting or
+                                          not {port, port + 10000} & taken and _ports_free(port, hosts)):
                 continue
-            taken = {v for k, v in local.items() if k.endswith("_port") or k.startswith("weed_")}
-            while not _ports_free(port := services.free_ports(1, avoid=taken)[0], hosts):
+            while True:
+                port = services.free_ports(1, avoid=taken)[0]
+                if port + 10000 not in taken and _ports_free(port, hosts):
+                    break
                 taken.add(port)
             local[name] = port
             changed = True

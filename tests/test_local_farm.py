@@ -199,7 +199,7 @@ def test_listen_on_another_address_with_no_workers(tmp_path):
         storage.put_bytes("listen-probe", b"ok")
         assert storage.get_bytes("listen-probe") == b"ok"
         roles = [p["role"] for p in json.loads((state / "run.json").read_text())["processes"]]
-        assert sorted(roles) == ["manager", "valkey", "weed"]
+        assert sorted(roles) == ["manager", "valkey", "weed", "weed"]  # weed mini on loopback, its S3 gateway
         moved = run_farm("up", "-d", "--workers", "1", "--listen", "127.0.0.3", env=env, check=False)
         assert moved.returncode != 0 and "already listen on 127.0.0.2" in moved.stderr
     finally:

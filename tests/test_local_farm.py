@@ -141,6 +141,24 @@ def test_submit_without_a_farm_says_how_to_start_it(tmp_path):
     shutil.rmtree(tmp_path / "nowhere", ignore_errors=True)
 
 
+def test_no_port_is_another_servers_grpc_port(tmp_path):
+    """SeaweedFS opens each port's gRPC twin at port + 10000: a volume port that is the S3 port's
+    twin left S3 unstarted (seen here). Ports recorded that way are chosen again at start."""
+    from renderfarm.config import load_settings
+    from renderfarm.localfarm import LocalFarm
+
+    state = tmp_path / "state"
+    state.mkdir()
+    taken = {"valkey_port": 31001, "s3_port": 31002, "weed_master": 31003, "weed_volume": 41002,
+             "weed_filer": 31005, "weed_admin": 31006}
+    (state / "local.json").write_text(json.dumps(taken))
+    farm = LocalFarm(load_settings(farm_env(state), cwd=tmp_path))
+    local = farm._local_settings({"valkey", "seaweedfs"}, "127.0.0.1")
+    ports = [local[k] for k in taken]
+    assert len(set(ports) | {p + 10000 for p in ports}) == 2 * len(ports), local
+    assert local["valkey_port"] == 31001 and local["weed_master"] == 31003  # the others are kept
+
+
 @pytest.mark.parametrize(
     ("listen", "message"),
     [
@@ -181,7 +199,7 @@ def test_listen_on_another_address_with_no_workers(tmp_path):
         storage.put_bytes("listen-probe", b"ok")
         assert storage.get_bytes("listen-probe") == b"ok"
         roles = [p["role"] for p in json.loads((state / "run.json").read_text())["processes"]]
-        assert sorted(roles) == ["manager", "valkey", "weed"]
+        assert sorted(roles) == ["manager", "valkey", "weed", "weed"]  # weed mini on loopback, its S3 gateway
         moved = run_farm("up", "-d", "--workers", "1", "--listen", "127.0.0.3", env=env, check=False)
         assert moved.returncode != 0 and "already listen on 127.0.0.2" in moved.stderr
     finally:

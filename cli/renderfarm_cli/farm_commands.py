@@ -47,7 +47,7 @@ def up(
     detach: Annotated[bool, typer.Option("--detach", "-d", help="Start in the background and return.")] = False,
     site: Annotated[Optional[list[str]], typer.Option(help="Put workers at these sites, in turn (repeatable; see [sites] in farm.toml).")] = None,
     listen: Annotated[Optional[str], typer.Option(
-        metavar="ADDR", help="Serve Valkey and SeaweedFS on this address of the host, for workers on other hosts (default: 127.0.0.1).",
+        metavar="ADDR", help="Serve Valkey and S3 on this address of the host, for workers on other hosts (default: 127.0.0.1).",
     )] = None,
     supervise: Annotated[bool, typer.Option(
         help="With -d: leave a supervisor that starts again any farm process that dies, until `farm down`.",

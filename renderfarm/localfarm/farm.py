@@ -3,8 +3,9 @@
 What the configuration already points elsewhere (a Redis, an S3 endpoint, a file:// store) is
 used instead of being started. Ports, passwords and keys are generated once, kept 0600 in
 ``local.json`` and reused, so `farm env` stays valid across restarts. The servers listen on
-loopback, or on the address `farm up --listen` names (kept in ``local.json`` too, so the URLs
-the farm hands out reach them from other hosts). `farm up` records the Redis, database and
+loopback; Valkey and S3 also on the address `farm up --listen` names (kept in ``local.json`` too,
+so the URLs the farm hands out reach them from other hosts), S3 then through a gateway of its own
+(see gateway.py). `farm up` records the Redis, database and
 storage it runs with (``up.json``): every command of this state directory uses them unless its
 environment says otherwise. `farm up -d` leaves a supervisor behind that starts again whatever
 dies (see supervisor.py); `farm down` stops it first.
@@ -45,6 +46,7 @@ from renderfarm.localfarm.runfile import (
 )
 
 STOP_ORDER = ("worker", "manager", "weed", "valkey")
+GATEWAY = "s3-gateway"  # the name of the S3 gateway's process, with --listen (see gateway.py)
 SUPERVISOR_ARGV = [sys.executable, "-m", "renderfarm.localfarm.supervisor"]
 
 __all__ = ["RUN_FILE", "AlreadyRunning", "FarmProcess", "LocalFarm"]
@@ -79,7 +81,7 @@ class LocalFarm:
     def _local_settings(self, starting: set[str], listen: str) -> dict:
         """Generated once: ports, the Valkey password, the S3 keys. The ports of the servers about
         to start are replaced if something else took them meanwhile; `listen` is recorded when
-        they start."""
+        they start. The S3 port is the gateway's when there is one (see gateway.py)."""
         local = read_local_file(self.state_dir)
         changed = False
         if starting and local.get("listen", services.LOOPBACK) != listen:
@@ -96,11 +98,16 @@ class LocalFarm:
         wanted = ["valkey_port", "s3_port"] + [f"weed_{s}" for s in services.WEED_SERVICES if s != "s3"]
         for name in wanted:
             port = local.get(name)
-            server = "valkey" if name == "valkey_port" else "seaweedfs"
-            if isinstance(port, int) and (server not in starting or _ports_free(port, hosts)):
+            server = {"valkey_port": "valkey", "s3_port": _s3_server(listen)}.get(name, "seaweedfs")
+            # A port's gRPC twin (+10000) must not be another server's port, nor the other way round.
+            taken = {q for k, v in local.items() if k != name and k in wanted for q in (v, v + 10000)}
+            if isinstance(port, int) and (server not in starting or
+                                          not {port, port + 10000} & taken and _ports_free(port, hosts)):
                 continue
-            taken = {v for k, v in local.items() if k.endswith("_port") or k.startswith("weed_")}
-            while not _ports_free(port := services.free_ports(1, avoid=taken)[0], hosts):
+            while True:
+                port = services.free_ports(1, avoid=taken)[0]
+                if port + 10000 not in taken and _ports_free(port, hosts):
+                    break
                 taken.add(port)
             local[name] = port
             changed = True
@@ -136,7 +143,8 @@ class LocalFarm:
             alive = [p for p in run.processes if p.alive()]
             supervisor = run.supervisor if run.supervisor and run.supervisor.alive() else None
             names = [f"{self._host()}-w{i}" for i in range(1, workers + 1)]
-            wanted = {"valkey", "seaweedfs", "manager", *names}
+            listening = self._listen_address(listen, serving=self._serving({p.name for p in alive}))
+            wanted = {*self._servers(listening), "manager", *names}
             watched = supervisor is not None or not (detach and supervise)
             if alive and wanted <= {p.name for p in alive} | self._not_ours() and watched:
                 raise AlreadyRunning(f"the local farm is already running ({len(alive)} processes); `farm down` stops it")
@@ -185,8 +193,16 @@ class LocalFarm:
         if self.settings.configured_elsewhere("redis_url"):
             out.add("valkey")
         if not self._runs_s3():
-            out.add("seaweedfs")
+            out.update(("seaweedfs", GATEWAY))
         return out
+
+    def _servers(self, listen: str) -> set[str]:
+        """The servers this farm runs itself when they listen on `listen`: an S3 gateway of its
+        own on any address but loopback."""
+        return {"valkey", "seaweedfs", _s3_server(listen)} - self._not_ours()
+
+    def _serving(self, running: set[str]) -> bool:
+        return bool({"valkey", "seaweedfs", GATEWAY} & running - self._not_ours())
 
     def _runs_s3(self) -> bool:
         s = self.settings
@@ -199,9 +215,8 @@ class LocalFarm:
 
     def _start(self, names: list[str], detach: bool, on_step: Callable[[str], None], running: set[str],
                sites: list[str], listen: str | None) -> Settings:
-        ours = {"valkey", "seaweedfs"} - self._not_ours()
-        starting = ours - running
-        listen = self._listen_address(listen, serving=bool(ours & running))
+        listen = self._listen_address(listen, serving=self._serving(running))
+        starting = self._servers(listen) - running
         local = self._local_settings(starting, listen)
         settings = load_settings()
         if settings.state_dir != self.state_dir:  # FARM_STATE_DIR changed under us: keep ours
@@ -210,9 +225,9 @@ class LocalFarm:
         if "valkey" in starting:
             on_step("valkey")
             self._start_valkey(local, logs, detach)
-        if "seaweedfs" in starting:
+        if starting & {"seaweedfs", GATEWAY}:
             on_step("seaweedfs")
-            self._start_weed(local, logs, detach)
+            self._start_weed(local, logs, detach, starting)
         env = {**os.environ, **settings_env(settings)}
         if "manager" not in running:
             on_step("manager")
@@ -261,15 +276,27 @@ class LocalFarm:
         # Valkey loads its append-only file before answering; PING answers LOADING errors until then.
         client.close()
 
-    def _start_weed(self, local: dict, logs: Path, detach: bool) -> None:
+    def _start_weed(self, local: dict, logs: Path, detach: bool, starting: set[str]) -> None:
+        """`weed mini` on loopback, S3 included; on another address, mini stays on loopback without
+        S3 and a gateway serves S3 there (gateway.py). Either way the S3 URL names that address."""
+        from renderfarm.localfarm import gateway
+
         ports = {"s3": local["s3_port"], **{s: local[f"weed_{s}"] for s in services.WEED_SERVICES if s != "s3"}}
-        ports.update({f"{s}.grpc": p + 10000 for s, p in list(ports.items())})
-        # weed binds one address: the one the farm's S3 URL names (this host reaches it too).
-        bind = local.get("listen", services.LOOPBACK)
-        argv = services.weed_argv(
-            self.state_dir / "s3", ports, local["s3_access_key"], local["s3_secret_key"], bind, LOCAL_BUCKET
-        )
-        proc = self._spawn("weed", "seaweedfs", argv, dict(os.environ), logs, detach)
+        ports.update({f"{s}.grpc": p + gateway.GRPC_OFFSET for s, p in list(ports.items())})
+        listen = local.get("listen", services.LOOPBACK)
+        data_dir = self.state_dir / "s3"
+        proc = None
+        if "seaweedfs" in starting:
+            argv = services.weed_argv(data_dir, ports, local["s3_access_key"], local["s3_secret_key"],
+                                      services.LOOPBACK, LOCAL_BUCKET, s3=listen == services.LOOPBACK)
+            proc = self._spawn("weed", "seaweedfs", argv, dict(os.environ), logs, detach)
+        if GATEWAY in starting:
+            if proc is not None:  # the filer first: a gateway started too soon waits and hides why
+                services.wait_until(lambda: gateway.filer_answers(local["weed_filer"]), timeout=60,
+                                    proc=proc.popen, what="SeaweedFS", log_path=Path(proc.log))
+            argv = gateway.gateway_argv(data_dir, port=local["s3_port"], filer_port=local["weed_filer"],
+                                        bind=listen, s3_config=services.s3_config_path(data_dir))
+            proc = self._spawn("weed", GATEWAY, argv, dict(os.environ), logs, detach)
         from renderfarm.storage import open_storage
 
         storage = open_storage(load_settings())
@@ -283,6 +310,9 @@ class LocalFarm:
             return answered
 
         services.wait_until(ready, timeout=60, proc=proc.popen, what="SeaweedFS", log_path=Path(proc.log))
+        if listen != services.LOOPBACK and gateway.speaks_cleartext_http2(listen, ports["s3.grpc"]):
+            where = f"{listen}:{ports['s3.grpc']}"
+            raise services.ServiceError(f"the S3 gateway's gRPC port {where} answers without TLS (see {proc.log})")
 
     def _wait_for_manager(self, settings: Settings, proc: FarmProcess) -> None:
         from renderfarm.redisconn import connect
@@ -336,6 +366,11 @@ class LocalFarm:
             if role == "worker":  # a second SIGTERM is RQ's cold shutdown
                 _signal_and_wait(group, signal.SIGTERM, 5.0)
             _signal_and_wait(group, signal.SIGKILL, 5.0)
+
+
+def _s3_server(listen: str) -> str:
+    """The process that serves S3 on `listen`: `weed mini` itself on loopback, else the gateway."""
+    return "seaweedfs" if listen == services.LOOPBACK else GATEWAY
 
 
 def _count_restarts(before: list[FarmProcess], started: list[FarmProcess]) -> None:

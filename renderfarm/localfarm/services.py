@@ -125,11 +125,13 @@ def weed_binary() -> str:
     return found
 
 
-def weed_argv(data_dir: Path, ports: dict[str, int], access_key: str, secret_key: str, bind: str, bucket: str) -> list[str]:
-    """Write the S3 identity file (0600) and return `weed mini`'s command line."""
+def weed_argv(data_dir: Path, ports: dict[str, int], access_key: str, secret_key: str, bind: str, bucket: str,
+              *, s3: bool = True) -> list[str]:
+    """Write the S3 identity file (0600) and return `weed mini`'s command line. Without `s3`,
+    mini serves no S3: a separate gateway does (gateway.py), reading the same identity file."""
     data_dir.mkdir(parents=True, exist_ok=True)
     os.chmod(data_dir, 0o700)
-    s3_config = data_dir / "s3.json"
+    s3_config = s3_config_path(data_dir)
     identity = {
         "identities": [
             {
@@ -142,18 +144,27 @@ def weed_argv(data_dir: Path, ports: dict[str, int], access_key: str, secret_key
     write_private(s3_config, json.dumps(identity))
     argv = [
         weed_binary(), "mini", f"-dir={data_dir / 'data'}", f"-ip={bind}", f"-ip.bind={bind}",
-        f"-s3.config={s3_config}", f"-bucket={bucket}", "-webdav=false", "-admin.ui=false",
-        "-s3.port.iceberg=0", "-s3.port.lance=0", "-master.telemetry=false",
+        "-webdav=false", "-admin.ui=false", "-master.telemetry=false",
     ]
-    for service in WEED_SERVICES:
+    if s3:
+        argv += [f"-s3.config={s3_config}", f"-bucket={bucket}", "-s3.port.iceberg=0", "-s3.port.lance=0"]
+    else:
+        argv.append("-s3=false")
+    for service in WEED_SERVICES if s3 else [s for s in WEED_SERVICES if s != "s3"]:
         argv += [f"-{service}.port={ports[service]}", f"-{service}.port.grpc={ports[service + '.grpc']}"]
     # Unix sockets default to /tmp; keep them with the farm when the path is short enough.
-    for flag, name in (("-filer.localSocket", "filer.sock"), ("-s3.localSocket", "s3.sock")):
+    sockets = [("-filer.localSocket", "filer.sock")] + ([("-s3.localSocket", "s3.sock")] if s3 else [])
+    for flag, name in sockets:
         path = data_dir / name
         if len(str(path)) < 100:
             argv.append(f"{flag}={path}")
     (data_dir / "data").mkdir(exist_ok=True)
     return argv
+
+
+def s3_config_path(data_dir: Path) -> Path:
+    """The S3 identities file (SeaweedFS's `-s3.config` JSON) of a SeaweedFS data directory."""
+    return data_dir / "s3.json"
 
 
 @cache

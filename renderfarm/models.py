@@ -138,3 +138,25 @@ class Worker(SQLModel, table=True):
     started_at: float
     last_seen: float
     capabilities: str | None = Field(default=None, sa_type=Text)  # JSON, as the worker advertised it
+
+
+class Node(SQLModel, table=True):
+    """An enrolled render node: its key (which seals its messages both ways), the digest of its
+    Valkey password, its S3 identity, and what it was refused."""
+
+    __tablename__ = "nodes"
+
+    name: str = Field(primary_key=True, max_length=48)
+    node_id: str = Field(max_length=16, unique=True)  # n + 8 hex: its RQ ids and worker names
+    key: str = Field(max_length=128)  # HMAC-SHA256 key of its messages
+    redis_digest: str = Field(max_length=64)  # SHA-256 of its Valkey password (Valkey's `#` form)
+    s3_access_key: str | None = Field(default=None, max_length=128)
+    s3_secret_key: str | None = Field(default=None, max_length=128)
+    site: str = Field(default="local", max_length=64)
+    pool: str = Field(default="default", max_length=64)
+    tags: str | None = Field(default=None, max_length=1024)
+    created_at: float
+    revoked_at: float | None = None
+    last_event_seq: int = Field(default=0, sa_type=BigInteger)  # the newest event accepted
+    last_beat_seq: int = Field(default=0, sa_type=BigInteger)  # the newest heartbeat accepted
+    refused: int = 0  # its entries and commands refused (dead letters)

@@ -10,7 +10,7 @@ import time
 
 import pytest
 from conftest import wait_for
-from livefarm import BOUNCING, LiveFarm, report
+from livefarm import BOUNCING, LiveFarm, command_scene, report
 
 pytestmark = pytest.mark.slow
 
@@ -90,15 +90,69 @@ def test_manager_killed_and_back_20s_later_while_a_second_one_waits(farm, tmp_pa
     report("manager kill", down_s=time.time() - killed_at, rendered_twice=farm.rendered_twice(job))
 
 
-def test_object_storage_stopped_for_20s(farm):
-    job = farm.submit(BOUNCING, "--frames", "1-24", "--name", "shot")
-    wait_for(lambda: farm.done_tasks(job) >= 4, 120, "4 tasks done")
-    os.kill(farm.pids()["seaweedfs"], signal.SIGTERM)  # stopped: connections are refused
+OUTAGE = 10.0  # seconds Redis or storage is away in the outage tests
+
+# Renders that wait for the test's go-ahead, so that they finish while a service is away; each
+# run leaves a line in started-N, so a frame rendered twice shows even where no attempt says so.
+GATED = """
+import sys, time, pathlib
+from PIL import Image
+frame, out, w, h, marks = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), pathlib.Path(sys.argv[5])
+with open(marks / f"started-{frame}", "a") as f:
+    f.write("run\\n")
+while not (marks / "go").exists():
+    time.sleep(0.05)
+Image.new("RGB", (w, h), (0, 0, 200)).save(out)
+(marks / f"rendered-{frame}").write_text("")
+"""
+
+
+def _away_as_renders_finish(farm, tmp_path, service: str) -> tuple[str, float]:
+    """Stop `service` while two renders run, let them finish, and start it again OUTAGE seconds
+    after it stopped; returns the job (frames 1-4) and when the service stopped."""
+    scene = command_scene(tmp_path, GATED, frames="1-4")
+    job = farm.submit(scene, "--renderer", "command", "--name", "gated")
+    marks = tmp_path / "marks"
+    wait_for(lambda: len(list(marks.glob("started-*"))) == 2, 60, "two renders to start")
+    pid = farm.pids()[service]
+    os.kill(pid, signal.SIGTERM)  # stopped: connections are refused
     stopped_at = time.time()
-    time.sleep(20)
-    farm.up()  # starts only what is missing: the same SeaweedFS, on the same ports and data
-    assert farm.wait_job(job, timeout=240) == "done"
-    farm.check_frames(job, "shot", FRAMES, (640, 360))
-    failed = [a for a in farm.attempts(job) if a["state"] == "failed"]
-    report("storage outage", outage_s=20.0, failed_attempts=len(failed), rendered_twice=farm.rendered_twice(job),
-           total_s=time.time() - stopped_at)
+    wait_for(lambda: not _running(pid), OUTAGE / 2, f"{service} to stop")
+    (marks / "go").write_text("")
+    wait_for(lambda: len(list(marks.glob("rendered-*"))) >= 2, OUTAGE / 2, "the renders to finish")
+    time.sleep(max(0.0, stopped_at + OUTAGE - time.time()))  # the outage lasts OUTAGE seconds
+    farm.up()  # starts only what is missing: the same service, on the same ports and data
+    return job, stopped_at
+
+
+def _committed_once(farm, job: str, marks) -> None:
+    """Every frame committed once, by the first attempt of its task: none failed, lost or rendered twice."""
+    farm.check_frames(job, "gated", [1, 2, 3, 4], (64, 36))
+    attempts = [(a["task"], a["number"], a["state"]) for a in farm.attempts(job)]
+    assert attempts == [(t, 1, "done") for t in range(4)], attempts
+    runs = {p.name: p.read_text().count("run") for p in marks.glob("started-*")}
+    assert runs == {f"started-{f}": 1 for f in range(1, 5)}, runs
+    assert farm.rendered_twice(job) == 0
+
+
+def test_redis_away_10s_as_renders_finish_commits_every_frame_once(farm, tmp_path):
+    job, stopped_at = _away_as_renders_finish(farm, tmp_path, "valkey")
+    assert farm.wait_job(job, timeout=120) == "done"
+    _committed_once(farm, job, tmp_path / "marks")
+    report("Redis outage", outage_s=OUTAGE, total_s=time.time() - stopped_at)
+
+
+def test_storage_away_10s_during_uploads_commits_every_frame_once(farm, tmp_path):
+    job, stopped_at = _away_as_renders_finish(farm, tmp_path, "seaweedfs")
+    assert farm.wait_job(job, timeout=120) == "done"
+    _committed_once(farm, job, tmp_path / "marks")
+    report("storage outage", outage_s=OUTAGE, total_s=time.time() - stopped_at)
+
+
+def _running(pid: int) -> bool:
+    """Whether a process runs (a zombie does not)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False

@@ -25,16 +25,21 @@ class AttemptLog:
         self._memory: bytearray | None = None
         self.error: OSError | None = None  # the first write error: the disk refused the log
         try:
-            self._file = path.open("wb")
+            # Unbuffered, so what the disk refuses is known to the byte and kept: a buffered file
+            # lost its buffer when the flush failed, and on a full disk the failure's own line.
+            self._file = path.open("wb", buffering=0)
         except OSError as e:
             self._to_memory(e)
 
     def write(self, data: bytes) -> None:
         if self._file is not None:
+            rest = memoryview(data)
             try:
-                self._file.write(data)
+                while rest:
+                    rest = rest[self._file.write(rest):]
                 return
             except OSError as e:
+                data = bytes(rest)
                 self._to_memory(e)
         if self._memory is not None and len(self._memory) < MEMORY_CAP:
             self._memory += data[: MEMORY_CAP - len(self._memory)]

@@ -73,16 +73,17 @@ return 0
 """
 
 
-def release_leases(r: Redis, held: list[tuple[int, int]]) -> None:
+def release_leases(r: Redis, held: list[tuple[int, int]], abandoned: list[int] = ()) -> None:
     """Drop the leases of (task, attempt) pairs whose attempts ended, each only if that attempt
-    still holds it (a stale event must not free a task that a newer attempt owns), and the
-    attempts' RQ jobs (a failed one would otherwise stay a day, with its order)."""
+    still holds it (a stale event must not free a task that a newer attempt owns), and the RQ
+    jobs of `abandoned` attempts (RQ would keep them a day, with their orders)."""
+    pipe = r.pipeline(transaction=False)
     for start in range(0, len(held), 500):
         part = held[start : start + 500]
-        pipe = r.pipeline(transaction=False)
         pipe.eval(_RELEASE_LEASE, len(part), *[keys.lease_key(t) for t, _ in part], *[str(a) for _, a in part])
-        pipe.delete(*[rq_job_key(a) for _, a in part])
-        pipe.execute()
+    for start in range(0, len(abandoned), 500):
+        pipe.delete(*[rq_job_key(a) for a in abandoned[start : start + 500]])
+    pipe.execute()
 
 
 def rq_job_key(attempt_id: int) -> str:

@@ -49,6 +49,7 @@ class Batch:
     replies: dict[str, Reply] = field(default_factory=dict)
     jobs: set[str] = field(default_factory=set)
     released: list[tuple[int, int]] = field(default_factory=list)  # (task, attempt) leases to drop
+    abandoned: list[int] = field(default_factory=list)  # attempts whose RQ jobs no worker will finish
     left_workers: list[str] = field(default_factory=list)  # queues to empty
     delete_keys: list[str] = field(default_factory=list)  # attempt copies of promoted frames
     # Promotions started ahead for the batch's done events, all at once (attempt id -> outcome
@@ -61,18 +62,22 @@ class Batch:
         future = self.promoted.pop(attempt_id, None) if take else self.promoted.get(attempt_id)
         return future.result() if future is not None else None
 
-    def release(self, attempts) -> None:
-        """Drop these attempts' leases and RQ jobs after commit (leases only where they still
-        hold them)."""
+    def release(self, attempts, *, abandoned: bool = False) -> None:
+        """Drop these attempts' leases after commit (only where they still hold them); with
+        `abandoned` (their worker left or vanished), their RQ jobs too, which no worker will
+        finish (RQ drops a job its worker finished itself)."""
         for a in attempts:
             self.released.append((a.task_id, a.id))
             self.jobs.add(a.job_id)
+            if abandoned:
+                self.abandoned.append(a.id)
 
     def merge(self, other: Batch) -> None:
         """Take in what another batch (one entry's, applied on its own) touched."""
         self.replies.update(other.replies)
         self.jobs |= other.jobs
         self.released += other.released
+        self.abandoned += other.abandoned
         self.left_workers += other.left_workers
         self.delete_keys += other.delete_keys
 
@@ -100,7 +105,7 @@ def apply_event(session: Session, settings: Settings, storage: Storage, event: E
     if isinstance(event, Bye):
         lost = lifecycle.worker_offline(session, event.worker, now, "worker left")
         batch.left_workers.append(event.worker)
-        batch.release(lost)
+        batch.release(lost, abandoned=True)
         log.info("worker %s left; %d unfinished attempt(s) handed back", event.worker, len(lost))
         return None
     attempt = session.get(Attempt, event.attempt_id)

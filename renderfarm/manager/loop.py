@@ -261,7 +261,7 @@ class Manager:
     def _after_commit(self, batch: Batch) -> None:
         for worker in batch.left_workers:
             queues.withdraw_queue(self.r, worker)
-        queues.release_leases(self.r, batch.released)
+        queues.release_leases(self.r, batch.released, batch.abandoned)
         self._doomed += batch.delete_keys
         self.delete_doomed()
 
@@ -359,7 +359,7 @@ class Manager:
             lost = lifecycle.worker_offline(session, name, now, "worker stopped sending heartbeats")
             log.warning("worker %s is gone (silent %.1f s); %d attempt(s) handed back", name, now - seen, len(lost))
             batch.left_workers.append(name)
-            batch.release(lost)
+            batch.release(lost, abandoned=True)
             dead.append(name)
             for table in (self._missing, self._beat_at, self._beat_seq, self._ttl, self._written_at):
                 table.pop(name, None)

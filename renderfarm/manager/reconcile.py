@@ -105,5 +105,5 @@ class Reconciler:
             if attempt.state == AttemptState.DONE.value:
                 return
         lifecycle.lose_attempt(session, attempt, now, "lost by Redis (no lease, queued job or heartbeat knows it)")
-        batch.release([attempt])
+        batch.release([attempt], abandoned=True)
         log.warning("attempt %s: lost by Redis; its task goes out again", label)

@@ -151,8 +151,11 @@ class WorkerRuntime:
         self.finisher = Finisher()
         self.render_io = ThreadPoolExecutor(1, thread_name_prefix="render-io")
         self.uploads = ThreadPoolExecutor(UPLOADS_AT_ONCE, thread_name_prefix="upload")
-        self.scratch.mkdir(parents=True, exist_ok=True)
-        os.chmod(self.scratch, 0o700)
+        try:
+            self.scratch.mkdir(parents=True, exist_ok=True)
+            os.chmod(self.scratch, 0o700)
+        except OSError as e:
+            raise RenderFarmError(f"scratch: {self.scratch} cannot be made or kept private ({e.strerror or e})") from None
 
     # -- the current render and why it must stop ------------------------------------------------
 
@@ -382,8 +385,11 @@ class WorkerRuntime:
         return self._download_scene(key, sha256, target)
 
     def _download_scene(self, key: str, sha256: str, target: Path) -> Path:
-        target.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=".scene-")
+        try:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=".scene-")
+        except OSError as e:
+            raise RenderFarmError(f"scratch: cannot write the scene into {target.parent} ({e.strerror or e})") from None
         os.close(fd)
         try:
             self.with_storage(f"download scene {key}", lambda: self.storage.download_file(key, Path(tmp)))
@@ -391,6 +397,8 @@ class WorkerRuntime:
             if digest != sha256:
                 raise StorageError(f"scene {key}: downloaded content has SHA-256 {digest[:12]}..., expected {sha256[:12]}...")
             os.replace(tmp, target)
+        except OSError as e:  # the scratch disk is full or read-only: say which disk
+            raise RenderFarmError(f"scratch: cannot write the scene into {target.parent} ({e.strerror or e})") from None
         finally:
             Path(tmp).unlink(missing_ok=True)
         return target

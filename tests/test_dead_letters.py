@@ -218,3 +218,23 @@ def test_dead_letters_are_listed_counted_by_doctor_and_shown_in_top(redis_url: s
         "see why with `farm dead-letters`")
     assert "2 dead letters" in summary_text(Snapshot(taken_at=0.0, farm_running=True, dead_letters=2)).plain
     manager.engine.dispose()
+
+
+def test_a_worker_refusing_a_long_order_reports_it_and_the_manager_keeps_it(redis_url: str, tmp_path: Path):
+    """A refused order longer than a dead letter keeps: the worker's Refused event carries the
+    excerpt (cut short, with '...') and the manager keeps it. The event's own bound was shorter
+    than the excerpt, so the worker failed to report it and the entry was never dead-lettered."""
+    from renderfarm.wire import DeadLetter
+    from renderfarm_worker.runtime import WorkerRuntime
+
+    manager = in_process_manager(redis_url, tmp_path)
+    rt = WorkerRuntime(settings=manager.settings, name="node-1", pool="default", scratch=tmp_path / "scratch",
+                       r=manager.r)
+    order = '{"type": "submit", "x": "' + "a" * 10_000 + '"}'
+    rt.refuse("fzq-1", "task order: not a field of this message", order)
+    assert rt.events.flush(10)
+    manager.tick()
+    [letter] = letters(manager)
+    assert (letter.source, letter.entry, letter.worker) == ("farm.worker.node-1", "fzq-1", "node-1")
+    assert letter.raw == DeadLetter.excerpt(order) and letter.raw.endswith("a...")
+    manager.engine.dispose()

@@ -238,3 +238,26 @@ def test_a_worker_refusing_a_long_order_reports_it_and_the_manager_keeps_it(redi
     assert (letter.source, letter.entry, letter.worker) == ("farm.worker.node-1", "fzq-1", "node-1")
     assert letter.raw == DeadLetter.excerpt(order) and letter.raw.endswith("a...")
     manager.engine.dispose()
+
+
+def test_long_reasons_are_cut_and_their_entries_kept(redis_url: str, tmp_path: Path):
+    """A heartbeat naming a 5,000-character field, and a worker's refusal with a reason at its
+    4,000-character bound: the dead letter's reason ("heartbeat: kkk...", "refused: rrr...") was
+    over its own bound, so making it raised. The heartbeat's raised out of the manager's round (the
+    letters of other bad beats in that round were lost, and the manager backed off); the
+    refusal's was kept as a fault of the event stream rather than of the worker's queue."""
+    from renderfarm.wire import Refused
+
+    manager = in_process_manager(redis_url, tmp_path)
+    r = manager.r
+    r.set(keys.heartbeat_key("node-9"), json.dumps({"name": "node-9", "pid": 1, "k" * 5000: 1}), ex=30)
+    r.sadd(keys.WORKERS_SET, "node-9", "not a name")
+    streams.post(r, keys.EVENT_STREAM, Refused(worker="node-1", rq_id="fzq-7", reason="r" * 4000))
+    manager.tick()
+    got = sorted((x.source, x.entry, x.reason[:12], len(x.reason)) for x in letters(manager))
+    assert got == [
+        ("farm.worker.node-1", "fzq-7", "refused: rrr", 4000),
+        ("farm:hb:node-9", "node-9", "heartbeat: k", 4000),
+        ("farm:workers", "not a name", "workers: 'no", 42),
+    ]
+    manager.engine.dispose()

@@ -261,3 +261,19 @@ def test_long_reasons_are_cut_and_their_entries_kept(redis_url: str, tmp_path: P
         ("farm:workers", "not a name", "workers: 'no", 42),
     ]
     manager.engine.dispose()
+
+
+def test_a_name_in_the_workers_set_that_no_worker_may_have_is_kept_once_and_dropped(redis_url: str,
+                                                                                    tmp_path: Path):
+    """Names that are not UTF-8, or longer than a dead letter keeps: each was kept as a dead
+    letter, but dropped from the workers' set by its decoded or shortened name, which is not the
+    member, so it stayed: read every round, kept again after every restart, and, in numbers,
+    crowding real workers out of the names the manager reads."""
+    manager = in_process_manager(redis_url, tmp_path)
+    r = manager.r
+    r.sadd(keys.WORKERS_SET, b"\xff\xfe", "x" * 300, "a b")
+    manager.tick()
+    assert r.smembers(keys.WORKERS_SET) == set()
+    assert sorted((x.source, x.entry) for x in letters(manager)) == [
+        ("farm:workers", "a b"), ("farm:workers", "x" * 200), ("farm:workers", "\ufffd\ufffd")]
+    manager.engine.dispose()

@@ -277,3 +277,37 @@ def test_a_name_in_the_workers_set_that_no_worker_may_have_is_kept_once_and_drop
     assert sorted((x.source, x.entry) for x in letters(manager)) == [
         ("farm:workers", "a b"), ("farm:workers", "x" * 200), ("farm:workers", "\ufffd\ufffd")]
     manager.engine.dispose()
+
+
+def test_an_id_the_database_cannot_hold_is_refused_by_the_contract(redis_url: str, database_url: str,
+                                                                   tmp_path: Path):
+    """Attempt ids past PostgreSQL's INTEGER: every query naming one failed there ("integer out
+    of range"), so a batch holding such an event was applied again one entry at a time, and a
+    heartbeat listing one made every reconciliation sweep raise (the manager backing off up to
+    5 s each time). The contract bounds ids to what the database holds: both are refused."""
+    from renderfarm.config import load_settings
+    from renderfarm.db import upgrade
+    from renderfarm.manager import Manager
+    from renderfarm.redisconn import connect
+
+    settings = load_settings({
+        "FARM_STATE_DIR": str(tmp_path), "FARM_REDIS_URL": redis_url, "FARM_DATABASE_URL": database_url,
+        "FARM_STORAGE_URL": f"file://{tmp_path / 'store'}"}, cwd=tmp_path)
+    manager = Manager(settings, clock=SteppedClock())
+    upgrade(manager.engine)
+    manager.r = r = connect(settings)
+    streams.ensure_groups(r)
+    big = 2**31
+    streams.send_intent(r, submit("5"))
+    streams.post(r, keys.EVENT_STREAM, json.dumps({"type": "progress", "worker": "w", "attempt_id": big,
+                                                   "progress": 0.5}))
+    r.set(keys.heartbeat_key("node-2"), json.dumps({"name": "node-2", "pid": 1, "attempts": [big]}), ex=30)
+    r.sadd(keys.WORKERS_SET, "node-2")
+    manager.tick()
+    manager.reconcile()
+    assert jobs(manager) == ["5" * 32]
+    assert [(x.source, x.reason) for x in letters(manager)] == [
+        ("farm:events", "event progress: attempt_id: 2147483648 should be less than or equal to 2147483647"),
+        ("farm:hb:node-2", "heartbeat: attempts.0: 2147483648 should be less than or equal to 2147483647"),
+    ]
+    manager.engine.dispose()

@@ -20,6 +20,7 @@ class BadBeat:
     name: str
     raw: bytes | None
     reason: str
+    member: bytes | str | None = None  # a bad name's member of the set, as stored (to drop it)
 
 
 def beat(r: Redis, heartbeat: Heartbeat, ttl: float) -> None:
@@ -54,7 +55,8 @@ def read_beats(r: Redis) -> tuple[dict[str, Heartbeat], list[BadBeat]]:
         if re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}", name):
             names.append(name)
         else:
-            bad.append(BadBeat(name[:200], None, f"workers: {name[:80]!r} is not a worker name"))
+            reason = f"workers: {name[:80]!r} is not a worker name"
+            bad.append(BadBeat(name[:200], None, reason, member=raw_name))
     if not names:
         return {}, bad
     names.sort()

@@ -218,3 +218,96 @@ def test_dead_letters_are_listed_counted_by_doctor_and_shown_in_top(redis_url: s
         "see why with `farm dead-letters`")
     assert "2 dead letters" in summary_text(Snapshot(taken_at=0.0, farm_running=True, dead_letters=2)).plain
     manager.engine.dispose()
+
+
+def test_a_worker_refusing_a_long_order_reports_it_and_the_manager_keeps_it(redis_url: str, tmp_path: Path):
+    """A refused order longer than a dead letter keeps: the worker's Refused event carries the
+    excerpt (cut short, with '...') and the manager keeps it. The event's own bound was shorter
+    than the excerpt, so the worker failed to report it and the entry was never dead-lettered."""
+    from renderfarm.wire import DeadLetter
+    from renderfarm_worker.runtime import WorkerRuntime
+
+    manager = in_process_manager(redis_url, tmp_path)
+    rt = WorkerRuntime(settings=manager.settings, name="node-1", pool="default", scratch=tmp_path / "scratch",
+                       r=manager.r)
+    order = '{"type": "submit", "x": "' + "a" * 10_000 + '"}'
+    rt.refuse("fzq-1", "task order: not a field of this message", order)
+    assert rt.events.flush(10)
+    manager.tick()
+    [letter] = letters(manager)
+    assert (letter.source, letter.entry, letter.worker) == ("farm.worker.node-1", "fzq-1", "node-1")
+    assert letter.raw == DeadLetter.excerpt(order) and letter.raw.endswith("a...")
+    manager.engine.dispose()
+
+
+def test_long_reasons_are_cut_and_their_entries_kept(redis_url: str, tmp_path: Path):
+    """A heartbeat naming a 5,000-character field, and a worker's refusal with a reason at its
+    4,000-character bound: the dead letter's reason ("heartbeat: kkk...", "refused: rrr...") was
+    over its own bound, so making it raised. The heartbeat's raised out of the manager's round (the
+    letters of other bad beats in that round were lost, and the manager backed off); the
+    refusal's was kept as a fault of the event stream rather than of the worker's queue."""
+    from renderfarm.wire import Refused
+
+    manager = in_process_manager(redis_url, tmp_path)
+    r = manager.r
+    r.set(keys.heartbeat_key("node-9"), json.dumps({"name": "node-9", "pid": 1, "k" * 5000: 1}), ex=30)
+    r.sadd(keys.WORKERS_SET, "node-9", "not a name")
+    streams.post(r, keys.EVENT_STREAM, Refused(worker="node-1", rq_id="fzq-7", reason="r" * 4000))
+    manager.tick()
+    got = sorted((x.source, x.entry, x.reason[:12], len(x.reason)) for x in letters(manager))
+    assert got == [
+        ("farm.worker.node-1", "fzq-7", "refused: rrr", 4000),
+        ("farm:hb:node-9", "node-9", "heartbeat: k", 4000),
+        ("farm:workers", "not a name", "workers: 'no", 42),
+    ]
+    manager.engine.dispose()
+
+
+def test_a_name_in_the_workers_set_that_no_worker_may_have_is_kept_once_and_dropped(redis_url: str,
+                                                                                    tmp_path: Path):
+    """Names that are not UTF-8, or longer than a dead letter keeps: each was kept as a dead
+    letter, but dropped from the workers' set by its decoded or shortened name, which is not the
+    member, so it stayed: read every round, kept again after every restart, and, in numbers,
+    crowding real workers out of the names the manager reads."""
+    manager = in_process_manager(redis_url, tmp_path)
+    r = manager.r
+    r.sadd(keys.WORKERS_SET, b"\xff\xfe", "x" * 300, "a b")
+    manager.tick()
+    assert r.smembers(keys.WORKERS_SET) == set()
+    assert sorted((x.source, x.entry) for x in letters(manager)) == [
+        ("farm:workers", "a b"), ("farm:workers", "x" * 200), ("farm:workers", "\ufffd\ufffd")]
+    manager.engine.dispose()
+
+
+def test_an_id_the_database_cannot_hold_is_refused_by_the_contract(redis_url: str, database_url: str,
+                                                                   tmp_path: Path):
+    """Attempt ids past PostgreSQL's INTEGER: every query naming one failed there ("integer out
+    of range"), so a batch holding such an event was applied again one entry at a time, and a
+    heartbeat listing one made every reconciliation sweep raise (the manager backing off up to
+    5 s each time). The contract bounds ids to what the database holds: both are refused."""
+    from renderfarm.config import load_settings
+    from renderfarm.db import upgrade
+    from renderfarm.manager import Manager
+    from renderfarm.redisconn import connect
+
+    settings = load_settings({
+        "FARM_STATE_DIR": str(tmp_path), "FARM_REDIS_URL": redis_url, "FARM_DATABASE_URL": database_url,
+        "FARM_STORAGE_URL": f"file://{tmp_path / 'store'}"}, cwd=tmp_path)
+    manager = Manager(settings, clock=SteppedClock())
+    upgrade(manager.engine)
+    manager.r = r = connect(settings)
+    streams.ensure_groups(r)
+    big = 2**31
+    streams.send_intent(r, submit("5"))
+    streams.post(r, keys.EVENT_STREAM, json.dumps({"type": "progress", "worker": "w", "attempt_id": big,
+                                                   "progress": 0.5}))
+    r.set(keys.heartbeat_key("node-2"), json.dumps({"name": "node-2", "pid": 1, "attempts": [big]}), ex=30)
+    r.sadd(keys.WORKERS_SET, "node-2")
+    manager.tick()
+    manager.reconcile()
+    assert jobs(manager) == ["5" * 32]
+    assert [(x.source, x.reason) for x in letters(manager)] == [
+        ("farm:events", "event progress: attempt_id: 2147483648 should be less than or equal to 2147483647"),
+        ("farm:hb:node-2", "heartbeat: attempts.0: 2147483648 should be less than or equal to 2147483647"),
+    ]
+    manager.engine.dispose()

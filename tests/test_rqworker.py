@@ -40,3 +40,49 @@ def test_an_entry_rq_cannot_read_is_dropped_and_the_work_loop_goes_on(redis_url:
     worker.work(burst=True, logging_level="WARNING")
     assert r.llen(queue.key) == 0 and r.llen(queue.intermediate_queue_key) == 0
     assert not r.exists(Job.key_for(bad)) and not r.exists(Job.key_for("after"))
+
+
+def test_a_job_record_rq_cannot_read_is_refused_and_the_work_loop_goes_on(redis_url: str, tmp_path) -> None:
+    """Job records written by hand with a date, timeout or status RQ cannot parse: each made RQ's
+    dequeue raise, which ended the work loop and lost the entry unreported. Each is refused (and
+    reported, to be dead-lettered) like any job that is not ours, and the jobs behind them too."""
+    import json
+
+    from rq import Queue
+
+    from renderfarm import keys, wire
+    from renderfarm.config import load_settings
+    from renderfarm.queues import RENDER_TASK
+    from renderfarm_worker import runtime
+
+    r = redis.Redis.from_url(redis_url)
+    settings = load_settings({"FARM_STATE_DIR": str(tmp_path), "FARM_REDIS_URL": redis_url,
+                              "FARM_STORAGE_URL": f"file://{tmp_path / 'store'}"}, cwd=tmp_path)
+    rt = runtime.WorkerRuntime(settings=settings, name="t", pool="default", scratch=tmp_path / "scratch", r=r)
+    runtime.install(rt)
+    queue = keys.queue_name("t")
+    data = json.dumps([RENDER_TASK, None, ["{}"], {}])
+    records = {
+        "bad-date": {"data": data, "created_at": "yesterday"},
+        "bad-timeout": {"data": data, "timeout": "soon"},
+        "bad-status": {"data": data, "status": "exploded"},
+        "bad-dependencies": {"data": data, "dependency_ids": "[[["},
+    }
+    for job_id, record in records.items():
+        r.hset(f"rq:job:{job_id}", mapping={"origin": queue, **record})
+        r.rpush(f"rq:queue:{queue}", job_id)
+    Queue(queue, connection=r, serializer=JSONSerializer).enqueue_call("os.system", args=("true",), job_id="last")
+    worker = FarmWorker([queue], connection=r, name="t.1.1", serializer=JSONSerializer)
+    try:
+        worker.work(burst=True)
+        assert rt.events.flush(10)
+    finally:
+        runtime.install(None)
+    assert r.llen(f"rq:queue:{queue}") == 0
+    refused = [wire.parse_event(fields[b"d"]) for _id, fields in r.xrange(keys.EVENT_STREAM)]
+    unreadable = "its record is not RQ's"
+    assert [(e.rq_id, e.reason.split(": ", 1)[1].split(" (")[0]) for e in refused] == [
+        ("bad-date", unreadable), ("bad-timeout", unreadable), ("bad-status", unreadable),
+        ("bad-dependencies", unreadable), ("last", "it names function 'os.system'"),
+    ]
+    assert not any(r.exists(f"rq:job:{job_id}") for job_id in records)

@@ -341,7 +341,7 @@ class Manager:
                 source=keys.WORKERS_SET if beat.raw is None else keys.heartbeat_key(beat.name[:64]),
                 entry=beat.name[:200], reason=beat.reason, raw=DeadLetter.excerpt(beat.raw), at=now))
         streams.post_dead_letters(self.r, letters)
-        presence.forget(self.r, [b.name for b in bad if b.raw is None])
+        presence.forget(self.r, [b.member for b in bad if b.raw is None])
 
     def _reap(self, session, now: float, batch: Batch) -> list[str]:
         known = session.execute(

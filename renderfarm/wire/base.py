@@ -20,8 +20,10 @@ if TYPE_CHECKING:
 
 INT64 = 2**63 - 1
 
-# Database ids and counters: positive 64-bit integers.
-Id = Annotated[int, Field(ge=1, le=INT64)]
+DB_ID_MAX = 2**31 - 1
+# Database ids (tasks, attempts): positive, and within the INTEGER PostgreSQL keeps them in (a
+# larger one made every query naming it fail there, not merely find nothing).
+Id = Annotated[int, Field(ge=1, le=DB_ID_MAX)]
 # A job id: lowercase hex (the farm makes 8 digits; 4-16 are accepted).
 JobId = Annotated[str, Field(pattern=r"^[0-9a-f]{4,16}$")]
 # A worker's (node's) name: safe as a file name, a Redis key part and a queue name.

@@ -7,11 +7,12 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from renderfarm.wire.base import Message, Text, WorkerName
 
 RAW_KEPT = 4096  # characters of the entry kept with it
+REASON_KEPT = 4000  # characters of the reason kept (a Text)
 
 
 class DeadLetter(Message):
@@ -25,6 +26,13 @@ class DeadLetter(Message):
     worker: WorkerName | None = None  # the worker that sent it, when it says (unverified)
     at: Annotated[float, Field(ge=0)]  # the manager's time
     deliveries: Annotated[int, Field(ge=0)] = 1
+
+    @field_validator("reason", mode="before")
+    @classmethod
+    def _cut_reason(cls, reason):
+        """A reason is kept to its start: one that quotes a long field name or a worker's long
+        refusal must not stop the entry from being kept."""
+        return reason[:REASON_KEPT] if isinstance(reason, str) else reason
 
     @staticmethod
     def excerpt(raw: bytes | str | None) -> str:

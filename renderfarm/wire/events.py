@@ -9,6 +9,7 @@ from pydantic import Field
 
 from renderfarm.wire.base import TASK_FRAMES_CAP, Frame, Id, Message, Sha256, ShortSlug, StorageKey, Text, \
     WorkerName, union_parser
+from renderfarm.wire.deadletter import RAW_KEPT
 
 Seconds = Annotated[float, Field(ge=0, le=1e7)]  # 115 days: no attempt runs longer
 Watts = Annotated[float, Field(gt=0, le=1e6)]
@@ -102,7 +103,7 @@ class Refused(Message):
     worker: WorkerName
     rq_id: Annotated[str, Field(max_length=200)]
     reason: Text
-    raw: Annotated[str, Field(max_length=4096)] = ""
+    raw: Annotated[str, Field(max_length=RAW_KEPT + 16)] = ""  # DeadLetter.excerpt of the entry
 
 
 class Bye(Message):

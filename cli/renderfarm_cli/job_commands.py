@@ -388,9 +388,10 @@ def download(
     if result.failed:
         raise VerificationError(f"download: {counted(len(result.failed), unit)} of job {job_id} did not arrive intact")
     if result.missing and not tiles:  # tiles of assembled frames are deleted: none is missing
-        shown = ", ".join(result.missing[:3]) + (", ..." if len(result.missing) > 3 else "")
-        raise NotFoundError(f"download: {len(result.missing)} of job {job_id}'s {counted(result.expected, unit)} "
-                            f"are not in storage (not rendered yet, or failed): {shown}")
+        n = len(result.missing)
+        shown = ", ".join(result.missing[:3]) + (", ..." if n > 3 else "")
+        raise NotFoundError(f"download: {n} of job {job_id}'s {counted(result.expected, unit)} "
+                            f"{'is' if n == 1 else 'are'} not in storage (not rendered yet, or failed): {shown}")
 
 
 SKIPPED_SHOWN = 10  # skipped objects named one a line; beyond that, a count

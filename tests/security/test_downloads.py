@@ -216,7 +216,7 @@ def test_the_download_command_reports_what_it_skipped_and_fails_on_frames_that_d
     proc = run_farm("download", JOB, str(dest), env=env, check=False)
     assert proc.returncode == 1
     assert proc.stderr.splitlines()[-1] == (
-        f"farm: download: 1 of job {JOB}'s 5 frames are not in storage (not rendered yet, or failed): x.0002.png")
+        f"farm: download: 1 of job {JOB}'s 5 frames is not in storage (not rendered yet, or failed): x.0002.png")
 
 
 @pytest.mark.slow

@@ -1,4 +1,4 @@
-"""What the artist's side does: check and submit a shot, wait for it, download its frames."""
+"""What the artist's side does: check and submit a shot, wait for it, read its logs (downloads: downloads.py)."""
 
 from __future__ import annotations
 
@@ -22,15 +22,12 @@ from renderfarm.errors import FarmNotRunningError, FrameSpecError, InputError, N
 from renderfarm.planning import PRIORITY_DEFAULT, slug
 from renderfarm.redisconn import NOT_RUNNING_HINT, connect
 from renderfarm.renderers.registry import check_scene_path, get_renderer
-from renderfarm.storage.keys import frames_prefix, scene_key
-from renderfarm.storage.retry import retrying
+from renderfarm.storage.keys import scene_key
 
 if TYPE_CHECKING:
     from renderfarm.config import Settings
     from renderfarm.status import JobStatus
     from renderfarm.wire import JobSpec, Reply
-
-DOWNLOAD_RETRY = 60.0  # seconds a download keeps retrying a storage server that is restarting
 
 
 @dataclass(frozen=True)
@@ -332,59 +329,6 @@ def wait_for_job(
             time.sleep(poll)
     finally:
         engine.dispose()
-
-
-def frame_objects(settings: Settings, job_id: str):
-    """The final frames of a job in storage, in key order."""
-    from renderfarm.storage import open_storage
-
-    storage = open_storage(settings)
-    return storage, sorted(storage.list(frames_prefix(job_id)), key=lambda o: o.key)
-
-
-def tile_objects(settings: Settings, job_id: str):
-    """The committed tiles of a job still in storage, in key order: all of them for a job
-    submitted with --keep-tiles, otherwise those of frames not assembled yet."""
-    from renderfarm.storage import open_storage
-    from renderfarm.storage.keys import tiles_prefix
-
-    storage = open_storage(settings)
-    return storage, sorted(storage.list(tiles_prefix(job_id)), key=lambda o: o.key)
-
-
-def download(
-    settings: Settings, job_id: str, dest: Path, on_progress: Callable[[int, int, str], None] = lambda *_: None,
-    *, tiles: bool = False,
-) -> list[Path]:
-    """Copy a job's final frames into `dest` (with `tiles`, its committed tiles instead, as
-    `dest/<name>.<frame>/<tile>.<ext>`); a file already there with the same size is kept."""
-    from renderfarm.storage.keys import tiles_prefix
-
-    storage, objects = tile_objects(settings, job_id) if tiles else frame_objects(settings, job_id)
-    prefix = tiles_prefix(job_id) if tiles else frames_prefix(job_id)
-    dest.mkdir(parents=True, exist_ok=True)
-    paths = []
-    for i, obj in enumerate(objects, 1):
-        name = _relative_name(obj.key, prefix)
-        target = dest / name
-        if not (target.exists() and target.stat().st_size == obj.size):
-            target.parent.mkdir(parents=True, exist_ok=True)
-            tmp = target.parent / f".{target.name}.part"
-            retrying(f"download {obj.key}", lambda: storage.download_file(obj.key, tmp), within=DOWNLOAD_RETRY)
-            os.replace(tmp, target)
-        paths.append(target)
-        on_progress(i, len(objects), name)
-    return paths
-
-
-def _relative_name(key: str, prefix: str) -> str:
-    """Where an object under `prefix` goes below the destination; never outside it."""
-    from renderfarm.errors import StorageError
-
-    parts = key[len(prefix):].split("/")
-    if not key.startswith(prefix) or any(p in ("", ".", "..") for p in parts):
-        raise StorageError(f"download: storage key {key[:200]!r} is not a file name under {prefix!r}")
-    return "/".join(parts)
 
 
 def find_attempt(session, task_ref: str):

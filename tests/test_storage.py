@@ -121,14 +121,13 @@ def test_put_get_head_and_download_round_trip(backend: Backend, tmp_path: Path) 
     digest = hashlib.sha256(payload).hexdigest()
     s.put_file("jobs/j1/attempts/0/1/frame.0001.png", source, sha256=digest)
     info = s.head("jobs/j1/attempts/0/1/frame.0001.png")
-    # S3 keeps our SHA-256 in the object's metadata; the filesystem has nowhere to keep it.
-    assert info == ObjectInfo(
-        "jobs/j1/attempts/0/1/frame.0001.png", 300_000, digest if backend.name == "s3" else None
-    )
+    # S3 keeps our SHA-256 in the object's metadata; the filesystem in an extended attribute.
+    assert info == ObjectInfo("jobs/j1/attempts/0/1/frame.0001.png", 300_000, digest)
 
     target = tmp_path / "down" / "frame.png"
     target.parent.mkdir()
-    s.download_file("jobs/j1/attempts/0/1/frame.0001.png", target)
+    # A download says what it fetched, SHA-256 included, from the same read.
+    assert s.download_file("jobs/j1/attempts/0/1/frame.0001.png", target) == info
     assert target.read_bytes() == payload
 
     # Without a digest there is no sha256 metadata, and an empty object is still an object.
@@ -161,9 +160,7 @@ def test_copy_keeps_bytes_and_digest_and_delete_removes(backend: Backend, tmp_pa
 
     s.copy("jobs/j/attempts/3/2/out.0007.png", "jobs/j/frames/shot.0007.png")
     assert s.get_bytes("jobs/j/frames/shot.0007.png") == payload
-    assert s.head("jobs/j/frames/shot.0007.png") == ObjectInfo(
-        "jobs/j/frames/shot.0007.png", len(payload), digest if backend.name == "s3" else None
-    )
+    assert s.head("jobs/j/frames/shot.0007.png") == ObjectInfo("jobs/j/frames/shot.0007.png", len(payload), digest)
     assert s.get_bytes("jobs/j/attempts/3/2/out.0007.png") == payload  # the source stays
 
     # Deleting takes a list, ignores keys that are already gone, and leaves the rest.

@@ -134,7 +134,8 @@ def demo(
     dest: Annotated[str, typer.Option(help="Where to put the frames (a folder per job is made in it).")] = "renders",
 ) -> None:
     """Render the 48-frame example shot on a local farm, download the frames, stop the farm."""
-    from renderfarm.client import Submission, download as fetch, submit as submit_shot
+    from renderfarm.client import Submission, submit as submit_shot
+    from renderfarm.downloads import download as fetch
     from renderfarm.localfarm import LocalFarm
 
     from renderfarm_cli.progress import Progress, follow_job
@@ -164,7 +165,7 @@ def demo(
             raise typer.Exit(1)
         target = Path(dest) / job_id
         with Progress(f"downloading {job_id}", status.frames, "frames") as bar:
-            paths = fetch(settings, job_id, target, lambda i, n, name: bar.update(i, name, force=i == n))
+            paths = fetch(settings, job_id, target, lambda i, n, name: bar.update(i, name, force=i == n)).paths
         out().print(f"[ok]{len(paths)} frames[/] in {target}/ (rendered in {duration(status.elapsed)}, "
                   f"{duration(time.monotonic() - started)} in all)")
     finally:

@@ -8,7 +8,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from renderfarm_cli.console import age, counted, duration, note, out, print_json, state_text
+from renderfarm_cli.console import age, counted, duration, note, one_line, out, print_json, state_text
 
 JobArg = Annotated[str, typer.Argument(help="Job id, or a unique prefix of one.", show_default=False)]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
@@ -350,9 +350,10 @@ def download(
     dest: Annotated[str, typer.Argument(help="Directory to put the frames in.", show_default=False)],
     tiles: Annotated[bool, typer.Option("--tiles", help="Download the job's kept tiles (submitted with --keep-tiles) instead, as DEST/NAME.FRAME/TILE.EXT.")] = False,
 ) -> None:
-    """Download a job's finished frames into DEST."""
-    from renderfarm.client import download as fetch
-    from renderfarm.errors import InputError, NotFoundError
+    """Download a job's finished frames into DEST, each checked against its SHA-256. Exits 0
+    only when every frame arrived intact; anything else stored beside them is skipped."""
+    from renderfarm.downloads import download as fetch
+    from renderfarm.errors import InputError, NotFoundError, VerificationError
     from renderfarm.status import resolve_job
 
     from renderfarm_cli.progress import Progress
@@ -363,7 +364,7 @@ def download(
         job_id, tiled, kept = found.id, bool(found.tiles), found.keep_tiles
     if tiles and not tiled:
         raise InputError(f"tiles: job {job_id} is not tiled (it was submitted without --tiles or --tile-size)")
-    what = "tiles" if tiles else "frames"
+    what, unit = ("tiles", "tile") if tiles else ("frames", "frame")
     progress: dict[str, Progress] = {}
 
     def on_progress(i: int, total: int, name: str) -> None:
@@ -373,14 +374,37 @@ def download(
 
     target = _path("dest", dest)
     try:
-        paths = fetch(settings, job_id, target, on_progress, tiles=tiles)
+        result = fetch(settings, job_id, target, on_progress, tiles=tiles)
     finally:
         if "p" in progress:
             progress["p"].__exit__(None, None, None)
-    if tiles and not paths:
+    _report_skipped(job_id, what, result.skipped)
+    for line in result.failed:
+        note(one_line(f"not downloaded: {line}"))
+    if tiles and not result.paths and not result.failed:
         why = "none are stored yet" if kept else "its tiles are deleted once each frame is assembled (submit with --keep-tiles to keep them)"
         raise NotFoundError(f"tiles: job {job_id} has no tiles in storage: {why}")
-    out().print(f"{counted(len(paths), 'tile' if tiles else 'frame')} in {dest}")
+    out().print(f"{counted(len(result.paths), unit)} in {dest}")
+    if result.failed:
+        raise VerificationError(f"download: {counted(len(result.failed), unit)} of job {job_id} did not arrive intact")
+    if result.missing and not tiles:  # tiles of assembled frames are deleted: none is missing
+        n = len(result.missing)
+        shown = ", ".join(result.missing[:3]) + (", ..." if n > 3 else "")
+        raise NotFoundError(f"download: {n} of job {job_id}'s {counted(result.expected, unit)} "
+                            f"{'is' if n == 1 else 'are'} not in storage (not rendered yet, or failed): {shown}")
+
+
+SKIPPED_SHOWN = 10  # skipped objects named one a line; beyond that, a count
+
+
+def _report_skipped(job_id: str, what: str, keys: list[str]) -> None:
+    """Objects beside a job's outputs are none of its outputs: say so on stderr, the stored key
+    shown escaped (it is anybody's text)."""
+    for key in keys[:SKIPPED_SHOWN]:
+        shown = key if len(key) <= 200 else key[:200] + "..."
+        note(f"skipped {shown!r}: not one of job {job_id}'s {what}")
+    if len(keys) > SKIPPED_SHOWN:
+        note(f"skipped {len(keys) - SKIPPED_SHOWN} more objects that are not job {job_id}'s {what}")
 
 
 def log(

@@ -31,7 +31,9 @@ class Storage(Protocol):
     def get_bytes(self, key: str) -> bytes: ...
     def get_tagged(self, key: str) -> tuple[bytes, str | None]:
         """The object and its version tag, for a copy conditional on what was read."""
-    def download_file(self, key: str, path: Path) -> None: ...
+    def download_file(self, key: str, path: Path) -> ObjectInfo:
+        """Fetch an object into a local file; returns what was fetched (size, our SHA-256 if
+        recorded), both from the same read."""
     def head(self, key: str) -> ObjectInfo | None: ...
     def copy(self, src: str, dst: str, *, if_match: str | None = None) -> None:
         """Copy an object; with `if_match`, only if the source still has that version tag

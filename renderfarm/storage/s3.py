@@ -157,21 +157,25 @@ class S3Storage:
         except (BotoCoreError, ClientError) as e:
             raise self._fail("get", key, e) from None
 
-    def download_file(self, key: str, path: Path) -> None:
+    def download_file(self, key: str, path: Path) -> ObjectInfo:
         """One GET straight away (s3transfer first asks for the size: one more round trip on a
-        long link); a large object is fetched again by s3transfer, in parallel ranges."""
+        long link); a large object is fetched again by s3transfer, in parallel ranges. Returns
+        what the GET found: the size and our SHA-256 if recorded (replaced meanwhile, the
+        object's bytes will not match that SHA-256)."""
         from botocore.exceptions import BotoCoreError, ClientError
 
         try:
             response = self._s3.get_object(Bucket=self.bucket, Key=self._key(key))
+            info = ObjectInfo(key, response["ContentLength"], response.get("Metadata", {}).get("sha256"))
             body = response["Body"]
             if response["ContentLength"] > SINGLE_PUT_MAX:
                 body.close()
                 self._s3.download_file(self.bucket, self._key(key), str(path))
-                return
+                return info
             with path.open("wb") as f:
                 for chunk in body.iter_chunks(1 << 20):
                     f.write(chunk)
+            return info
         except (BotoCoreError, ClientError) as e:
             raise self._fail("download", key, e) from None
 

@@ -402,7 +402,7 @@ def follow_task_log(settings: Settings, task_ref: str, write: Callable[[str], No
         r = connect(settings)
         last, shown = "0", []
         while True:
-            got = r.xread({keys.log_stream(attempt.id): last}, count=100, block=1000) or []
+            got = r.xread({keys.log_stream(attempt.worker, attempt.id): last}, count=100, block=1000) or []
             for _stream, entries in got:
                 for entry_id, fields in entries:
                     last = entry_id

@@ -229,15 +229,15 @@ class Dashboard:
             job, task, attempt = find_attempt(session, task_ref)
             if attempt.state not in {s.value for s in ATTEMPT_ACTIVE}:
                 return read_task_log(self.settings, session, task_ref)
-        return self._live_log(f"{job.id}:{task.index}/{attempt.number}", attempt.id, attempt.state)
+        return self._live_log(f"{job.id}:{task.index}/{attempt.number}", attempt.worker, attempt.id, attempt.state)
 
-    def _live_log(self, label: str, attempt_id: int, state: str) -> str:
+    def _live_log(self, label: str, worker: str, attempt_id: int, state: str) -> str:
         import redis as redis_lib
 
         from renderfarm import keys
 
         try:
-            entries = self.redis().xrange(keys.log_stream(attempt_id))
+            entries = self.redis().xrange(keys.log_stream(worker, attempt_id))
         except redis_lib.RedisError:
             self._drop_redis()
             raise FarmNotRunningError(

@@ -10,9 +10,10 @@ import collections
 import logging
 import threading
 import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from renderfarm import keys, streams
+from renderfarm import streams
 
 if TYPE_CHECKING:
     from redis import Redis
@@ -25,8 +26,11 @@ log = logging.getLogger(__name__)
 class EventSender:
     """Posts events in order from a background thread, retrying while Redis is unreachable."""
 
-    def __init__(self, r: Redis) -> None:
+    def __init__(self, r: Redis, stream: str, seal: Callable[[Event], str]) -> None:
+        """Events go to `stream` (the node's own), each as `seal` makes it (sealed with the node's key)."""
         self._r = r
+        self._stream = stream
+        self._seal = seal
         self._pending: collections.deque[Event] = collections.deque()
         self._cond = threading.Condition()
         self._closed = False
@@ -73,7 +77,7 @@ class EventSender:
                     return
                 event = self._pending[0]
             try:
-                streams.post(self._r, keys.EVENT_STREAM, event)
+                streams.post(self._r, self._stream, self._seal(event))
             except redis.RedisError as e:
                 log.warning("event stream unreachable (%s); %d event(s) kept, retrying", e, len(self._pending))
                 time.sleep(backoff)

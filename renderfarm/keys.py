@@ -5,16 +5,15 @@ from __future__ import annotations
 PREFIX = "farm:"
 
 CONTROL_STREAM = PREFIX + "control"  # intents from the CLI (submit, cancel...) to the manager
-EVENT_STREAM = PREFIX + "events"  # worker events (started, progress, done, failed, released, refused, bye)
+EVENT_PREFIX = PREFIX + "events:"  # + node name: that node's sealed events (it may write no other)
 DEAD_LETTERS = PREFIX + "dead"  # entries the manager could not parse or apply, with the reason
-MANAGER_GROUP = "manager"  # consumer group of both streams
+MANAGER_GROUP = "manager"  # consumer group of the control stream and every node's event stream
 MANAGER_LEADER = PREFIX + "manager:leader"  # leader lock: value is the holder's id, expires unless renewed
-WORKERS_SET = PREFIX + "workers"  # names of workers that have announced themselves
 REPLY_PREFIX = PREFIX + "reply:"  # + request id: the manager's answer to one intent
-HEARTBEAT_PREFIX = PREFIX + "hb:"  # + worker name: JSON heartbeat, expires after the heartbeat TTL
+HEARTBEAT_PREFIX = PREFIX + "hb:"  # + node name: its sealed heartbeat, expires after the heartbeat TTL
 LEASE_PREFIX = PREFIX + "lease:"  # + task id: the attempt id that owns the task while it is live
-QUEUE_PREFIX = "farm.worker."  # + worker name: the worker's own RQ queue name
-LOG_PREFIX = PREFIX + "log:"  # + attempt id: a running attempt's renderer output, for `farm log -f`
+QUEUE_PREFIX = "farm.worker."  # + node name: the node's own RQ queue name
+LOG_PREFIX = PREFIX + "log:"  # + node name:attempt id: a running attempt's output, for `farm log -f`
 
 
 def heartbeat_key(worker: str) -> str:
@@ -33,5 +32,14 @@ def queue_name(worker: str) -> str:
     return QUEUE_PREFIX + worker
 
 
-def log_stream(attempt_id: int) -> str:
-    return f"{LOG_PREFIX}{attempt_id}"
+def event_stream(node: str) -> str:
+    return EVENT_PREFIX + node
+
+
+def node_of_stream(stream: str) -> str | None:
+    """The node whose event stream this is, or None (the control stream)."""
+    return stream.removeprefix(EVENT_PREFIX) if stream.startswith(EVENT_PREFIX) else None
+
+
+def log_stream(node: str, attempt_id: int) -> str:
+    return f"{LOG_PREFIX}{node}:{attempt_id}"

@@ -157,6 +157,7 @@ class Node(SQLModel, table=True):
     tags: str | None = Field(default=None, max_length=1024)
     created_at: float
     revoked_at: float | None = None
-    last_event_seq: int = Field(default=0, sa_type=BigInteger)  # the newest event accepted
+    last_event_seq: int = Field(default=0, sa_type=BigInteger)  # the newest event accepted...
+    last_event_entry: str = Field(default="0-0", max_length=40)  # ...and its stream entry
     last_beat_seq: int = Field(default=0, sa_type=BigInteger)  # the newest heartbeat accepted
     refused: int = 0  # its entries and commands refused (dead letters)

@@ -62,8 +62,8 @@ def password_digest(password: str) -> str:
 # heartbeats, leases, events, live logs. Everything else is refused, and so are these for keys
 # that are not the node's own.
 NODE_COMMANDS = (
-    "ping", "hello", "auth", "client|setname", "client|setinfo", "client|id", "select", "info",
-    "get", "set", "del", "unlink", "exists", "expire", "pexpire", "ttl", "pttl", "type",
+    "ping", "hello", "auth", "client|setname", "client|setinfo", "client|id", "client|info", "select", "info",
+    "get", "set", "del", "unlink", "exists", "expire", "pexpire", "persist", "ttl", "pttl", "type",
     "lpush", "rpush", "lpop", "rpop", "lmove", "blmove", "lrem", "lrange", "llen", "lpos", "lindex",
     "hset", "hget", "hgetall", "hmget", "hdel", "hexists", "hincrby", "hincrbyfloat", "hkeys", "hlen", "hsetnx",
     "sadd", "srem", "smembers", "sismember", "scard",
@@ -82,7 +82,8 @@ def acl_rule(name: str, node_id: str, digest: str) -> list[str]:
     queue = f"farm.worker.{name}"
     keys = [
         f"~rq:queue:{queue}", f"~rq:queue:{queue}:intermediate", f"~rq:*:{queue}",
-        f"~rq:worker:{node_id}.*", f"~rq:job:{node_id}-*", f"~rq:executions:{node_id}-*",
+        f"~rq:worker:{node_id}.*", f"~rq:job:{node_id}-*", f"~rq:job::{node_id}-*", f"~rq:executions:{node_id}-*",
+        f"~rq:execution:{node_id}-*",
         f"~rq:results:{node_id}-*", "~rq:queues", "~rq:workers", "%R~rq:suspended",
         "%R~farm:lease:*", f"~farm:events:{name}", f"~farm:hb:{name}", f"~farm:log:{name}:*",
     ]

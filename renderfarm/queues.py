@@ -25,9 +25,10 @@ FAILURE_TTL = 24 * 3600  # RQ keeps failed jobs (with their arguments) a year by
 TIMEOUT_MARGIN = 120  # our own timeout kills the renderer first; RQ's is the backstop
 
 
-def rq_job_id(attempt_id: int) -> str:
-    """The RQ job of an attempt (RQ allows letters, digits, '_' and '-' only)."""
-    return f"attempt-{attempt_id}"
+def rq_job_id(node_id: str, attempt_id: int) -> str:
+    """The RQ job of an attempt given to the node `node_id` (RQ allows letters, digits, '_' and
+    '-' only): the node's Valkey user may touch its own jobs' keys alone."""
+    return f"{node_id}-{attempt_id}"
 
 
 def _queue(r: Redis, worker: str):
@@ -37,22 +38,22 @@ def _queue(r: Redis, worker: str):
     return Queue(keys.queue_name(worker), connection=r, serializer=JSONSerializer)
 
 
-def enqueue_attempts(r: Redis, orders: list[tuple[str, TaskOrder, float]]) -> None:
-    """Put task orders (worker, order, timeout) on their workers' queues, each recorded as its
-    task's lease holder, in one transaction: one round trip for a whole dispatch."""
+def enqueue_attempts(r: Redis, orders: list[tuple[TaskOrder, str, str, float]]) -> None:
+    """Put task orders (order, its sealed text, its RQ id, timeout) on their nodes' queues, each
+    recorded as its task's lease holder, in one transaction: one round trip for a whole dispatch."""
     if not orders:
         return
     # RQ starts MULTI on the pipeline itself, so each lease goes in after its job: a worker
     # cannot see one without the other.
     pipe = r.pipeline(transaction=True)
-    for worker, order, timeout in orders:
-        _queue(r, worker).enqueue_call(
+    for order, sealed, rq_id, timeout in orders:
+        _queue(r, order.node).enqueue_call(
             RENDER_TASK,
-            args=(order.to_json(),),
+            args=(sealed,),
             timeout=int(timeout) + TIMEOUT_MARGIN,
             result_ttl=0,
             failure_ttl=FAILURE_TTL,
-            job_id=rq_job_id(order.attempt_id),
+            job_id=rq_id,
             description=f"render {order.label}",
             pipeline=pipe,
         )
@@ -73,10 +74,10 @@ return 0
 """
 
 
-def release_leases(r: Redis, held: list[tuple[int, int]], abandoned: list[int] = ()) -> None:
+def release_leases(r: Redis, held: list[tuple[int, int]], abandoned: list[str] = ()) -> None:
     """Drop the leases of (task, attempt) pairs whose attempts ended, each only if that attempt
     still holds it (a stale event must not free a task that a newer attempt owns), and the RQ
-    jobs of `abandoned` attempts (RQ would keep them a day, with their orders)."""
+    jobs (by id) of `abandoned` attempts (RQ would keep them a day, with their orders)."""
     pipe = r.pipeline(transaction=False)
     for start in range(0, len(held), 500):
         part = held[start : start + 500]
@@ -86,10 +87,10 @@ def release_leases(r: Redis, held: list[tuple[int, int]], abandoned: list[int] =
     pipe.execute()
 
 
-def rq_job_key(attempt_id: int) -> str:
+def rq_job_key(rq_id: str) -> str:
     from rq.job import Job
 
-    return Job.key_for(rq_job_id(attempt_id))
+    return Job.key_for(rq_id)
 
 
 REVOKED = 0  # a lease value no attempt has: its render stops at its next lease check
@@ -122,19 +123,20 @@ def mark_taken_back(r: Redis, task_ids: list[int], *, ttl: float) -> None:
     pipe.execute()
 
 
-def withdraw_attempt(r: Redis, worker: str, attempt_id: int) -> bool:
-    """Take a queued attempt back from its worker's queue; False if the worker already took it."""
-    removed = _queue(r, worker).remove(rq_job_id(attempt_id))
+def withdraw_attempt(r: Redis, worker: str, rq_id: str) -> bool:
+    """Take a queued attempt (its RQ id) back from its worker's queue; False if the worker already
+    took it."""
+    removed = _queue(r, worker).remove(rq_id)
     if removed:
-        r.delete(rq_job_key(attempt_id))
+        r.delete(rq_job_key(rq_id))
     return bool(removed)
 
 
-def queued_in(r: Redis, pairs: list[tuple[str, int]]) -> list[bool]:
-    """Whether each (worker, attempt) is still waiting in that worker's queue."""
+def queued_in(r: Redis, pairs: list[tuple[str, str]]) -> list[bool]:
+    """Whether each (worker, RQ id) is still waiting in that worker's queue."""
     pipe = r.pipeline(transaction=False)
-    for worker, attempt_id in pairs:
-        pipe.lpos(_queue(r, worker).key, rq_job_id(attempt_id))
+    for worker, rq_id in pairs:
+        pipe.lpos(_queue(r, worker).key, rq_id)
     return [pos is not None for pos in pipe.execute()]
 
 

@@ -1,10 +1,12 @@
-"""The Redis streams: intents from the CLI to the manager (control), worker events, and the
-manager's dead letters.
+"""The Redis streams: intents from the CLI to the manager (control), each node's own events, and
+the manager's dead letters.
 
-Each entry carries one JSON message (a renderfarm.wire class) in the field ``d``. The manager
-reads control and events through one consumer group (a wiped Redis loses it: NOGROUP, so reads
-recreate it) and parses each entry itself, so that one it cannot parse is put aside as a dead
-letter rather than read again forever.
+Each entry carries one JSON message (a renderfarm.wire class; a node's events sealed with its key)
+in the field ``d``. The manager reads the control stream and every enrolled node's event stream
+through one consumer group on each (a wiped Redis loses them: NOGROUP, so reads recreate them)
+and parses each entry itself, so that one it cannot parse is put aside as a dead letter rather
+than read again forever. A node may write only its own event stream: where an entry was found
+says which node wrote it.
 """
 
 from __future__ import annotations
@@ -20,7 +22,6 @@ if TYPE_CHECKING:
 
     from renderfarm.wire import DeadLetter, Message, Reply
 
-STREAMS = (keys.CONTROL_STREAM, keys.EVENT_STREAM)
 CONSUMER = "manager"
 DEAD_LETTERS_KEPT = 10_000  # the newest ones; older ones are trimmed
 REPLY_TTL = 300  # seconds an unclaimed reply waits for its reader
@@ -40,12 +41,17 @@ class Entry:
     def is_control(self) -> bool:
         return self.stream == keys.CONTROL_STREAM
 
+    @property
+    def node(self) -> str | None:
+        """The node whose event stream this entry was on (who wrote it), or None."""
+        return keys.node_of_stream(self.stream)
 
-def ensure_groups(r: Redis) -> None:
-    """Create the manager's consumer group on both streams (and the streams), if missing."""
+
+def ensure_groups(r: Redis, streams: list[str]) -> None:
+    """Create the manager's consumer group on these streams (and the streams), if missing."""
     import redis
 
-    for stream in STREAMS:
+    for stream in streams:
         try:
             r.xgroup_create(stream, keys.MANAGER_GROUP, id="0", mkstream=True)
         except redis.ResponseError as e:
@@ -60,20 +66,21 @@ def post(r: Redis, stream: str, message: Message | str) -> str:
     return entry_id.decode() if isinstance(entry_id, bytes) else entry_id
 
 
-def read(r: Redis, *, pending: bool, count: int = 500, block_ms: int | None = None) -> list[Entry]:
-    """Entries of both streams: our own unacknowledged ones when `pending` (after a restart or an
+def read(r: Redis, streams: list[str], *, pending: bool, count: int = 500,
+         block_ms: int | None = None) -> list[Entry]:
+    """Entries of these streams: our own unacknowledged ones when `pending` (after a restart or an
     error), each with its delivery count, else new ones."""
     import redis
 
     start = "0" if pending else ">"
     try:
         reply = r.xreadgroup(
-            keys.MANAGER_GROUP, CONSUMER, {s: start for s in STREAMS}, count=count, block=block_ms
+            keys.MANAGER_GROUP, CONSUMER, {s: start for s in streams}, count=count, block=block_ms
         )
     except redis.ResponseError as e:
         if "NOGROUP" not in str(e):
             raise
-        ensure_groups(r)
+        ensure_groups(r, streams)
         return []
     out = []
     for stream, entries in reply or []:

@@ -18,6 +18,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import hypothesis  # noqa: F401  (imported first: importing it late, at the summary, hit a CPython 3.11 AST bug)
 import pytest
 
 from renderfarm.config import Settings, load_settings

@@ -25,7 +25,7 @@ from renderfarm.localfarm.services import free_ports
 from renderfarm.models import Attempt, Job, Task
 from renderfarm.planning import plan_tasks
 from renderfarm.queues import enqueue_attempts
-from renderfarm.wire import Heartbeat, TaskOrder
+from renderfarm.wire import Heartbeat, Sealed, TaskOrder
 
 NOW = 1_000_000.0
 SHA = "cd" * 32
@@ -156,7 +156,8 @@ def test_snapshot_with_redis_refusing_connections(farm_db, database_url, tmp_pat
 
 def beat(r, name: str, *, age: float, **fields) -> None:
     """A worker's heartbeat as if written `age` seconds before the test's NOW (its TTL runs down)."""
-    presence.beat(r, Heartbeat(name=name, pid=1, ttl=30.0, **fields), ttl=30)
+    sealed = Sealed.seal(Heartbeat(name=name, pid=1, ttl=30.0, **fields), node=name, seq=1, key="k")
+    presence.beat(r, name, sealed.to_json(), ttl=30)
     r.pexpire(f"farm:hb:{name}", int((30 - age) * 1000))
 
 
@@ -165,10 +166,10 @@ def test_snapshot_with_the_farm_up(farm_db, database_url, redis_url, tmp_path):
     depths come from the workers' RQ queues."""
     r = redis_lib.Redis.from_url(redis_url)
     beat(r, "w1", state="busy", task="a0000001:2", pool="gpu", age=1)
-    order = TaskOrder(attempt_id=99, attempt=2, task_id=4, task_index=3, job_id="a0000001", name="shot",
-                      renderer="null", scene_key=f"scenes/{'0' * 64}.toml", scene_sha256="0" * 64, frames=(7,),
-                      width=64, height=36, timeout=60.0)
-    enqueue_attempts(r, [("w1", order, 60)])
+    order = TaskOrder(attempt_id=99, attempt=2, task_id=4, task_index=3, node="w1", job_id="a0000001",
+                      name="shot", renderer="null", scene_key=f"scenes/{'0' * 64}.toml", scene_sha256="0" * 64,
+                      frames=(7,), width=64, height=36, timeout=60.0)
+    enqueue_attempts(r, [(order, order.to_json(), "n00000001-99", 60)])
     with Dashboard(settings_for(tmp_path, database_url, redis_url)) as dashboard:
         snap = dashboard.snapshot(now=NOW)
         assert (snap.farm_running, snap.manager_running, snap.notes) == (True, False, [MANAGER_DOWN])

@@ -694,7 +694,7 @@ def test_a_batchs_done_events_are_promoted_together_and_a_cancelled_tasks_frames
     data = buf.getvalue()
 
     def done(i: int) -> Done:
-        key = attempt_prefix(job_id, i, 1) + f"orbit.{i + 1:04d}.png"
+        key = attempt_prefix(f"w{i}", job_id, i, 1) + f"orbit.{i + 1:04d}.png"
         etag = storage.put_bytes(key, data) or None
         output = Output(frame=i + 1, sha256=hashlib.sha256(data).hexdigest(), size=len(data), etag=etag)
         return Done(worker=f"w{i}", attempt_id=attempts[i], outputs=(output,), usage=Usage(wall=1.0))

@@ -10,13 +10,14 @@ from pathlib import Path
 
 import pytest
 from conftest import wait_for
+from nodekit import ActingNode, enroll_in_process
 from test_manager_loop import in_process_manager
 
-from renderfarm import keys, presence, streams
+from renderfarm import keys, streams
 from renderfarm.clock import SteppedClock
 from renderfarm.db import session_scope
 from renderfarm.models import Job
-from renderfarm.wire import CancelIntent, JobSpec, Progress, SubmitIntent
+from renderfarm.wire import CancelIntent, JobSpec, Progress, Sealed, SubmitIntent
 
 SHA = "ab" * 32
 SPEC = JobSpec(name="shot", owner="ana", renderer="null", scene_name="shot.toml", scene_key=f"scenes/{SHA}.toml",
@@ -37,7 +38,7 @@ def jobs(manager) -> list[str]:
 
 
 def unacknowledged(manager) -> int:
-    return sum(manager.r.xpending(stream, keys.MANAGER_GROUP)["pending"] for stream in streams.STREAMS)
+    return sum(manager.r.xpending(stream, keys.MANAGER_GROUP)["pending"] for stream in manager.book.streams())
 
 
 def test_bad_entries_are_dead_lettered_with_their_reasons_and_the_rest_applied(redis_url: str, tmp_path: Path):
@@ -59,55 +60,70 @@ def test_bad_entries_are_dead_lettered_with_their_reasons_and_the_rest_applied(r
         json.dumps({"type": "done", "worker": "w", "attempt_id": 1,
                     "outputs": [{"frame": 1, "sha256": SHA, "size": 3}], "usage": {"wall": 1e308}}),
     ]
+    node, other = ActingNode(enroll_in_process(manager, "w")), ActingNode(enroll_in_process(manager, "w2"))
     for raw in bad_control:
         streams.post(r, keys.CONTROL_STREAM, raw)
     streams.post(r, keys.CONTROL_STREAM, submit("a"))
-    for raw in bad_events:
-        streams.post(r, keys.EVENT_STREAM, raw)
+    for raw in bad_events:  # sealed by the node itself: its seal is good, what it sealed is not
+        node.post(r, raw)
     # Well formed, but naming an attempt that does not exist: refused, with the sender's name.
-    streams.post(r, keys.EVENT_STREAM, Progress(worker="evil-node", attempt_id=7, progress=0.5))
-    r.xadd(keys.EVENT_STREAM, {"no-d": "field"})
-    presence.beat(r, presence_beat("good-node"), ttl=30)
-    r.set(keys.heartbeat_key("bad-node"), json.dumps({"name": "bad-node", "pid": "x"}), ex=30)
-    r.sadd(keys.WORKERS_SET, "bad-node")
+    node.post(r, Progress(worker="w", attempt_id=7, progress=0.5))
+    node.post(r, Progress(worker="evil-node", attempt_id=7, progress=0.5))  # another's event, on its own stream
+    streams.post(r, keys.event_stream("w"), Sealed.seal(Progress(worker="w", attempt_id=7, progress=0.5),
+                                                         node="w", seq=2**60, key="not w's key"))
+    replayed = node.sealed(Progress(worker="w", attempt_id=7, progress=0.5))
+    streams.post(r, keys.event_stream("w"), replayed)
+    streams.post(r, keys.event_stream("w"), replayed)
+    r.xadd(keys.event_stream("w"), {"no-d": "field"})
+    node.beat(r)
+    r.set(keys.heartbeat_key("w2"), other.sealed(json.dumps({"name": "w2", "pid": "x"})), ex=30)
 
     manager.tick()
     manager.tick()  # a bad heartbeat is kept once, not once a round
 
     assert jobs(manager) == ["a" * 32]
     assert unacknowledged(manager) == 0
-    reasons = [(letter.source, letter.reason) for letter in letters(manager)]
+    reasons = [(letter.source, letter.worker, letter.reason) for letter in letters(manager)]
+    events = "farm:events:w"
     assert reasons == [
-        ("farm:control", "intent submit: job.max_workers: 99999999999999999999999 should be less than or equal to "
-                         "10000"),
-        ("farm:control", "intent submit: job.requires: 5 should be a valid array"),
-        ("farm:control", "intent: not valid JSON (recursion limit exceeded at line 1 column 202)"),
-        ("farm:control", "intent cancel: job: '../../x' should match pattern '^[0-9a-f]{4,16}$'"),
-        ("farm:events", "event progress: attempt_id: 1e+30 should be a valid integer"),
-        ("farm:events", "event progress: progress: 'abc' should be a valid number"),
-        ("farm:events", "event started: ts: not a field of this message"),
-        ("farm:events", "event done: outputs: 5 should be a valid array"),
-        ("farm:events", "event done: usage.wall: 1e+308 should be less than or equal to 10000000"),
-        ("farm:events", "event: not valid JSON (EOF while parsing a value at line 1 column 0)"),
-        # (refused when applied, after those refused when parsed)
-        ("farm:events", "refused: progress event from evil-node for attempt 7, which does not exist"),
-        ("farm:hb:bad-node", "heartbeat: pid: 'x' should be a valid integer"),
+        ("farm:control", None, "intent submit: job.max_workers: 99999999999999999999999 should be less than or equal "
+                               "to 10000"),
+        ("farm:control", None, "intent submit: job.requires: 5 should be a valid array"),
+        ("farm:control", None, "intent: not valid JSON (recursion limit exceeded at line 1 column 202)"),
+        ("farm:control", None, "intent cancel: job: '../../x' should match pattern '^[0-9a-f]{4,16}$'"),
+        (events, "w", "event progress: attempt_id: 1e+30 should be a valid integer"),
+        (events, "w", "event progress: progress: 'abc' should be a valid number"),
+        (events, "w", "event started: ts: not a field of this message"),
+        (events, "w", "event done: outputs: 5 should be a valid array"),
+        (events, "w", "event done: usage.wall: 1e+308 should be less than or equal to 10000000"),
+        (events, "w", "refused: an event of 'evil-node' sealed by 'w'"),
+        (events, "w", "sealed message: the seal is not w's"),
+        (events, "w", f"refused: a replayed event (sequence {Sealed.parse(replayed).seq}, newest seen "
+                      f"{Sealed.parse(replayed).seq})"),
+        (events, "w", "sealed message: not valid JSON (EOF while parsing a value at line 1 column 0)"),
+        # (refused when applied, after those refused when read)
+        (events, "w", "refused: progress event from w for attempt 7, which does not exist"),
+        (events, "w", "refused: progress event from w for attempt 7, which does not exist"),
+        ("farm:hb:w2", "w2", "heartbeat: pid: 'x' should be a valid integer"),
     ]
     by_entry = {letter.reason: letter for letter in letters(manager)}
-    assert by_entry["refused: progress event from evil-node for attempt 7, which does not exist"].worker == "evil-node"
-    assert json.loads(by_entry["event progress: progress: 'abc' should be a valid number"].raw)["progress"] == "abc"
-    assert len(by_entry["intent: not valid JSON (recursion limit exceeded at line 1 column 202)"].raw) <= 4100  # the 20,000-byte entry, cut short
+    assert json.loads(json.loads(by_entry["event progress: progress: 'abc' should be a valid number"].raw)["body"]
+                      )["progress"] == "abc"
+    assert len(by_entry["intent: not valid JSON (recursion limit exceeded at line 1 column 202)"].raw) <= 4100
     # The senders of refused intents heard at once, not after a timeout.
     assert streams.await_reply(r, "1" * 32, 1).error.startswith("intent submit: job.max_workers")
     assert streams.await_reply(r, "a" * 32, 1).ok
-    assert "good-node" in manager.live and "bad-node" not in manager.live
+    assert "w" in manager.live and "w2" not in manager.live
+    refused = {n.name: n.refused for n in nodes_of(manager)}
+    assert refused == {"w": 11, "w2": 1}  # every refusal counted against the node that sent it
     manager.engine.dispose()
 
 
-def presence_beat(name: str):
-    from renderfarm.wire import Heartbeat
+def nodes_of(manager) -> list:
+    from renderfarm.models import Node
 
-    return Heartbeat(name=name, pid=1, seq=1)
+    with session_scope(manager.engine) as s:
+        return [Node(**n.model_dump()) for n in s.query(Node).order_by(Node.name)]
 
 
 def test_a_submission_sent_again_makes_no_second_job(redis_url: str, tmp_path: Path):
@@ -131,10 +147,10 @@ def test_an_entry_whose_apply_raises_is_dead_lettered_and_the_rest_applied(redis
     manager = in_process_manager(redis_url, tmp_path)
     real = intake.apply_intent
 
-    def faulty(session, settings, r, intent, batch, now):
+    def faulty(session, settings, r, intent, batch, now, book):
         if intent.request_id == "c" * 32:
             raise ZeroDivisionError("injected fault")
-        return real(session, settings, r, intent, batch, now)
+        return real(session, settings, r, intent, batch, now, book)
 
     monkeypatch.setattr(inbox, "apply_intent", faulty)
     for request in "dce":
@@ -201,13 +217,14 @@ def test_dead_letters_are_listed_counted_by_doctor_and_shown_in_top(redis_url: s
     from renderfarm_cli.top_view import summary_text
 
     manager = in_process_manager(redis_url, tmp_path)
-    streams.post(manager.r, keys.EVENT_STREAM, '{"type": "progress", "worker": "node-7", "attempt_id": "x"}')
+    node = ActingNode(enroll_in_process(manager, "node-7"))
+    node.post(manager.r, '{"type": "progress", "worker": "node-7", "attempt_id": "x"}')
     streams.post(manager.r, keys.CONTROL_STREAM, "[not json")
     manager.tick()
     env = farm_env(tmp_path / "cli", FARM_REDIS_URL=redis_url)
     listed = json.loads(run_farm("dead-letters", "--json", env=env).stdout)
     assert [(d["source"], d["worker"], d["reason"]) for d in listed] == [  # newest first
-        ("farm:events", "node-7", "event progress: attempt_id: 'x' should be a valid integer"),
+        ("farm:events:node-7", "node-7", "event progress: attempt_id: 'x' should be a valid integer"),
         ("farm:control", None, "intent: not valid JSON (expected ident at line 1 column 3)"),
     ]
     table = run_farm("dead-letters", env=env).stdout
@@ -228,8 +245,8 @@ def test_a_worker_refusing_a_long_order_reports_it_and_the_manager_keeps_it(redi
     from renderfarm_worker.runtime import WorkerRuntime
 
     manager = in_process_manager(redis_url, tmp_path)
-    rt = WorkerRuntime(settings=manager.settings, name="node-1", pool="default", scratch=tmp_path / "scratch",
-                       r=manager.r)
+    rt = WorkerRuntime(settings=manager.settings, credentials=enroll_in_process(manager, "node-1"), pool="default",
+                       scratch=tmp_path / "scratch", r=manager.r)
     order = '{"type": "submit", "x": "' + "a" * 10_000 + '"}'
     rt.refuse("fzq-1", "task order: not a field of this message", order)
     assert rt.events.flush(10)
@@ -250,32 +267,15 @@ def test_long_reasons_are_cut_and_their_entries_kept(redis_url: str, tmp_path: P
 
     manager = in_process_manager(redis_url, tmp_path)
     r = manager.r
-    r.set(keys.heartbeat_key("node-9"), json.dumps({"name": "node-9", "pid": 1, "k" * 5000: 1}), ex=30)
-    r.sadd(keys.WORKERS_SET, "node-9", "not a name")
-    streams.post(r, keys.EVENT_STREAM, Refused(worker="node-1", rq_id="fzq-7", reason="r" * 4000))
+    nine, one = ActingNode(enroll_in_process(manager, "node-9")), ActingNode(enroll_in_process(manager, "node-1"))
+    r.set(keys.heartbeat_key("node-9"), nine.sealed(json.dumps({"name": "node-9", "pid": 1, "k" * 5000: 1})), ex=30)
+    one.post(r, Refused(worker="node-1", rq_id="fzq-7", reason="r" * 4000))
     manager.tick()
     got = sorted((x.source, x.entry, x.reason[:12], len(x.reason)) for x in letters(manager))
     assert got == [
         ("farm.worker.node-1", "fzq-7", "refused: rrr", 4000),
         ("farm:hb:node-9", "node-9", "heartbeat: k", 4000),
-        ("farm:workers", "not a name", "workers: 'no", 42),
     ]
-    manager.engine.dispose()
-
-
-def test_a_name_in_the_workers_set_that_no_worker_may_have_is_kept_once_and_dropped(redis_url: str,
-                                                                                    tmp_path: Path):
-    """Names that are not UTF-8, or longer than a dead letter keeps: each was kept as a dead
-    letter, but dropped from the workers' set by its decoded or shortened name, which is not the
-    member, so it stayed: read every round, kept again after every restart, and, in numbers,
-    crowding real workers out of the names the manager reads."""
-    manager = in_process_manager(redis_url, tmp_path)
-    r = manager.r
-    r.sadd(keys.WORKERS_SET, b"\xff\xfe", "x" * 300, "a b")
-    manager.tick()
-    assert r.smembers(keys.WORKERS_SET) == set()
-    assert sorted((x.source, x.entry) for x in letters(manager)) == [
-        ("farm:workers", "a b"), ("farm:workers", "x" * 200), ("farm:workers", "\ufffd\ufffd")]
     manager.engine.dispose()
 
 
@@ -295,19 +295,18 @@ def test_an_id_the_database_cannot_hold_is_refused_by_the_contract(redis_url: st
         "FARM_STORAGE_URL": f"file://{tmp_path / 'store'}"}, cwd=tmp_path)
     manager = Manager(settings, clock=SteppedClock())
     upgrade(manager.engine)
-    manager.r = r = connect(settings)
-    streams.ensure_groups(r)
+    manager.start(connect(settings))
+    r = manager.r
+    w, two = ActingNode(enroll_in_process(manager, "w")), ActingNode(enroll_in_process(manager, "node-2"))
     big = 2**31
     streams.send_intent(r, submit("5"))
-    streams.post(r, keys.EVENT_STREAM, json.dumps({"type": "progress", "worker": "w", "attempt_id": big,
-                                                   "progress": 0.5}))
-    r.set(keys.heartbeat_key("node-2"), json.dumps({"name": "node-2", "pid": 1, "attempts": [big]}), ex=30)
-    r.sadd(keys.WORKERS_SET, "node-2")
+    w.post(r, json.dumps({"type": "progress", "worker": "w", "attempt_id": big, "progress": 0.5}))
+    r.set(keys.heartbeat_key("node-2"), two.sealed(json.dumps({"name": "node-2", "pid": 1, "attempts": [big]})), ex=30)
     manager.tick()
     manager.reconcile()
     assert jobs(manager) == ["5" * 32]
     assert [(x.source, x.reason) for x in letters(manager)] == [
-        ("farm:events", "event progress: attempt_id: 2147483648 should be less than or equal to 2147483647"),
+        ("farm:events:w", "event progress: attempt_id: 2147483648 should be less than or equal to 2147483647"),
         ("farm:hb:node-2", "heartbeat: attempts.0: 2147483648 should be less than or equal to 2147483647"),
     ]
     manager.engine.dispose()

@@ -5,14 +5,16 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from renderfarm import presence, streams
+from nodekit import ActingNode, enroll_in_process
+
+from renderfarm import streams
 from renderfarm.clock import SteppedClock
 from renderfarm.config import load_settings
 from renderfarm.db import upgrade
-from renderfarm.keys import CONTROL_STREAM, EVENT_STREAM
+from renderfarm.keys import CONTROL_STREAM
 from renderfarm.manager import Manager, loop
 from renderfarm.redisconn import connect
-from renderfarm.wire import CancelIntent, Done, Heartbeat, Output, Progress, Started, Usage
+from renderfarm.wire import CancelIntent, Done, Output, Progress, Started, Usage
 
 SHA = "ab" * 32
 
@@ -25,8 +27,7 @@ def in_process_manager(redis_url: str, tmp_path: Path, clock=None) -> Manager:
     }, cwd=tmp_path)
     manager = Manager(settings, clock=clock or SteppedClock())
     upgrade(manager.engine)
-    manager.r = connect(settings)
-    streams.ensure_groups(manager.r)
+    manager.start(connect(settings))
     return manager
 
 
@@ -38,23 +39,26 @@ def test_dispatch_runs_when_a_slot_may_have_freed_and_now_and_then_otherwise(red
     manager.dispatch = lambda: rounds.append(clock.monotonic()) or dispatch()
 
     def tick_with(stream: str | None = None, message=None) -> int:
-        if stream:
+        if stream == CONTROL_STREAM:
             streams.post(manager.r, stream, message)
+        elif stream:
+            node.post(manager.r, message)
         before = len(rounds)
         manager.tick()
         return len(rounds) - before
 
-    assert tick_with() == 1  # the first tick fills the queues
+    node = ActingNode(enroll_in_process(manager, "w"))  # an intent: the first tick fills the queues
+    assert len(rounds) == 1
     # Started and progress events free no slot: no round for them...
-    assert tick_with(EVENT_STREAM, Progress(worker="w", attempt_id=1, progress=0.5)) == 0
-    assert tick_with(EVENT_STREAM, Started(worker="w", attempt_id=1, elapsed=1.0)) == 0
+    assert tick_with("events", Progress(worker="w", attempt_id=1, progress=0.5)) == 0
+    assert tick_with("events", Started(worker="w", attempt_id=1, elapsed=1.0)) == 0
     # ...but a done event (even one the manager refuses) and any intent may free one or add work.
     done = Done(worker="w", attempt_id=1, outputs=(Output(frame=1, sha256=SHA, size=3),), usage=Usage(wall=1))
-    assert tick_with(EVENT_STREAM, done) == 1
+    assert tick_with("events", done) == 1
     assert tick_with(CONTROL_STREAM, CancelIntent(request_id="c" * 32, job="abcd1234")) == 1
     assert tick_with() == 0
     # A worker arriving (or changing state) is news too: it beats as a worker does.
-    presence.beat(manager.r, Heartbeat(name="w1", pid=1, seq=1), 5.0)
+    node.beat(manager.r, ttl=5.0)
     assert tick_with() == 1
     assert tick_with() == 0
     # And a round every DISPATCH_EVERY whatever happens.

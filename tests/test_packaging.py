@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import shlex
 import shutil
 import signal
 import subprocess
@@ -95,16 +94,12 @@ def install_node(dist: Path, venv: Path) -> set[str]:
     return names
 
 
-def node_env(state: Path, farm: LiveFarm) -> dict[str, str]:
-    """A render node's environment: the farm's settings as `farm env` prints them (all but the
-    state directory and the database), and nothing of this checkout or its virtual env."""
+def node_env(state: Path) -> dict[str, str]:
+    """A render node's environment: a state directory of its own, and nothing of this checkout,
+    its virtual env or the farm's settings (the node has its credentials file)."""
     env = {k: v for k, v in os.environ.items() if k in ("HOME", "LANG", "LC_ALL", "TMPDIR")}
     path = os.environ.get("PATH", os.defpath).split(os.pathsep)
     env["PATH"] = os.pathsep.join(p for p in path if not Path(p).resolve().is_relative_to(ROOT))
-    for line in run_farm("env", env=farm.env).stdout.splitlines():
-        key, _, value = line.removeprefix("export ").partition("=")
-        if key not in ("FARM_STATE_DIR", "FARM_DATABASE_URL"):
-            env[key] = shlex.split(value)[0]
     env["FARM_STATE_DIR"] = str(state)
     return env
 
@@ -135,7 +130,7 @@ def test_a_render_node_installed_from_the_worker_wheel_renders_a_job(dist, tmp_p
     farm.up()
     worker = None
     try:
-        env = node_env(node / "state", farm)
+        env = node_env(node / "state")
         package = check_isolated(venv / "bin" / "python", env, node)
         unit = package / "deploy" / "farm-worker.service"
         assert unit.is_file(), "the worker's wheel installs no systemd unit"
@@ -144,7 +139,8 @@ def test_a_render_node_installed_from_the_worker_wheel_renders_a_job(dist, tmp_p
 
         log = node / "worker.log"
         with log.open("wb") as out:
-            argv = [str(venv / "bin" / "farm-worker"), "--name", "node1"]
+            run_farm("node", "add", "node1", "-o", str(node / "node1.farm-node"), env=farm.env)
+            argv = [str(venv / "bin" / "farm-worker"), "--credentials", str(node / "node1.farm-node")]
             worker = subprocess.Popen(argv, env=env, cwd=node, stdout=out, stderr=subprocess.STDOUT)
         # Two tiles and their assembly: both kinds of task a worker runs.
         job = farm.submit(EXAMPLES / "bouncing-balls.toml", "--frames", "1", "--tiles", "2x1")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import redis
+from nodekit import events_of, unenrolled
 from rq.serializers import JSONSerializer
 from rq.worker import WorkerStatus
 
@@ -58,7 +59,8 @@ def test_a_job_record_rq_cannot_read_is_refused_and_the_work_loop_goes_on(redis_
     r = redis.Redis.from_url(redis_url)
     settings = load_settings({"FARM_STATE_DIR": str(tmp_path), "FARM_REDIS_URL": redis_url,
                               "FARM_STORAGE_URL": f"file://{tmp_path / 'store'}"}, cwd=tmp_path)
-    rt = runtime.WorkerRuntime(settings=settings, name="t", pool="default", scratch=tmp_path / "scratch", r=r)
+    rt = runtime.WorkerRuntime(settings=settings, credentials=unenrolled("t", settings), pool="default",
+                               scratch=tmp_path / "scratch", r=r)
     runtime.install(rt)
     queue = keys.queue_name("t")
     data = json.dumps([RENDER_TASK, None, ["{}"], {}])
@@ -79,7 +81,7 @@ def test_a_job_record_rq_cannot_read_is_refused_and_the_work_loop_goes_on(redis_
     finally:
         runtime.install(None)
     assert r.llen(f"rq:queue:{queue}") == 0
-    refused = [wire.parse_event(fields[b"d"]) for _id, fields in r.xrange(keys.EVENT_STREAM)]
+    refused = events_of(r, "t")
     unreadable = "its record is not RQ's"
     assert [(e.rq_id, e.reason.split(": ", 1)[1].split(" (")[0]) for e in refused] == [
         ("bad-date", unreadable), ("bad-timeout", unreadable), ("bad-status", unreadable),

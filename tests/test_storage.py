@@ -494,8 +494,8 @@ def test_s3_wrong_credentials_give_one_line_without_the_secret(
 def test_key_layout_exact() -> None:
     assert job_prefix("a1b2c3d4") == "jobs/a1b2c3d4/"
     assert frames_prefix("a1b2c3d4") == "jobs/a1b2c3d4/frames/"
-    assert attempt_prefix("a1b2c3d4", 0, 1) == "jobs/a1b2c3d4/attempts/0/1/"
-    assert attempt_prefix("a1b2c3d4", 12, 3) == "jobs/a1b2c3d4/attempts/12/3/"
+    assert attempt_prefix("node-1", "a1b2c3d4", 0, 1) == "nodes/node-1/jobs/a1b2c3d4/0/1/"
+    assert attempt_prefix("n2", "a1b2c3d4", 12, 3) == "nodes/n2/jobs/a1b2c3d4/12/3/"
     assert frame_key("a1b2c3d4", "shot", 7, "png") == "jobs/a1b2c3d4/frames/shot.0007.png"
     assert frame_key("a1b2c3d4", "shot", 0, "exr") == "jobs/a1b2c3d4/frames/shot.0000.exr"
     assert frame_key("a1b2c3d4", "shot", 1001, "png") == "jobs/a1b2c3d4/frames/shot.1001.png"
@@ -506,7 +506,7 @@ def test_key_layout_exact() -> None:
     assert scene_key(sha, ".toml") == f"scenes/{sha}.toml"
     assert scene_key(sha, ".blend") == f"scenes/{sha}.blend"
     for key in [
-        attempt_prefix("j", 1, 2) + "out.0001.png",
+        attempt_prefix("n", "j", 1, 2) + "out.0001.png",
         frame_key("j", "s", -1, "png"),
         scene_key(sha, ".toml"),
     ]:

@@ -31,7 +31,7 @@ def storage(tmp_path):
 
 def key_of(frame: int, attempt: int = 2) -> str:
     """Where attempt 2 of task 3 writes a frame (the key the manager derives, never one it is told)."""
-    return attempt_prefix(JOB, 3, attempt) + f"shot.{frame:04d}.png"
+    return attempt_prefix("node-1", JOB, 3, attempt) + f"shot.{frame:04d}.png"
 
 
 def stage(storage, frame: int, data: bytes, *, attempt: int = 2, **overrides) -> Output:
@@ -42,7 +42,7 @@ def stage(storage, frame: int, data: bytes, *, attempt: int = 2, **overrides) ->
 
 def verify(storage, outputs, frames=(1, 2)):
     expected = [Expected(f, f"jobs/{JOB}/frames/shot.{f:04d}.png", 32, 18) for f in frames]
-    return verify_and_promote(storage, outputs, job_id=JOB, task_index=3, attempt=2, name="shot",
+    return verify_and_promote(storage, outputs, node="node-1", job_id=JOB, task_index=3, attempt=2, name="shot",
                               expected=expected, fmt="png")
 
 

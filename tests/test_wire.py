@@ -21,7 +21,8 @@ SPEC = {
     "first_last": True, "requires": ["gpu", "linux"],
 }
 ORDER = {
-    "kind": "tile", "attempt_id": 12, "attempt": 2, "task_id": 99, "task_index": 7, "job_id": "1a2b3c4d",
+    "kind": "tile", "attempt_id": 12, "attempt": 2, "task_id": 99, "task_index": 7, "node": "node-01",
+    "job_id": "1a2b3c4d",
     "name": "shot_010", "renderer": "builtin", "scene_key": KEY, "scene_sha256": SHA, "frames": [5],
     "format": "png", "width": 640, "height": 360, "timeout": 600.0,
     "region": {"x": 320, "y": 180, "width": 320, "height": 180},
@@ -77,8 +78,8 @@ def test_every_message_round_trips(kind, doc):
 
 def test_a_task_order_names_its_paths_and_keys_from_checked_values():
     order = wire.TaskOrder.parse(json.dumps(ORDER))
-    assert (order.label, order.rq_id, order.prefix) == ("1a2b3c4d:7/2", "attempt-12", "jobs/1a2b3c4d/attempts/7/2/")
-    assert order.output_key(5) == "jobs/1a2b3c4d/attempts/7/2/shot_010.0005.png"
+    assert (order.label, order.prefix) == ("1a2b3c4d:7/2", "nodes/node-01/jobs/1a2b3c4d/7/2/")
+    assert order.output_key(5) == "nodes/node-01/jobs/1a2b3c4d/7/2/shot_010.0005.png"
     assert order.render_region.width == 320
 
 

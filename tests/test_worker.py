@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import func, select
 from conftest import EXAMPLES, s3_settings, wait_for
+from nodekit import enrolled_worker_argv, worker_env
 
 from renderfarm import keys, presence
 from renderfarm.client import Submission, submit
@@ -53,11 +54,9 @@ class Farm:
         wait_for(lambda: set(names) <= set(presence.live_workers(self.r)), 30, "workers to beat")
 
     def add_worker(self, name: str) -> subprocess.Popen:
-        env = {**os.environ, **settings_env(self.settings)}
+        argv = enrolled_worker_argv(self.settings, name, self.tmp)
         log = (self.tmp / f"{name}.log").open("ab")
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "renderfarm_worker", f"--name={name}"], env=env, stdout=log, stderr=subprocess.STDOUT
-        )
+        proc = subprocess.Popen(argv, env=worker_env(self.settings), stdout=log, stderr=subprocess.STDOUT)
         self.workers[name] = proc
         return proc
 
@@ -106,10 +105,14 @@ def test_two_workers_share_a_job_and_frames_are_promoted(farm):
     keys_ = sorted(o.key for o in storage.list(f"jobs/{job_id}/"))
     frames = [k for k in keys_ if "/frames/" in k]
     assert frames == [f"jobs/{job_id}/frames/orbit.{n:04d}.png" for n in range(1, 9)]
-    # Attempts keep only their logs once their frames are promoted (the manager deletes the
-    # attempts' copies in bulk, within a few seconds).
-    logs = sorted(f"jobs/{job_id}/attempts/{i}/1/log.txt" for i in range(8))
-    wait_for(lambda: sorted(o.key for o in storage.list(f"jobs/{job_id}/attempts/")) == logs, 15, "attempt copies deleted")
+    # Each node wrote under its own prefix; attempts keep only their logs once their frames are
+    # promoted (the manager deletes the attempts' copies in bulk, within a few seconds).
+    logs = sorted(f"nodes/{t.worker}/jobs/{job_id}/{t.index}/1/log.txt" for t in tasks)
+
+    def attempt_keys() -> list[str]:
+        return sorted(o.key for node in ("wa", "wb") for o in storage.list(f"nodes/{node}/jobs/{job_id}/"))
+
+    wait_for(lambda: attempt_keys() == logs, 15, "attempt copies deleted")
     # Each worker got its own queue and nothing is left in them.
     assert farm.r.llen(f"rq:queue:{keys.queue_name('wa')}") == 0
 

@@ -184,8 +184,6 @@ def test_a_job_needing_a_tag_nobody_has_waits_as_unschedulable_until_such_a_work
     import signal
     import subprocess
 
-    from conftest import BIN
-
     bad = run_farm("submit", str(EXAMPLES / "orbit.toml"), "--require", "gpu!", env=farm.env, check=False)
     assert bad.returncode != 0
     assert bad.stderr.strip().splitlines() == [
@@ -200,8 +198,12 @@ def test_a_job_needing_a_tag_nobody_has_waits_as_unschedulable_until_such_a_work
     assert farm.attempts(job) == []
 
     log = (farm.root / "gpu-node.log").open("wb")
-    node = subprocess.Popen([str(BIN / "farm-worker"), "--name", "gpu-node", "--tag", "gpu"], env=farm.env,
-                            stdout=log, stderr=subprocess.STDOUT)
+    from nodekit import cli_node
+
+    from renderfarm.localfarm.services import node_env
+
+    argv = cli_node(farm.env, "gpu-node", farm.root, "--tag", "gpu")  # tags are given when a node is enrolled
+    node = subprocess.Popen(argv, env=node_env(farm.env), stdout=log, stderr=subprocess.STDOUT)
     try:
         assert farm.wait(job) == "done"
         assert {a["worker"] for a in farm.attempts(job)} == {"gpu-node"}

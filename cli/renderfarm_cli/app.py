@@ -7,7 +7,15 @@ import sys
 import typer
 import typer.core
 
-from renderfarm_cli import doctor_commands, farm_commands, job_commands, preview_commands, top, wrangle_commands
+from renderfarm_cli import (
+    doctor_commands,
+    farm_commands,
+    job_commands,
+    node_commands,
+    preview_commands,
+    top,
+    wrangle_commands,
+)
 
 # Typer 0.19 escapes the brackets of `[default: 1]` and `[required]` for Rich whenever Rich is
 # installed, even with rich_markup_mode=None, so plain help showed `\[required]` (later Typers
@@ -60,6 +68,12 @@ app.command("retry")(wrangle_commands.retry)
 app.command("priority")(wrangle_commands.priority)
 app.command("contact-sheet")(preview_commands.contact_sheet)
 app.command("movie")(preview_commands.movie)
+
+node = typer.Typer(help="Render nodes: enroll them, list them, revoke them.", no_args_is_help=True)
+node.command("add")(node_commands.add)
+node.command("list")(node_commands.list_)
+node.command("revoke")(node_commands.revoke)
+app.add_typer(node, name="node")
 
 db = typer.Typer(help="Database maintenance.", no_args_is_help=True)
 db.command("upgrade")(farm_commands.db_upgrade)

@@ -237,12 +237,27 @@ class LocalFarm:
         if missing:
             on_step(f"{len(missing)} worker(s)")
         for name in missing:
-            argv = [sys.executable, "-m", "renderfarm_worker", f"--name={name}"]
-            if sites:  # workers spread over the given sites in turn
-                argv.append(f"--site={sites[names.index(name) % len(sites)]}")
-            self._spawn("worker", name, argv, env, logs, detach)
+            site = sites[names.index(name) % len(sites)] if sites else "local"  # spread over the sites in turn
+            credentials = self._credentials(settings, name, site)
+            argv = [sys.executable, "-m", "renderfarm_worker", f"--credentials={credentials}"]
+            self._spawn("worker", name, argv, services.node_env(env), logs, detach)
         self._wait_for_workers(settings, missing)
         return settings
+
+    def _credentials(self, settings: Settings, name: str, site: str) -> Path:
+        """The credentials file of a local worker: enrolled like any node (the default path is
+        the real one), kept in the state directory, enrolled again if the farm forgot it."""
+        from renderfarm.enrollment import enroll, read_credentials, write_credentials
+
+        path = self.state_dir / "nodes" / f"{name}.farm-node"
+        try:
+            credentials = read_credentials(path)
+            if credentials.site == site and _enrolled(settings, name, credentials.node_id):
+                return path
+        except (RenderFarmError, OSError):
+            pass
+        (self.state_dir / "nodes").mkdir(mode=0o700, exist_ok=True)
+        return write_credentials(path, enroll(settings, name, site=site))
 
     def _listen_address(self, wanted: str | None, *, serving: bool) -> str:
         """Where the servers listen: where the running ones already do, which a different
@@ -262,6 +277,7 @@ class LocalFarm:
         proc = FarmProcess(role, name, popen.pid, services.process_start_time(popen.pid), str(log_path), list(argv),
                            started_at=time.time(), popen=popen)
         self.processes.append(proc)
+        self._write_run_file(detach)  # at once: the manager signals the SeaweedFS it finds there
         return proc
 
     def _start_valkey(self, local: dict, logs: Path, detach: bool) -> None:
@@ -397,3 +413,20 @@ def _signal_and_wait(procs: list[FarmProcess], sig: int, timeout: float) -> None
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline and any(p.alive() for p in procs):
         time.sleep(0.05)
+
+
+def _enrolled(settings: Settings, name: str, node_id: str) -> bool:
+    """Whether the farm's database has this node enrolled, with this id, now."""
+    from renderfarm.db import session_scope
+    from renderfarm.models import Node
+    from renderfarm.status import reader_engine
+
+    engine = reader_engine(settings)
+    if engine is None:
+        return False
+    try:
+        with session_scope(engine) as session:
+            node = session.get(Node, name)
+            return node is not None and node.node_id == node_id and node.revoked_at is None
+    finally:
+        engine.dispose()

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import shutil
 import signal
@@ -127,21 +126,14 @@ def weed_binary() -> str:
 
 def weed_argv(data_dir: Path, ports: dict[str, int], access_key: str, secret_key: str, bind: str, bucket: str,
               *, s3: bool = True) -> list[str]:
-    """Write the S3 identity file (0600) and return `weed mini`'s command line. Without `s3`,
-    mini serves no S3: a separate gateway does (gateway.py), reading the same identity file."""
+    """Write the S3 identity file (0600; the nodes' identities kept, see identities.py) and return
+    `weed mini`'s command line. Without `s3`, mini serves no S3: a separate gateway does
+    (gateway.py), reading the same identity file."""
+    from renderfarm.localfarm import identities
+
     data_dir.mkdir(parents=True, exist_ok=True)
     os.chmod(data_dir, 0o700)
-    s3_config = s3_config_path(data_dir)
-    identity = {
-        "identities": [
-            {
-                "name": "renderfarm",
-                "credentials": [{"accessKey": access_key, "secretKey": secret_key}],
-                "actions": ["Admin", "Read", "Write", "List", "Tagging"],
-            }
-        ]
-    }
-    write_private(s3_config, json.dumps(identity))
+    s3_config = identities.start_config(data_dir, access_key, secret_key)
     argv = [
         weed_binary(), "mini", f"-dir={data_dir / 'data'}", f"-ip={bind}", f"-ip.bind={bind}",
         "-webdav=false", "-admin.ui=false", "-master.telemetry=false",
@@ -236,3 +228,14 @@ def process_start_time(pid: int) -> int | None:
 
 def alive(pid: int, start_time: int | None) -> bool:
     return start_time is not None and process_start_time(pid) == start_time
+
+
+# What a render node's process must not hold in its environment: a renderer (or anyone who may
+# read /proc/PID/environ) would find the farm's own passwords there. A node has its credentials file.
+SECRET_VARS = ("FARM_REDIS_URL", "FARM_DATABASE_URL", "RQ_REDIS_URL", "REDISCLI_AUTH", "AWS_ACCESS_KEY_ID",
+               "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN")
+
+
+def node_env(env: dict[str, str]) -> dict[str, str]:
+    """`env` without the farm's secrets: the environment a local worker starts with."""
+    return {k: v for k, v in env.items() if k not in SECRET_VARS}

@@ -107,7 +107,8 @@ class Supervisor:
             free_leader_lock(proc.pid)
         how = self._how(proc)
         try:
-            popen = services.spawn(proc.argv, cwd=self.state_dir, env=self.env, log_path=Path(proc.log), detach=True)
+            env = services.node_env(self.env) if proc.role == "worker" else self.env
+            popen = services.spawn(proc.argv, cwd=self.state_dir, env=env, log_path=Path(proc.log), detach=True)
         except OSError as e:
             log.error("%s: cannot start %s (%s)", proc.name, proc.argv[0], e)
             return False

@@ -131,6 +131,49 @@ def _queue_attempts(session: Session, chosen: list[tuple[str, Candidate]], now: 
     return [Handout(attempt.worker, task_order(job, task, attempt), job.timeout) for job, task, attempt in queued]
 
 
+URL_LIFETIME = 24 * 3600  # seconds a presigned URL in a task order works (it may wait in a queue)
+URL_REUSE = 3600  # seconds one presigned URL of a scene is handed out again
+
+
+class OrderSealer:
+    """Task orders made ready for their nodes: the objects a node must read given as presigned URLs
+    (a node holds no standing read access), each order sealed with its node's key."""
+
+    def __init__(self, storage) -> None:
+        self.storage = storage
+        self._urls: dict[str, tuple[float, str | None]] = {}  # key -> (made at, URL)
+
+    def url(self, key: str, now: float) -> str | None:
+        made, url = self._urls.get(key, (0.0, None))
+        if now - made > URL_REUSE:
+            url = self.storage.presigned_get(key, URL_LIFETIME)
+            self._urls[key] = (now, url)
+            if len(self._urls) > 10_000:  # forget the oldest scenes' URLs
+                for old in sorted(self._urls, key=lambda k: self._urls[k][0])[:5000]:
+                    del self._urls[old]
+        return url
+
+    def seal(self, handouts: list[Handout], book, now: float) -> list[tuple]:
+        """(order, sealed text, RQ id, timeout) of each hand-out whose node is enrolled."""
+        from renderfarm.wire import Sealed
+
+        out = []
+        for h in handouts:
+            node = book.get(h.worker)
+            if node is None:
+                continue  # revoked meanwhile: the reaper takes its attempts back
+            order = h.order
+            urls = {"scene_url": self.url(order.scene_key, now)}
+            if order.tile_keys:
+                tile_urls = [self.storage.presigned_get(k, URL_LIFETIME) for k in order.tile_keys]
+                if all(tile_urls):
+                    urls["tile_urls"] = tuple(tile_urls)
+            order = order.model_copy(update={k: v for k, v in urls.items() if v})
+            sealed = Sealed.seal(order, node=h.worker, seq=order.attempt_id, key=node.key)
+            out.append((order, sealed.to_json(), book.rq_id(h.worker, order.attempt_id), h.timeout))
+        return out
+
+
 def runnable_jobs(session: Session) -> list[tuple]:
     """Jobs that may start tasks now: queued or running (not suspended), and whose --after job is
     done; most urgent first."""
@@ -230,7 +273,7 @@ def task_order(job: Job, task: Task, attempt: Attempt) -> TaskOrder:
         grid, tile_keys = job.tiles, tuple(frame_tile_keys(job, task.first_frame))
     return TaskOrder(
         kind=task.kind, attempt_id=attempt.id, attempt=attempt.number, task_id=task.id, task_index=task.index,
-        job_id=job.id, name=job.name, renderer=job.renderer, scene_key=job.scene_key,
+        node=attempt.worker, job_id=job.id, name=job.name, renderer=job.renderer, scene_key=job.scene_key,
         scene_sha256=job.scene_sha256, frames=tuple(parse_frames(task.frames)), format=job.output_format,
         width=job.width, height=job.height, timeout=float(job.timeout), region=region, grid=grid,
         tile_keys=tile_keys, renderer_version=job.renderer_version,

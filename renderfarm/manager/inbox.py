@@ -23,7 +23,7 @@ from renderfarm.db import session_scope
 from renderfarm.errors import RenderFarmError, StorageError
 from renderfarm.manager.intake import Batch, apply_event, apply_intent, may_meet_storage, promote_ahead
 from renderfarm.models import Attempt, Job, Task, Worker
-from renderfarm.wire import DeadLetter, Limits, Refused, Reply, WireError, parse_event, parse_intent
+from renderfarm.wire import DeadLetter, Limits, Refused, Reply, Sealed, WireError, parse_event, parse_intent
 
 if TYPE_CHECKING:
     from renderfarm.streams import Entry
@@ -48,37 +48,60 @@ class Inbox:
 
     def __init__(self, manager) -> None:
         self.m = manager
-        self.failures: dict[str, int] = {}  # entry id -> batches it was in that failed unexpectedly
+        self.seen: set[str] = set()  # nodes whose newest accepted event is not saved yet
+        self.failures: dict[tuple[str, str], int] = {}  # (stream, id) -> batches that failed unexpectedly
 
     def parse(self, entry: Entry, now: float) -> tuple[Message | None, DeadLetter | None]:
         """The entry's message, or the dead letter it becomes (a reply goes to a control entry's
         sender when its request id can be read, so the CLI hears at once)."""
         if entry.raw is None:  # deleted while pending: nothing to apply or keep
             return None, None
-        tries = max(entry.deliveries, self.failures.get(entry.id, 0) + 1)
-        if tries > MAX_DELIVERIES - 1 and (entry.deliveries >= MAX_DELIVERIES or entry.id in self.failures):
-            self.failures.pop(entry.id, None)
+        where = (entry.stream, entry.id)
+        tries = max(entry.deliveries, self.failures.get(where, 0) + 1)
+        if tries > MAX_DELIVERIES - 1 and (entry.deliveries >= MAX_DELIVERIES or where in self.failures):
+            self.failures.pop(where, None)
             return None, self.letter(entry, f"delivered {tries} times without being applied", deliveries=tries)
         try:
             if entry.is_control:
                 return parse_intent(entry.raw, limits=self.limits), None
-            return parse_event(entry.raw), None
+            return self._unseal(entry), None
         except WireError as e:
             return None, self.letter(entry, str(e))
         except RenderFarmError as e:  # a cross-field check of the submission (frames, tiles, caps)
             return None, self.letter(entry, f"intent submit: {e}")
+
+    def _unseal(self, entry: Entry) -> Message:
+        """The event on a node's own stream, checked: sealed with that node's key, newer than
+        the newest seen from it, and the node's own."""
+        name = entry.node
+        node = self.m.book.get(name)
+        if node is None:
+            raise WireError(f"refused: an event on the stream of {name!r}, which is not an enrolled node")
+        sealed = Sealed.parse(entry.raw)
+        if sealed.node != name:
+            raise WireError(f"refused: sealed by {sealed.node!r}, on the stream of {name!r}")
+        body = sealed.check(node.key)
+        event = parse_event(body)
+        if event.worker != name:
+            raise WireError(f"refused: an event of {event.worker!r} sealed by {name!r}")
+        newest = node.last_event_seq
+        if not node.fresh(entry.id, sealed.seq):
+            raise WireError(f"refused: a replayed event (sequence {sealed.seq}, newest seen {newest})")
+        self.seen.add(name)
+        return event
 
     @property
     def limits(self) -> Limits:
         return Limits.of(self.m.settings)
 
     def letter(self, entry: Entry, reason: str, *, deliveries: int | None = None) -> DeadLetter:
-        fields = _lenient(entry.raw)
-        worker = fields.get("worker")
+        """A dead letter of an entry: on a node's stream, counted as that node's (only it can
+        write there)."""
+        if entry.node is not None:
+            self.m.book.refused[entry.node] += 1
         return DeadLetter(
             source=entry.stream, entry=entry.id, reason=reason[:4000], raw=DeadLetter.excerpt(entry.raw),
-            worker=worker if isinstance(worker, str) and _WORKER.fullmatch(worker) else None,
-            at=self.m.clock.now(), deliveries=deliveries or entry.deliveries,
+            worker=entry.node, at=self.m.clock.now(), deliveries=deliveries or entry.deliveries,
         )
 
     def reply_to(self, entry: Entry, letter: DeadLetter) -> tuple[str, Reply] | None:
@@ -111,6 +134,7 @@ class Inbox:
             for entry, message in ready:
                 self._apply(session, entry, message, now, out)
             self.m.refresh_jobs(session, out.batch.jobs, now)
+            self._save_nodes(session)
         return out
 
     def _one_by_one(self, ready: list[tuple[Entry, Message]], now: float) -> Outcome:
@@ -126,6 +150,7 @@ class Inbox:
                         promote_ahead(session, self.m.storage, [message], one.batch)
                     self._apply(session, entry, message, now, one)
                     self.m.refresh_jobs(session, one.batch.jobs, now)
+                    self._save_nodes(session)
             except redis.RedisError:
                 raise
             except Exception as e:  # this entry is at fault: put it aside, apply the rest
@@ -141,6 +166,11 @@ class Inbox:
             out.deferred += one.deferred
             out.letters += one.letters
         return out
+
+    def _save_nodes(self, session) -> None:
+        """The newest event accepted from each node, and the refusals counted, with the batch."""
+        seen, self.seen = sorted(self.seen), set()
+        self.m.book.save(session, seen)
 
     def _apply(self, session, entry: Entry, message: Message, now: float, out: Outcome) -> None:
         m = self.m
@@ -159,7 +189,7 @@ class Inbox:
         savepoint = session.begin_nested()
         try:
             if entry.is_control:
-                apply_intent(session, m.settings, m.r, message, out.batch, now)
+                apply_intent(session, m.settings, m.r, message, out.batch, now, m.book)
                 why = None
             else:
                 why = apply_event(session, m.settings, m.storage, message, out.batch, now)
@@ -171,9 +201,6 @@ class Inbox:
             return
         if why:
             out.letters.append(self.letter(entry, f"refused: {why}"))
-
-
-_WORKER = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 
 
 def _lenient(raw: bytes | None) -> dict:

@@ -17,7 +17,18 @@ from renderfarm.manager.expected import expected_outputs, frame_tile_keys
 from renderfarm.manager.submission import submit
 from renderfarm.manager.verbs import apply_verb
 from renderfarm.models import Attempt, Job, Task, TaskKind
-from renderfarm.wire import Bye, Done, Failed, Progress, Released, Reply, Started, SubmitIntent
+from renderfarm.wire import (
+    Bye,
+    Done,
+    Failed,
+    NodeAddIntent,
+    NodeRevokeIntent,
+    Progress,
+    Released,
+    Reply,
+    Started,
+    SubmitIntent,
+)
 
 if TYPE_CHECKING:
     from concurrent.futures import Future
@@ -25,6 +36,7 @@ if TYPE_CHECKING:
     from sqlmodel import Session
 
     from renderfarm.config import Settings
+    from renderfarm.manager.nodebook import NodeBook
     from renderfarm.storage import Storage
     from renderfarm.wire import Event, Intent, Output, Usage
 
@@ -49,7 +61,7 @@ class Batch:
     replies: dict[str, Reply] = field(default_factory=dict)
     jobs: set[str] = field(default_factory=set)
     released: list[tuple[int, int]] = field(default_factory=list)  # (task, attempt) leases to drop
-    abandoned: list[int] = field(default_factory=list)  # attempts whose RQ jobs no worker will finish
+    abandoned: list[tuple[str, int]] = field(default_factory=list)  # (worker, attempt): RQ jobs no worker will finish
     left_workers: list[str] = field(default_factory=list)  # queues to empty
     delete_keys: list[str] = field(default_factory=list)  # attempt copies of promoted frames
     # Promotions started ahead for the batch's done events, all at once (attempt id -> outcome
@@ -70,7 +82,7 @@ class Batch:
             self.released.append((a.task_id, a.id))
             self.jobs.add(a.job_id)
             if abandoned:
-                self.abandoned.append(a.id)
+                self.abandoned.append((a.worker, a.id))
 
     def merge(self, other: Batch) -> None:
         """Take in what another batch (one entry's, applied on its own) touched."""
@@ -82,15 +94,22 @@ class Batch:
         self.delete_keys += other.delete_keys
 
 
-def apply_intent(session: Session, settings: Settings, r, intent: Intent, batch: Batch, now: float) -> None:
+def apply_intent(session: Session, settings: Settings, r, intent: Intent, batch: Batch, now: float,
+                 book: NodeBook) -> None:
     """Apply one intent; its reply goes out after commit. A refusal (no such job, a submission
     the farm's caps refuse) is the reply, not an error."""
+    from renderfarm.manager import nodebook
+
     try:
         if isinstance(intent, SubmitIntent):
             job_id, created = submit(session, settings, intent, now)
             reply = Reply(ok=True, job_id=job_id, changed=created)
+        elif isinstance(intent, NodeAddIntent):
+            reply = nodebook.enroll(session, settings, r, book, intent, now)
+        elif isinstance(intent, NodeRevokeIntent):
+            reply = nodebook.revoke(session, settings, r, book, intent, batch, now)
         else:
-            reply = apply_verb(session, r, intent, batch, now)
+            reply = apply_verb(session, r, intent, batch, now, book)
     except RenderFarmError as e:
         reply = Reply(ok=False, error=str(e)[:4000])
     batch.replies[intent.request_id] = reply
@@ -181,7 +200,8 @@ def attempt_done(session: Session, storage: Storage, attempt: Attempt, outputs: 
 
 def _where(job: Job, task: Task, attempt: Attempt) -> dict:
     """What verify_and_promote needs to know of an attempt, as plain values."""
-    return {"job_id": job.id, "task_index": task.index, "attempt": attempt.number, "name": job.name,
+    return {"node": attempt.worker, "job_id": job.id, "task_index": task.index, "attempt": attempt.number,
+            "name": job.name,
             "expected": expected_outputs(job, task), "fmt": job.output_format}
 
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
 from sqlalchemy import select
 
@@ -15,22 +15,21 @@ from renderfarm.capabilities import worker_view
 from renderfarm.clock import Clock
 from renderfarm.db import make_engine, session_scope, upgrade
 from renderfarm.errors import StorageError
-from renderfarm.manager.dispatch import FairShare, outranked_prefetches, plan_handouts
+from renderfarm.manager.dispatch import FairShare, OrderSealer, outranked_prefetches, plan_handouts
 from renderfarm.manager.inbox import Inbox
 from renderfarm.manager.intake import Batch
 from renderfarm.manager.leader import LeaderLock
+from renderfarm.manager.nodebook import AclWatch, NodeBook, restore_all
 from renderfarm.manager.reconcile import SWEEP_EVERY, Reconciler
 from renderfarm.models import Job, Worker, WorkerState
 from renderfarm.redisconn import connect
 from renderfarm.scheduling import WorkerView
 from renderfarm.storage import open_storage
-from renderfarm.wire import DeadLetter, Progress, Started
+from renderfarm.wire import DeadLetter, Heartbeat, Progress, Sealed, Started, WireError
 
 if TYPE_CHECKING:
     from renderfarm.config import Settings
-    from renderfarm.presence import BadBeat
     from renderfarm.streams import Entry
-    from renderfarm.wire import Heartbeat
 
 log = logging.getLogger("renderfarm.manager")
 
@@ -42,7 +41,16 @@ DEFER_RETRY = 2.0  # seconds before an event deferred by a storage outage is tri
 REBALANCE_EVERY = 1.0  # seconds between looks for prefetched work that more urgent work outranks
 DELETE_EVERY = 5.0  # seconds between bulk deletes of storage copies nothing needs any more
 DELETE_IDLE_EVERY = 1.0  # the same while the manager is idle
+ACL_WATCH_EVERY = 2.0  # seconds between reads of what Valkey refused the nodes
 DISPATCH_EVERY = 0.5  # seconds between dispatch rounds when nothing has happened that frees a slot
+class BadBeat(NamedTuple):
+    """A node's heartbeat that breaks its contract or its seal."""
+
+    name: str
+    raw: bytes | None
+    reason: str
+
+
 BAD_BEAT_MEMORY = 600.0  # seconds a worker's bad heartbeat is remembered (one dead letter in that time)
 QUIET_EVENTS = (Started, Progress)  # events that neither free a slot nor make work runnable
 
@@ -62,6 +70,10 @@ class Manager:
         self.reconciler = Reconciler()
         self.fair = FairShare()
         self.inbox = Inbox(self)
+        self.book = NodeBook()
+        self.acl = AclWatch()
+        self._next_acl_watch = 0.0
+        self.sealer = OrderSealer(self.storage)
         self.deferred: list[Entry] = []
         self._retry_deferred_at = 0.0
         self._missing: dict[str, int] = {}
@@ -80,7 +92,7 @@ class Manager:
         self._doomed: list[str] = []  # storage keys to delete in bulk
         self._deleted_at = 0.0
         self._next_renew = 0.0
-        self._in_flight: list[str] = []  # ids of the entries being applied
+        self._in_flight: list[tuple[str, str]] = []  # (stream, id) of the entries being applied
 
     # -- start and stop -------------------------------------------------------------------
 
@@ -93,7 +105,7 @@ class Manager:
         if not self._lead(stop):
             return
         try:
-            streams.ensure_groups(self.r)
+            self.start()
             self._check_storage(stop)
             log.info("manager %s leading; database %s", self.lock.token, self.engine.url.render_as_string(hide_password=True))
             self._loop(stop)
@@ -105,6 +117,15 @@ class Manager:
                 pass
             self.engine.dispose()
             log.info("manager stopped")
+
+    def start(self, r=None) -> None:
+        """Ready to apply entries (the database upgraded, `r` or its Redis connected): the enrolled
+        nodes' users and streams restored, the consumer groups made."""
+        if r is not None:
+            self.r = r
+        with session_scope(self.engine) as session:
+            restore_all(session, self.settings, self.r, self.book)
+        streams.ensure_groups(self.r, self.book.streams())
 
     def _connect(self, stop: threading.Event):
         from renderfarm.errors import FarmNotRunningError
@@ -182,10 +203,11 @@ class Manager:
             again, self.deferred = self.deferred, []
             self.apply(again)
             self._next_dispatch = 0.0
-        entries = streams.read(self.r, pending=pending, block_ms=None if self.deferred else block_ms)
+        entries = streams.read(self.r, self.book.streams(), pending=pending,
+                               block_ms=None if self.deferred else block_ms)
         if pending:  # entries deferred before a reconnect come back as pending ones
-            held = {e.id for e in self.deferred}
-            entries = [e for e in entries if e.id not in held]
+            held = {(e.stream, e.id) for e in self.deferred}
+            entries = [e for e in entries if (e.stream, e.id) not in held]
         if entries:
             messages = self.apply(entries)
             if any(e.is_control for e in entries):
@@ -193,6 +215,9 @@ class Manager:
             if any(not isinstance(m, QUIET_EVENTS) for m in messages):
                 self._next_dispatch = 0.0
         self.watch_workers()
+        if self.clock.monotonic() >= self._next_acl_watch:
+            self._next_acl_watch = self.clock.monotonic() + ACL_WATCH_EVERY
+            streams.post_dead_letters(self.r, self.acl.letters(self.r, self.book, self.clock.now()))
         self.delete_doomed(idle=not entries)
         if self.clock.monotonic() >= self._next_reconcile:
             self._next_reconcile = self.clock.monotonic() + SWEEP_EVERY
@@ -211,7 +236,7 @@ class Manager:
         outage is deferred (not acknowledged) to be applied later, one that cannot be parsed or
         applied is acknowledged and kept as a dead letter. Returns the messages applied."""
         now = self.clock.now()
-        self._in_flight = [e.id for e in entries]
+        self._in_flight = [(e.stream, e.id) for e in entries]
         letters: list[DeadLetter] = []
         replies = {}
         ready = []
@@ -233,14 +258,14 @@ class Manager:
         streams.post_dead_letters(self.r, letters)
         self._after_commit(batch)
         self._answer({**replies, **batch.replies})
-        held = {e.id for e in deferred}
-        for stream in streams.STREAMS:
-            done = [e.id for e in entries if e.stream == stream and e.id not in held]
+        held = {(e.stream, e.id) for e in deferred}
+        for stream in {e.stream for e in entries}:
+            done = [e.id for e in entries if e.stream == stream and (stream, e.id) not in held]
             keep = [e.id for e in deferred if e.stream == stream]
             streams.ack(self.r, stream, done, keep_from=min(keep, key=streams.entry_order) if keep else None)
         for entry in entries:
-            if entry.id not in held:
-                self.inbox.failures.pop(entry.id, None)
+            if (entry.stream, entry.id) not in held:
+                self.inbox.failures.pop((entry.stream, entry.id), None)
         self._in_flight = []
         if deferred:
             self.deferred += deferred
@@ -262,7 +287,7 @@ class Manager:
     def _after_commit(self, batch: Batch) -> None:
         for worker in batch.left_workers:
             queues.withdraw_queue(self.r, worker)
-        queues.release_leases(self.r, batch.released, batch.abandoned)
+        queues.release_leases(self.r, batch.released, [self.book.rq_id(w, a) for w, a in batch.abandoned])
         self._doomed += batch.delete_keys
         self.delete_doomed()
 
@@ -296,8 +321,8 @@ class Manager:
         """Record live workers; declare one dead when its heartbeat key has been missing on two
         reaper sweeps and its last beat is at least a TTL old (a wiped Redis loses every
         heartbeat key at once, but the workers beat again well within their TTL)."""
-        self.live, bad = presence.read_beats(self.r)
         now = self.clock.now()
+        self.live, seqs, bad = self._check_beats(presence.read_beats(self.r, self.book.enrolled()))
         self._put_aside(bad, now)
         roster = {name: beat.state for name, beat in self.live.items()}
         if roster != self._roster:
@@ -306,8 +331,8 @@ class Manager:
         for name, beat in self.live.items():
             self._bad_beats.pop(name, None)
             # When each beat was first seen, by our clock (a worker's is never used).
-            if beat.seq != self._beat_seq.get(name):
-                self._beat_seq[name] = beat.seq
+            if seqs[name] != self._beat_seq.get(name):
+                self._beat_seq[name] = seqs[name]
                 self._beat_at[name] = now
             self._ttl[name] = beat.ttl  # sites with slow links may declare longer ones
         due = [n for n in self.live if now - self._written_at.get(n, 0.0) >= WORKER_REFRESH]
@@ -315,7 +340,6 @@ class Manager:
         if not due and not reap:
             return
         batch = Batch()
-        dead: list[str] = []
         with session_scope(self.engine) as session:
             if due:  # one query for all the rows to refresh rather than one each (held: see preload)
                 session.info["preloaded"] = session.scalars(select(Worker).where(Worker.name.in_(due))).all()
@@ -324,34 +348,54 @@ class Manager:
                 self._written_at[name] = now
             if reap:
                 self._next_reap = self.clock.monotonic() + REAP_EVERY
-                dead = self._reap(session, now, batch)
+                self._reap(session, now, batch)
+            self.book.save(session, due, beats=True)
             self.refresh_jobs(session, batch.jobs, now)
         self._after_commit(batch)
-        presence.forget(self.r, dead)
+
+    def _check_beats(self, raw: dict[str, bytes]) -> tuple[dict[str, Heartbeat], dict[str, int], list[BadBeat]]:
+        """The heartbeats that carry their node's seal, name it and are not older than the newest
+        seen (with their sequence numbers), and the bad ones."""
+        live, seqs, bad = {}, {}, []
+        for name, value in raw.items():
+            node = self.book.get(name)
+            try:
+                sealed = Sealed.parse(value)
+                if sealed.node != name:
+                    raise WireError(f"heartbeat: sealed by {sealed.node!r}, at the key of {name!r}")
+                beat = Heartbeat.parse(sealed.check(node.key))
+                if beat.name != name:
+                    raise WireError(f"heartbeat: name {beat.name!r} at the key of {name!r}")
+                if sealed.seq < node.last_beat_seq:
+                    raise WireError(f"heartbeat: replayed (sequence {sealed.seq}, newest seen {node.last_beat_seq})")
+            except WireError as e:
+                bad.append(BadBeat(name, value, str(e)))
+                continue
+            node.last_beat_seq = sealed.seq
+            live[name], seqs[name] = beat, sealed.seq
+        return live, seqs, bad
 
     def _put_aside(self, bad: list[BadBeat], now: float) -> None:
-        """Keep a dead letter of each bad heartbeat, once per worker while it keeps sending bad
-        ones (remembered BAD_BEAT_MEMORY seconds), and drop its name from the workers' set: a
-        worker that beats well puts itself back at its next beat."""
+        """Keep a dead letter of each bad heartbeat (only its node can write its key: counted as
+        the node's), once per node while it keeps sending bad ones (remembered BAD_BEAT_MEMORY
+        seconds)."""
         letters = []
         for beat in bad:
             if beat.name not in self._bad_beats:
                 log.warning("ignoring the heartbeat of %r: %s", beat.name, beat.reason)
-                letters.append(DeadLetter(
-                    source=keys.WORKERS_SET if beat.raw is None else keys.heartbeat_key(beat.name[:64]),
-                    entry=beat.name[:200], reason=beat.reason, raw=DeadLetter.excerpt(beat.raw), at=now))
+                letters.append(DeadLetter(source=keys.heartbeat_key(beat.name), entry=beat.name, reason=beat.reason,
+                                          raw=DeadLetter.excerpt(beat.raw), worker=beat.name, at=now))
+                self.book.refused[beat.name] += 1
             self._bad_beats[beat.name] = now
         for name, seen in list(self._bad_beats.items()):
             if now - seen > BAD_BEAT_MEMORY:
                 del self._bad_beats[name]
         streams.post_dead_letters(self.r, letters)
-        presence.forget(self.r, [b.member if b.member is not None else b.name for b in bad])
 
-    def _reap(self, session, now: float, batch: Batch) -> list[str]:
+    def _reap(self, session, now: float, batch: Batch) -> None:
         known = session.execute(
             select(Worker.name, Worker.last_seen).where(Worker.state != WorkerState.OFFLINE.value)
         ).all()
-        dead = []
         for name, last_seen in known:
             if name in self.live:
                 self._missing.pop(name, None)
@@ -364,17 +408,15 @@ class Manager:
             log.warning("worker %s is gone (silent %.1f s); %d attempt(s) handed back", name, now - seen, len(lost))
             batch.left_workers.append(name)
             batch.release(lost, abandoned=True)
-            dead.append(name)
             for table in (self._missing, self._beat_at, self._beat_seq, self._ttl, self._written_at):
                 table.pop(name, None)
-        return dead
 
     def reconcile(self) -> None:
         batch = Batch()
         now = self.clock.now()
         with session_scope(self.engine) as session:
             try:
-                self.reconciler.sweep(session, self.r, self.storage, self.live, batch, now)
+                self.reconciler.sweep(session, self.r, self.storage, self.live, batch, now, self.book)
             except StorageError as e:
                 log.warning("reconciliation postponed: storage unreachable (%s)", e)
                 session.rollback()
@@ -383,14 +425,20 @@ class Manager:
         self._after_commit(batch)
 
     def _view(self, beat: Heartbeat) -> WorkerView:
+        """The scheduler's view of a node: its pool, site and tags as enrolled (not as it says),
+        its renderers and resources as it advertises them."""
         from renderfarm.errors import ConfigError
 
+        node = self.book.get(beat.name)
+        pool, site = (node.pool, node.site) if node else (beat.pool, beat.site)
         try:
-            price = self.settings.site(beat.site).ranking_price
+            price = self.settings.site(site).ranking_price
         except ConfigError:
             price = 0
-        caps = beat.capabilities.model_dump(mode="json", exclude_none=True) if beat.capabilities else None
-        return worker_view(beat.name, beat.pool, beat.site, caps, price)
+        caps = beat.capabilities.model_dump(mode="json", exclude_none=True) if beat.capabilities else {}
+        if node is not None:
+            caps["tags"] = sorted(set(node.tags) | {t for t in caps.get("tags", ()) if t == "gpu"})
+        return worker_view(beat.name, pool, site, caps or None, price)
 
     def make_way(self) -> None:
         """Withdraw prefetched attempts that a more urgent job's pending tasks outrank, so those
@@ -399,7 +447,7 @@ class Manager:
         now = self.clock.now()
         with session_scope(self.engine) as session:
             for attempt in outranked_prefetches(session):
-                if queues.withdraw_attempt(self.r, attempt.worker, attempt.id):
+                if queues.withdraw_attempt(self.r, attempt.worker, self.book.rq_id(attempt.worker, attempt.id)):
                     lifecycle.take_back_attempt(session, attempt, now, "withdrawn for a more urgent job")
                     batch.release([attempt])
         self._after_commit(batch)
@@ -415,9 +463,10 @@ class Manager:
         if self.clock.monotonic() >= self._next_rebalance:
             self._next_rebalance = self.clock.monotonic() + REBALANCE_EVERY
             self.make_way()
+        now = self.clock.now()
         with session_scope(self.engine) as session:
-            handouts = plan_handouts(session, views, self.fair, now=self.clock.now())
-        queues.enqueue_attempts(self.r, [(h.worker, h.order, h.timeout) for h in handouts])
+            handouts = plan_handouts(session, views, self.fair, now=now)
+        queues.enqueue_attempts(self.r, self.sealer.seal(handouts, self.book, now))
         return len(handouts)
 
 

@@ -21,6 +21,7 @@ if TYPE_CHECKING:
     from redis import Redis
     from sqlmodel import Session
 
+    from renderfarm.manager.nodebook import NodeBook
     from renderfarm.storage import Storage
     from renderfarm.wire import Heartbeat
 
@@ -36,7 +37,7 @@ class Reconciler:
         self.suspects: dict[int, float] = {}  # attempt id -> when first found missing
 
     def sweep(self, session: Session, r: Redis, storage: Storage, live: dict[str, Heartbeat], batch: Batch,
-              now: float) -> int:
+              now: float, book: NodeBook) -> int:
         """One sweep in the caller's transaction; returns how many attempts it resolved."""
         rows = session.execute(
             select(Attempt, Task.index).join(Task, Task.id == Attempt.task_id)
@@ -52,7 +53,7 @@ class Reconciler:
             pipe.get(keys.lease_key(attempt.task_id))
         leases = pipe.execute()
         # Queued means waiting in the worker's queue: an RQ job key alone may be a failed one.
-        queued = queues.queued_in(r, [(a.worker, a.id) for a, _ in rows])
+        queued = queues.queued_in(r, [(a.worker, book.rq_id(a.worker, a.id)) for a, _ in rows])
         resolved = 0
         for (attempt, index), lease, waiting in zip(rows, leases, queued):
             try:
@@ -74,7 +75,7 @@ class Reconciler:
             if now - first < max(SWEEP_EVERY, beat.ttl / 3):
                 continue
             self.suspects.pop(attempt.id, None)
-            self._resolve(session, r, storage, attempt, index, batch, now)
+            self._resolve(session, r, storage, attempt, index, batch, now, book)
             resolved += 1
         return resolved
 
@@ -89,16 +90,16 @@ class Reconciler:
         queues.mark_taken_back(r, list(tasks), ttl=max(60.0, 2 * max(b.ttl for b in live.values())))
 
     def _resolve(self, session: Session, r: Redis, storage: Storage, attempt: Attempt, index: int,
-                 batch: Batch, now: float) -> None:
+                 batch: Batch, now: float, book: NodeBook) -> None:
         job = session.get(Job, attempt.job_id)
         task = session.get(Task, attempt.task_id)
         label = f"{job.id}:{index}/{attempt.number}"
         outputs = outputs_in_storage(
-            storage, job_id=job.id, task_index=index, attempt=attempt.number,
+            storage, node=attempt.worker, job_id=job.id, task_index=index, attempt=attempt.number,
             frames=parse_frames(task.frames), name=job.name, ext=extension(job),
         )
         # Whatever happens next, this attempt's job must not run from a queue Redis kept.
-        queues.withdraw_attempt(r, attempt.worker, attempt.id)
+        queues.withdraw_attempt(r, attempt.worker, book.rq_id(attempt.worker, attempt.id))
         if outputs is not None:
             log.warning("attempt %s: lost by Redis, but its output is in storage; verifying it", label)
             attempt_done(session, storage, attempt, outputs, None, now, batch)

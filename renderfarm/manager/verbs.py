@@ -17,6 +17,7 @@ if TYPE_CHECKING:
     from sqlmodel import Session
 
     from renderfarm.manager.intake import Batch
+    from renderfarm.manager.nodebook import NodeBook
     from renderfarm.wire import VerbIntent
 
 log = logging.getLogger("renderfarm.manager")
@@ -24,19 +25,19 @@ log = logging.getLogger("renderfarm.manager")
 VERBS = ("cancel", "suspend", "resume", "retry", "priority")
 
 
-def apply_verb(session: Session, r: Redis, intent: VerbIntent, batch: Batch, now: float) -> Reply:
+def apply_verb(session: Session, r: Redis, intent: VerbIntent, batch: Batch, now: float, book: NodeBook) -> Reply:
     """Apply one verb to one job; returns the reply for the CLI."""
     job = session.get(Job, intent.job)
     if job is None:
         raise NotFoundError(f"job {intent.job!r}: no such job")
     if isinstance(intent, CancelIntent):
         live, changed = lifecycle.cancel_job(session, job, now)
-        _take_back(r, live, revoke_running=True)
+        _take_back(r, book, live, revoke_running=True)
         batch.release(live)
     elif isinstance(intent, SuspendIntent):
         live, changed = lifecycle.suspend_job(session, job, kill=intent.kill)
         # Prefetched attempts go back at once; running ones finish unless --kill.
-        taken = _take_back(r, live, revoke_running=intent.kill)
+        taken = _take_back(r, book, live, revoke_running=intent.kill)
         for attempt in taken:
             killed = attempt.state == AttemptState.RUNNING.value
             lifecycle.take_back_attempt(session, attempt, now, "killed by suspend --kill" if killed
@@ -56,13 +57,14 @@ def apply_verb(session: Session, r: Redis, intent: VerbIntent, batch: Batch, now
     return Reply(ok=True, job_id=job.id, state=job.state, priority=job.priority, changed=changed)
 
 
-def _take_back(r: Redis, attempts: list[Attempt], *, revoke_running: bool) -> list[Attempt]:
+def _take_back(r: Redis, book: NodeBook, attempts: list[Attempt], *, revoke_running: bool) -> list[Attempt]:
     """Withdraw queued attempts from their workers' queues and, if asked, revoke running ones'
     leases (their renders stop within a second or two). Returns the attempts taken back; a
     queued one its worker took meanwhile runs on like a running one."""
     taken, revoke = [], []
     for attempt in attempts:
-        if attempt.state == AttemptState.QUEUED.value and queues.withdraw_attempt(r, attempt.worker, attempt.id):
+        rq_id = book.rq_id(attempt.worker, attempt.id)
+        if attempt.state == AttemptState.QUEUED.value and queues.withdraw_attempt(r, attempt.worker, rq_id):
             taken.append(attempt)
         elif revoke_running:
             revoke.append((attempt.task_id, attempt.id))

@@ -16,7 +16,7 @@ if TYPE_CHECKING:
 
 
 def verify_and_promote(
-    storage: Storage, outputs: list[Output], *, job_id: str, task_index: int, attempt: int, name: str,
+    storage: Storage, outputs: list[Output], *, node: str, job_id: str, task_index: int, attempt: int, name: str,
     expected: list[Expected], fmt: str,
 ) -> list[str]:
     """Check every output the attempt says it wrote, here, whatever the node says: read it back
@@ -27,7 +27,7 @@ def verify_and_promote(
     through: that is no verdict on the attempt."""
     from renderfarm.images import extension
 
-    prefix = attempt_prefix(job_id, task_index, attempt)
+    prefix = attempt_prefix(node, job_id, task_index, attempt)
     by_frame = {out.frame: out for out in outputs}
     missing = [e.frame for e in expected if e.frame not in by_frame]
     if missing:
@@ -93,13 +93,13 @@ def _in_parallel(calls: list) -> list:
     return [f.result() for f in futures]
 
 
-def outputs_in_storage(storage: Storage, *, job_id: str, task_index: int, attempt: int, frames: list[int],
-                       name: str, ext: str) -> list[Output] | None:
+def outputs_in_storage(storage: Storage, *, node: str, job_id: str, task_index: int, attempt: int,
+                       frames: list[int], name: str, ext: str) -> list[Output] | None:
     """An attempt's outputs as its done event would have listed them, found in storage (the event
     was lost); None unless every frame is there. SHA-256s come from the objects' metadata."""
     from renderfarm.wire import Output
 
-    prefix = attempt_prefix(job_id, task_index, attempt)
+    prefix = attempt_prefix(node, job_id, task_index, attempt)
     found = []
     for frame in frames:
         key = prefix + frame_name(name, frame, ext)

@@ -29,6 +29,8 @@ class Storage(Protocol):
         """Store a file; returns its version tag (S3's ETag; the file store's SHA-256)."""
     def put_bytes(self, key: str, data: bytes) -> None: ...
     def get_bytes(self, key: str) -> bytes: ...
+    def presigned_get(self, key: str, expires: float) -> str | None:
+        """A URL that reads the object for `expires` seconds without keys, where storage has them."""
     def get_tagged(self, key: str) -> tuple[bytes, str | None]:
         """The object and its version tag, for a copy conditional on what was read."""
     def download_file(self, key: str, path: Path) -> ObjectInfo:

@@ -1,4 +1,5 @@
-"""Where things live in storage: scenes by content, attempts by job/task/attempt, frames by name."""
+"""Where things live in storage: scenes by content, attempts under their node by job/task/attempt,
+frames and tiles under their job by name."""
 
 from __future__ import annotations
 
@@ -14,9 +15,15 @@ def job_prefix(job_id: str) -> str:
     return f"jobs/{job_id}/"
 
 
-def attempt_prefix(job_id: str, task_index: int, attempt: int) -> str:
-    """Everything one attempt writes, fenced from every other attempt of the same task."""
-    return f"jobs/{job_id}/attempts/{task_index}/{attempt}/"
+def node_prefix(node: str) -> str:
+    """Everything one render node writes, and the only place it may write (its S3 identity)."""
+    return f"nodes/{node}/"
+
+
+def attempt_prefix(node: str, job_id: str, task_index: int, attempt: int) -> str:
+    """Everything one attempt writes, under its node's own prefix, fenced from every other
+    attempt; the manager promotes what it verifies from here to the job's own keys."""
+    return f"{node_prefix(node)}jobs/{job_id}/{task_index}/{attempt}/"
 
 
 def frames_prefix(job_id: str) -> str:

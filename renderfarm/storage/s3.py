@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 from urllib.parse import quote, urlsplit
 
-from renderfarm.errors import StorageError
+from renderfarm.errors import InputError, StorageError
 from renderfarm.storage.base import ObjectInfo, check_key, check_prefix
 
 if TYPE_CHECKING:
@@ -16,6 +16,7 @@ if TYPE_CHECKING:
 
 _CLIENTS: dict[tuple, object] = {}
 SINGLE_PUT_MAX = 16 * 1024 * 1024  # bytes; larger files go up (and come down) in parallel parts
+PRESIGN_MAX = 7 * 24 * 3600  # seconds: the longest a SigV4 presigned URL may last
 _TRANSIENT_CODES = {"SlowDown", "ServiceUnavailable", "InternalError", "RequestTimeout", "503", "500", "502", "504"}
 _TRANSIENT_WORDS = ("Could not connect", "Connection was closed", "timed out", "ServiceUnavailable", "SlowDown", "InternalError", "Service Unavailable")
 
@@ -29,6 +30,7 @@ def _client(endpoint: str | None, region: str, checksums: str, credentials: tupl
 
         config = Config(
             retries={"mode": "standard", "max_attempts": 5},
+            signature_version="s3v4",  # presigned URLs too (botocore presigns with SigV2 otherwise)
             request_checksum_calculation=checksums,
             response_checksum_validation=checksums,
             s3={"addressing_style": "path"} if endpoint else {},
@@ -56,14 +58,15 @@ class S3Storage:
         self._direct = _Direct(client, bucket) if direct else None
 
     @classmethod
-    def from_settings(cls, settings: Settings) -> S3Storage:
+    def from_settings(cls, settings: Settings, credentials: tuple[str, str] | None = None) -> S3Storage:
         parts = urlsplit(settings.storage_url)
         prefix = parts.path.strip("/")
         return cls(
             settings.storage_url,
             parts.netloc,
             f"{prefix}/" if prefix else "",
-            _client(settings.s3_endpoint_url, settings.s3_region, settings.s3_checksums, local_credentials(settings)),
+            _client(settings.s3_endpoint_url, settings.s3_region, settings.s3_checksums,
+                    credentials or local_credentials(settings)),
             # Plain signed requests need a path-style endpoint and no checksums beyond the SHA-256
             # signature: an S3-compatible server (the local farm's own), not AWS itself.
             direct=settings.s3_endpoint_url is not None and settings.s3_checksums == "when_required",
@@ -233,6 +236,20 @@ class S3Storage:
                 more = f"; {len(errors) - 1} more key(s) not deleted" if len(errors) > 1 else ""
                 where = f"s3://{self.bucket}/{first.get('Key', '')}"
                 raise StorageError(f"storage {where}: delete failed ({why}){more}")
+
+    def presigned_get(self, key: str, expires: int) -> str:
+        """A URL that lets whoever holds it GET the object for `expires` seconds (1 to 604800,
+        SigV4's limit), signed with this store's credentials: no credentials of the reader's own."""
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        if isinstance(expires, bool) or not isinstance(expires, int) or not 1 <= expires <= PRESIGN_MAX:
+            raise InputError(f"expires: {expires!r} is not a whole number of seconds from 1 to {PRESIGN_MAX}")
+        try:
+            return self._s3.generate_presigned_url(
+                "get_object", Params={"Bucket": self.bucket, "Key": self._key(key)}, ExpiresIn=expires
+            )
+        except (BotoCoreError, ClientError) as e:
+            raise self._fail("presign", key, e) from None
 
     def list(self, prefix: str) -> Iterator[ObjectInfo]:
         from botocore.exceptions import BotoCoreError, ClientError

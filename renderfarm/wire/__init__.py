@@ -4,12 +4,13 @@ value) and one `to_json()`. Both ends of every hop use the same class.
 
     hop                                 messages
     control stream   CLI -> manager     SubmitIntent (a JobSpec), CancelIntent, SuspendIntent,
-                                        ResumeIntent, RetryIntent, PriorityIntent: parse_intent()
-    reply list       manager -> CLI     Reply
-    worker queue     manager -> worker  TaskOrder
-    heartbeat key    worker -> manager  Heartbeat
-    event stream     worker -> manager  Started, Progress, Done, Failed, Released, Refused, Bye:
-                                        parse_event()
+                                        ResumeIntent, RetryIntent, PriorityIntent, NodeAddIntent,
+                                        NodeRevokeIntent: parse_intent()
+    reply list       manager -> CLI     Reply (with a NodeGrant for an enrolled node)
+    node's queue     manager -> node    TaskOrder, Sealed with the node's key
+    node's heartbeat node -> manager    Heartbeat, Sealed
+    node's events    node -> manager    Started, Progress, Done, Failed, Released, Refused, Bye,
+                                        Sealed: parse_event()
     dead letters     manager -> admins  DeadLetter
 
 Importing this package imports pydantic (~0.2 s): the CLI imports it only in the commands that
@@ -36,6 +37,9 @@ from renderfarm.wire.heartbeat import Capabilities, Heartbeat
 from renderfarm.wire.intents import (
     CancelIntent,
     Intent,
+    NodeAddIntent,
+    NodeGrant,
+    NodeRevokeIntent,
     PriorityIntent,
     Reply,
     ResumeIntent,
@@ -45,11 +49,13 @@ from renderfarm.wire.intents import (
     parse_intent,
 )
 from renderfarm.wire.orders import Box, TaskOrder
+from renderfarm.wire.sealed import Sealed
 from renderfarm.wire.submission import JobSpec, RenderOptions, SubmitIntent
 
 __all__ = [
     "AttemptEvent", "Box", "Bye", "CancelIntent", "Capabilities", "DeadLetter", "Done", "Event", "Failed",
-    "Heartbeat", "Intent", "JobSpec", "Limits", "Message", "Output", "PriorityIntent", "Progress", "Refused",
-    "Released", "RenderOptions", "Reply", "ResumeIntent", "RetryIntent", "Started", "SubmitIntent",
+    "Heartbeat", "Intent", "JobSpec", "Limits", "Message", "NodeAddIntent", "NodeGrant", "NodeRevokeIntent",
+    "Output", "PriorityIntent", "Progress", "Refused", "Released", "RenderOptions", "Reply", "ResumeIntent",
+    "RetryIntent", "Sealed", "Started", "SubmitIntent",
     "SuspendIntent", "TaskOrder", "Usage", "VerbIntent", "WireError", "parse_event", "parse_intent",
 ]

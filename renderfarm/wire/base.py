@@ -28,6 +28,10 @@ Id = Annotated[int, Field(ge=1, le=DB_ID_MAX)]
 JobId = Annotated[str, Field(pattern=r"^[0-9a-f]{4,16}$")]
 # A worker's (node's) name: safe as a file name, a Redis key part and a queue name.
 WorkerName = Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")]
+# An enrolled node's name: no '.', so that its keys, RQ ids and ACL patterns stay unambiguous.
+NodeName = Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_-]{0,47}$")]
+# A URL a node is handed to fetch one object (presigned): http(s), printable, bounded.
+Url = Annotated[str, Field(pattern=r"^https?://[\x21-\x7e]{1,4000}$")]
 # A job name, owner, pool or site: letters, digits, '.', '_' and '-', never '.' or '..'.
 SLUG = r"^[A-Za-z0-9_](?:[A-Za-z0-9._-]{0,98}[A-Za-z0-9_])?$"
 Slug = Annotated[str, Field(pattern=SLUG)]

@@ -9,7 +9,7 @@ from typing import Annotated, Literal
 
 from pydantic import Field
 
-from renderfarm.wire.base import JobId, Message, RequestId, Text, union_parser
+from renderfarm.wire.base import JobId, Message, NodeName, RequestId, ShortSlug, Tag, Text, union_parser
 from renderfarm.wire.submission import SubmitIntent
 
 
@@ -61,14 +61,50 @@ class PriorityIntent(Message):
     priority: Annotated[int, Field(ge=0, le=100)]
 
 
-Intent = SubmitIntent | CancelIntent | SuspendIntent | ResumeIntent | RetryIntent | PriorityIntent
+class NodeAddIntent(Message):
+    """`farm node add NAME`: enroll a render node (again: its old credentials stop working)."""
+
+    what = "intent node-add"
+    type: Literal["node-add"] = "node-add"
+    request_id: RequestId
+    name: NodeName
+    site: ShortSlug = "local"
+    pool: ShortSlug = "default"
+    tags: Annotated[tuple[Tag, ...], Field(max_length=32)] = ()
+
+
+class NodeRevokeIntent(Message):
+    """`farm node revoke NAME`: the node's credentials stop working, its attempts go elsewhere."""
+
+    what = "intent node-revoke"
+    type: Literal["node-revoke"] = "node-revoke"
+    request_id: RequestId
+    name: NodeName
+
+
+Intent = (SubmitIntent | CancelIntent | SuspendIntent | ResumeIntent | RetryIntent | PriorityIntent | NodeAddIntent
+          | NodeRevokeIntent)
 VerbIntent = CancelIntent | SuspendIntent | ResumeIntent | RetryIntent | PriorityIntent
 INTENT_MAX_BYTES = SubmitIntent.MAX_BYTES
 
 parse_intent = union_parser(
-    "intent", (SubmitIntent, CancelIntent, SuspendIntent, ResumeIntent, RetryIntent, PriorityIntent),
+    "intent", (SubmitIntent, CancelIntent, SuspendIntent, ResumeIntent, RetryIntent, PriorityIntent, NodeAddIntent,
+               NodeRevokeIntent),
     INTENT_MAX_BYTES,
 )
+
+
+class NodeGrant(Message):
+    """What the manager issued a node it enrolled: the secrets of its credentials file."""
+
+    what = "node grant"
+    name: NodeName
+    node_id: Annotated[str, Field(pattern=r"^n[0-9a-f]{8}$")]
+    key: Annotated[str, Field(min_length=32, max_length=128)]
+    redis_user: Annotated[str, Field(max_length=64)]
+    redis_password: Annotated[str, Field(min_length=16, max_length=128)]
+    s3_access_key: Annotated[str, Field(max_length=128)] | None = None
+    s3_secret_key: Annotated[str, Field(max_length=128)] | None = None
 """Any entry of the control stream, checked: `parse_intent(raw) -> Intent`."""
 
 
@@ -83,3 +119,4 @@ class Reply(Message):
     state: Annotated[str, Field(max_length=16)] | None = None
     priority: Annotated[int, Field(ge=0, le=100)] | None = None
     changed: bool | None = None
+    node: NodeGrant | None = None

@@ -9,7 +9,19 @@ from typing import TYPE_CHECKING, Annotated, Literal
 
 from pydantic import Field, model_validator
 
-from renderfarm.wire.base import TASK_FRAMES_CAP, Frame, Id, JobId, Message, Sha256, Slug, StorageKey, WireError
+from renderfarm.wire.base import (
+    TASK_FRAMES_CAP,
+    Frame,
+    Id,
+    JobId,
+    Message,
+    NodeName,
+    Sha256,
+    Slug,
+    StorageKey,
+    Url,
+    WireError,
+)
 from renderfarm.wire.submission import MAX_SIZE, MAX_TIMEOUT, SCENE_KEY, VERSION, RenderOptions
 
 if TYPE_CHECKING:
@@ -38,11 +50,13 @@ class TaskOrder(Message):
     attempt: Annotated[int, Field(ge=1, le=1_000_000)]
     task_id: Id
     task_index: Annotated[int, Field(ge=0, le=1_000_000_000)]
+    node: NodeName  # the node it is for: its outputs go under the node's own prefix
     job_id: JobId
     name: Slug
     renderer: Annotated[str, Field(pattern=r"^[a-z][a-z0-9_-]{0,31}$")]
     scene_key: Annotated[str, Field(pattern=SCENE_KEY)]
     scene_sha256: Sha256
+    scene_url: Url | None = None  # the scene, presigned (a node holds no standing read access)
     frames: Annotated[tuple[Frame, ...], Field(min_length=1, max_length=TASK_FRAMES_CAP)]
     format: Literal["png", "png16", "exr"] = "png"
     width: Annotated[int, Field(ge=1, le=MAX_SIZE)]
@@ -51,6 +65,7 @@ class TaskOrder(Message):
     region: Box | None = None  # a tile task's rectangle of the frame
     grid: Annotated[str, Field(max_length=32)] | None = None  # an assembly's tile grid...
     tile_keys: Annotated[tuple[StorageKey, ...], Field(max_length=4096)] = ()  # ...and its tiles
+    tile_urls: Annotated[tuple[Url, ...], Field(max_length=4096)] = ()  # presigned, one per tile key
     renderer_version: Annotated[str, Field(pattern=VERSION)] | None = None
     options: RenderOptions | None = None
 
@@ -74,7 +89,9 @@ class TaskOrder(Message):
             outside = next((k for k in self.tile_keys if not k.startswith(prefix)), None)
             if outside is not None:
                 raise WireError(f"task order: tile key {outside[:100]!r} is outside {prefix}")
-        elif self.grid is not None or self.tile_keys:
+            if self.tile_urls and len(self.tile_urls) != len(self.tile_keys):
+                raise WireError("task order: an assembly names a URL for each of its tiles, or none")
+        elif self.grid is not None or self.tile_keys or self.tile_urls:
             raise WireError(f"task order: a {self.kind} task has no tiles to assemble")
         return self
 
@@ -83,17 +100,14 @@ class TaskOrder(Message):
         """How logs and messages name the attempt: `JOB:INDEX/ATTEMPT`."""
         return f"{self.job_id}:{self.task_index}/{self.attempt}"
 
-    @property
-    def rq_id(self) -> str:
-        """The RQ job id of this order (RQ allows letters, digits, '_' and '-' only)."""
-        return f"attempt-{self.attempt_id}"
+
 
     @property
     def prefix(self) -> str:
         """Where everything this attempt writes goes in storage."""
         from renderfarm.storage.keys import attempt_prefix
 
-        return attempt_prefix(self.job_id, self.task_index, self.attempt)
+        return attempt_prefix(self.node, self.job_id, self.task_index, self.attempt)
 
     @property
     def ext(self) -> str:

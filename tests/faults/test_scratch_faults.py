@@ -8,7 +8,7 @@ import signal
 import subprocess
 
 import pytest
-from conftest import BIN, run_farm, wait_for
+from conftest import run_farm, wait_for
 from livefarm import BOUNCING, LiveFarm, report
 
 pytestmark = pytest.mark.slow
@@ -59,8 +59,12 @@ def farm(tmp_path, disk):
     f = LiveFarm(tmp_path, workers=1)
     f.up()
     log = (tmp_path / f"{NODE}.log").open("wb")
-    node = subprocess.Popen([str(BIN / "farm-worker"), "--name", NODE, "--scratch", str(disk.mount)], env=f.env,
-                            stdout=log, stderr=subprocess.STDOUT)
+    from nodekit import cli_node
+
+    from renderfarm.localfarm.services import node_env
+
+    argv = [*cli_node(f.env, NODE, tmp_path), "--scratch", str(disk.mount)]
+    node = subprocess.Popen(argv, env=node_env(f.env), stdout=log, stderr=subprocess.STDOUT)
     try:
         r = f.redis()
         from renderfarm import presence

@@ -5,7 +5,6 @@ render a 16-frame job of 2 s frames at chunk 4; the delay must cost little (targ
 from __future__ import annotations
 
 import json
-import shlex
 import sqlite3
 import sys
 import time
@@ -94,23 +93,24 @@ def farm(tmp_path, hosts):
         assert not left, f"processes left after farm down: {left}"
 
 
-def worker_env(farm_exports: dict[str, str], state: Path, redis_url: str, s3_url: str) -> dict[str, str]:
-    """What a render node on another host is given: the farm's URLs and S3 keys (from `farm env`),
-    a state directory of its own, and no database."""
-    env = farm_env(state, FARM_ALLOW_COMMANDS="1")
-    for key, value in farm_exports.items():
-        if key.startswith(("FARM_", "AWS_")) and key not in ("FARM_STATE_DIR", "FARM_DATABASE_URL", "FARM_ALLOW_COMMANDS"):
-            env[key] = value
-    env.update(FARM_REDIS_URL=redis_url, FARM_S3_ENDPOINT_URL=s3_url, AWS_ENDPOINT_URL=s3_url)
-    return env
+def enroll_node(env: dict[str, str], name: str, folder: Path, redis_url: str, s3_url: str) -> list[str]:
+    """A render node on another host: enrolled with `farm node add` (its own Valkey user, S3 keys
+    and key), reaching the farm at `redis_url` and `s3_url` (directly, or through the proxy that
+    delays its link); returns its worker's command line."""
+    from nodekit import cli_node
 
+    from renderfarm.enrollment import read_credentials, write_credentials
 
-def exports(env: dict[str, str]) -> dict[str, str]:
-    out = {}
-    for line in run_farm("env", env=env).stdout.splitlines():
-        key, _, value = line.removeprefix("export ").partition("=")
-        out[key] = shlex.split(value)[0] if value else ""
-    return out
+    argv = cli_node(env, name, folder)
+    path = Path(argv[-1])
+    credentials = read_credentials(path)
+    there = urlsplit(redis_url)
+    url = urlsplit(credentials.redis_url)
+    credentials = credentials.model_copy(update={
+        "redis_url": urlunsplit(url._replace(netloc=f"{url.netloc.rpartition('@')[0]}@{there.netloc.rpartition('@')[2]}")),
+        "s3_endpoint_url": s3_url})
+    write_credentials(path, credentials)
+    return argv
 
 
 def with_port(url: str, port: int) -> str:
@@ -154,13 +154,13 @@ def render_round(label: str, *, hosts: Hosts, farm, tmp: Path, redis_url: str, s
     state, env = farm
     settings = load_settings(env, cwd=tmp)
     r = redis.Redis.from_url(settings.redis_url)
-    farm_exports = exports(env)
     procs, names = [], [f"w{i + 1}" for i in range(hosts.count)]
     for i in range(hosts.count):
         node = tmp / label / f"w{i + 1}"
         node.mkdir(parents=True)
-        wenv = worker_env(farm_exports, node / "state", redis_url, s3_url)
-        argv = [sys.executable, "-m", "renderfarm_worker", f"--name=w{i + 1}"]
+        argv = enroll_node(env, f"w{i + 1}", node, redis_url, s3_url)
+        # A state directory of its own, none of the farm's settings or secrets: its credentials.
+        wenv = farm_env(node / "state", FARM_ALLOW_COMMANDS="1")
         procs.append(hosts.spawn(i, argv, env=wenv, log_path=node / "worker.log", cwd=node))
     try:
         def live() -> bool:

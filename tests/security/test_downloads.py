@@ -45,7 +45,7 @@ def store(storage, tmp_path: Path, final_key: str, data: bytes) -> str:
     digest = hashlib.sha256(data).hexdigest()
     source = tmp_path / "upload.bin"
     source.write_bytes(data)
-    attempt_key = attempt_prefix(JOB, 0, 1) + final_key.rsplit("/", 1)[-1]
+    attempt_key = attempt_prefix("node-1", JOB, 0, 1) + final_key.rsplit("/", 1)[-1]
     storage.put_file(attempt_key, source, sha256=digest)
     storage.copy(attempt_key, final_key)
     return digest

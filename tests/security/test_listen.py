@@ -59,23 +59,6 @@ def farm(tmp_path_factory):
     assert not farm_processes(state)
 
 
-def exports(env: dict[str, str]) -> dict[str, str]:
-    out = {}
-    for line in run_farm("env", env=env).stdout.splitlines():
-        key, _, value = line.removeprefix("export ").partition("=")
-        out[key] = shlex.split(value)[0] if value else ""
-    return out
-
-
-def node_env(farm_exports: dict[str, str], state: Path) -> dict[str, str]:
-    """What a render node is given: the farm's URLs and keys from `farm env`, a state directory of
-    its own, no database."""
-    env = farm_env(state)
-    env.update({k: v for k, v in farm_exports.items()
-                if k.startswith(("FARM_", "AWS_")) and k not in ("FARM_STATE_DIR", "FARM_DATABASE_URL")})
-    return env
-
-
 def farm_pids(state: Path) -> set[int]:
     run = json.loads((state / "run.json").read_text())
     procs = run["processes"] + ([run["supervisor"]] if run.get("supervisor") else [])
@@ -210,14 +193,17 @@ def forged_read(port: int, access_key: str) -> int:
     return 200
 
 
-def test_a_worker_given_farm_env_renders_through_the_gateway(farm, tmp_path):
+def test_an_enrolled_node_renders_through_the_gateway(farm, tmp_path):
+    """`farm node add` gives the node the --listen address, its own Valkey user and S3 keys."""
+    from nodekit import cli_node
+
     _, env = farm
     node = tmp_path / "node"
     node.mkdir()
-    argv = [sys.executable, "-m", "renderfarm_worker", "--name=listen-node", f"--scratch={node / 'scr'}"]
+    argv = [*cli_node(env, "listen-node", node), f"--scratch={node / 'scr'}"]
+    node_only = farm_env(node / "state")  # a state directory of its own, none of the farm's settings
     with (node / "worker.log").open("wb") as log:
-        worker = subprocess.Popen(argv, env=node_env(exports(env), node / "state"), cwd=node,
-                                  stdout=log, stderr=subprocess.STDOUT)
+        worker = subprocess.Popen(argv, env=node_only, cwd=node, stdout=log, stderr=subprocess.STDOUT)
     def joined_or_exited() -> bool:
         return worker.poll() is not None or "listen-node" in run_farm("workers", env=env).stdout
 

@@ -14,6 +14,7 @@ import sys
 import threading
 
 import pytest
+from nodekit import enrolled_worker_argv, worker_env
 from conftest import EXAMPLES, farm_env, run_farm, s3_settings, wait_for
 
 from renderfarm import keys, presence
@@ -116,11 +117,13 @@ def test_the_farm_runs_over_rediss_with_a_ca_bundle(tmp_path, valkey, seaweed):
     stop = threading.Event()
     manager = threading.Thread(target=Manager(settings, poll_ms=50).run, args=(stop,), daemon=True)
     manager.start()
-    env = {**os.environ, **settings_env(settings)}
-    worker = subprocess.Popen([sys.executable, "-m", "renderfarm_worker", "--name=tls-w1"], env=env,
-                              stdout=(tmp_path / "worker.log").open("w"), stderr=subprocess.STDOUT)
+    r = connect(settings)
+    wait_for(lambda: r.exists(keys.MANAGER_LEADER), 30, "the manager over TLS")
+    # The node's credentials name the TLS URL with its own user, and the CA.
+    argv = enrolled_worker_argv(settings, "tls-w1", tmp_path)
+    worker = subprocess.Popen(argv, env=worker_env(settings), stdout=(tmp_path / "worker.log").open("w"),
+                              stderr=subprocess.STDOUT)
     try:
-        r = connect(settings)
         wait_for(lambda: "tls-w1" in presence.live_workers(r) and r.exists(keys.MANAGER_LEADER), 30, "farm over TLS")
         job = submit(settings, Submission(scene=EXAMPLES / "orbit.toml", frames="1-3"))
         cli_env = farm_env(tmp_path / "state", FARM_REDIS_URL=url, FARM_REDIS_CA=ca,

@@ -14,6 +14,7 @@ import time
 import pytest
 from conftest import run_farm, wait_for
 from faults.livefarm import BOUNCING, LiveFarm, report
+from nodekit import ActingNode
 
 from renderfarm import keys, streams
 
@@ -25,7 +26,6 @@ HUGE = "99999999999999999999999"
 UP_FROM_ATTEMPTS = "../../../../"  # <scratch>/attempts/<job>-<task>-<attempt>
 UP_FROM_OUT = "../../../../../../"  # <scratch>/attempts/<dir>/out/<name>.<frame>.png
 UP_FROM_SCENES = "../../../../"  # <scratch>/scenes/<sha256>.toml
-RAW_ID = f"attempt-900100/{UP_FROM_ATTEMPTS}victim"  # an RQ job id that RQ itself refuses
 
 
 @pytest.fixture(scope="module")
@@ -37,9 +37,19 @@ def farm(tmp_path_factory):
 
 
 def test_hostile_entries_are_refused_while_a_job_renders_on(farm):
+    """Hostile intents (as from a buggy or hostile CLI), and everything one node's credentials
+    allow: bad events and heartbeats sealed with its own key, crafted task orders in its own queue,
+    and orders pushed onto another node's queue."""
+    import redis as redis_lib
+
+    from renderfarm.enrollment import read_credentials
+
     r = farm.redis()
     pids = farm.pids()
     workers = farm.worker_names()
+    credentials = read_credentials(farm.state / "nodes" / f"{workers[0]}.farm-node")
+    node = ActingNode(credentials)
+    as_node = redis_lib.Redis.from_url(credentials.redis_url)
     # The sentinel: where the old code made the workdir of job id '../../../../victim' (after
     # removing what was there). Its name and scene hash attacks wrote next to it.
     sentinel = farm.tmp / "victim-0-1"
@@ -50,14 +60,17 @@ def test_hostile_entries_are_refused_while_a_job_renders_on(farm):
     job = farm.submit(BOUNCING, "--frames", "1-24", "--name", "shot")
     wait_for(lambda: farm.done_tasks(job) >= 1, 60, "the job to be rendering")
     [[scene_key, sha]] = farm.query("select scene_key, scene_sha256 from jobs where id = ?", job)
-    [[attempt]] = farm.query("select min(id) from attempts where job_id = ?", job)
+    [[attempt]] = farm.query("select min(id) from attempts where job_id = ? and worker = ?", job, workers[0])
     # (source, entry) -> what its dead letter's reason names, and the worker it names
     expected = {
         **_post_intents(r, scene_key, sha),
-        **_post_events(r, workers[0], attempt, sha),
-        **_post_heartbeat(r, "bad-node"),
-        **_enqueue_orders(r, workers, job, scene_key, sha),
+        **_post_events(as_node, node, attempt, sha),
+        **_post_heartbeat(as_node, node),
+        **_enqueue_orders(as_node, node, job, scene_key, sha),
     }
+    # Another node's queue is not this node's to write: Valkey refuses, and says who tried.
+    with pytest.raises(redis_lib.exceptions.NoPermissionError):
+        as_node.lpush(f"rq:queue:{keys.queue_name(workers[1])}", "x")
     assert farm.done_tasks(job) < 24, "the job finished before the attack was over"
     # The CLI's own check, before anything is sent.
     cli = run_farm("submit", str(BOUNCING), "--max-workers", HUGE, env=farm.env, check=False)
@@ -65,10 +78,12 @@ def test_hostile_entries_are_refused_while_a_job_renders_on(farm):
     assert len(cli.stderr.strip().splitlines()) == 1 and HUGE in cli.stderr, cli.stderr
 
     try:
-        wait_for(lambda: len(_letters(farm)) >= len(expected), 30, "every entry's dead letter")
+        wait_for(lambda: len(_letters(farm)) >= len(expected) + 1, 30, "every entry's dead letter")
     except AssertionError:
         pass  # the assertion below shows what came
-    letters = {(x["source"], x["entry"]): x for x in _letters(farm)}
+    everything = _letters(farm)
+    acl = [x for x in everything if x["source"] == "acl"]
+    letters = {(x["source"], x["entry"]): x for x in everything if x["source"] != "acl"}
     came = [(*key, x["reason"]) for key, x in letters.items()]
     assert letters.keys() == expected.keys(), json.dumps(came, indent=1)
     for (source, entry), (names, worker) in expected.items():
@@ -78,6 +93,7 @@ def test_hostile_entries_are_refused_while_a_job_renders_on(farm):
             # Its sender hears at once.
             reply = streams.await_reply(r, json.loads(letter["raw"])["request_id"], 10)
             assert not reply.ok and reply.error == letter["reason"]
+    assert [(x["worker"], keys.queue_name(workers[1]) in x["reason"]) for x in acl] == [(workers[0], True)]
 
     assert farm.wait_job(job, 120) == "done"
     farm.check_frames(job, "shot", list(range(1, 25)), (640, 360))
@@ -90,15 +106,22 @@ def test_hostile_entries_are_refused_while_a_job_renders_on(farm):
     from rq import Queue
     from rq.job import Job
 
-    intermediate = Queue(keys.queue_name(workers[1]), connection=r).intermediate_queue_key
-    assert RAW_ID.encode() not in r.lrange(intermediate, 0, -1)
-    assert not r.exists(Job.key_for(RAW_ID))
-    r.srem(keys.WORKERS_SET, "bad-node")
+    raw_id = _raw_id(credentials.node_id)
+    intermediate = Queue(keys.queue_name(workers[0]), connection=r).intermediate_queue_key
+    assert raw_id.encode() not in r.lrange(intermediate, 0, -1)
+    assert not r.exists(Job.key_for(raw_id))
+    refused = {n["name"]: n["refused"] for n in json.loads(run_farm("node", "list", "--json", env=farm.env).stdout)}
+    assert refused[workers[0]] >= 7 and refused[workers[1]] == 0  # counted against the node that sent them
 
 
 def _letters(farm) -> list[dict]:
     out = run_farm("dead-letters", "--json", "--limit", "1000", env=farm.env).stdout
     return json.loads(out)
+
+
+def _raw_id(node_id: str) -> str:
+    """An RQ job id RQ itself refuses, in the node's own key space."""
+    return f"{node_id}-900100/{UP_FROM_ATTEMPTS}victim"
 
 
 def _post_intents(r, scene_key: str, sha: str) -> dict:
@@ -119,9 +142,10 @@ def _post_intents(r, scene_key: str, sha: str) -> dict:
     return sent
 
 
-def _post_events(r, worker: str, attempt: int, sha: str) -> dict:
-    """Worker events out of range or of the wrong type, most naming the job's real attempt."""
-    ours = {"worker": worker, "attempt_id": attempt}
+def _post_events(r, node: ActingNode, attempt: int, sha: str) -> dict:
+    """Events out of range or of the wrong type, most naming the node's real attempt, sealed with
+    its own key on its own stream."""
+    ours = {"worker": node.name, "attempt_id": attempt}
     bad = {
         "attempt_id": {"type": "progress", **ours, "attempt_id": 1e30, "progress": 0.5},
         "progress": {"type": "progress", **ours, "progress": "abc"},
@@ -131,31 +155,32 @@ def _post_events(r, worker: str, attempt: int, sha: str) -> dict:
                        "outputs": [{"frame": 1, "sha256": sha, "size": 3}]},
     }
     sent = {}
+    stream = keys.event_stream(node.name)
     for field, doc in bad.items():
-        entry = streams.post(r, keys.EVENT_STREAM, json.dumps(doc))
-        sent[(keys.EVENT_STREAM, entry)] = (f" {field}: ", worker)
+        entry = node.post(r, json.dumps(doc))
+        sent[(stream, entry)] = (f" {field}: ", node.name)
     return sent
 
 
-def _post_heartbeat(r, name: str) -> dict:
-    r.set(keys.heartbeat_key(name), json.dumps({"name": name, "pid": "x"}), ex=120)
-    r.sadd(keys.WORKERS_SET, name)
+def _post_heartbeat(r, node: ActingNode) -> dict:
+    r.set(keys.heartbeat_key(node.name), node.sealed(json.dumps({"name": node.name, "pid": "x"})), ex=3)
     reason = "heartbeat: pid: 'x' should be a valid integer"
-    return {(keys.heartbeat_key(name), name): (reason, None)}
+    return {(keys.heartbeat_key(node.name), node.name): (reason, node.name)}
 
 
-def _enqueue_orders(r, workers: list[str], job: str, scene_key: str, sha: str) -> dict:
-    """Task orders for our own function, each with the lease it names (as an attacker with Redis
-    access could set it), enqueued as the manager does, and one written into RQ's keys by hand
-    past RQ's own check of job ids."""
+def _enqueue_orders(r, node: ActingNode, job: str, scene_key: str, sha: str) -> dict:
+    """Task orders for our own function in the node's own queue, sealed with its own key (it has
+    it), each with a lease it may not set itself, and one written into RQ's keys by hand past RQ's
+    own check of job ids."""
     from rq import Queue
     from rq.job import Job
     from rq.serializers import JSONSerializer
 
     from renderfarm.queues import RENDER_TASK
 
-    base = {"v": 2, "kind": "render", "attempt": 1, "task_index": 0, "job_id": job, "name": "evil",
-            "renderer": "builtin", "scene_key": scene_key, "scene_sha256": sha, "frames": [1],
+    node_id = node.credentials.node_id
+    base = {"v": 2, "kind": "render", "attempt": 1, "task_index": 0, "node": node.name, "job_id": job,
+            "name": "evil", "renderer": "builtin", "scene_key": scene_key, "scene_sha256": sha, "frames": [1],
             "format": "png", "width": 64, "height": 36, "timeout": 60}
     crafted = [
         ("task order: job_id: ", {"job_id": UP_FROM_ATTEMPTS + "victim"}),
@@ -164,25 +189,23 @@ def _enqueue_orders(r, workers: list[str], job: str, scene_key: str, sha: str) -
         ("carries the order of attempt", {}),  # a valid order, under another attempt's RQ job id
     ]
     sent = {}
+    queue = Queue(keys.queue_name(node.name), connection=r, serializer=JSONSerializer)
     for i, (names, fields) in enumerate(crafted):
         attempt_id = task_id = 900_001 + i
-        r.set(keys.lease_key(task_id), attempt_id)
-        worker = workers[i % 2]
-        rq_id = f"attempt-{attempt_id + (1000 if names.startswith('carries') else 0)}"
-        order = json.dumps({**base, "attempt_id": attempt_id, "task_id": task_id, **fields})
-        queue = Queue(keys.queue_name(worker), connection=r, serializer=JSONSerializer)
+        rq_id = f"{node_id}-{attempt_id + (1000 if names.startswith('carries') else 0)}"
+        order = node.sealed(json.dumps({**base, "attempt_id": attempt_id, "task_id": task_id, **fields}),
+                            seq=attempt_id)
         queue.enqueue_call(RENDER_TASK, args=(order,), job_id=rq_id, result_ttl=0)
-        sent[(queue.name, rq_id)] = (names, worker)
+        sent[(queue.name, rq_id)] = (names, node.name)
 
-    queue = Queue(keys.queue_name(workers[1]), connection=r, serializer=JSONSerializer)
-    order = json.dumps({**base, "attempt_id": 900_100, "task_id": 900_100,
-                        "job_id": UP_FROM_ATTEMPTS + "victim"})
-    r.set(keys.lease_key(900_100), 900_100)
+    order = node.sealed(json.dumps({**base, "attempt_id": 900_100, "task_id": 900_100,
+                                    "job_id": UP_FROM_ATTEMPTS + "victim"}), seq=900_100)
     made = Job.create(RENDER_TASK, args=(order,), connection=r, serializer=JSONSerializer,
-                      id="attempt-900100", origin=queue.name, result_ttl=0)
-    r.hset(Job.key_for(RAW_ID), mapping={**made.to_dict(), "status": "queued"})
-    r.lpush(queue.key, RAW_ID)
-    sent[(queue.name, RAW_ID)] = ("RQ cannot read it", workers[1])
+                      id=f"{node_id}-900100", origin=queue.name, result_ttl=0)
+    raw_id = _raw_id(node_id)
+    r.hset(Job.key_for(raw_id), mapping={**made.to_dict(), "status": "queued"})
+    r.lpush(queue.key, raw_id)
+    sent[(queue.name, raw_id)] = ("RQ cannot read it", node.name)
     return sent
 
 

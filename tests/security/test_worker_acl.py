@@ -1,23 +1,23 @@
-"""The README's least-privilege Redis ACL for workers is enough to render, and keeps a worker's
-credentials away from the manager's control stream and from server administration."""
+"""A node's own Valkey user, made by the manager when the node is enrolled, is enough to render,
+and confines the node to its own keys: no other node's queue, heartbeat or events, no control
+stream, no administration. Every refusal is recorded as a dead letter with the node's name."""
 
 from __future__ import annotations
 
 import os
-import re
 import subprocess
-import sys
 import threading
 from pathlib import Path
 
 import pytest
 import redis
-from conftest import EXAMPLES, ROOT, s3_settings, wait_for
+from conftest import EXAMPLES, s3_settings, wait_for
+from nodekit import enrolled_worker_argv, worker_env
 
-from renderfarm import keys, presence
+from renderfarm import keys, streams
 from renderfarm.client import Submission, submit
-from renderfarm.config import settings_env, with_overrides
 from renderfarm.db import make_engine, session_scope
+from renderfarm.enrollment import read_credentials
 from renderfarm.manager import Manager
 from renderfarm.redisconn import connect
 from renderfarm.status import job_status, resolve_job
@@ -25,54 +25,67 @@ from renderfarm.status import job_status, resolve_job
 pytestmark = pytest.mark.slow
 
 
-def readme_worker_acl() -> str:
-    """The ACL rule for workers, exactly as the README gives it."""
-    text = (ROOT / "README.md").read_text()
-    rule = re.search(r"^ACL SETUSER farm-worker (.+)$", text, re.M)
-    assert rule, "the README has no `ACL SETUSER farm-worker ...` line"
-    return rule.group(1)
-
-
-def test_a_worker_renders_with_the_readme_acl(tmp_path, valkey, seaweed):
+def test_a_node_renders_with_its_own_user_and_may_touch_nothing_else(tmp_path, valkey, seaweed):
     admin = redis.Redis(port=valkey.port, password=valkey.password)
     admin.flushall()
-    rule = readme_worker_acl().replace("<password>", "worker-pw")
-    admin.execute_command("ACL", "SETUSER", "farm-worker", "reset", *rule.split())
+    manager_url = f"redis://:{valkey.password}@127.0.0.1:{valkey.port}/0"
+    settings = s3_settings(seaweed, tmp_path / "state", "acl" + os.urandom(4).hex(), FARM_REDIS_URL=manager_url,
+                           FARM_DATABASE_URL=f"sqlite:///{tmp_path / 'farm.db'}", FARM_HEARTBEAT_TTL="3")
+    stop = threading.Event()
+    thread = threading.Thread(target=Manager(settings, poll_ms=50).run, args=(stop,), daemon=True)
+    thread.start()
+    r = connect(settings)
+    wait_for(lambda: r.exists(keys.MANAGER_LEADER), 30, "the manager to lead")
+    argv = enrolled_worker_argv(settings, "acl-w1", tmp_path)
+    enrolled_worker_argv(settings, "other", tmp_path)
+    node = redis.Redis.from_url(read_credentials(tmp_path / "acl-w1.farm-node").redis_url)
+    log = Path(tmp_path / "worker.log")
+    worker = subprocess.Popen(argv, env=worker_env(settings), stdout=log.open("w"), stderr=subprocess.STDOUT)
     try:
-        manager_url = f"redis://:{valkey.password}@127.0.0.1:{valkey.port}/0"
-        settings = s3_settings(seaweed, tmp_path / "state", "acl" + os.urandom(4).hex(), FARM_REDIS_URL=manager_url,
-                               FARM_DATABASE_URL=f"sqlite:///{tmp_path / 'farm.db'}", FARM_HEARTBEAT_TTL="3")
-        worker_settings = with_overrides(settings, redis_url=f"redis://farm-worker:worker-pw@127.0.0.1:{valkey.port}/0")
-        limited = connect(worker_settings)
-        for forbidden in (lambda: limited.xadd(keys.CONTROL_STREAM, {"d": "{}"}), limited.flushall,
-                          lambda: limited.set(keys.MANAGER_LEADER, "me"), lambda: limited.config_get("*")):
+        job = submit(settings, Submission(scene=EXAMPLES / "orbit.toml", frames="1-3"))
+        engine = make_engine(settings.database_url)
+
+        def done():
+            with session_scope(engine) as s:
+                return job_status(s, resolve_job(s, job)).state == "done"
+
+        wait_for(done, 60, "the job")
+        engine.dispose()
+        assert "NOPERM" not in log.read_text() and "NoPermission" not in log.read_text(), log.read_text()[-2000:]
+        assert node.ping() and node.get(keys.lease_key(1)) is None  # it may read leases
+
+        forbidden = {
+            "XADD to the control stream": lambda: node.xadd(keys.CONTROL_STREAM, {"d": "{}"}),
+            "XADD to another node's events": lambda: node.xadd(keys.event_stream("other"), {"d": "{}"}),
+            "XTRIM of its own events": lambda: node.xtrim(keys.event_stream("acl-w1"), maxlen=0),
+            "XACK": lambda: node.xack(keys.event_stream("acl-w1"), keys.MANAGER_GROUP, "0-1"),
+            "a heartbeat under another node's name": lambda: node.set(keys.heartbeat_key("other"), "{}"),
+            "a heartbeat under a name never enrolled": lambda: node.set(keys.heartbeat_key("nobody"), "{}"),
+            "an order onto another node's queue": lambda: node.lpush(f"rq:queue:{keys.queue_name('other')}", "x"),
+            "the leader lock": lambda: node.set(keys.MANAGER_LEADER, "me"),
+            "a lease": lambda: node.set(keys.lease_key(1), "5"),
+            "FLUSHALL": node.flushall,
+            "CONFIG SET": lambda: node.config_set("maxmemory", "1mb"),
+            "ACL SETUSER": lambda: node.execute_command("ACL", "SETUSER", "backdoor", "on", ">pw", "+@all", "~*"),
+            "KEYS": lambda: node.keys("*"),
+            "SCAN": lambda: node.scan(0),
+            "a reply": lambda: node.rpush(keys.reply_key("0" * 32), "{}"),
+            "the dead letters": lambda: node.xrange(keys.DEAD_LETTERS),
+        }
+        for what, call in forbidden.items():
             with pytest.raises(redis.exceptions.NoPermissionError):
-                forbidden()
+                call()
+                pytest.fail(f"{what} was allowed")
+        # Valkey kept a record of each refusal; the manager makes dead letters of them, with the node's name.
+        def recorded():
+            letters = [x for _id, x in streams.dead_letters(r, count=100) if x.source == "acl"]
+            return letters if sum(x.deliveries for x in letters) >= len(forbidden) else None
 
-        stop = threading.Event()
-        thread = threading.Thread(target=Manager(settings, poll_ms=50).run, args=(stop,), daemon=True)
-        thread.start()
-        env = {**os.environ, **settings_env(worker_settings)}
-        log = Path(tmp_path / "worker.log")
-        worker = subprocess.Popen([sys.executable, "-m", "renderfarm_worker", "--name=acl-w1"], env=env,
-                                  stdout=log.open("w"), stderr=subprocess.STDOUT)
-        try:
-            r = connect(settings)
-            wait_for(lambda: "acl-w1" in presence.live_workers(r), 30, "the worker to beat")
-            job = submit(settings, Submission(scene=EXAMPLES / "orbit.toml", frames="1-3"))
-            engine = make_engine(settings.database_url)
-
-            def done():
-                with session_scope(engine) as s:
-                    return job_status(s, resolve_job(s, job)).state == "done"
-
-            wait_for(done, 60, "the job")
-            engine.dispose()
-            assert "NOPERM" not in log.read_text() and "NoPermission" not in log.read_text(), log.read_text()[-2000:]
-        finally:
-            worker.terminate()
-            worker.wait(30)
-            stop.set()
-            thread.join(30)
+        letters = wait_for(recorded, 15, "the refusals to be recorded")
+        assert {x.worker for x in letters} == {"acl-w1"}
+        assert any("control" in x.reason for x in letters) and any("flushall" in x.reason for x in letters)
     finally:
-        admin.execute_command("ACL", "DELUSER", "farm-worker")
+        worker.terminate()
+        worker.wait(30)
+        stop.set()
+        thread.join(30)

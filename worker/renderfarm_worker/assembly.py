@@ -50,12 +50,13 @@ def _fetch(rt: WorkerRuntime, spec: TaskOrder, workdir: Path, log_file: AttemptL
         raise RenderError(f"assembly payload names {len(spec.tile_keys)} tiles, the grid has {len(tiles)}")
     previous: Path | None = None
     try:
-        for tile, key in zip(tiles, spec.tile_keys):
+        urls = spec.tile_urls or (None,) * len(spec.tile_keys)
+        for tile, key, url in zip(tiles, spec.tile_keys, urls):
             index = tile.index
             rt.raise_if_stopped()
             path = workdir / f"tile-{index}.{spec.ext}"
             try:
-                rt.with_storage(f"download {key}", lambda: rt.storage.download_file(key, path))
+                rt.download(key, path, url)
             except StorageError as e:
                 if e.transient:
                     raise

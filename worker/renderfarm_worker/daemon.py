@@ -35,18 +35,22 @@ def _positive(text: str) -> float:
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="farm-worker", description="Render tasks the farm's manager hands this node.")
-    p.add_argument("--name", default=None, help="worker name, unique on the farm (default: the host name)")
-    p.add_argument("--pool", default="default", help="the pool this worker serves (default: default)")
+    p.add_argument("--credentials", type=Path, default=os.environ.get("FARM_NODE_CREDENTIALS"),
+                   help="the node's credentials file, as `farm node add NAME` wrote it (default: "
+                        "$FARM_NODE_CREDENTIALS)")
+    p.add_argument("--name", default=None, help="the node's name (default: the one its credentials name)")
+    p.add_argument("--pool", default=None, help="the pool this worker serves (default: as enrolled)")
     p.add_argument("--scratch", type=Path, default=None, help="scratch directory (default: <state dir>/scratch/<name>)")
-    p.add_argument("--site", default=os.environ.get("FARM_SITE", "local"),
-                   help="the site this node is at, one of farm.toml's [sites.NAME] (default: $FARM_SITE or local)")
+    p.add_argument("--site", default=os.environ.get("FARM_SITE"),
+                   help="the site this node is at, one of farm.toml's [sites.NAME] (default: $FARM_SITE, or as "
+                        "enrolled)")
     power = p.add_mutually_exclusive_group()
     power.add_argument("--watts", type=_positive, default=None, help="this node's power draw while rendering")
     power.add_argument("--watts-per-core", type=_positive, default=None,
                        help="or a draw per busy core, charged over the renderer's CPU time")
     p.add_argument("--tag", action="append", default=None, dest="tags", metavar="TAG",
                    help="a capability jobs may require (`farm submit --require TAG`); repeat or comma-separate "
-                        "(default: $FARM_WORKER_TAGS)")
+                        "(default: $FARM_WORKER_TAGS, or as enrolled)")
     p.add_argument("--burst", action="store_true", help="exit when the queue is empty (for tests)")
     p.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
     return p.parse_args(argv)
@@ -67,27 +71,37 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _check_name_free(r, name: str) -> None:
-    """Refuse to start under the name of a live worker; a dead one's stale heartbeat on this
-    host (it was killed a moment ago) does not count."""
-    from renderfarm import presence
+    """Refuse to start as a node whose worker is alive already (its heartbeat is fresh); a dead
+    one's stale heartbeat on this host (it was killed a moment ago) does not count."""
+    from renderfarm.keys import heartbeat_key
+    from renderfarm.wire import Heartbeat, Sealed, WireError
 
-    other = presence.live_workers(r).get(name)
+    raw = r.get(heartbeat_key(name))
+    try:
+        other = Heartbeat.parse(Sealed.parse(raw).body) if raw is not None else None
+    except WireError:
+        return
     if other is None:
         return
-    if other.get("host") == socket.gethostname():
+    if other.host == socket.gethostname():
         try:
-            pid = int(other.get("pid", 0))
-            if pid <= 0:
-                return
-            os.kill(pid, 0)
-        except (ProcessLookupError, ValueError, TypeError):
+            os.kill(other.pid, 0)
+        except ProcessLookupError:
             return
         except PermissionError:
             pass
-    raise RenderFarmError(f"a worker named {name!r} is already alive on {other.get('host')}; pass another --name")
+    raise RenderFarmError(f"node {name!r} has a worker alive already on {other.host}")
 
 
-def _work(rt, r, name: str, *, burst: bool) -> None:
+def _forget_secrets() -> None:
+    """Settings that could hold secrets leave this process's environment (a renderer's is
+    scrubbed anyway; the node's own secrets never enter it: they are in its credentials file)."""
+    for var in ("FARM_REDIS_URL", "RQ_REDIS_URL", "REDISCLI_AUTH", "AWS_SECRET_ACCESS_KEY", "AWS_ACCESS_KEY_ID",
+                "AWS_SESSION_TOKEN", "FARM_DATABASE_URL"):
+        os.environ.pop(var, None)
+
+
+def _work(rt, r, name: str, node_id: str, *, burst: bool) -> None:
     """Run RQ's work loop on our queue; when it ends without being asked to (it quits when Redis
     goes away), start it again once Redis answers, without restarting the process."""
     import redis
@@ -102,7 +116,7 @@ def _work(rt, r, name: str, *, burst: bool) -> None:
             try:
                 # A fresh RQ name each time: the previous registration may linger until it expires.
                 worker = FarmWorker(
-                    [queue_name(name)], connection=r, name=f"{name}.{os.getpid()}.{run_number}",
+                    [queue_name(name)], connection=r, name=f"{node_id}.{os.getpid()}.{run_number}",
                     serializer=JSONSerializer,
                 )
                 worker.work(burst=burst, logging_level="WARNING")
@@ -161,7 +175,21 @@ def run(args: argparse.Namespace) -> int:
 
     from renderfarm_worker.capabilities import find_worker_blender
 
-    settings = load_settings()
+    from renderfarm.enrollment import read_credentials
+
+    if args.credentials is None:
+        raise RenderFarmError("no credentials: a node acts only as itself (`farm node add NAME` issues its "
+                              "credentials file; pass it with --credentials FILE)")
+    credentials = read_credentials(Path(args.credentials))
+    if args.name is not None and args.name != credentials.name:
+        raise RenderFarmError(f"--name: {args.name!r} is not the node these credentials are for ({credentials.name!r})")
+    if not credentials.s3_access_key and os.environ.get("AWS_ACCESS_KEY_ID") and os.environ.get("AWS_SECRET_ACCESS_KEY"):
+        # Storage keys of the node's environment, where its credentials hold none: kept, not left in it.
+        credentials = credentials.model_copy(update={"s3_access_key": os.environ["AWS_ACCESS_KEY_ID"],
+                                                     "s3_secret_key": os.environ["AWS_SECRET_ACCESS_KEY"]})
+    _forget_secrets()
+    settings = credentials.settings(load_settings())
+    args.credentials = credentials
     # `blender --version` takes a second: it runs while the rest starts.
     with ThreadPoolExecutor(1, "find-blender") as lookup:
         blender_found = lookup.submit(find_worker_blender, settings)
@@ -172,25 +200,28 @@ def _serve(args: argparse.Namespace, settings, blender_found) -> int:
     from renderfarm_worker.capabilities import detect
     from renderfarm_worker.runtime import WorkerRuntime, install
 
-    name = slug(args.name or socket.gethostname(), "name")
-    pool = slug(args.pool, "pool")
+    credentials = args.credentials
+    name = credentials.name
+    pool = slug(args.pool or credentials.pool, "pool")
     r = connect(settings)
     _check_name_free(r, name)
     scratch = args.scratch or settings.state_dir / "scratch" / name
-    site = settings.site(args.site).name  # refuses a site farm.toml does not name
-    tags = check_tags(args.tags if args.tags is not None else os.environ.get("FARM_WORKER_TAGS") or None, "tag")
+    site = settings.site(args.site or credentials.site).name  # refuses a site farm.toml does not name
+    given = args.tags if args.tags is not None else os.environ.get("FARM_WORKER_TAGS") or None
+    tags = check_tags(given, "tag") if given is not None else credentials.tags
     blender = blender_found.result()
-    rt = WorkerRuntime(settings=settings, name=name, pool=pool, scratch=scratch, r=r, site=site,
+    rt = WorkerRuntime(settings=settings, credentials=credentials, pool=pool, scratch=scratch, r=r, site=site,
                        watts=args.watts, watts_per_core=args.watts_per_core,
                        capabilities=detect(settings, tags, blender), blender=blender)
     install(rt)
     open_connections(r, REDIS_CONNECTIONS)
-    threading.Thread(target=_reach_storage, args=(rt,), name="storage-check", daemon=True).start()
+    if not credentials.s3_access_key:  # a node's own identity may not even ask for the bucket
+        threading.Thread(target=_reach_storage, args=(rt,), name="storage-check", daemon=True).start()
     rt.start_heartbeat()
     log.info("worker %s (pool %s, site %s, tags %s) serving queue %s", name, pool, site,
              ",".join(rt.capabilities["tags"]) or "none", queue_name(name))
     try:
-        _work(rt, r, name, burst=args.burst)
+        _work(rt, r, name, credentials.node_id, burst=args.burst)
     finally:
         rt.stopping = True
         rt.finisher.drain(timeout=rt.settings.storage_retry)  # its uploads are this worker's to finish

@@ -50,7 +50,7 @@ class Render:
         if renderer.name == "command" and not rt.settings.allow_commands:
             raise RenderError("the command renderer is not allowed on this worker (set FARM_ALLOW_COMMANDS=1)")
         program = self._program(renderer.name)
-        scene = rt.fetch_scene(order.scene_key, order.scene_sha256)
+        scene = rt.fetch_scene(order.scene_key, order.scene_sha256, order.scene_url)
         pattern = str(self.workdir / "out" / f"{order.name}.{{frame}}.{order.ext}")
         region = order.render_region
         size = (region.width, region.height) if region else (order.width, order.height)
@@ -173,7 +173,7 @@ class LiveLog:
     KEEP_LINES = 5000
 
     def __init__(self, rt: WorkerRuntime, attempt_id: int) -> None:
-        self.rt, self.key = rt, log_stream(attempt_id)
+        self.rt, self.key = rt, log_stream(rt.name, attempt_id)
         self.lines: list[str] = []
         self.next_flush = time.monotonic() + self.EVERY
 

@@ -220,6 +220,10 @@ class FarmWorker(SimpleWorker):
         self._books.close(timeout=BOOKS_AT_EXIT)
         super().teardown()
 
+    def run_maintenance_tasks(self):
+        """None: RQ's maintenance cleans every queue's registries and group locks, which are not a
+        node's to touch (its Valkey user may not); the manager reconciles what was lost."""
+
     # -- jobs -------------------------------------------------------------------------------------
 
     def dequeue_job_and_maintain_ttl(self, timeout, max_idle_time=None):

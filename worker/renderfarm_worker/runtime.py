@@ -16,9 +16,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from renderfarm import __version__, presence, queues
+from renderfarm import __version__, keys, presence, queues
 from renderfarm.errors import RenderFarmError, StorageError
 from renderfarm.events import EventSender
+from renderfarm.nodes import Sequence
 from renderfarm.renderers.session import RendererSession
 from renderfarm.states import WorkerState
 from renderfarm.storage import open_storage
@@ -30,6 +31,7 @@ if TYPE_CHECKING:
     from renderfarm.wire import Heartbeat
 
     from renderfarm.config import Settings
+    from renderfarm.enrollment import NodeCredentials
     from renderfarm.renderers.blender import Blender
     from renderfarm.storage import Storage
 
@@ -111,7 +113,7 @@ class Lease:
 @dataclass
 class WorkerRuntime:
     settings: Settings
-    name: str
+    credentials: NodeCredentials  # who this node is: its name, id, key and S3 identity
     pool: str
     scratch: Path
     r: Redis
@@ -146,8 +148,11 @@ class WorkerRuntime:
     _lease_check_pending: threading.Event = field(default_factory=threading.Event)
 
     def __post_init__(self) -> None:
-        self.storage = open_storage(self.settings)
-        self.events = EventSender(self.r)
+        creds = self.credentials
+        keys_ = (creds.s3_access_key, creds.s3_secret_key) if creds.s3_access_key and creds.s3_secret_key else None
+        self.storage = open_storage(self.settings, keys_)
+        self.sequence = Sequence()  # numbered from the clock; the file is kept once scratch exists
+        self.events = EventSender(self.r, keys.event_stream(self.name), self.seal)
         self.finisher = Finisher()
         self.render_io = ThreadPoolExecutor(1, thread_name_prefix="render-io")
         self.uploads = ThreadPoolExecutor(UPLOADS_AT_ONCE, thread_name_prefix="upload")
@@ -156,6 +161,34 @@ class WorkerRuntime:
             os.chmod(self.scratch, 0o700)
         except OSError as e:
             raise RenderFarmError(f"scratch: {self.scratch} cannot be made or kept private ({e.strerror or e})") from None
+        self.sequence = Sequence(self.scratch / "sequence")
+
+    @property
+    def name(self) -> str:
+        return self.credentials.name
+
+    def seal(self, message) -> str:
+        """A message for the manager, sealed with this node's key and numbered past every earlier one."""
+        from renderfarm.wire import Sealed
+
+        return Sealed.seal(message, node=self.name, seq=self.sequence.next(), key=self.credentials.key).to_json()
+
+    def open_order(self, raw: object, rq_id: str | None):
+        """The task order in a queued job's argument: sealed by the manager with this node's key,
+        for this node, under the RQ id the manager gave it. WireError says what is wrong."""
+        from renderfarm.wire import Sealed, TaskOrder, WireError
+
+        if not isinstance(raw, str):
+            raise WireError(f"task order: a {type(raw).__name__}, not a sealed order")
+        sealed = Sealed.parse(raw)
+        if sealed.node != self.name:
+            raise WireError(f"task order: sealed for {sealed.node!r}, not for this node")
+        order = TaskOrder.parse(sealed.check(self.credentials.key))
+        if order.node != self.name or sealed.seq != order.attempt_id:
+            raise WireError(f"task order: the order of attempt {order.attempt_id} for {order.node!r} is not this seal's")
+        if rq_id is not None and rq_id != queues.rq_job_id(self.credentials.node_id, order.attempt_id):
+            raise WireError(f"task order: RQ job {rq_id[:80]!r} carries the order of attempt {order.attempt_id}")
+        return order
 
     # -- the current render and why it must stop ------------------------------------------------
 
@@ -176,13 +209,13 @@ class WorkerRuntime:
         with self._lock:
             self.holding.pop(attempt_id, None)
 
-    def attempt_dir(self, rq_id: str) -> Path:
+    def attempt_dir(self, name: str) -> Path:
         """The scratch directory of one attempt; its name comes from a checked order, and it is
         checked again to lie inside the scratch directory before anything is made or removed."""
         base = (self.scratch / "attempts").resolve()
-        path = (base / rq_id).resolve()
+        path = (base / name).resolve()
         if path.parent != base:
-            raise RenderFarmError(f"attempt directory {rq_id!r} is outside {base}")
+            raise RenderFarmError(f"attempt directory {name!r} is outside {base}")
         return path
 
     def refuse(self, rq_id: str, reason: str, raw: object) -> None:
@@ -331,7 +364,7 @@ class WorkerRuntime:
         return self.settings.site(self.site).heartbeat_ttl or self.settings.heartbeat_ttl
 
     def beat(self) -> None:
-        presence.beat(self.r, self.info(), self.heartbeat_ttl)
+        presence.beat(self.r, self.name, self.seal(self.info()), self.heartbeat_ttl)
 
     def start_heartbeat(self) -> None:
         import redis
@@ -363,8 +396,9 @@ class WorkerRuntime:
         restarting) for up to `storage_retry` seconds, unless the render must stop."""
         return retrying(what, call, within=self.settings.storage_retry, before_retry=self.raise_if_stopped)
 
-    def fetch_scene(self, key: str, sha256: str) -> Path:
-        """The scene file, downloaded once per content and kept in the scratch cache; a packed
+    def fetch_scene(self, key: str, sha256: str, url: str | None = None) -> Path:
+        """The scene file, downloaded once per content (from its presigned `url` when the order
+        gives one: a node holds no read access of its own) and kept in the scratch cache; a packed
         scene (.zip) is unpacked once, and its main file returned."""
         suffix = Path(key).suffix
         if suffix == ".zip":
@@ -374,7 +408,7 @@ class WorkerRuntime:
             unpacked, pack = self.scratch / "scenes" / sha256, self.scratch / "scenes" / f"{sha256}.zip"
             if unpacked.exists():
                 return unpack_scene(pack, unpacked, Limits.of(self.settings))  # unpacked before: finds its main file
-            self._download_scene(key, sha256, pack)
+            self._download_scene(key, sha256, pack, url)
             try:
                 return unpack_scene(pack, unpacked, Limits.of(self.settings))
             finally:
@@ -382,9 +416,17 @@ class WorkerRuntime:
         target = self.scratch / "scenes" / f"{sha256}{suffix}"
         if target.exists():
             return target
-        return self._download_scene(key, sha256, target)
+        return self._download_scene(key, sha256, target, url)
 
-    def _download_scene(self, key: str, sha256: str, target: Path) -> Path:
+    def download(self, key: str, path: Path, url: str | None = None) -> None:
+        """One object into a file: from its presigned URL if there is one, else from storage;
+        retried through outages like every storage call."""
+        if url is None:
+            self.with_storage(f"download {key}", lambda: self.storage.download_file(key, path))
+        else:
+            self.with_storage(f"download {key}", lambda: fetch_url(url, path, key))
+
+    def _download_scene(self, key: str, sha256: str, target: Path, url: str | None = None) -> Path:
         try:
             target.parent.mkdir(parents=True, exist_ok=True)
             fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=".scene-")
@@ -392,7 +434,7 @@ class WorkerRuntime:
             raise RenderFarmError(f"scratch: cannot write the scene into {target.parent} ({e.strerror or e})") from None
         os.close(fd)
         try:
-            self.with_storage(f"download scene {key}", lambda: self.storage.download_file(key, Path(tmp)))
+            self.download(key, Path(tmp), url)
             digest = hashlib.sha256(Path(tmp).read_bytes()).hexdigest()
             if digest != sha256:
                 raise StorageError(f"scene {key}: downloaded content has SHA-256 {digest[:12]}..., expected {sha256[:12]}...")
@@ -402,3 +444,20 @@ class WorkerRuntime:
         finally:
             Path(tmp).unlink(missing_ok=True)
         return target
+
+
+def fetch_url(url: str, path: Path, what: str) -> None:
+    """GET a presigned URL into `path`. A refusal is a StorageError (transient for a server
+    error); a disk that refuses the bytes is an OSError, as for any write."""
+    import shutil
+    import urllib.error
+    import urllib.request
+
+    try:
+        response = urllib.request.urlopen(url, timeout=60)  # noqa: S310 - the manager's own presigned http(s) URL
+    except urllib.error.HTTPError as e:
+        raise StorageError(f"storage: {what}: refused ({e.code} {e.reason})", transient=e.code >= 500) from None
+    except (urllib.error.URLError, TimeoutError, ConnectionError) as e:
+        raise StorageError(f"storage: {what}: unreachable ({getattr(e, 'reason', e)})", transient=True) from None
+    with response, path.open("wb") as f:
+        shutil.copyfileobj(response, f, 1 << 20)

@@ -11,7 +11,6 @@ import threading
 import time
 from pathlib import Path
 
-from renderfarm import queues
 from renderfarm.errors import RenderFarmError
 from renderfarm.stitching import TileProblem
 from renderfarm.wire import Done, Failed, Released, Started, TaskOrder, Usage, WireError
@@ -31,9 +30,7 @@ def render_task(raw: str) -> dict:
     rt = runtime.current()
     job = get_current_job()
     try:
-        order = TaskOrder.parse(raw)
-        if job is not None and job.id != queues.rq_job_id(order.attempt_id):
-            raise WireError(f"task order: RQ job {job.id[:80]!r} carries the order of attempt {order.attempt_id}")
+        order = rt.open_order(raw, job.id if job is not None else None)
     except WireError as e:
         rt.refuse(job.id if job is not None else "?", str(e), raw)
         return {"refused": True}
@@ -56,7 +53,7 @@ def render_task(raw: str) -> dict:
 def _render(rt: runtime.WorkerRuntime, order: TaskOrder) -> dict:
     started = StartedEvent(rt, order.attempt_id)
     meter = Meter(rt)
-    workdir = rt.attempt_dir(order.rq_id)
+    workdir = rt.attempt_dir(f"attempt-{order.attempt_id}")
     attempt_log: AttemptLog | None = None
     handed_on = False
     try:

@@ -30,6 +30,7 @@ def upgrade() -> None:
         sa.Column("created_at", sa.Float(), nullable=False),
         sa.Column("revoked_at", sa.Float(), nullable=True),
         sa.Column("last_event_seq", sa.BigInteger(), nullable=False),
+        sa.Column("last_event_entry", text(length=40), nullable=False),
         sa.Column("last_beat_seq", sa.BigInteger(), nullable=False),
         sa.Column("refused", sa.Integer(), nullable=False),
         sa.PrimaryKeyConstraint("name"),

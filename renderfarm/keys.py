@@ -7,6 +7,7 @@ PREFIX = "farm:"
 CONTROL_STREAM = PREFIX + "control"  # intents from the CLI (submit, cancel...) to the manager
 EVENT_PREFIX = PREFIX + "events:"  # + node name: that node's sealed events (it may write no other)
 DEAD_LETTERS = PREFIX + "dead"  # entries the manager could not parse or apply, with the reason
+ACL_SEEN = PREFIX + "acl-seen"  # Valkey's ACL LOG entries the manager has counted, and how many times
 MANAGER_GROUP = "manager"  # consumer group of the control stream and every node's event stream
 MANAGER_LEADER = PREFIX + "manager:leader"  # leader lock: value is the holder's id, expires unless renewed
 REPLY_PREFIX = PREFIX + "reply:"  # + request id: the manager's answer to one intent

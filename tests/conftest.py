@@ -75,11 +75,16 @@ def valkey_url(server: Server, db: int = 0) -> str:
 
 @pytest.fixture()
 def redis_url(valkey: Server) -> str:
-    """The private Valkey, emptied for this test (we started it, so flushing it is ours to do)."""
+    """The private Valkey, emptied for this test (we started it, so flushing it is ours to do):
+    its data, the users earlier tests made and its ACL log."""
     import redis
 
     client = redis.Redis(port=valkey.port, password=valkey.password)
     client.flushall()
+    users = [u.decode() for u in client.execute_command("ACL", "USERS")]
+    if len(users) > 1:
+        client.execute_command("ACL", "DELUSER", *[u for u in users if u != "default"])
+    client.execute_command("ACL", "LOG", "RESET")
     client.close()
     return valkey_url(valkey)
 

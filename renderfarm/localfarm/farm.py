@@ -273,7 +273,8 @@ class LocalFarm:
 
     def _spawn(self, role: str, name: str, argv: list[str], env: dict, logs: Path, detach: bool) -> FarmProcess:
         log_path = logs / f"{name}.log"
-        popen = services.spawn(argv, cwd=self.state_dir, env=env, log_path=log_path, detach=detach)
+        popen = services.spawn(argv, cwd=self.state_dir, env=env, log_path=log_path, detach=detach,
+                               umask=services.umask_for(role))
         proc = FarmProcess(role, name, popen.pid, services.process_start_time(popen.pid), str(log_path), list(argv),
                            started_at=time.time(), popen=popen)
         self.processes.append(proc)

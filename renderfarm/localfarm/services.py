@@ -89,7 +89,7 @@ def valkey_argv(data_dir: Path, port: int, password: str, bind: str) -> list[str
     os.chmod(data_dir, 0o700)
     acl = data_dir / "users.acl"
     digest = hashlib.sha256(password.encode()).hexdigest()
-    write_private(acl, f"user default on #{digest} ~* &* +@all\n")
+    write_private(acl, f"user default on #{digest} ~* &* +@all\n" + "".join(_node_users(acl)))
     conf = data_dir / "valkey.conf"
     write_private(
         conf,
@@ -111,6 +111,24 @@ def valkey_argv(data_dir: Path, port: int, password: str, bind: str) -> list[str
         ),
     )
     return [str(get_binary_path()), str(conf)]
+
+
+def _node_users(acl: Path) -> list[str]:
+    """The enrolled nodes' users an earlier Valkey saved in its ACL file (ACL SAVE), kept when the
+    file is written again: nodes go on working across `farm down`/`farm up` before the manager
+    is back to restore them (it does, from the database, at its start)."""
+    from renderfarm.nodes import node_of_user
+
+    try:
+        lines = acl.read_text().splitlines(keepends=True)
+    except (OSError, UnicodeDecodeError):
+        return []
+    kept = []
+    for line in lines:
+        words = line.split(maxsplit=2)
+        if len(words) >= 2 and words[0] == "user" and node_of_user(words[1]) is not None:
+            kept.append(line if line.endswith("\n") else line + "\n")
+    return kept
 
 
 def weed_binary() -> str:
@@ -178,7 +196,19 @@ def _term_with_parent() -> None:
         libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
 
 
-def spawn(argv: list[str], *, cwd: Path, env: dict[str, str], log_path: Path, detach: bool) -> subprocess.Popen:
+# Servers whose files hold secrets (Valkey's ACL file after ACL SAVE, SeaweedFS's identities):
+# everything they write is their owner's alone.
+PRIVATE_ROLES = frozenset({"valkey", "weed"})
+
+
+def umask_for(role: str) -> int:
+    """The umask a farm process starts with: 077 for the servers that write secrets, else -1
+    (the caller's)."""
+    return 0o077 if role in PRIVATE_ROLES else -1
+
+
+def spawn(argv: list[str], *, cwd: Path, env: dict[str, str], log_path: Path, detach: bool,
+          umask: int = -1) -> subprocess.Popen:
     """Start a farm process in its own session, output appended to its log. Unless detached, it
     is told to stop when the process that started it dies (so Ctrl-C or a kill leaves nothing)."""
     log_path.parent.mkdir(parents=True, exist_ok=True)
@@ -186,7 +216,7 @@ def spawn(argv: list[str], *, cwd: Path, env: dict[str, str], log_path: Path, de
     with log_path.open("ab") as log:
         return subprocess.Popen(
             argv, cwd=cwd, env=env, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-            start_new_session=True, preexec_fn=None if detach else _term_with_parent,
+            start_new_session=True, preexec_fn=None if detach else _term_with_parent, umask=umask,
         )
 
 

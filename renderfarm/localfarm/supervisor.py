@@ -108,7 +108,8 @@ class Supervisor:
         how = self._how(proc)
         try:
             env = services.node_env(self.env) if proc.role == "worker" else self.env
-            popen = services.spawn(proc.argv, cwd=self.state_dir, env=env, log_path=Path(proc.log), detach=True)
+            popen = services.spawn(proc.argv, cwd=self.state_dir, env=env, log_path=Path(proc.log), detach=True,
+                                   umask=services.umask_for(proc.role))
         except OSError as e:
             log.error("%s: cannot start %s (%s)", proc.name, proc.argv[0], e)
             return False

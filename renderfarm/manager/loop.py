@@ -19,7 +19,7 @@ from renderfarm.manager.dispatch import FairShare, OrderSealer, outranked_prefet
 from renderfarm.manager.inbox import Inbox
 from renderfarm.manager.intake import Batch
 from renderfarm.manager.leader import LeaderLock
-from renderfarm.manager.nodebook import AclWatch, NodeBook, restore_all
+from renderfarm.manager.nodebook import AclWatch, NodeBook, restore_all, restore_missing
 from renderfarm.manager.reconcile import SWEEP_EVERY, Reconciler
 from renderfarm.models import Job, Worker, WorkerState
 from renderfarm.redisconn import connect
@@ -92,6 +92,7 @@ class Manager:
         self._doomed: list[str] = []  # storage keys to delete in bulk
         self._deleted_at = 0.0
         self._next_renew = 0.0
+        self._redis_failed = False  # since the last time the nodes' users were checked
         self._in_flight: list[tuple[str, str]] = []  # (stream, id) of the entries being applied
 
     # -- start and stop -------------------------------------------------------------------
@@ -126,6 +127,13 @@ class Manager:
         with session_scope(self.engine) as session:
             restore_all(session, self.settings, self.r, self.book)
         streams.ensure_groups(self.r, self.book.streams())
+
+    def restore_users(self) -> None:
+        """After a Redis error: Valkey may have come back without the nodes' users (a restart
+        that lost its ACL file, a new server); put back the ones it lacks."""
+        with session_scope(self.engine) as session:
+            restore_missing(session, self.r)
+        self._redis_failed = False
 
     def _connect(self, stop: threading.Event):
         from renderfarm.errors import FarmNotRunningError
@@ -176,6 +184,8 @@ class Manager:
                         if not self._lead(stop):
                             return
                     self._next_renew = self.clock.monotonic() + LEADER_RENEW
+                if pending and self._redis_failed:
+                    self.restore_users()
                 # An idle manager blocks in Redis for the next entry rather than sleeping,
                 # so an intent or an event is applied the moment it arrives.
                 idle = not self.tick(pending=pending, block_ms=None if pending or not idle else self.poll_ms)
@@ -186,6 +196,7 @@ class Manager:
                 stop.wait(backoff)
                 backoff = min(backoff * 2, 5.0)
                 pending = True
+                self._redis_failed = True
                 # Workers could not beat while Redis was away: their TTLs count from its return.
                 self._redis_back_at = self.clock.now() + backoff
             except Exception:  # a bug must not stop the farm: log it, back off, carry on

@@ -184,6 +184,19 @@ def restore_all(session: Session, settings: Settings, r: Redis, book: NodeBook) 
         revoke_storage(settings, name)
 
 
+def restore_missing(session: Session, r: Redis) -> list[str]:
+    """After Valkey came back (restarted without its ACL file, or a new one): put back the user of
+    every enrolled node it lacks. Returns their names."""
+    have = {u.decode() if isinstance(u, bytes) else str(u) for u in r.execute_command("ACL", "USERS")}
+    missing = [node for node in session.scalars(select(Node).where(Node.revoked_at.is_(None)))
+               if nodes.redis_user(node.name) not in have]
+    for node in missing:
+        restore(r, node)
+    if missing:
+        log.warning("Valkey had lost %d node user(s); put back: %s", len(missing), ", ".join(n.name for n in missing))
+    return [node.name for node in missing]
+
+
 def _disconnect(r: Redis, name: str) -> None:
     import redis
 
@@ -221,10 +234,13 @@ def revoke_storage(settings: Settings, name: str) -> None:
 class AclWatch:
     """Valkey's record of what it refused (ACL LOG) read as dead letters of the nodes that tried:
     a node writing another's queue or heartbeat, the control stream, or running an admin command
-    never reaches the manager otherwise."""
+    never reaches the manager otherwise. What was counted is kept in Valkey (keys.ACL_SEEN), so a
+    restarted manager counts nothing twice."""
+
+    KEEP = 1000  # ACL LOG entries remembered at most (Valkey keeps 128 by default)
 
     def __init__(self) -> None:
-        self._counts: dict[int, int] = {}  # ACL LOG entry id -> times counted so far
+        self._counts: dict[str, int] | None = None  # "entry id:created" -> times counted so far
 
     def letters(self, r: Redis, book: NodeBook, now: float) -> list:
         import redis
@@ -235,19 +251,32 @@ class AclWatch:
             entries = r.acl_log(count=128)
         except redis.ResponseError:  # not allowed to read it (a managed Redis): nothing to add
             return []
-        out = []
+        if self._counts is None:
+            self._counts = {k.decode(): int(v) for k, v in r.hgetall(keys.ACL_SEEN).items()}
+        out, changed = [], {}
         for e in reversed(entries):
             entry_id, count = int(e.get("entry-id", 0)), int(e.get("count", 1))
-            seen = self._counts.get(entry_id, 0)
-            self._counts[entry_id] = count
+            # Entry ids start again at 0 when Valkey restarts: the creation time tells them apart.
+            mark = f"{entry_id}:{e.get('timestamp-created', 0)}"
+            seen = self._counts.get(mark, 0)
             name = nodes.node_of_user(str(e.get("username", "")))
-            if count <= seen or name is None:
+            if count <= seen:
+                continue
+            self._counts[mark] = changed[mark] = count
+            if name is None:
                 continue
             what = f"{e.get('reason')} {e.get('object')}"
             out.append(DeadLetter(
                 source="acl", entry=f"{entry_id}", worker=name, at=now, deliveries=count - seen,
                 reason=f"refused by Valkey: {name} may not touch {what} ({e.get('context')})"[:4000]))
             book.refused[name] += count - seen
-        if len(self._counts) > 1000:
-            self._counts = dict(sorted(self._counts.items())[-500:])
+        if changed:
+            pipe = r.pipeline(transaction=False)
+            pipe.hset(keys.ACL_SEEN, mapping=changed)
+            if len(self._counts) > self.KEEP:
+                old = sorted(self._counts, key=lambda m: int(m.split(":")[0]))[: len(self._counts) - self.KEEP // 2]
+                for mark in old:
+                    del self._counts[mark]
+                pipe.hdel(keys.ACL_SEEN, *old)
+            pipe.execute()
         return out

@@ -82,12 +82,12 @@ def upgrade(engine: Engine, revision: str = "head") -> None:
     INFO lines (its dialect, each step) are held back: one line says what changed, if anything."""
     import logging
 
-    from alembic import command
-
     alembic = logging.getLogger("alembic")
     level = alembic.level
-    alembic.setLevel(logging.WARNING)
+    alembic.setLevel(logging.WARNING)  # before the import too: loading its plugins logs lines
     try:
+        from alembic import command
+
         before = current_revision(engine)
         command.upgrade(_alembic_config(engine), revision)
         after = current_revision(engine)

@@ -9,6 +9,7 @@ import os
 import re
 import shutil
 import subprocess
+import sys
 
 import pytest
 from conftest import EXAMPLES, farm_command, farm_env, run_farm
@@ -106,6 +107,18 @@ def test_a_database_upgrade_says_one_line_not_alembics_seven(tmp_path, caplog):
     assert [name for name, _ in first] == ["renderfarm.db"], first
     assert first[0][1].startswith("database schema upgraded from empty to ")
     assert caplog.records == []
+
+
+def test_a_fresh_process_upgrading_its_database_logs_one_line(tmp_path):
+    """As the manager starts: alembic imported for the first time in the process (its plugins
+    logged a line each as they loaded)."""
+    code = ("import logging, sys; logging.basicConfig(level=logging.INFO, stream=sys.stderr);"
+            "from renderfarm.db import make_engine, upgrade;"
+            f"upgrade(make_engine('sqlite:///{tmp_path / 'farm.db'}', writer=True))")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    lines = done.stderr.splitlines()
+    assert len(lines) == 1 and "database schema upgraded from empty to " in lines[0], lines
 
 
 @pytest.mark.slow

@@ -310,3 +310,24 @@ def test_an_id_the_database_cannot_hold_is_refused_by_the_contract(redis_url: st
         ("farm:hb:node-2", "heartbeat: attempts.0: 2147483648 should be less than or equal to 2147483647"),
     ]
     manager.engine.dispose()
+
+
+def test_a_node_is_at_the_site_and_in_the_pool_it_was_enrolled_in_whatever_it_says(redis_url: str, tmp_path: Path):
+    """A node claiming a cheaper site (its energy priced there, `--prefer cheapest` jobs sent to
+    it) or another pool: the manager counts where it was enrolled."""
+    from renderfarm.models import Worker
+    from renderfarm.streams import Entry
+    from renderfarm.wire import Failed, Usage
+
+    manager = in_process_manager(redis_url, tmp_path)
+    node = ActingNode(enroll_in_process(manager, "w", pool="render"))
+    node.beat(manager.r, site="karamay", pool="other")
+    manager.tick()
+    with session_scope(manager.engine) as s:
+        worker = s.get(Worker, "w")
+        assert (worker.site, worker.pool) == ("local", "render")
+    event = Failed(worker="w", attempt_id=1, error="x", usage=Usage(wall=1.0, site="karamay"))
+    entry = Entry(keys.event_stream("w"), "9999999999999-0", node.sealed(event).encode())
+    parsed, letter = manager.inbox.parse(entry, 0.0)
+    assert letter is None and parsed.usage.site == "local"
+    manager.engine.dispose()

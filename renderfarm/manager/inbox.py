@@ -88,6 +88,9 @@ class Inbox:
         if not node.fresh(entry.id, sealed.seq):
             raise WireError(f"refused: a replayed event (sequence {sealed.seq}, newest seen {newest})")
         self.seen.add(name)
+        usage = getattr(event, "usage", None)
+        if usage is not None and usage.site != node.site:  # the site it was enrolled at counts
+            event = event.model_copy(update={"usage": usage.model_copy(update={"site": node.site})})
         return event
 
     @property

@@ -383,6 +383,8 @@ class Manager:
                 bad.append(BadBeat(name, value, str(e)))
                 continue
             node.last_beat_seq = sealed.seq
+            if (beat.site, beat.pool) != (node.site, node.pool):  # where it was enrolled counts
+                beat = beat.model_copy(update={"site": node.site, "pool": node.pool})
             live[name], seqs[name] = beat, sealed.seq
         return live, seqs, bad
 

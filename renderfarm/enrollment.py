@@ -41,12 +41,17 @@ class NodeCredentials(Message):
     tags: Annotated[tuple[Tag, ...], Field(max_length=32)] = ()
 
     def settings(self, settings: Settings) -> Settings:
-        """`settings` pointed at the farm as this node reaches it."""
+        """`settings` pointed at the farm as this node reaches it, knowing the site it was enrolled
+        at: `farm node add --site` checked it against the farm's farm.toml, which the node lacks."""
         from renderfarm.config import with_overrides
+        from renderfarm.sites import DEFAULT_SITE, Site
 
+        sites = settings.sites
+        if self.site not in sites and self.site != DEFAULT_SITE:
+            sites = {**sites, self.site: Site(self.site)}
         return with_overrides(settings, redis_url=self.redis_url, redis_ca=self.redis_ca,
                               storage_url=self.storage_url, s3_endpoint_url=self.s3_endpoint_url,
-                              s3_region=self.s3_region)
+                              s3_region=self.s3_region, sites=sites)
 
 
 def node_redis_url(farm_url: str, user: str, password: str, host: str | None = None) -> str:

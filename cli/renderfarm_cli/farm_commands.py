@@ -72,7 +72,7 @@ def up(
         from renderfarm.config import mask_url
 
         out().print(f"serving {mask_url(settings.redis_url)} and {settings.s3_endpoint_url}; "
-                    "`farm env` prints the settings for workers on other hosts")
+                    "`farm node add NAME` enrolls a render node on another host")
     if detach:
         out().print("`farm down` stops it; `eval \"$(farm env)\"` points standard tools at it")
         return

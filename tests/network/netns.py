@@ -41,28 +41,40 @@ def _ip(*args: str, check: bool = True) -> subprocess.CompletedProcess:
 class Hosts:
     """`count` namespaces rfnet-w1.. with addresses 10.231.0.2.., bridged to the host at 10.231.0.1.
     Processes started with `spawn` are killed by `remove`, which also removes what a crashed
-    earlier run left behind."""
+    earlier run left behind. Another `prefix` and `subnet` (a /24's first three numbers) give a
+    test hosts of its own, which can be built while another test's are up."""
 
     count: int
     procs: list[subprocess.Popen] = field(default_factory=list)
+    prefix: str = PREFIX  # at most 8 characters: interface names are `<prefix>-w<i>h`
+    subnet: str = SUBNET
+
+    @property
+    def bridge(self) -> str:
+        return f"{self.prefix}-br"
+
+    @property
+    def host_address(self) -> str:
+        """This host's address on the bridge: the only one the namespaces reach."""
+        return f"{self.subnet}.1"
 
     def names(self) -> list[str]:
-        return [f"{PREFIX}-w{i}" for i in range(1, self.count + 1)]
+        return [f"{self.prefix}-w{i}" for i in range(1, self.count + 1)]
 
     def address(self, index: int) -> str:
-        return f"{SUBNET}.{index + 2}"
+        return f"{self.subnet}.{index + 2}"
 
     def build(self) -> None:
         self.remove()
-        _ip("link", "add", BRIDGE, "type", "bridge")
-        _ip("addr", "add", f"{HOST_ADDR}/24", "dev", BRIDGE)
-        _ip("link", "set", BRIDGE, "up")
+        _ip("link", "add", self.bridge, "type", "bridge")
+        _ip("addr", "add", f"{self.host_address}/24", "dev", self.bridge)
+        _ip("link", "set", self.bridge, "up")
         for i, ns in enumerate(self.names()):
             host_end, ns_end = f"{ns}h", f"{ns}n"  # at most 15 characters
             _ip("netns", "add", ns)
             _ip("link", "add", host_end, "type", "veth", "peer", "name", ns_end)
             _ip("link", "set", ns_end, "netns", ns)
-            _ip("link", "set", host_end, "master", BRIDGE)
+            _ip("link", "set", host_end, "master", self.bridge)
             _ip("link", "set", host_end, "up")
             _ip("-n", ns, "addr", "add", f"{self.address(i)}/24", "dev", ns_end)
             _ip("-n", ns, "link", "set", ns_end, "up")
@@ -96,7 +108,7 @@ class Hosts:
         self.stop(self.procs, grace=10.0)
         self.procs.clear()
         listed = _ip("netns", "list", check=False).stdout.split()
-        for ns in [n for n in listed if n.startswith(f"{PREFIX}-")]:
+        for ns in [n for n in listed if n.startswith(f"{self.prefix}-")]:
             for pid in _ip("netns", "pids", ns, check=False).stdout.split():
                 try:
                     os.kill(int(pid), signal.SIGKILL)  # left by a crashed run of these tests
@@ -106,7 +118,7 @@ class Hosts:
         links = _ip("-o", "link", "show", check=False).stdout.splitlines()
         for line in links:
             name = line.split(":")[1].strip().split("@")[0] if ":" in line else ""
-            if name.startswith(f"{PREFIX}-"):
+            if name.startswith(f"{self.prefix}-"):
                 _ip("link", "del", name, check=False)
 
 

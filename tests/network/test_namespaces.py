@@ -16,6 +16,8 @@ import pytest
 from conftest import farm_env, farm_processes, run_farm, wait_for
 from netns import HOST_ADDR, DelayProxy, Hosts, unavailable
 
+from renderfarm.config import load_settings
+
 WHY_NOT = unavailable()
 pytestmark = [pytest.mark.slow, pytest.mark.skipif(WHY_NOT is not None, reason=f"no network namespaces: {WHY_NOT}")]
 
@@ -210,8 +212,8 @@ def test_two_worker_hosts_with_and_without_100ms_each_way(hosts, farm, tmp_path)
     state, env = farm
     local = json.loads((state / "local.json").read_text())
     assert local["listen"] == HOST_ADDR
-    farm_exports = exports(env)
-    redis_url, s3_url = farm_exports["FARM_REDIS_URL"], farm_exports["FARM_S3_ENDPOINT_URL"]
+    settings = load_settings(env, cwd=tmp_path)  # nodes take only the address from the Redis URL
+    redis_url, s3_url = settings.redis_url, settings.s3_endpoint_url
     assert urlsplit(redis_url).hostname == HOST_ADDR and urlsplit(s3_url).hostname == HOST_ADDR
 
     direct = render_round("direct", hosts=hosts, farm=farm, tmp=tmp_path, redis_url=redis_url, s3_url=s3_url,

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 from renderfarm import keys, streams
 from renderfarm.capabilities import check_tags
-from renderfarm.errors import FarmNotRunningError, FrameSpecError, InputError, NotFoundError, RenderFarmError
+from renderfarm.errors import FarmNotRunningError, InputError, NotFoundError, RenderFarmError
 from renderfarm.planning import PRIORITY_DEFAULT, slug
 from renderfarm.redisconn import NOT_RUNNING_HINT, connect
 from renderfarm.renderers.registry import check_scene_path, get_renderer
@@ -284,6 +284,17 @@ _NOTHING = {
 }
 
 
+def ask_manager(settings: Settings, intent) -> Reply:
+    """Send one intent to the running manager and wait for its reply; a refusal is an InputError."""
+    r = connect(settings)
+    if not r.exists(keys.MANAGER_LEADER):
+        raise FarmNotRunningError(f"the farm's manager is not running; {NOT_RUNNING_HINT}")
+    reply = streams.await_reply(r, streams.send_intent(r, intent), settings_wait(settings))
+    if not reply.ok:
+        raise InputError(str(reply.error))
+    return reply
+
+
 def send_verb(settings: Settings, verb: str, job_ref: str, **body: Any) -> Reply:
     """Ask the manager to cancel, suspend, resume, retry or reprioritise a job; returns its answer
     once applied (each verb is safe to repeat). NothingToDo when the job is already there."""
@@ -292,13 +303,7 @@ def send_verb(settings: Settings, verb: str, job_ref: str, **body: Any) -> Reply
     kinds = {"cancel": wire.CancelIntent, "suspend": wire.SuspendIntent, "resume": wire.ResumeIntent,
              "retry": wire.RetryIntent, "priority": wire.PriorityIntent}
     job_id = resolve_job_id(settings, job_ref)
-    intent = kinds[verb].parse(json.dumps({"request_id": new_request_id(), "job": job_id, **body}))
-    r = connect(settings)
-    if not r.exists(keys.MANAGER_LEADER):
-        raise FarmNotRunningError(f"the farm's manager is not running; {NOT_RUNNING_HINT}")
-    reply = streams.await_reply(r, streams.send_intent(r, intent), settings_wait(settings))
-    if not reply.ok:
-        raise InputError(str(reply.error))
+    reply = ask_manager(settings, kinds[verb].parse(json.dumps({"request_id": new_request_id(), "job": job_id, **body})))
     if reply.changed is False:
         raise NothingToDo(f"job {reply.job_id} is {reply.state}; {_NOTHING[verb]}")
     return reply

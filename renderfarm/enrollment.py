@@ -12,7 +12,7 @@ from urllib.parse import quote, urlsplit, urlunsplit
 
 from pydantic import Field
 
-from renderfarm.errors import ConfigError, FarmNotRunningError, InputError
+from renderfarm.errors import ConfigError
 from renderfarm.wire.base import Message, NodeName, ShortSlug, Tag
 
 if TYPE_CHECKING:
@@ -110,26 +110,11 @@ def read_credentials(path: Path) -> NodeCredentials:
     return NodeCredentials.parse(raw)
 
 
-def ask_manager(settings: Settings, intent):
-    """Send one node intent to the manager and wait for its reply."""
-    from renderfarm import keys, streams
-    from renderfarm.client import settings_wait
-    from renderfarm.redisconn import NOT_RUNNING_HINT, connect
-
-    r = connect(settings)
-    if not r.exists(keys.MANAGER_LEADER):
-        raise FarmNotRunningError(f"the farm's manager is not running; {NOT_RUNNING_HINT}")
-    reply = streams.await_reply(r, streams.send_intent(r, intent), settings_wait(settings))
-    if not reply.ok:
-        raise InputError(str(reply.error))
-    return reply
-
-
 def enroll(settings: Settings, name: str, *, site: str = "local", pool: str = "default",
            tags: tuple[str, ...] = (), address: str | None = None,
            s3_keys: tuple[str, str] | None = None) -> NodeCredentials:
     """Enroll a node (again, if it was: its old credentials stop working) and return its credentials."""
-    from renderfarm.client import new_request_id
+    from renderfarm.client import ask_manager, new_request_id
     from renderfarm.nodes import check_node_name
     from renderfarm.wire import NodeAddIntent
 
@@ -142,7 +127,7 @@ def enroll(settings: Settings, name: str, *, site: str = "local", pool: str = "d
 
 def revoke(settings: Settings, name: str) -> bool:
     """Revoke a node; False if it was revoked already."""
-    from renderfarm.client import new_request_id
+    from renderfarm.client import ask_manager, new_request_id
     from renderfarm.nodes import check_node_name
     from renderfarm.wire import NodeRevokeIntent
 

@@ -10,6 +10,8 @@ import signal
 import subprocess
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 PREFIX = "rfnet"  # every namespace and link these tests make starts with it
@@ -35,6 +37,23 @@ def _ip(*args: str, check: bool = True) -> subprocess.CompletedProcess:
     if check and proc.returncode != 0:
         raise RuntimeError(f"ip {' '.join(args)}: {proc.stderr.strip()}")
     return proc
+
+
+@contextmanager
+def built(hosts: Hosts) -> Iterator[Hosts]:
+    """Build `hosts` for a test (skipped where namespaces cannot be made) and remove them after."""
+    import pytest
+
+    try:
+        try:
+            hosts.build()
+        except RuntimeError as e:
+            if "not permitted" not in str(e) and "denied" not in str(e):
+                raise
+            pytest.skip(f"cannot build network namespaces here: {e}")
+        yield hosts
+    finally:
+        hosts.remove()
 
 
 @dataclass

@@ -14,7 +14,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 import pytest
 from conftest import farm_env, farm_processes, run_farm, wait_for
-from netns import HOST_ADDR, DelayProxy, Hosts, unavailable
+from netns import HOST_ADDR, DelayProxy, Hosts, built, unavailable
 
 from renderfarm.config import load_settings
 
@@ -68,17 +68,8 @@ def report(test: str, **figures) -> None:
 
 @pytest.fixture()
 def hosts():
-    h = Hosts(2)
-    try:
-        try:
-            h.build()
-        except RuntimeError as e:
-            if "not permitted" not in str(e) and "denied" not in str(e):
-                raise
-            pytest.skip(f"cannot build network namespaces here: {e}")
+    with built(Hosts(2)) as h:
         yield h
-    finally:
-        h.remove()
 
 
 @pytest.fixture()

@@ -82,6 +82,8 @@ def valkey_refuses(call) -> str:
         got = call()
     except redis.exceptions.NoPermissionError:
         return "refused"
+    except redis.RedisError as e:  # not refused by the node's rule (Valkey may be wrecked by an earlier try)
+        return f"not refused: {type(e).__name__}: {e}"[:200]
     return f"allowed: {got!r}"[:200]
 
 
@@ -190,16 +192,6 @@ def test_a_node_acts_only_as_itself_while_a_job_renders_on(farm, tmp_path):
         code = http_status(call)
         outcome[what] = "refused" if code == 403 else f"HTTP {code}"
 
-    # (d) the control stream; (e) administration.
-    cancel = json.dumps({"type": "cancel", "request_id": "f" * 32, "job_id": job})
-    outcome["(d) XADD to the control stream"] = valkey_refuses(lambda: valkey.xadd(keys.CONTROL_STREAM, {"d": cancel}))
-    outcome["(e) ACL SETUSER"] = valkey_refuses(
-        lambda: valkey.execute_command("ACL", "SETUSER", "backdoor", "on", ">pw", "~*", "+@all"))
-    outcome["(e) CONFIG SET"] = valkey_refuses(lambda: valkey.config_set("maxmemory", "1mb"))
-    outcome["(e) FLUSHALL"] = valkey_refuses(valkey.flushall)
-    outcome["(e) XTRIM of its own stream"] = valkey_refuses(lambda: valkey.xtrim(keys.event_stream(ATTACKER), maxlen=0))
-    outcome["(e) XTRIM of the control stream"] = valkey_refuses(lambda: valkey.xtrim(keys.CONTROL_STREAM, maxlen=0))
-
     # (f) heartbeats under another node's name and under a name never enrolled.
     for name in (owner, NEVER_ENROLLED):
         beat = Sealed.seal(Heartbeat(name=name, pid=1, ttl=30), node=name, seq=me.sequence.next(), key=me_creds.key)
@@ -209,6 +201,16 @@ def test_a_node_acts_only_as_itself_while_a_job_renders_on(farm, tmp_path):
         lambda: valkey.xadd(keys.event_stream(NEVER_ENROLLED), {"d": me.sealed(Bye(worker=NEVER_ENROLLED))}))
     # At its own key, naming another node: the manager refuses it.
     presence.beat(valkey, ATTACKER, me.sealed(Heartbeat(name=owner, pid=1, ttl=HEARTBEAT_TTL)), HEARTBEAT_TTL)
+
+    # (d) the control stream; (e) administration (last: without the defence, these wreck Valkey).
+    cancel = json.dumps({"type": "cancel", "request_id": "f" * 32, "job_id": job})
+    outcome["(d) XADD to the control stream"] = valkey_refuses(lambda: valkey.xadd(keys.CONTROL_STREAM, {"d": cancel}))
+    outcome["(e) ACL SETUSER"] = valkey_refuses(
+        lambda: valkey.execute_command("ACL", "SETUSER", "backdoor", "on", ">pw", "~*", "+@all"))
+    outcome["(e) CONFIG SET"] = valkey_refuses(lambda: valkey.config_set("maxmemory", "1mb"))
+    outcome["(e) FLUSHALL"] = valkey_refuses(valkey.flushall)
+    outcome["(e) XTRIM of its own stream"] = valkey_refuses(lambda: valkey.xtrim(keys.event_stream(ATTACKER), maxlen=0))
+    outcome["(e) XTRIM of the control stream"] = valkey_refuses(lambda: valkey.xtrim(keys.CONTROL_STREAM, maxlen=0))
     valkey_tries = [w for w, o in outcome.items() if not w.startswith("(c)")]
     assert farm.done_tasks(job) < 8, "the job finished before the attack was over"
 
@@ -239,6 +241,7 @@ def test_a_node_acts_only_as_itself_while_a_job_renders_on(farm, tmp_path):
             outcome[what] = "refused but not recorded"
     print("\n[red team] " + "\n[red team] ".join(
         f"{x['source']} {x['worker']}: {x['reason'][:160]}" for x in letters if x["worker"] == ATTACKER))
+    print("\n[red team] " + "\n[red team] ".join(f"{what}: {how}" for what, how in outcome.items()))
     assert outcome == {what: "refused" for what in outcome}
     assert {x["worker"] for x in acl} == {ATTACKER}
     assert sum(x["deliveries"] for x in acl) >= len(valkey_tries)
@@ -312,15 +315,20 @@ def test_a_revoked_node_is_refused_at_once_and_its_attempt_renders_elsewhere(far
         run_farm("node", "revoke", name, env=farm.env)
         revoke_took = time.monotonic() - start
 
+        outcome = {}
         # Its next event: Valkey no longer knows its user.
         me = ActingNode(creds)
-        with pytest.raises(redis.exceptions.AuthenticationError):
+        try:
             me.post(redis.Redis.from_url(creds.redis_url), Started(worker=name, attempt_id=attempt["id"]))
+            outcome["its next event"] = "accepted"
+        except redis.exceptions.AuthenticationError:
+            outcome["its next event"] = "refused"
         event_refused = time.monotonic() - start
         # Its next S3 request.
         s3, bucket, prefix = s3_as(creds)
         key = prefix + attempt_prefix(name, job, 0, 1) + "late.png"
-        assert http_status(lambda: s3.put_object(Bucket=bucket, Key=key, Body=b"late")) == 403
+        code = http_status(lambda: s3.put_object(Bucket=bucket, Key=key, Body=b"late"))
+        outcome["its next S3 request"] = "refused" if code == 403 else f"HTTP {code}"
         s3_refused = time.monotonic() - start
 
         # Its attempt goes to another node at once, which renders it.
@@ -329,19 +337,29 @@ def test_a_revoked_node_is_refused_at_once_and_its_attempt_renders_elsewhere(far
                               "and id != ? and state = 'done'", attempt["task_id"], attempt["id"])
             return rows[0] if rows else None
 
-        other = wait_for(elsewhere, 60, "its task to be rendered elsewhere")
-        assert other["worker"] in honest
-        handed, rendered = other["queued_at"] - revoked_at, other["finished_at"] - revoked_at
+        try:
+            other = wait_for(elsewhere, 30, "its task to be rendered elsewhere")
+            outcome["its attempt"] = "rendered elsewhere" if other["worker"] in honest else f"on {other['worker']}"
+        except AssertionError:
+            other = None
+            outcome["its attempt"] = "not rendered elsewhere"
         # Its worker stops by itself, saying why, rather than retrying forever.
         code = _wait_exit(worker, 30)
         exited = time.monotonic() - start
+        outcome["its worker"] = "ended" if code == EXIT_TURNED_AWAY else f"exit {code}"
+        assert outcome == {"its next event": "refused", "its next S3 request": "refused",
+                           "its attempt": "rendered elsewhere", "its worker": "ended"}, log.read_text()[-3000:]
+        assert "refuses this node's credentials" in log.read_text()
+        handed, rendered = other["queued_at"] - revoked_at, other["finished_at"] - revoked_at
+        [[applied_at]] = farm.query("select revoked_at from nodes where name = ?", name)
         print(f"\n[figures] revocation (heartbeat TTL {HEARTBEAT_TTL:g} s), from `farm node revoke` (it took "
               f"{revoke_took:.2f} s): next event refused at {event_refused:.2f} s, next S3 request at "
-              f"{s3_refused:.2f} s; its attempt handed to {other['worker']} at {handed:.2f} s and rendered there "
-              f"by {rendered:.2f} s (4 frames); its worker exited ({code}) at {exited:.2f} s")
-        assert code == EXIT_TURNED_AWAY, "the revoked node's worker did not stop:\n" + log.read_text()[-3000:]
-        assert "refuses this node's credentials" in log.read_text()
-        assert handed < HEARTBEAT_TTL  # the figure is printed above
+              f"{s3_refused:.2f} s; its attempt handed to {other['worker']} at {handed:.2f} s "
+              f"({other['queued_at'] - applied_at:.2f} s after the manager revoked it) and rendered there by "
+              f"{rendered:.2f} s (4 frames); its worker exited ({code}) at {exited:.2f} s")
+        # Handed on by the revocation itself, not by the reaper a heartbeat TTL later (that took
+        # 2.9 s here when the revocation released nothing).
+        assert other["queued_at"] - applied_at < HEARTBEAT_TTL / 2
 
         assert farm.wait_job(job, 120) == "done"
         farm.check_frames(job, "rev", list(range(1, 9)), SIZE)

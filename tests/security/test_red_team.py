@@ -95,11 +95,11 @@ def refused_counts(farm: LiveFarm) -> dict[str, int]:
     return {n["name"]: n["refused"] for n in json.loads(run_farm("node", "list", "--json", env=farm.env).stdout)}
 
 
-def live_attempts(farm: LiveFarm, job: str, worker: str | None = None) -> list:
-    sql = ("select a.id, a.worker, a.number, t.[index] task from attempts a join tasks t on t.id = a.task_id "
-           "where a.job_id = ? and a.state in ('queued', 'running')")
-    rows = farm.query(sql + " order by a.state = 'queued', a.id", job)
-    return [r for r in rows if worker is None or r["worker"] == worker]
+def live_attempts(farm: LiveFarm, job: str) -> list:
+    """The job's unfinished attempts, running ones first."""
+    return farm.query("select a.id, a.worker, a.number, t.[index] task from attempts a join tasks t "
+                      "on t.id = a.task_id where a.job_id = ? and a.state in ('queued', 'running') "
+                      "order by a.state = 'queued', a.id", job)
 
 
 def test_a_node_acts_only_as_itself_while_a_job_renders_on(farm, tmp_path):
@@ -245,7 +245,7 @@ def test_a_node_acts_only_as_itself_while_a_job_renders_on(farm, tmp_path):
     assert outcome == {what: "refused" for what in outcome}
     assert {x["worker"] for x in acl} == {ATTACKER}
     assert sum(x["deliveries"] for x in acl) >= len(valkey_tries)
-    for needle in (f"farm:events:{owner}", f"rq:job:{nodes[owner]}", keys.CONTROL_STREAM, "acl|setuser",
+    for needle in (f"farm:events:{owner}", f"rq:job:{nodes[owner]}", f"rq:queue:{keys.queue_name(owner)}", keys.CONTROL_STREAM, "acl|setuser",
                    "config|set", "flushall", "xtrim", keys.heartbeat_key(owner), keys.heartbeat_key(NEVER_ENROLLED),
                    keys.event_stream(NEVER_ENROLLED)):
         assert any(needle in x["reason"] for x in acl), (needle, [x["reason"] for x in acl])

@@ -24,6 +24,8 @@ log = logging.getLogger("renderfarm.worker")
 # Threads that talk to Redis at once: RQ's loop, its bookkeeper, the heartbeat, the event
 # sender, the render's lease checks and live log, the finisher.
 REDIS_CONNECTIONS = 8
+# The farm refused this node's credentials (it was revoked): starting it again cannot help.
+EXIT_TURNED_AWAY = 78  # EX_CONFIG
 
 
 def _positive(text: str) -> float:
@@ -237,11 +239,12 @@ def _serve(args: argparse.Namespace, settings, blender_found) -> int:
         from renderfarm.wire import Bye
 
         rt.events.send(Bye(worker=name))
-        if not rt.events.close(timeout=10.0):
+        # A node the farm turned away has no one to tell: it does not wait to.
+        if not rt.events.close(timeout=0.0 if rt.turned_away else 10.0):
             log.warning("some events could not be delivered before exit")
         install(None)
         log.info("worker %s stopped", name)
-    return 0
+    return EXIT_TURNED_AWAY if rt.turned_away else 0
 
 
 if __name__ == "__main__":

@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import signal
 import socket
 import tempfile
 import threading
@@ -132,6 +133,7 @@ class WorkerRuntime:
     _beats: int = 0
     session: RendererSession | None = None  # the warm renderer of the job last rendered
     stopping: bool = False  # SIGTERM seen: take no new work
+    turned_away: bool = False  # the farm refuses this node's credentials (revoked): it ends at once
     _stop_reason: str | None = None
     _next_lease_check: float = 0.0
     _hand_back: bool = False
@@ -237,6 +239,9 @@ class WorkerRuntime:
         while True:
             try:
                 return queues.lease_holder(self.r, task_id)
+            except redis.AuthenticationError as e:
+                self.turn_away(e)
+                raise Interrupted(f"the farm refuses this node's credentials ({e})", hand_back=False) from None
             except redis.RedisError as e:
                 if time.monotonic() > deadline:
                     raise Interrupted(f"Redis unreachable for {self.settings.storage_retry:g} s ({e})",
@@ -276,6 +281,19 @@ class WorkerRuntime:
     def raise_if_stopped(self) -> None:
         if self._stop_reason is not None:
             raise Interrupted(self._stop_reason, hand_back=self._hand_back)
+
+    def turn_away(self, e: Exception) -> None:
+        """The farm refuses this node's credentials (it was revoked, or enrolled again with new
+        ones): nothing it sends can count any more, and retrying would go on forever. Stop the
+        render and end the work loop at once, as a SIGTERM does."""
+        with self._lock:
+            if self.turned_away:
+                return
+            self.turned_away = self.stopping = True
+        log.error("the farm refuses this node's credentials (%s): revoked? stopping", e)
+        self.interrupt("the farm refuses this node's credentials", hand_back=False)
+        self._stop_beating.set()
+        os.kill(os.getpid(), signal.SIGTERM)  # ends RQ's wait for Redis, which retries forever
 
     def hand_back_now(self) -> None:
         """Shutdown cannot wait for the render: stop it and give the task back to the manager."""
@@ -377,6 +395,9 @@ class WorkerRuntime:
                     self.beat()
                     self.check_lease()
                     self.close_session(idle_for=SESSION_IDLE)  # an idle renderer gives its memory back
+                except redis.AuthenticationError as e:
+                    self.turn_away(e)
+                    return
                 except redis.RedisError as e:
                     log.warning("heartbeat failed: %s", e)
 

@@ -183,6 +183,13 @@ def test_the_worker_unit_renders_as_an_unprivileged_user_it_creates():
 _PYTHON: list[str] = []
 
 
+@pytest.fixture(scope="module", autouse=True)
+def _remove_render_python():
+    yield
+    if _PYTHON:
+        shutil.rmtree(Path(_PYTHON.pop()).parents[2], ignore_errors=True)
+
+
 def _render_python_or_skip() -> str:
     """A Python the render user may run that sees this checkout's packages: a venv of the
     machine's Python (this test's own may sit under /root, which nobody else may enter)."""

@@ -65,7 +65,20 @@ def parse_capabilities(raw: Any) -> dict[str, Any] | None:
             caps[key] = raw[key]
     if isinstance(raw.get("gpu"), str):
         caps["gpu"] = raw["gpu"][:128]
+    if raw.get("scripts") is True:
+        caps["scripts"] = True
     return caps
+
+
+def wants_scripts(render_options: Any) -> bool:
+    """Whether a job lets its scene's scripts run (`--allow-scripts`), from its render options
+    (a dict, or the JSON the database keeps): it runs only on a node that allows scripts."""
+    if isinstance(render_options, (str, bytes)):
+        try:
+            render_options = json.loads(render_options)
+        except ValueError:
+            return False
+    return isinstance(render_options, dict) and render_options.get("allow_scripts") is True
 
 
 def worker_view(name: str, pool: str, site: str, capabilities: Any, price: int = 0) -> WorkerView:
@@ -75,7 +88,7 @@ def worker_view(name: str, pool: str, site: str, capabilities: Any, price: int =
     return WorkerView(
         name, pool, site, price, frozenset(caps.get("tags", ())),
         frozenset(renderers) if renderers is not None else None,
-        tuple(sorted(renderers.items())) if renderers else (),
+        tuple(sorted(renderers.items())) if renderers else (), caps.get("scripts", False),
     )
 
 
@@ -93,4 +106,6 @@ def describe(capabilities: Any) -> str:
         parts.append(f"GPU {caps['gpu']}")
     if caps.get("tags"):
         parts.append("tags " + ",".join(caps["tags"]))
+    if caps.get("scripts"):
+        parts.append("scripts allowed")
     return "; ".join(parts)

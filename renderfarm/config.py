@@ -58,6 +58,10 @@ class Settings:
     shutdown_grace: float = 300.0
     # Whether this worker runs the `command` renderer (programs named by the job).
     allow_commands: bool = False
+    # Whether this worker takes jobs that let a .blend's auto-run scripts run (`--allow-scripts`).
+    allow_scripts: bool = False
+    # The unprivileged user renders run as when the worker is root (FARM_RENDER_USER).
+    render_user: str | None = None
     # The Blender this worker renders with (default: `blender` on PATH).
     blender: str | None = None
     # Threads each render may use (0: all cores); for Blender, its --threads.
@@ -114,6 +118,8 @@ _ENV = {
     "storage_retry": "FARM_STORAGE_RETRY",
     "shutdown_grace": "FARM_SHUTDOWN_GRACE",
     "allow_commands": "FARM_ALLOW_COMMANDS",
+    "allow_scripts": "FARM_ALLOW_SCRIPTS",
+    "render_user": "FARM_RENDER_USER",
     "blender": "FARM_BLENDER",
     "render_threads": "FARM_RENDER_THREADS",
     "submit_wait": "FARM_SUBMIT_WAIT",

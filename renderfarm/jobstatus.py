@@ -8,6 +8,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from renderfarm.capabilities import wants_scripts
 from renderfarm.scheduling import WorkerView, unschedulable
 from renderfarm.sites import PICO
 from renderfarm.states import JOB_FINAL, JobState, TaskState
@@ -15,7 +16,7 @@ from renderfarm.states import JOB_FINAL, JobState, TaskState
 JOB_COLUMNS = (
     "id", "name", "owner", "state", "priority", "pool", "renderer", "frames", "frame_count", "task_count", "chunk",
     "width", "height", "submitted_at", "started_at", "finished_at", "error", "site", "requires",
-    "renderer_version", "after",
+    "renderer_version", "after", "render_options",
 )
 WORKER_COLUMNS = ("name", "pool", "site", "capabilities")  # of the workers not offline
 MISSING = "missing"  # the state shown for an --after job that is no longer in the database
@@ -100,7 +101,7 @@ def summarize(job: Mapping[str, Any], state_rows: Iterable[tuple], costs: Mappin
     waiting = counts[TaskState.PENDING.value] + counts[TaskState.QUEUED.value]
     if workers is not None and waiting and job["state"] in (JobState.QUEUED.value, JobState.RUNNING.value):
         why = unschedulable(workers, job["pool"], job.get("site"), job["renderer"], frozenset(requires),
-                            job.get("renderer_version"))
+                            job.get("renderer_version"), wants_scripts(job.get("render_options")))
     return JobStatus(
         id=job["id"], name=job["name"], owner=job["owner"], state=job["state"], priority=job["priority"],
         pool=job["pool"], renderer=job["renderer"], frames_spec=job["frames"], frames=job["frame_count"],

@@ -17,6 +17,7 @@ class WorkerView:
     tags: frozenset[str] = frozenset()  # what it advertises (`farm-worker --tag gpu`)
     renderers: frozenset[str] | None = None  # the renderers it has; None: it did not say (any)
     versions: tuple[tuple[str, str], ...] = ()  # (renderer, version) for those it gave a version of
+    scripts: bool = False  # it lets a scene's scripts run (FARM_ALLOW_SCRIPTS=1)
 
     def version_of(self, renderer: str) -> str | None:
         return dict(self.versions).get(renderer)
@@ -41,6 +42,7 @@ class Candidate:
     requires: frozenset[str] = frozenset()  # tags a worker must have (`farm submit --require gpu`)
     renderer: str | None = None  # the renderer its job needs
     renderer_version: str | None = None  # and the version of it ("3.4": any 3.4.x)
+    scripts: bool = False  # its job lets the scene's scripts run (`--allow-scripts`)
 
 
 def pick_task(
@@ -53,7 +55,8 @@ def pick_task(
 ) -> Candidate | None:
     """The candidate `worker` should render next, or None when nothing fits.
 
-    - Only tasks of its pool, of a renderer it has, of jobs whose required tags it has.
+    - Only tasks of its pool, of a renderer it has, of jobs whose required tags it has; a job
+      that lets its scene's scripts run only on a worker that allows scripts.
     - None of a job it is blocklisted for while another of `peers` (the live workers of the pool)
       is not (a blocklist that bars everyone would only stall the job).
     - A task that failed on this worker waits for another peer unless none could take it.
@@ -70,7 +73,7 @@ def pick_task(
     holders = holders or {}
 
     def allowed(c: Candidate) -> bool:
-        if not can_run(worker, c.pool, c.site, c.renderer, c.requires, c.renderer_version):
+        if not can_run(worker, c.pool, c.site, c.renderer, c.requires, c.renderer_version, c.scripts):
             return False
         if c.cheapest and idle_price is not None and worker.price > idle_price:
             return False
@@ -91,7 +94,7 @@ def pick_task(
 
 
 def can_run(worker: WorkerView, pool: str, site: str | None, renderer: str | None, requires: frozenset[str],
-            version: str | None = None) -> bool:
+            version: str | None = None, scripts: bool = False) -> bool:
     """Whether `worker` may ever take a task of a job with these needs (whatever else it is doing)."""
     return (
         worker.pool == pool
@@ -99,6 +102,7 @@ def can_run(worker: WorkerView, pool: str, site: str | None, renderer: str | Non
         and requires <= worker.tags
         and (renderer is None or worker.renderers is None or renderer in worker.renderers)
         and (version is None or renderer is None or version_matches(worker.version_of(renderer), version))
+        and (not scripts or worker.scripts)
     )
 
 
@@ -109,11 +113,11 @@ def version_matches(have: str | None, need: str) -> bool:
 
 
 def unschedulable(workers: Iterable[WorkerView], pool: str, site: str | None, renderer: str | None,
-                  requires: frozenset[str], version: str | None = None) -> str | None:
+                  requires: frozenset[str], version: str | None = None, scripts: bool = False) -> str | None:
     """Why no live worker could run a job with these needs, or None if one could. The reason names
     the first need that rules the last candidates out, so it says what to fix."""
     workers = list(workers)
-    if any(can_run(w, pool, site, renderer, requires, version) for w in workers):
+    if any(can_run(w, pool, site, renderer, requires, version, scripts) for w in workers):
         return None
     if not workers:
         return "no live worker"
@@ -129,10 +133,14 @@ def unschedulable(workers: Iterable[WorkerView], pool: str, site: str | None, re
     equipped = [w for w in tagged if renderer is None or w.renderers is None or renderer in w.renderers]
     if not equipped:
         return f"no live worker of pool {pool!r} with the needed tags has the {renderer} renderer"
-    label = RENDERER_LABELS.get(renderer or "", renderer)
-    found = sorted({v for w in equipped if (v := w.version_of(renderer or ""))})
-    return (f"no live worker of pool {pool!r} has {label} {version}"
-            + (f" (they have {', '.join(found)})" if found else ""))
+    versioned = [w for w in equipped if can_run(w, pool, site, renderer, requires, version)]
+    if not versioned:
+        label = RENDERER_LABELS.get(renderer or "", renderer)
+        found = sorted({v for w in equipped if (v := w.version_of(renderer or ""))})
+        return (f"no live worker of pool {pool!r} has {label} {version}"
+                + (f" (they have {', '.join(found)})" if found else ""))
+    return (f"no live worker of pool {pool!r} that could render it allows scripts (the job was submitted with "
+            f"--allow-scripts; a node opts in with FARM_ALLOW_SCRIPTS=1)")
 
 
 RENDERER_LABELS = {"blender": "Blender"}

@@ -13,6 +13,7 @@ from renderfarm import lifecycle
 from renderfarm.frames import parse_frames
 from renderfarm.manager.expected import frame_tile_keys, job_tiles
 from renderfarm.models import ATTEMPT_ACTIVE, Attempt, AttemptState, Job, JobState, Task, TaskKind, TaskState
+from renderfarm.capabilities import wants_scripts
 from renderfarm.scheduling import Candidate, WorkerView, pick_task
 
 if TYPE_CHECKING:
@@ -179,7 +180,7 @@ def runnable_jobs(session: Session) -> list[tuple]:
     done; most urgent first."""
     rows = session.execute(
         select(Job.id, Job.priority, Job.submitted_at, Job.pool, Job.max_workers, Job.after, Job.site, Job.prefer,
-               Job.requires, Job.renderer, Job.renderer_version)
+               Job.requires, Job.renderer, Job.renderer_version, Job.render_options)
         .where(Job.state.in_([JobState.QUEUED.value, JobState.RUNNING.value]))
         .order_by(Job.priority.desc(), Job.submitted_at)
         .limit(MAX_JOBS_CONSIDERED)
@@ -228,7 +229,7 @@ def runnable_candidates(session: Session, wanted: int) -> list[Candidate]:
         Candidate(task_id, job.id, index, job.priority, job.submitted_at, job.pool,
                   frozenset(failed_on.get(task_id, ())), frozenset(blocked.get(job.id, ())), rank, job.max_workers,
                   job.site, job.prefer == "cheapest", required_tags(job.requires), job.renderer,
-                  job.renderer_version)
+                  job.renderer_version, wants_scripts(job.render_options))
         for task_id, job, index, _attempts, rank in rows
     ]
 

@@ -14,7 +14,10 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO
+from typing import TYPE_CHECKING, BinaryIO
+
+if TYPE_CHECKING:
+    from renderfarm.renderers.account import RenderAccount
 
 PR_SET_PDEATHSIG = 1
 KILL_GRACE = 5.0
@@ -31,7 +34,8 @@ if os.uname().sysname == "Linux":
 
 def die_with_parent() -> None:
     # Runs in the child between fork and exec: keep it to one system call (the function was
-    # resolved before the fork, so nothing is loaded here).
+    # resolved before the fork, so nothing is loaded here). It runs after subprocess has switched
+    # to a render user (a change of user clears the parent-death signal, so it must come after).
     if _prctl is not None:
         _prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
 
@@ -72,13 +76,16 @@ def kill_group(proc: subprocess.Popen, grace: float = KILL_GRACE) -> None:
 def run_renderer(
     argv: list[str], *, cwd: Path, env: dict[str, str], timeout: float, log: BinaryIO,
     on_line: Callable[[str], None], should_stop: Callable[[], bool] = lambda: False, poll: float = 0.5,
+    account: RenderAccount | None = None,
 ) -> RunResult:
-    """Run `argv` to completion, timeout or stop; every output line goes to `log` and `on_line`."""
+    """Run `argv` to completion, timeout or stop; every output line goes to `log` and `on_line`.
+    With `account`, the renderer runs as that user (the worker is root)."""
     start = time.monotonic()
     before = os.times()
     proc = subprocess.Popen(
         argv, cwd=cwd, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT, start_new_session=True, preexec_fn=die_with_parent,
+        **(account.popen_args() if account else {}),
     )
     lines: queue.Queue[bytes | None] = queue.Queue()
 

@@ -14,20 +14,24 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import TYPE_CHECKING, Any, BinaryIO
 
 from renderfarm.renderers.process import RunResult, die_with_parent, kill_group
 from renderfarm.renderers.protocol import DONE, FAILED
+
+if TYPE_CHECKING:
+    from renderfarm.renderers.account import RenderAccount
 
 
 class RendererSession:
     """One long-lived renderer process speaking the session protocol."""
 
-    def __init__(self, key: tuple, argv: list[str], *, cwd: Path, env: dict[str, str]) -> None:
+    def __init__(self, key: tuple, argv: list[str], *, cwd: Path, env: dict[str, str],
+                 account: RenderAccount | None = None) -> None:
         self.key = key
         self.proc = subprocess.Popen(
             argv, cwd=cwd, env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-            start_new_session=True, preexec_fn=die_with_parent,
+            start_new_session=True, preexec_fn=die_with_parent, **(account.popen_args() if account else {}),
         )
         self.lines: queue.Queue[bytes | None] = queue.Queue()
         self.last_used = time.monotonic()

@@ -14,7 +14,7 @@ Short = Annotated[str, Field(max_length=64, pattern=r"^[^\x00-\x1f\x7f]*$")]
 
 
 class Capabilities(Message):
-    """What a worker can do: renderers with their versions, cores, memory, GPU, tags."""
+    """What a worker can do: renderers with their versions, cores, memory, GPU, tags, scripts."""
 
     what = "capabilities"
     renderers: Annotated[dict[Annotated[str, Field(pattern=r"^[a-z][a-z0-9_-]{0,31}$")], Short],
@@ -25,6 +25,7 @@ class Capabilities(Message):
     cores: Annotated[int, Field(ge=1, le=65536)] | None = None
     memory_gib: Annotated[float, Field(ge=0, le=1e6)] | None = None
     gpu: Annotated[str, Field(max_length=128)] | None = None
+    scripts: Literal[True] | None = None  # it lets a scene's scripts run (FARM_ALLOW_SCRIPTS=1)
 
 
 class Heartbeat(Message):

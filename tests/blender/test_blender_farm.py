@@ -27,7 +27,8 @@ ORANGE, TEAL = (230, 120, 20), (20, 140, 160)  # the checker texture's colours
 @pytest.fixture(scope="module")
 def farm(tmp_path_factory):
     root = tmp_path_factory.mktemp("blender")
-    env = farm_env(root / "state", FARM_BLENDER=BLENDER, FARM_RENDER_THREADS="1")
+    env = farm_env(root / "state", FARM_BLENDER=BLENDER, FARM_RENDER_THREADS="1",
+                   FARM_ALLOW_SCRIPTS="1")  # one test submits --allow-scripts
     run_farm("up", "-d", "-w", "2", env=env, timeout=120)
     yield root, env
     run_farm("down", env=env, check=False, timeout=120)

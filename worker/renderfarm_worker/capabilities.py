@@ -1,5 +1,6 @@
 """What this node can do, advertised in its heartbeat: renderers with versions, cores, memory,
-GPU and the tags it was given (a GPU found by `nvidia-smi` adds the tag `gpu`)."""
+GPU, the tags it was given (a GPU found by `nvidia-smi` adds the tag `gpu`) and whether it lets
+a scene's scripts run; and the render user it renders as, checked at start."""
 
 from __future__ import annotations
 
@@ -8,6 +9,8 @@ import os
 import platform
 import shutil
 import subprocess
+import sys
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from renderfarm import __version__
@@ -33,7 +36,23 @@ def detect(settings: Settings, tags: tuple[str, ...], blender: Blender | None = 
         **({"gpu": gpu} if gpu else {}),
         **({"paths": {"blender": blender.path}} if blender is not None else {}),
         "tags": tuple(sorted(set(tags) | ({"gpu"} if gpu else set()))),
+        **({"scripts": True} if settings.allow_scripts else {}),
     }
+
+
+def check_render_account(settings: Settings, scratch: Path) -> None:
+    """With FARM_RENDER_USER, refuse to start unless renders can run as that user: the worker is
+    root, the user exists and is not root, and it can reach the scratch directory and run this
+    Python (a renderer is this Python, running one of our modules)."""
+    from renderfarm.renderers.account import render_account
+
+    account = render_account(settings.render_user)
+    if account is None:
+        return
+    account.check_reach(scratch, "the scratch directory", need=0)
+    for python in (Path(sys.executable), Path(sys.executable).resolve()):  # a venv's, and the one it links to
+        account.check_reach(python, "the worker's Python")
+    log.info("renders run as %s (uid %d)", account.name, account.uid)
 
 
 def find_worker_blender(settings: Settings) -> Blender | None:

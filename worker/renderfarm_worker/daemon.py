@@ -199,7 +199,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _serve(args: argparse.Namespace, settings, blender_found) -> int:
-    from renderfarm_worker.capabilities import detect
+    from renderfarm_worker.capabilities import check_render_account, detect
     from renderfarm_worker.runtime import WorkerRuntime, install
 
     credentials = args.credentials
@@ -208,6 +208,7 @@ def _serve(args: argparse.Namespace, settings, blender_found) -> int:
     r = connect(settings)
     _check_name_free(r, name)
     scratch = args.scratch or settings.state_dir / "scratch" / name
+    check_render_account(settings, scratch)  # FARM_RENDER_USER: refused now, not at the first render
     site = settings.site(args.site or credentials.site).name  # refuses a site farm.toml does not name
     given = args.tags if args.tags is not None else os.environ.get("FARM_WORKER_TAGS") or None
     tags = check_tags(given, "tag") if given is not None else credentials.tags

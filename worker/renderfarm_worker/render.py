@@ -6,13 +6,17 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import os
 import signal
+import stat
 import time
+from functools import lru_cache
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from renderfarm.errors import RenderError, VerificationError
 from renderfarm.keys import log_stream
+from renderfarm.renderers.account import RenderAccount, render_account
 from renderfarm.renderers.limits import Limits
 from renderfarm.renderers.process import run_renderer, scrubbed_env
 from renderfarm.renderers.registry import RenderRequest, get_renderer
@@ -49,8 +53,15 @@ class Render:
         renderer = get_renderer(order.renderer)
         if renderer.name == "command" and not rt.settings.allow_commands:
             raise RenderError("the command renderer is not allowed on this worker (set FARM_ALLOW_COMMANDS=1)")
+        if order.render_options.get("allow_scripts") and not rt.settings.allow_scripts:
+            raise RenderError("the job lets its scene's scripts run; this worker does not allow scripts "
+                              "(set FARM_ALLOW_SCRIPTS=1)")
         program = self._program(renderer.name)
         scene = rt.fetch_scene(order.scene_key, order.scene_sha256, order.scene_url)
+        account = account_of(rt.settings.render_user)
+        cwd = self.workdir
+        if account is not None:
+            cwd = self._open_to(account, scene)
         pattern = str(self.workdir / "out" / f"{order.name}.{{frame}}.{order.ext}")
         region = order.render_region
         size = (region.width, region.height) if region else (order.width, order.height)
@@ -63,7 +74,11 @@ class Render:
         self.log_file.note(f"{order.label} on {rt.name}: {' '.join(argv)}")
         session_argv = renderer.session_command()
         if session_argv:
-            session = rt.session_for((order.job_id, order.renderer, order.scene_sha256), session_argv, scrubbed_env())
+            env = scrubbed_env()
+            if account is not None:
+                env = account.env(env, home=rt.scratch / "session")
+            session = rt.session_for((order.job_id, order.renderer, order.scene_sha256), session_argv, env,
+                                     account=account)
             self.log_file.note(f"in warm session {session.proc.pid}")
             result = self.result = session.render(
                 renderer.session_request(request), timeout=order.timeout, log=self.log_file,
@@ -72,10 +87,15 @@ class Render:
             if result.returncode != 0:
                 rt.close_session()  # after any failure, the next task starts a fresh renderer
         else:
+            env = scrubbed_env({"TMPDIR": str(cwd)})
             result = self.result = run_renderer(
-                argv, cwd=self.workdir, env=scrubbed_env({"TMPDIR": str(self.workdir)}), timeout=order.timeout,
-                log=self.log_file, on_line=self.on_line, should_stop=rt.should_stop,
+                argv, cwd=cwd, env=account.env(env, home=cwd) if account else env, timeout=order.timeout,
+                log=self.log_file, on_line=self.on_line, should_stop=rt.should_stop, account=account,
             )
+            if account is not None:  # whatever it left running as the render user goes with it
+                account.sweep()
+        if account is not None:
+            account.take_back(self.workdir / "out")
         self.live.flush()
         self.log_file.note(ending(result, order.timeout))
         rt.raise_if_stopped()
@@ -86,9 +106,22 @@ class Render:
         missing = [f for f in order.frames if f not in self.files]
         if missing:
             raise RenderError(f"{order.renderer} exited 0 without writing frame(s) {', '.join(map(str, missing))}")
+        for frame in order.frames:  # again, now that the renderer can no longer change them
+            self._take_frame(frame, self.files[frame])
         # No lease check here: the finisher makes one before uploading, off the path to the next task.
         rt.raise_if_stopped()
         return [(f, self.files[f]) for f in order.frames]
+
+    def _open_to(self, account: RenderAccount, scene: Path) -> Path:
+        """Let the render user through to this attempt: the scene to read, `out/` and `tmp/` to
+        write (its working directory); nothing else of the worker's (see renderers.account)."""
+        scratch, scenes = self.rt.scratch, self.rt.scratch / "scenes"
+        for passage in (scratch, scratch / "attempts", self.workdir):
+            account.pass_through(passage)
+        account.let_read(scenes / scene.relative_to(scenes).parts[0], scenes)
+        account.give(self.workdir / "out")
+        account.give(self.workdir / "tmp")
+        return self.workdir / "tmp"
 
     def _program(self, renderer: str) -> str | None:
         """The executable of a renderer this worker runs from an install of its own (Blender),
@@ -126,9 +159,13 @@ class Render:
     def _take_frame(self, frame: int, path: Path) -> None:
         if frame not in self.order.frames:
             raise RenderError(f"renderer wrote frame {frame}, which is not in this task")
-        if not path.is_file() or path.parent != self.workdir / "out":
+        try:
+            st = path.lstat()  # a link is no output: the worker would read whatever it points at
+        except (OSError, ValueError):
+            st = None
+        if st is None or not stat.S_ISREG(st.st_mode) or st.st_nlink != 1 or path.parent != self.workdir / "out":
             raise RenderError(f"renderer reported frame {frame} at {path}, which is not an output file")
-        if path.stat().st_size == 0:
+        if st.st_size == 0:
             raise RenderError(f"renderer wrote an empty file for frame {frame}")
         self.files[frame] = path
 
@@ -145,6 +182,12 @@ class Render:
     def _last_line(self) -> str:
         lines = [ln for ln in self.tail.splitlines() if ln.strip() and not ln.startswith("#")]
         return lines[-1][:300] if lines else "(no output)"
+
+
+@lru_cache(maxsize=4)
+def account_of(name: str | None) -> RenderAccount | None:
+    """The render user FARM_RENDER_USER names (checked once, at the worker's start)."""
+    return render_account(name)
 
 
 def ending(result: RunResult, timeout: float) -> str:
@@ -208,7 +251,7 @@ def upload_output(rt: WorkerRuntime, order: TaskOrder, frame: int, path: Path) -
     record for the done event, with the version tag the manager's promotion is conditional on."""
     from renderfarm.images import check_image
 
-    data = path.read_bytes()
+    data = read_output(path)
     region = order.region
     width, height = (region.width, region.height) if region else (order.width, order.height)
     try:
@@ -220,3 +263,12 @@ def upload_output(rt: WorkerRuntime, order: TaskOrder, frame: int, path: Path) -
     etag = rt.with_storage(f"upload {key}", lambda: rt.storage.put_file(key, path, sha256=digest))
     path.unlink()
     return Output(frame=frame, sha256=digest, size=len(data), etag=etag or None)
+
+
+def read_output(path: Path) -> bytes:
+    """A renderer's output file, never what a link in its place points at."""
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    with os.fdopen(fd, "rb") as f:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise RenderError(f"output {path.name} is not a regular file")
+        return f.read()

@@ -324,9 +324,10 @@ class WorkerRuntime:
 
     # -- warm renderer sessions -----------------------------------------------------------------
 
-    def session_for(self, key: tuple, argv: list[str], env: dict[str, str]) -> RendererSession:
+    def session_for(self, key: tuple, argv: list[str], env: dict[str, str], account=None) -> RendererSession:
         """The warm session for `key` (job, renderer, scene), started if there is none alive;
-        a session of another job is closed first (one renderer process at a time)."""
+        a session of another job is closed first (one renderer process at a time). With
+        `account` (the render user), it runs as that user, in a directory of its own."""
         with self._lock:
             session = self.session
             if session is not None and session.key == key and session.alive():
@@ -336,7 +337,9 @@ class WorkerRuntime:
             session.close()
         cwd = self.scratch / "session"
         cwd.mkdir(exist_ok=True)
-        session = RendererSession(key, argv, cwd=cwd, env={**env, "TMPDIR": str(cwd)})
+        if account is not None:
+            account.give(cwd)
+        session = RendererSession(key, argv, cwd=cwd, env={**env, "TMPDIR": str(cwd)}, account=account)
         with self._lock:
             self.session = session
         return session

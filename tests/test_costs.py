@@ -36,7 +36,7 @@ compare_price_per_kwh = 0.31
 SLEEPER = """
 import sys, time
 from PIL import Image
-time.sleep(0.3)
+time.sleep(1.0)  # long beside a process start, whose cost swings with the load
 Image.new("RGB", (int(sys.argv[3]), int(sys.argv[4])), (9, 9, 9)).save(sys.argv[2])
 """
 

@@ -117,9 +117,11 @@ def test_every_storage_key_stays_under_its_root(farm, capsys):
     for obj in storage.list(""):
         parts = obj.key.split("/")
         assert ".." not in parts and "" not in parts and not obj.key.startswith("/"), obj.key
-        assert parts[0] in ("scenes", "jobs", ".farm-probe") or obj.key == ".farm-probe", obj.key
+        assert parts[0] in ("scenes", "jobs", "nodes", ".farm-probe") or obj.key == ".farm-probe", obj.key
         if parts[0] == "jobs":
             assert parts[1] in ids, obj.key
+        if parts[0] == "nodes":  # an attempt's own: nodes/NODE/jobs/JOB/...
+            assert parts[2] == "jobs" and parts[3] in ids, obj.key
     scratch = root / "state" / "scratch"
     for path in scratch.rglob("*"):
         assert path.resolve().is_relative_to(scratch.resolve()), path

@@ -82,8 +82,8 @@ def test_canary_secrets_appear_nowhere_they_should_not(farm):
 
     # Task logs in storage.
     storage = open_storage(load_settings(env, cwd=root))
-    logs = [o.key for o in storage.list(f"jobs/{job}/attempts/") if o.key.endswith("log.txt")]
-    logs += [o.key for o in storage.list(f"jobs/{dump}/attempts/") if o.key.endswith("log.txt")]
+    logs = [o.key for o in storage.list("nodes/") if o.key.endswith("log.txt")
+            and o.key.split("/")[3] in (job, dump)]  # nodes/NODE/jobs/JOB/TASK/ATTEMPT/log.txt
     assert len(logs) == 8
     for key in logs:
         text = storage.get_bytes(key)

@@ -236,12 +236,14 @@ class FarmWorker(SimpleWorker):
         while True:
             try:
                 return super().dequeue_job_and_maintain_ttl(timeout, max_idle_time)
-            except redis.RedisError:
-                raise
             except Exception as e:
                 job_id, queue = getattr(e, "job_id", None), getattr(e, "queue", None)
                 if job_id is None or queue is None:  # not a job's: RQ names the job it fetched
                     raise
+                if isinstance(e, redis.RedisError) and not isinstance(e, redis.exceptions.NoPermissionError):
+                    raise  # Redis away: not the entry's fault
+                # An id whose record this node may not read (no order the manager sealed for it)
+                # is refused like any other that is not ours.
                 self._refuse(job_id, queue, f"RQ cannot read it ({type(e).__name__}: {e})")
 
     def execute_job(self, job, queue):
@@ -262,10 +264,15 @@ class FarmWorker(SimpleWorker):
         """Remove a refused job with plain Redis commands: nothing of it is decoded or imported."""
         from rq.job import Job
 
+        import redis
+
         pipe = self.connection.pipeline(transaction=False)
         pipe.lrem(queue.intermediate_queue_key, 1, job_id)
         pipe.delete(Job.key_for(job_id))
-        pipe.execute()
+        try:
+            pipe.execute()
+        except redis.exceptions.NoPermissionError:
+            pass  # a record outside the node's keys (its id not ours) is not ours to delete either
 
     def request_stop(self, signum, frame):
         """First SIGTERM: take no new work, let the render finish for up to the grace period."""

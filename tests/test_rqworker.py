@@ -130,3 +130,37 @@ def test_an_entry_whose_record_the_node_may_not_read_is_refused_and_the_work_loo
         (f"{credentials.node_id}-2", "it names function 'os.system'"),
     ]
     assert admin.exists(Job.key_for("fz-foreign"))
+
+
+def test_a_job_whose_record_names_another_queue_is_refused_before_rq_files_it_there(
+        redis_url: str, tmp_path) -> None:
+    """A job record written by hand with another queue as its origin (found by fuzzing): RQ filed
+    the job's records (started, intermediate, finished) under that queue's keys, not the node's own."""
+    from rq import Queue
+    from rq.job import Job
+
+    from renderfarm import keys
+    from renderfarm.config import load_settings
+    from renderfarm_worker import runtime
+
+    r = redis.Redis.from_url(redis_url)
+    settings = load_settings({"FARM_STATE_DIR": str(tmp_path), "FARM_REDIS_URL": redis_url,
+                              "FARM_STORAGE_URL": f"file://{tmp_path / 'store'}"}, cwd=tmp_path)
+    rt = runtime.WorkerRuntime(settings=settings, credentials=unenrolled("w", settings), pool="default",
+                               scratch=tmp_path / "scratch", r=r)
+    runtime.install(rt)
+    queue = Queue(keys.queue_name("w"), connection=r, serializer=JSONSerializer)
+    queue.enqueue_call("renderfarm_worker.tasks.render_task", args=("{}",), job_id="elsewhere")
+    r.hset(Job.key_for("elsewhere"), "origin", "farm.worker.other")
+    worker = FarmWorker([queue.name], connection=r, name="w.1.1", serializer=JSONSerializer)
+    try:
+        worker.work(burst=True, logging_level="WARNING")
+        assert rt.events.flush(10)
+        worker._books.drain()
+    finally:
+        runtime.install(None)
+    assert r.llen(queue.key) == 0 and r.llen(queue.intermediate_queue_key) == 0
+    [refused] = events_of(r, "w")
+    assert refused.rq_id == "elsewhere"
+    assert refused.reason.endswith(f"its record names queue 'farm.worker.other', not {queue.name}")
+    assert not list(r.scan_iter("rq:*farm.worker.other*"))

@@ -254,6 +254,10 @@ class FarmWorker(SimpleWorker):
 
     def execute_job(self, job, queue):
         why = refusal(job)
+        if why is None and job.origin != queue.name:
+            # RQ files a job's records under the queue its record names: they went to another
+            # queue's keys (refused by Valkey, and left the entry in this queue's intermediate list).
+            why = f"its record names queue {str(job.origin)[:80]!r}, not {queue.name}"
         if why:
             self._refuse(job.id, queue, why)
             return

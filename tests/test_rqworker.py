@@ -123,6 +123,9 @@ def test_an_entry_whose_record_the_node_may_not_read_is_refused_and_the_work_loo
         assert rt.events.flush(10)
     finally:
         runtime.install(None)
+        # The server is the session's: its ACL log must not tell later tests of this node.
+        admin.execute_command("ACL", "DELUSER", nodes.redis_user("v"))
+        admin.execute_command("ACL", "LOG", "RESET")
     assert admin.llen(queue.key) == 0 and admin.llen(queue.intermediate_queue_key) == 0
     refused = events_of(admin, "v")
     assert [(e.rq_id, e.reason.split(": ", 1)[1]) for e in refused] == [

@@ -1,6 +1,8 @@
 """Hypothesis strategies for fuzzing a live farm's inputs, and what the farm must make of each
-entry: random JSON and bytes, deep nesting, huge numbers, and valid wire messages with one field
-mutated, for the control stream, the event stream, heartbeats and the workers' queues."""
+entry: random JSON and bytes, deep nesting, huge numbers, valid wire messages with one field
+mutated, and seals gone wrong (a wrong key, another node's seal, a replayed sequence number, a
+mutated envelope, none at all), for the control stream, the nodes' event streams, their
+heartbeats and the workers' queues."""
 
 from __future__ import annotations
 
@@ -12,8 +14,9 @@ from hypothesis import strategies as st
 
 from renderfarm import keys, wire
 from renderfarm.errors import RenderFarmError
-from renderfarm.queues import RENDER_TASK
-from renderfarm.wire.base import DB_ID_MAX
+from renderfarm.nodes import seal_mac
+from renderfarm.queues import RENDER_TASK, rq_job_id
+from renderfarm.wire.base import DB_ID_MAX, INT64
 
 NASTY = [
     "../", "../../etc/passwd", "/etc/passwd", "a/../../b", "..", ".", "", " ", "\x00", "\n",
@@ -22,9 +25,10 @@ NASTY = [
 ]
 HUGE = [2**63, 2**64, -(2**63) - 1, 10**30, -(10**30), 1e308, -1e308, -1, 0, 1e-300, 2**31,
         2**53 + 1, 10**4000]
-PLACEHOLDER_NAME = "fz-hb-placeholder"  # a beat's own name: its key's name when posted
+PLACEHOLDER_NAME = "fzbeatplaceholder"  # a beat's own name: its node's name when posted
+PLACEHOLDER_NODE = "fznodeplaceholder"  # a queued order's node: the worker's name when posted
 PLACEHOLDER_ATTEMPT = 2_147_000_000  # a queued order's attempt id: a unique one when posted
-FUZZ_JOB_POOL, FUZZ_JOB_TAG, FUZZ_BEAT_POOL = "fzjobs", "fz-none", "fzbeats"
+FUZZ_JOB_POOL, FUZZ_JOB_TAG, FUZZ_NODE_POOL = "fzjobs", "fz-none", "fznodes"
 SMALL_FRAMES = ("1", "1-2", "1-4", "-3-3x3")
 
 scalars = st.one_of(
@@ -42,6 +46,8 @@ sha256s = st.text("0123456789abcdef", min_size=64, max_size=64)
 made_up_ids = st.integers(10**7, DB_ID_MAX)  # no attempt of the test's farm has one
 made_up_jobs = st.text("0123456789abcdef", min_size=8, max_size=8)
 fuzz_names = st.from_regex(r"fz-[a-z0-9]{1,12}", fullmatch=True)
+fuzz_node_names = st.from_regex(r"fzn-[a-z0-9]{1,8}", fullmatch=True)  # nodes intents may enroll
+stranger_names = st.from_regex(r"fzs-[a-z0-9]{1,8}", fullmatch=True)  # never enrolled
 
 
 def _deep(n: int) -> str:
@@ -111,17 +117,83 @@ def serialized(doc: dict, draw) -> str | bytes:
 @dataclass(frozen=True)
 class Real:
     """What the live farm holds: the job entries may name, its attempts (id -> worker), the job
-    no entry names (and its attempt ids), and the real workers."""
+    no entry names (and its attempt ids), the real workers, the nodes the test enrolled to send
+    events as, and every node the test enrolled (no intent may enroll or revoke one again)."""
 
     named_job: str
     attempts: dict[int, str]
     untouched_job: str
     untouched_attempts: frozenset[int]
     workers: tuple[str, ...]
+    event_nodes: tuple[str, ...]
+    nodes: frozenset[str]
 
 
 def _doc(message: wire.Message) -> dict:
     return json.loads(message.to_json())
+
+
+# -- seals -----------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Seal:
+    """How an entry is sealed when it is posted (the keys and numbers are known only then):
+    'own' (the node's key and a fresh sequence number), 'wrong key', 'other node' (another
+    enrolled node's seal, its own key), 'replayed' (a number already seen), 'future' (the
+    largest number there is), 'envelope' (sealed, then one field of the envelope mutated), or
+    'none' (the message as it is)."""
+
+    how: str
+    key: str = ""  # the wrong key
+    other: int = 0  # which other node, taken modulo their count
+    back: int = 0  # how far behind the newest number a replayed one is
+    envelope: tuple = ()  # (field, how, value): the envelope's mutation
+
+
+SEALINGS = ["own"] * 8 + ["wrong key", "other node", "replayed", "replayed", "future", "envelope",
+                          "envelope", "none"]
+
+
+@st.composite
+def seals(draw) -> Seal:
+    how = draw(st.sampled_from(SEALINGS))
+    envelope = ()
+    if how == "envelope":
+        junk = st.one_of(json_values, st.sampled_from(NASTY), st.sampled_from(HUGE),
+                         st.sampled_from([0, 1, INT64, INT64 + 1, "0" * 64]))
+        envelope = (draw(st.sampled_from(["node", "seq", "body", "mac"])),
+                    draw(st.sampled_from(["delete", "replace", "wrong type", "extra"])), draw(junk))
+    return Seal(how, key=draw(st.text("0123456789abcdef", min_size=1, max_size=64)),
+                other=draw(st.integers(0, 99)), back=draw(st.integers(0, 3)), envelope=envelope)
+
+
+def sealed_doc(body: str, node: str, seq: int, key: str) -> dict:
+    """The envelope as Sealed.seal writes it, built by hand so that any number goes in."""
+    return {"node": node, "seq": seq, "body": body, "mac": seal_mac(key.encode(), node, seq, body)}
+
+
+def mutate_envelope(doc: dict, plan: tuple) -> dict:
+    name, how, value = plan
+    doc = dict(doc)
+    if how == "delete":
+        del doc[name]
+    elif how == "extra":
+        doc["x" + name] = value
+    elif how == "wrong type":
+        doc[name] = [doc[name]] if isinstance(doc[name], str) else str(doc[name])
+    else:
+        doc[name] = value
+    return doc
+
+
+def open_seal(raw, node: str, key: str) -> tuple[wire.Sealed, str]:
+    """The sealed text's number and body, checked as the manager and the workers check it: sealed
+    by `node` under `key`. WireError otherwise."""
+    sealed = wire.Sealed.parse(raw)
+    if sealed.node != node:
+        raise wire.WireError(f"sealed by {sealed.node!r}, not {node!r}")
+    return sealed, sealed.check(key)
 
 
 # -- the control stream ----------------------------------------------------------------------------
@@ -130,7 +202,8 @@ def _doc(message: wire.Message) -> dict:
 @st.composite
 def intents(draw, real: Real) -> dict:
     request_id = draw(hex32)
-    kinds = ["submit", "submit", "cancel", "suspend", "resume", "retry", "priority"]
+    kinds = ["submit", "submit", "cancel", "suspend", "resume", "retry", "priority", "node-add",
+             "node-revoke"]
     kind = draw(st.sampled_from(kinds))
     if kind == "submit":  # a small job on a pool and a tag no worker has: it never runs
         sha = draw(sha256s)
@@ -142,6 +215,13 @@ def intents(draw, real: Real) -> dict:
             priority=draw(st.integers(0, 100)), pool=FUZZ_JOB_POOL, requires=(FUZZ_JOB_TAG,),
         )
         return _doc(wire.SubmitIntent(request_id=request_id, job=spec))
+    if kind in ("node-add", "node-revoke"):  # a made-up node, or one the test enrolled
+        name = draw(fuzz_node_names | st.sampled_from(sorted(real.nodes)))
+        if kind == "node-revoke":
+            return _doc(wire.NodeRevokeIntent(request_id=request_id, name=name))
+        tags = tuple(draw(st.lists(st.sampled_from(["gpu", "linux"]), max_size=2, unique=True)))
+        return _doc(wire.NodeAddIntent(request_id=request_id, name=name, pool=FUZZ_NODE_POOL,
+                                       tags=tags))
     job = draw(st.sampled_from([real.named_job]) | made_up_jobs)
     extra = {"priority": draw(st.integers(0, 100))} if kind == "priority" else {}
     if kind in ("suspend", "retry"):
@@ -158,22 +238,26 @@ def control_entries(draw, real: Real) -> tuple:
     return ("control", serialized(draw(intents(real).flatmap(message_or_mutant)), draw))
 
 
-# -- the event stream ------------------------------------------------------------------------------
+# -- the nodes' event streams ----------------------------------------------------------------------
 
 
 @st.composite
-def events(draw, real: Real) -> dict:
+def events(draw, real: Real, node: str) -> dict:
+    """An event on `node`'s stream: mostly in its own name, about an attempt of the named job it
+    rendered, one another node rendered, or one that never was."""
     kinds = ["started", "progress", "done", "failed", "released", "refused", "bye"]
     kind = draw(st.sampled_from(kinds))
-    # An attempt of the named job from its own worker or another, or an attempt that never was.
-    target = draw(st.sampled_from(["own", "other", "made-up"]))
-    if target == "made-up":
-        attempt_id, worker = draw(made_up_ids), draw(st.sampled_from(real.workers) | fuzz_names)
+    own = sorted(a for a, w in real.attempts.items() if w == node)
+    others = sorted(a for a, w in real.attempts.items() if w != node)
+    target = draw(st.sampled_from(["own", "own", "own", "other", "made-up"]))
+    if target == "own" and own:
+        attempt_id = draw(st.sampled_from(own))
+    elif target == "other" and others:
+        attempt_id = draw(st.sampled_from(others))
     else:
-        attempt_id = draw(st.sampled_from(sorted(real.attempts)))
-        owner = real.attempts[attempt_id]
-        others = st.sampled_from([w for w in real.workers if w != owner]) | fuzz_names
-        worker = owner if target == "own" else draw(others)
+        attempt_id = draw(made_up_ids)
+    names = [w for w in (*real.workers, *real.event_nodes) if w != node]
+    worker = node if draw(st.integers(0, 9)) else draw(st.sampled_from(names) | fuzz_names)
     usage = wire.Usage(wall=draw(st.floats(0, 1e4)), cpu=draw(st.floats(0, 1e4)), site="local")
     common = {"worker": worker, "attempt_id": attempt_id}
     if kind == "started":
@@ -195,18 +279,25 @@ def events(draw, real: Real) -> dict:
                                reason=draw(st.sampled_from(["fuzz", "r" * 4000])),
                                raw=draw(st.text(max_size=40)))
     else:
-        message = wire.Bye(worker=draw(fuzz_names))
+        message = wire.Bye(worker=worker)
     return _doc(message)
 
 
 @st.composite
 def event_entries(draw, real: Real) -> tuple:
     pick = draw(st.integers(0, 19))
-    if pick == 0:
-        return ("no d field", keys.EVENT_STREAM if draw(st.booleans()) else keys.CONTROL_STREAM)
+    nodes = (*real.workers, *real.event_nodes)
+    if pick == 0:  # an entry with no message field, on a node's stream or the control stream
+        return ("no d field", draw(st.sampled_from([*nodes, None])))
+    if pick == 1:  # on the stream of a node never enrolled: no one reads it
+        body = draw(raw_junk() | events(real, real.workers[0]).map(json.dumps))
+        return ("stranger event", draw(stranger_names), body)
+    node = draw(st.sampled_from(nodes))
     if pick < 7:
-        return ("events", draw(raw_junk()))
-    return ("events", serialized(draw(events(real).flatmap(message_or_mutant)), draw))
+        body = draw(raw_junk())
+    else:
+        body = serialized(draw(events(real, node).flatmap(message_or_mutant)), draw)
+    return ("event", node, draw(seals()), body)
 
 
 # -- heartbeats ------------------------------------------------------------------------------------
@@ -218,9 +309,9 @@ def beats(draw, real: Real) -> dict:
     attempts = draw(st.lists(held, max_size=3, unique=True))
     tags = draw(st.lists(st.sampled_from(["gpu", "linux"]), max_size=2, unique=True))
     caps = wire.Capabilities(renderers={"null": "0.1"}, tags=tuple(tags), cores=2)
-    # A pool no job is in: a live fake worker is never handed work.
     beat = wire.Heartbeat(
-        name=PLACEHOLDER_NAME, pid=draw(st.integers(1, 2**31)), pool=FUZZ_BEAT_POOL,
+        name=PLACEHOLDER_NAME, pid=draw(st.integers(1, 2**31)),
+        pool=draw(st.sampled_from(["default", "x"])),  # not the pool it was enrolled in: no matter
         cores=draw(st.integers(1, 64)), state=draw(st.sampled_from(["idle", "busy", "stopping"])),
         attempts=tuple(attempts), ttl=draw(st.floats(1, 3600)), seq=draw(st.integers(0, 2**63 - 1)),
         capabilities=caps,
@@ -231,13 +322,11 @@ def beats(draw, real: Real) -> dict:
 @st.composite
 def beat_entries(draw, real: Real) -> tuple:
     pick = draw(st.integers(0, 9))
-    if pick == 0:  # a name in the workers' set that no worker may have
-        names = st.sampled_from(NASTY) | st.text(min_size=1, max_size=80)
-        names |= st.binary(min_size=1, max_size=80)
-        return ("bad name", draw(names))
-    if pick < 4:
-        return ("beat", draw(raw_junk()))
-    return ("beat", draw(beats(real).flatmap(message_or_mutant)))
+    if pick == 0:  # the heartbeat key of a node never enrolled: no one reads it
+        value = draw(raw_junk() | beats(real).map(json.dumps))
+        return ("stranger beat", draw(stranger_names), value)
+    body = draw(raw_junk()) if pick < 4 else draw(beats(real).flatmap(message_or_mutant))
+    return ("beat", draw(seals()), body)
 
 
 # -- the workers' queues ---------------------------------------------------------------------------
@@ -248,9 +337,9 @@ def orders(draw) -> dict:
     sha = draw(sha256s)
     order = wire.TaskOrder(
         attempt_id=PLACEHOLDER_ATTEMPT, attempt=draw(st.integers(1, 3)), task_id=draw(made_up_ids),
-        task_index=draw(st.integers(0, 100)), job_id=draw(made_up_jobs), name="fz", renderer="null",
-        scene_key=f"scenes/{sha}.toml", scene_sha256=sha, frames=(draw(st.integers(1, 4)),),
-        width=64, height=36, timeout=60.0,
+        task_index=draw(st.integers(0, 100)), node=PLACEHOLDER_NODE, job_id=draw(made_up_jobs),
+        name="fz", renderer="null", scene_key=f"scenes/{sha}.toml", scene_sha256=sha,
+        frames=(draw(st.integers(1, 4)),), width=64, height=36, timeout=60.0,
     )
     return _doc(order)
 
@@ -270,9 +359,10 @@ HOSTILE_FUNCTIONS = ["os.system", "builtins.eval", "renderfarm_worker.tasks.fini
 def queue_entries(draw, real: Real) -> tuple:
     worker = draw(st.sampled_from(real.workers))
     pick = draw(st.integers(0, 9))
-    func, kwargs, callbacks, pickled = RENDER_TASK, {}, False, False
-    if pick < 5:
-        args = (draw(orders().flatmap(message_or_mutant)),)  # a document: serialized when posted
+    func, kwargs, callbacks, pickled, seal = RENDER_TASK, {}, False, False, None
+    if pick < 5:  # an order's document: sealed (or not) when posted
+        args = (draw(orders().flatmap(message_or_mutant)),)
+        seal = draw(seals())
     elif pick < 7:
         args = (draw(raw_junk().filter(lambda raw: isinstance(raw, str))),)
     elif pick == 7:
@@ -284,18 +374,21 @@ def queue_entries(draw, real: Real) -> tuple:
         args = ("touch /tmp/fuzz-pwned",)
         callbacks = func == RENDER_TASK
         pickled = draw(st.booleans())
+    # Its attempt's RQ id, another of the node's own jobs' ids, or one its node may not even read.
     rq_id = "attempt" if pick < 5 and draw(st.integers(0, 3)) else "own"
+    rq_id = "foreign" if draw(st.integers(0, 5)) == 0 else rq_id
     record = None  # or a field of the job's record in Redis, rewritten by hand (None: deleted)
     if not pickled and draw(st.integers(0, 3)) == 0:
         junk = st.sampled_from(RECORD_JUNK) | st.binary(max_size=20)
         record = (draw(st.sampled_from(RECORD_FIELDS)), draw(junk))
-    return ("queue", worker, func, args, kwargs, callbacks, pickled, rq_id, record)
+    return ("queue", worker, func, args, kwargs, callbacks, pickled, rq_id, record, seal)
 
 
 def entries(real: Real) -> st.SearchStrategy:
     # one_of draws each strategy alike: the streams get more of the entries than keys and queues
     return st.one_of(control_entries(real), control_entries(real), event_entries(real),
-                     event_entries(real), event_entries(real), beat_entries(real), queue_entries(real))
+                     event_entries(real), event_entries(real), beat_entries(real),
+                     queue_entries(real))
 
 
 # -- what the farm must make of an entry -----------------------------------------------------------
@@ -303,10 +396,10 @@ def entries(real: Real) -> st.SearchStrategy:
 
 @dataclass
 class Expected:
-    """The dead letters the farm must write for the posted entries, keyed (source, entry), and
-    the request ids of valid intents (each answered with a reply, not dead-lettered)."""
+    """The dead letters the farm must write for the posted entries, keyed (source, entry, node
+    named), and the request ids of valid intents (each answered with a reply, not dead-lettered)."""
 
-    letters: list[tuple[str, str]] = field(default_factory=list)
+    letters: list[tuple[str, str, str | None]] = field(default_factory=list)
     replies: list[str] = field(default_factory=list)
     posted: dict[str, int] = field(default_factory=dict)
     valid: dict[str, int] = field(default_factory=dict)
@@ -319,8 +412,8 @@ class Expected:
 
 
 def judge_intent(raw, limits, real: Real):
-    """'dead', 'skip' (a valid intent that would change a job the test keeps untouched, or make
-    real work), or the intent."""
+    """'dead', 'skip' (a valid intent that would change a job the test keeps untouched, make real
+    work, or enroll or revoke a node the test acts as), or the intent."""
     try:
         intent = wire.parse_intent(raw, limits=limits)
     except (wire.WireError, RenderFarmError):
@@ -330,6 +423,8 @@ def judge_intent(raw, limits, real: Real):
         runs_nowhere = spec.pool == FUZZ_JOB_POOL or FUZZ_JOB_TAG in spec.requires
         small = spec.frames in SMALL_FRAMES and spec.tiles is None
         return intent if runs_nowhere and small and spec.after != real.untouched_job else "skip"
+    if isinstance(intent, (wire.NodeAddIntent, wire.NodeRevokeIntent)):
+        return "skip" if intent.name in real.nodes else intent
     if intent.job == real.untouched_job:
         return "skip"
     if intent.job == real.named_job and intent.type == "retry":
@@ -337,35 +432,41 @@ def judge_intent(raw, limits, real: Real):
     return intent
 
 
-def judge_event(raw, real: Real):
-    """'dead' (it breaks its contract, or the manager must refuse it), 'skip', or the event (a
-    Refused event is kept as a dead letter of the worker's queue: returned as such)."""
+def judge_event(raw, node: str, key: str, newest: int, real: Real) -> tuple[str, int | None]:
+    """What the manager makes of an entry on `node`'s stream, whose newest event it accepted had
+    sequence number `newest`: ('dead' | 'skip' | 'applied' | 'refusal', the number it accepts
+    from the node, or None). A valid event is 'skip'ped where it would change the untouched job
+    or take a real worker away; a valid refusal is kept as a dead letter of the node's queue."""
     try:
-        event = wire.parse_event(raw)
+        sealed, body = open_seal(raw, node, key)
+        event = wire.parse_event(body)
+        if event.worker != node:
+            return "dead", None
     except wire.WireError:
-        return "dead"
+        return "dead", None
+    if sealed.seq <= newest:
+        return "dead", None  # replayed
     if isinstance(event, wire.Bye):
-        return "skip" if event.worker in real.workers else event
+        return ("skip" if node in real.workers else "applied"), sealed.seq
     if isinstance(event, wire.Refused):
-        return (keys.queue_name(event.worker), event.rq_id)
+        return "refusal", sealed.seq
     if event.attempt_id in real.untouched_attempts:
-        return "skip"
-    owner = real.attempts.get(event.attempt_id)
-    return event if owner == event.worker else "dead"
+        return "skip", sealed.seq
+    return ("applied" if real.attempts.get(event.attempt_id) == node else "dead"), sealed.seq
 
 
-def judge_beat(raw, name: str):
-    """'dead', 'skip' (a valid beat that could be handed real work), or the heartbeat."""
+def judge_beat(raw: bytes, node: str, key: str, newest: int) -> int | None:
+    """The sequence number of a heartbeat the manager takes from `node` (it took one numbered
+    `newest` last), or None: it must be dead-lettered."""
     try:
-        beat = wire.Heartbeat.parse(raw)
+        sealed, body = open_seal(raw, node, key)
+        beat = wire.Heartbeat.parse(body)
     except wire.WireError:
-        return "dead"
-    if beat.name != name:
-        return "dead"
-    return beat if beat.pool == FUZZ_BEAT_POOL else "skip"
+        return None
+    return sealed.seq if beat.name == node and sealed.seq >= newest else None
 
 
-def judge_record(record: dict[bytes, bytes], rq_id: str, connection):
+def judge_record(record: dict[bytes, bytes], rq_id: str, connection, node) -> str | bool:
     """What a worker must make of a job record in Redis, read by RQ's own restore: 'gone' (RQ
     passes over a record with no data), or whether it must be refused."""
     from rq.exceptions import NoSuchJobError
@@ -385,17 +486,24 @@ def judge_record(record: dict[bytes, bytes], rq_id: str, connection):
         return True
     names = (job._success_callback_name, job._failure_callback_name, job._stopped_callback_name)
     callbacks = any(names)
-    return judge_queued(func, args, kwargs, callbacks, False, rq_id)
+    if job.origin != keys.queue_name(node.name):  # RQ would file it under that queue's keys
+        return True
+    return judge_queued(func, args, kwargs, callbacks, False, rq_id, node)
 
 
-def judge_queued(func, args, kwargs, callbacks: bool, pickled: bool, rq_id: str) -> bool:
-    """Whether a worker must refuse the job (and report it, to be dead-lettered)."""
+def judge_queued(func, args, kwargs, callbacks: bool, pickled: bool, rq_id: str, node) -> bool:
+    """Whether a worker (`node`: its credentials) must refuse the job, and report it to be
+    dead-lettered: anything but our task with one order, sealed by the manager for this node
+    under the number of its attempt, queued under that attempt's RQ id."""
     if pickled or callbacks or func != RENDER_TASK or kwargs:
         return True
     if len(args) != 1 or not isinstance(args[0], str):
         return True
     try:
-        order = wire.TaskOrder.parse(args[0])
+        sealed, body = open_seal(args[0], node.name, node.key)
+        order = wire.TaskOrder.parse(body)
     except wire.WireError:
         return True
-    return rq_id != f"attempt-{order.attempt_id}"
+    if order.node != node.name or sealed.seq != order.attempt_id:
+        return True
+    return rq_id != rq_job_id(node.node_id, order.attempt_id)

@@ -236,43 +236,50 @@ class FarmWorker(SimpleWorker):
         while True:
             try:
                 return super().dequeue_job_and_maintain_ttl(timeout, max_idle_time)
+            except redis.exceptions.NoPermissionError as e:
+                # An id that is not one of this node's jobs': Valkey lets the node read no other
+                # record. Raised, it ended the work loop and left the entry in the intermediate
+                # queue, unreported.
+                job_id, queue = getattr(e, "job_id", None), getattr(e, "queue", None)
+                if job_id is None or queue is None:
+                    raise
+                self._refuse(job_id, queue, "its record is not this node's to read", readable=False)
+            except redis.RedisError:
+                raise
             except Exception as e:
                 job_id, queue = getattr(e, "job_id", None), getattr(e, "queue", None)
                 if job_id is None or queue is None:  # not a job's: RQ names the job it fetched
                     raise
-                if isinstance(e, redis.RedisError) and not isinstance(e, redis.exceptions.NoPermissionError):
-                    raise  # Redis away: not the entry's fault
-                # An id whose record this node may not read (no order the manager sealed for it)
-                # is refused like any other that is not ours.
                 self._refuse(job_id, queue, f"RQ cannot read it ({type(e).__name__}: {e})")
 
     def execute_job(self, job, queue):
         why = refusal(job)
+        if why is None and job.origin != queue.name:
+            # RQ files a job's records under the queue its record names: they went to another
+            # queue's keys (refused by Valkey, and left the entry in this queue's intermediate list).
+            why = f"its record names queue {str(job.origin)[:80]!r}, not {queue.name}"
         if why:
             self._refuse(job.id, queue, why)
             return
         super().execute_job(job, queue)
 
-    def _refuse(self, job_id: str, queue, why: str) -> None:
-        raw = _raw_data(self.connection, job_id)
-        self._drop(job_id, queue)
+    def _refuse(self, job_id: str, queue, why: str, *, readable: bool = True) -> None:
+        raw = _raw_data(self.connection, job_id) if readable else ""
+        self._drop(job_id, queue, record=readable)
         rt = runtime._CURRENT
         if rt is not None:
             rt.refuse(job_id, f"job {job_id[:80]!r} from queue {queue.name}: {why}", raw)
 
-    def _drop(self, job_id: str, queue) -> None:
-        """Remove a refused job with plain Redis commands: nothing of it is decoded or imported."""
+    def _drop(self, job_id: str, queue, *, record: bool = True) -> None:
+        """Remove a refused job with plain Redis commands: nothing of it is decoded or imported
+        (its record stays where it is not this node's to delete)."""
         from rq.job import Job
-
-        import redis
 
         pipe = self.connection.pipeline(transaction=False)
         pipe.lrem(queue.intermediate_queue_key, 1, job_id)
-        pipe.delete(Job.key_for(job_id))
-        try:
-            pipe.execute()
-        except redis.exceptions.NoPermissionError:
-            pass  # a record outside the node's keys (its id not ours) is not ours to delete either
+        if record:
+            pipe.delete(Job.key_for(job_id))
+        pipe.execute()
 
     def request_stop(self, signum, frame):
         """First SIGTERM: take no new work, let the render finish for up to the grace period."""

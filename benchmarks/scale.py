@@ -160,7 +160,8 @@ def _wait_for_job(settings, job_id: str, sims: list[subprocess.Popen], timeout: 
         except TimeoutError:
             ended = [sim for sim in sims if sim.poll() is not None]
             if ended:
-                raise RuntimeError(f"a simulator process ended (exit {ended[0].returncode}) before the job did") from None
+                raise RuntimeError(f"a simulator process ended (exit {ended[0].returncode}) "
+                                   "before the job did") from None
             _refuse_dead_letters(settings)
             if time.monotonic() > deadline:
                 raise

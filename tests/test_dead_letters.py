@@ -310,3 +310,25 @@ def test_an_id_the_database_cannot_hold_is_refused_by_the_contract(redis_url: st
         ("farm:hb:node-2", "heartbeat: attempts.0: 2147483648 should be less than or equal to 2147483647"),
     ]
     manager.engine.dispose()
+
+
+def test_a_replay_is_refused_by_a_manager_started_again(redis_url: str, tmp_path: Path):
+    """The newest sequence numbers seen from each node are written with the batch that applied
+    them (one statement for all the nodes), so a manager started again refuses a replay too."""
+    manager = in_process_manager(redis_url, tmp_path)
+    nodes_ = [ActingNode(enroll_in_process(manager, name)) for name in ("a1", "a2", "a3")]
+    sent = {n.name: n.sealed(Progress(worker=n.name, attempt_id=7, progress=0.5)) for n in nodes_}
+    for n in nodes_:
+        streams.post(manager.r, keys.event_stream(n.name), sent[n.name])
+        n.beat(manager.r)
+    manager.tick()
+    rows = {n.name: n for n in nodes_of(manager)}
+    for name, raw in sent.items():
+        assert rows[name].last_event_seq == Sealed.parse(raw).seq < rows[name].last_beat_seq
+    manager.engine.dispose()
+    before = len(letters(manager))  # (attempt 7 does not exist: each was refused as such)
+    again = in_process_manager(redis_url, tmp_path)  # the same database and Valkey
+    streams.post(again.r, keys.event_stream("a2"), sent["a2"])
+    again.tick()
+    assert [(d.worker, d.reason.split(" (")[0]) for d in letters(again)[before:]] == [("a2", "refused: a replayed event")]
+    again.engine.dispose()

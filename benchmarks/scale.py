@@ -1,20 +1,25 @@
-"""Benchmark: 200 simulated workers against one manager, and how soon `farm status` sees a frame.
+"""Benchmark: 200 simulated render nodes against one manager, and how soon `farm status` sees a frame.
 
     uv run python -m benchmarks scale [--workers 200] [--tasks 6000] [--processes 4]
 
-A local farm (Valkey, SeaweedFS, SQLite, the manager) with no real workers. Instead, a few
-simulator processes speak the worker's side of the protocol for many workers each, with the
-farm's own code: heartbeats (`presence.beat`), each worker's RQ queue, the lease check before a
-render, the null renderer's image uploaded under the attempt's prefix with its version tag, and
-the started, progress and done events on the event stream. Their renders take no time, so the
-manager is the bottleneck: the load offered is whatever it hands out.
+A local farm (Valkey, SeaweedFS, SQLite, the manager) with no real workers. Instead, the benchmark
+enrolls N nodes through the manager (as `farm node add` does), writes their credentials files
+(0600) in a temporary directory, and a few simulator processes (benchmarks/simnode.py) act as
+those nodes, each as itself with the farm's own code: its own Valkey user, its sealed heartbeats
+on its own key, its own RQ queue, each task order opened with its key and checked as the worker
+checks it, the lease checked, the null renderer's image uploaded under the attempt's prefix with
+its own S3 identity, and sealed started, progress and done events on its own event stream. Their
+renders take no time, so the manager is the bottleneck: the load offered is whatever it hands
+out, and each event costs it what a real one does (unsealing, the owner's checks, each output
+read back, checked and decoded before it is promoted).
 
 Figures: events the manager applied per second (three per task: started, one progress, done),
 from the first event posted to the job's commit; and the status lag of each task, from its done
 event being posted to the database showing it done to a reader (a poll every 20 ms, as
 `farm status` reads: a plain read-only connection), p50 and p99. Targets (issue 7): at least
 1,000 events applied per second; p99 status lag under 2 s. There is no baseline to divide by:
-the ratio column compares each figure with its target.
+the ratio column compares each figure with its target. A run in which the manager refused
+anything a simulated node sent (a dead letter) fails: the simulation must be exactly a node's.
 """
 
 from __future__ import annotations
@@ -39,99 +44,6 @@ ROOT = Path(__file__).resolve().parent.parent
 SCENE = ROOT / "examples" / "orbit.toml"
 EVENTS_PER_TASK = 3
 POLL = 0.02
-
-
-# --- a simulator process: many workers ------------------------------------------------------
-
-
-def simulate(first: int, count: int, threads: int, record: Path) -> None:
-    """Run workers sim-{first}..sim-{first+count-1} until SIGTERM; then write, per task, the
-    time its done event was posted."""
-
-    from renderfarm import keys, presence
-    from renderfarm.config import load_settings
-    from renderfarm.redisconn import connect
-    from renderfarm.storage import open_storage
-
-    settings = load_settings()
-    names = [f"sim-{i:03d}" for i in range(first, first + count)]
-    stop = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    done_at: dict[int, float] = {}
-    started = time.time()
-
-    def beat() -> None:
-        r = connect(settings)
-        while not stop.is_set():
-            for name in names:
-                info = {"name": name, "host": "simulator", "pid": os.getpid(), "pool": "default", "cores": 1,
-                        "version": "sim", "started_at": started, "state": "idle", "task": None,
-                        "attempt_id": None, "site": "local", "ttl": settings.heartbeat_ttl, "ts": time.time()}
-                presence.beat(r, name, info, settings.heartbeat_ttl)
-            stop.wait(settings.heartbeat_ttl / 3)
-
-    def work(mine: list[str]) -> None:
-        r = connect(settings)
-        storage = open_storage(settings)
-        by_queue = {f"rq:queue:{keys.queue_name(n)}": n for n in mine}
-        queue_keys = list(by_queue)
-        scratch = Path(tempfile.mkdtemp(prefix="rf-sim-"))
-        images: dict[tuple, tuple[Path, str, int]] = {}
-        while not stop.is_set():
-            popped = r.blpop(queue_keys, timeout=1)
-            if popped is None:
-                continue
-            queue_key, rq_id = (v.decode() for v in popped)
-            run_one(r, storage, by_queue[queue_key], rq_id, scratch, images, done_at)
-
-    pool = [threading.Thread(target=beat, daemon=True)]
-    for t in range(threads):
-        pool.append(threading.Thread(target=work, args=(names[t::threads],), daemon=True))
-    for thread in pool:
-        thread.start()
-    stop.wait()
-    record.write_text(json.dumps(done_at))
-
-
-def run_one(r, storage, worker: str, rq_id: str, scratch: Path, images: dict, done_at: dict) -> None:
-    """One attempt, as farm-worker runs it with the null renderer, minus the renderer's time."""
-    import hashlib
-
-    from rq.job import Job
-    from rq.serializers import JSONSerializer
-
-    from renderfarm import queues, streams
-    from renderfarm.keys import EVENT_STREAM
-    from renderfarm.renderers.null import _write_flat
-    from renderfarm_worker.tasks import AttemptSpec
-
-    job = Job.fetch(rq_id, connection=r, serializer=JSONSerializer)
-    spec = AttemptSpec.parse(job.args[0])
-    r.delete(job.key)  # result_ttl=0: RQ deletes a finished job
-    if queues.lease_holder(r, spec.task_id) != spec.attempt_id:
-        return
-    ts = time.time()
-
-    def post(kind: str, **fields) -> None:
-        streams.post(r, EVENT_STREAM, {"type": kind, "worker": worker, "ts": time.time(),
-                                       "attempt_id": spec.attempt_id, **fields})
-
-    post("started", ts=ts)
-    post("progress", progress=0.5)
-    outputs = []
-    for frame in spec.frames:
-        shape = (spec.format, spec.width, spec.height)
-        if shape not in images:
-            path = scratch / f"{len(images)}.{spec.ext}"
-            _write_flat(str(path), spec.width, spec.height, spec.format, 0.5)
-            data = path.read_bytes()
-            images[shape] = (path, hashlib.sha256(data).hexdigest(), len(data))
-        path, digest, size = images[shape]
-        key = spec.prefix + spec.output_name(frame)
-        etag = storage.put_file(key, path, sha256=digest)
-        outputs.append({"frame": frame, "key": key, "sha256": digest, "size": size, "etag": etag})
-    post("done", outputs=outputs, usage={"seconds": time.time() - ts})
-    done_at[spec.task_id] = time.time()
 
 
 # --- the benchmark --------------------------------------------------------------------------
@@ -168,36 +80,45 @@ class StatusPoller:
         self._thread.join()
 
 
-def measure(workers: int = 200, tasks: int = 6000, processes: int = 4, threads: int = 4) -> list[Figure]:
+def measure(workers: int = 200, tasks: int = 6000, processes: int = 4) -> list[Figure]:
     from renderfarm.client import Submission, submit
+    from renderfarm.localfarm.services import node_env
 
     with temporary_farm(0) as settings, tempfile.TemporaryDirectory(prefix="rf-scale-") as folder:
-        per = -(-workers // processes)
+        began = time.time()
+        files = enroll_nodes(settings, workers, Path(folder))
+        print(f"scale: {workers} nodes enrolled in {time.time() - began:.1f} s", flush=True)
         sims, records = [], []
-        for p in range(processes):
-            first, count = p * per, min(per, workers - p * per)
-            if count <= 0:
-                break
+        per = -(-workers // processes)
+        for p in range(0, workers, per):
             record = Path(folder) / f"sim-{p}.json"
             records.append(record)
             sims.append(subprocess.Popen(
-                [sys.executable, "-m", "benchmarks.scale", "--simulate", str(first), str(count), str(threads),
-                 str(record)], cwd=ROOT,
+                [sys.executable, "-m", "benchmarks.simnode", "--record", str(record), *map(str, files[p : p + per])],
+                cwd=ROOT, env=node_env(dict(os.environ)),  # a node holds its own credentials, none of the farm's
             ))
         try:
-            _wait_for_workers(settings, workers)
+            _wait_for_workers(settings, workers, sims, timeout=60 + workers / 2)
             start = time.time()
             job = submit(settings, Submission(scene=SCENE, renderer="null", frames=f"1-{tasks}", name="scale"))
             poller = StatusPoller(Path(settings.database_url.removeprefix("sqlite:///")), job)
-            finished = wait_for_job(settings, job, timeout=1800)
+            finished = _wait_for_job(settings, job, sims, timeout=1800)
             time.sleep(4 * POLL)
             poller.stop()
         finally:
             for sim in sims:
-                sim.send_signal(signal.SIGTERM)
+                if sim.poll() is None:
+                    sim.send_signal(signal.SIGTERM)
             for sim in sims:
                 sim.wait(60)
-        done_at = {int(k): v for record in records for k, v in json.loads(record.read_text()).items()}
+        done_at, failures = {}, []
+        for record in records:
+            got = json.loads(record.read_text()) if record.exists() else {"done_at": {}, "failures": ["no record"]}
+            done_at.update({int(k): v for k, v in got["done_at"].items()})
+            failures += got["failures"]
+        if failures:
+            raise RuntimeError(f"{len(failures)} simulated node(s) failed; the first: {failures[0]}")
+        _refuse_dead_letters(settings)
         first_event = _first_started(settings, job)
     lags = sorted(poller.seen[t] - posted for t, posted in done_at.items() if t in poller.seen)
     if len(lags) < tasks:
@@ -214,8 +135,50 @@ def measure(workers: int = 200, tasks: int = 6000, processes: int = 4, threads: 
     ]
 
 
-def _wait_for_workers(settings, count: int, timeout: float = 60) -> None:
-    """Until the manager has recorded every simulated worker (it hands work only to those)."""
+def enroll_nodes(settings, count: int, folder: Path) -> list[Path]:
+    """Enroll nodes sim-000... through the running manager, as `farm node add` does, and write each
+    one's credentials file (0600) in `folder`. A few at a time: each is a round trip to the manager."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from renderfarm.enrollment import enroll, write_credentials
+
+    def one(i: int) -> Path:
+        name = f"sim-{i:03d}"
+        return write_credentials(folder / f"{name}.farm-node", enroll(settings, name))
+
+    with ThreadPoolExecutor(4) as pool:
+        return list(pool.map(one, range(count)))
+
+
+def _wait_for_job(settings, job_id: str, sims: list[subprocess.Popen], timeout: float) -> float:
+    """When the job finished (wait_for_job), unless a simulator process ends or the manager
+    refuses something first: then at once, rather than after `timeout`."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            return wait_for_job(settings, job_id, timeout=5)
+        except TimeoutError:
+            ended = [sim for sim in sims if sim.poll() is not None]
+            if ended:
+                raise RuntimeError(f"a simulator process ended (exit {ended[0].returncode}) "
+                                   "before the job did") from None
+            _refuse_dead_letters(settings)
+            if time.monotonic() > deadline:
+                raise
+
+
+def _refuse_dead_letters(settings) -> None:
+    """A dead letter means the manager refused something a simulated node sent: not a node's run."""
+    from renderfarm import streams
+    from renderfarm.redisconn import connect
+
+    letters = streams.dead_letters(connect(settings), 3)
+    if letters:
+        raise RuntimeError(f"the manager kept {len(letters)}+ dead letter(s); the first: {letters[0][1].reason}")
+
+
+def _wait_for_workers(settings, count: int, sims: list[subprocess.Popen], timeout: float) -> None:
+    """Until the manager has recorded every simulated node (it hands work only to those)."""
     from sqlalchemy import func, select
 
     from renderfarm.db import make_engine, session_scope
@@ -228,10 +191,13 @@ def _wait_for_workers(settings, count: int, timeout: float = 60) -> None:
             with session_scope(engine) as session:
                 if session.scalar(select(func.count()).select_from(Worker)) >= count:
                     return
+            ended = [sim for sim in sims if sim.poll() is not None]
+            if ended:
+                raise RuntimeError(f"a simulator process ended (exit {ended[0].returncode}) before its nodes beat")
             time.sleep(0.1)
     finally:
         engine.dispose()
-    raise TimeoutError(f"the manager did not see {count} simulated workers within {timeout:g} s")
+    raise TimeoutError(f"the manager did not see {count} simulated nodes within {timeout:g} s")
 
 
 def _first_started(settings, job_id: str) -> float:
@@ -248,17 +214,12 @@ def _first_started(settings, job_id: str) -> float:
 
 
 def main() -> None:
-    if len(sys.argv) > 1 and sys.argv[1] == "--simulate":
-        first, count, threads, record = sys.argv[2:6]
-        simulate(int(first), int(count), int(threads), Path(record))
-        return
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--workers", type=int, default=200)
+    parser.add_argument("--workers", type=int, default=200, help="simulated nodes, each enrolled")
     parser.add_argument("--tasks", type=int, default=6000)
-    parser.add_argument("--processes", type=int, default=4)
-    parser.add_argument("--threads", type=int, default=4, help="threads per simulator process")
+    parser.add_argument("--processes", type=int, default=4, help="simulator processes (a thread per node in each)")
     args = parser.parse_args()
-    show(measure(args.workers, args.tasks, args.processes, args.threads))
+    show(measure(args.workers, args.tasks, args.processes))
 
 
 if __name__ == "__main__":

@@ -49,3 +49,19 @@ def test_an_unknown_benchmark_is_one_clear_error():
         "error: unknown benchmark 'warp-speed'; choose from " + ", ".join(
             __import__("benchmarks.__main__", fromlist=["BENCHMARKS"]).BENCHMARKS)
     ]
+
+
+def test_scale_runs_enrolled_simulated_nodes_against_a_manager():
+    """The scale benchmark in small: 4 enrolled nodes, each acting as itself (its own Valkey user,
+    key, stream and S3 identity), 40 null tasks; every task is seen done and no dead letter is
+    kept (the benchmark fails on one: the manager refused something a simulated node sent)."""
+    code = ("import json; from benchmarks.scale import measure; "
+            "print(json.dumps([f.to_json() for f in measure(workers=4, tasks=40, processes=2)]))")
+    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300,
+                          check=False)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-4000:]
+    assert "4 nodes enrolled" in done.stdout
+    rate, p50, p99 = json.loads(done.stdout.splitlines()[-1])
+    assert rate["what"] == "events applied per second, 4 simulated workers, 40 null tasks"
+    assert rate["unit"] == "events/s" and rate["value"] > 0 and rate["ratio"] == rate["value"] / 1000
+    assert 0 <= p50["value"] <= p99["value"] < 60 and p99["target"] == "under 2 s"

@@ -331,3 +331,25 @@ def test_a_node_is_at_the_site_and_in_the_pool_it_was_enrolled_in_whatever_it_sa
     parsed, letter = manager.inbox.parse(entry, 0.0)
     assert letter is None and parsed.usage.site == "local"
     manager.engine.dispose()
+
+
+def test_a_replay_is_refused_by_a_manager_started_again(redis_url: str, tmp_path: Path):
+    """The newest sequence numbers seen from each node are written with the batch that applied
+    them (one statement for all the nodes), so a manager started again refuses a replay too."""
+    manager = in_process_manager(redis_url, tmp_path)
+    nodes_ = [ActingNode(enroll_in_process(manager, name)) for name in ("a1", "a2", "a3")]
+    sent = {n.name: n.sealed(Progress(worker=n.name, attempt_id=7, progress=0.5)) for n in nodes_}
+    for n in nodes_:
+        streams.post(manager.r, keys.event_stream(n.name), sent[n.name])
+        n.beat(manager.r)
+    manager.tick()
+    rows = {n.name: n for n in nodes_of(manager)}
+    for name, raw in sent.items():
+        assert rows[name].last_event_seq == Sealed.parse(raw).seq < rows[name].last_beat_seq
+    manager.engine.dispose()
+    before = len(letters(manager))  # (attempt 7 does not exist: each was refused as such)
+    again = in_process_manager(redis_url, tmp_path)  # the same database and Valkey
+    streams.post(again.r, keys.event_stream("a2"), sent["a2"])
+    again.tick()
+    assert [(d.worker, d.reason.split(" (")[0]) for d in letters(again)[before:]] == [("a2", "refused: a replayed event")]
+    again.engine.dispose()

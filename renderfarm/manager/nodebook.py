@@ -91,13 +91,19 @@ class NodeBook:
     def save(self, session: Session, names: list[str] = (), *, beats: bool = False) -> None:
         """Write the newest events (or, with `beats`, heartbeats) accepted from these nodes and the
         refusals counted since the last save, in the caller's transaction."""
-        for name in names:
-            node = self.nodes.get(name)
-            if node is None:
-                continue
-            values = {"last_beat_seq": node.last_beat_seq} if beats else {
-                "last_event_seq": node.last_event_seq, "last_event_entry": node.last_event_entry}
-            session.execute(update(Node).where(Node.name == name).values(**values))
+        from sqlalchemy import bindparam
+
+        nodes_ = [self.nodes[name] for name in names if name in self.nodes]
+        if nodes_:  # one statement for them all (executemany): one each cost a busy manager a fifth of its time
+            table = Node.__table__
+            if beats:
+                rows = [{"b_name": n.name, "b_beat": n.last_beat_seq} for n in nodes_]
+                values = {"last_beat_seq": bindparam("b_beat")}
+            else:
+                rows = [{"b_name": n.name, "b_seq": n.last_event_seq, "b_entry": n.last_event_entry} for n in nodes_]
+                values = {"last_event_seq": bindparam("b_seq"), "last_event_entry": bindparam("b_entry")}
+            statement = update(table).where(table.c.name == bindparam("b_name")).values(**values)
+            session.connection().execute(statement, rows)
         refused, self.refused = self.refused, Counter()
         for name, count in refused.items():
             session.execute(update(Node).where(Node.name == name).values(refused=Node.refused + count))

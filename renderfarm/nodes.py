@@ -27,6 +27,11 @@ NODE_ID = re.compile(r"n[0-9a-f]{8}")
 REDIS_USER_PREFIX = "node-"
 
 
+# How a worker exits when the farm refuses its credentials (revoked, or enrolled again): starting
+# it again would only be refused again (the systemd unit's RestartPreventExitStatus, the supervisor).
+TURNED_AWAY_EXIT = 78  # EX_CONFIG
+
+
 def check_node_name(name: str) -> str:
     """An enrolled node's name: letters, digits, '_' and '-', up to 48, starting with a letter or digit."""
     if not isinstance(name, str) or not NODE_NAME.fullmatch(name):

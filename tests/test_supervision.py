@@ -9,6 +9,7 @@ import os
 import signal
 import socket
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -260,3 +261,31 @@ def test_farm_up_starts_a_dead_supervisor_again_and_down_stops_it(tmp_path):
         run_farm("down", env=env, check=False, timeout=120)
     assert not farm_processes(state), farm_processes(state)
 
+
+
+def test_a_worker_the_farm_turned_away_is_not_started_again(sleeper):
+    """A revoked node's worker exits 78: starting it again would only be refused again (a dead
+    letter each time). Started by `farm up`, how it ended is unknown: it is started once more, and
+    left dead once it ends so again as the supervisor's own child."""
+    from renderfarm.localfarm.runfile import read_run_file, write_run_file
+    from renderfarm.localfarm.supervisor import Supervisor
+    from renderfarm.nodes import TURNED_AWAY_EXIT
+
+    state, first = sleeper
+    run = read_run_file(state)
+    run.processes[0].argv = [sys.executable, "-c", f"import sys; sys.exit({TURNED_AWAY_EXIT})"]
+    write_run_file(state, run)
+    clock = Clock()
+    sup = Supervisor(state, dict(os.environ), clock=clock)
+    first.kill()
+    first.wait()
+    assert sup.round()
+    clock.now += 1.0
+    assert sup.round()
+    again = read_run_file(state).processes[0]
+    assert again.pid != first.pid and again.restarts == 1
+    wait_for(lambda: sup.children[again.pid].poll() is not None, 30, "the turned-away worker to exit")
+    for _ in range(3):
+        clock.now += 60
+        assert sup.round()
+    assert read_run_file(state).processes[0].pid == again.pid and read_run_file(state).processes[0].restarts == 1

@@ -23,6 +23,7 @@ from pathlib import Path
 
 from renderfarm.localfarm import services
 from renderfarm.localfarm.runfile import FarmProcess, locked, read_run_file, write_run_file
+from renderfarm.nodes import TURNED_AWAY_EXIT
 
 log = logging.getLogger("renderfarm.supervisor")
 
@@ -45,6 +46,7 @@ class Supervisor:
         self.delay: dict[str, float] = {}  # per name: the wait before its next start, doubled per quick death
         self.due: dict[tuple[str, int], float] = {}  # per dead (name, pid): when it may start again
         self.found_dead: dict[tuple[str, int], float] = {}  # and when it was found dead
+        self.turned_away: set[tuple[str, int]] = set()  # dead workers the farm refused: left dead
 
     def run(self, stop: threading.Event) -> None:
         log.info("supervising the local farm in %s (pid %d)", self.state_dir, os.getpid())
@@ -71,6 +73,12 @@ class Supervisor:
             changed = False
             for proc in dead:
                 key = (proc.name, proc.pid)
+                if proc.role == "worker" and self.exits.get(proc.pid) == TURNED_AWAY_EXIT:
+                    if key not in self.turned_away:  # revoked: it would only be refused again
+                        self.turned_away.add(key)
+                        log.warning("%s (pid %d) exited: the farm refuses its credentials (revoked?); not started "
+                                    "again (`farm up` starts it, enrolled anew)", proc.name, proc.pid)
+                    continue
                 if key not in self.due:
                     self.found_dead[key] = now
                     self.due[key] = now + self._delay(proc, now)

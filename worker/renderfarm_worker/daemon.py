@@ -16,6 +16,7 @@ from renderfarm.capabilities import check_tags
 from renderfarm.config import load_settings
 from renderfarm.errors import RenderFarmError
 from renderfarm.keys import queue_name
+from renderfarm.nodes import TURNED_AWAY_EXIT
 from renderfarm.planning import slug
 from renderfarm.redisconn import connect
 
@@ -25,7 +26,7 @@ log = logging.getLogger("renderfarm.worker")
 # sender, the render's lease checks and live log, the finisher.
 REDIS_CONNECTIONS = 8
 # The farm refused this node's credentials (it was revoked): starting it again cannot help.
-EXIT_TURNED_AWAY = 78  # EX_CONFIG
+EXIT_TURNED_AWAY = TURNED_AWAY_EXIT
 
 
 def _positive(text: str) -> float:

@@ -52,6 +52,11 @@ def connect(settings: Settings, *, check: bool = True, timeout: float = 5.0) -> 
     if check:
         try:
             client.ping()
+        except redis.AuthenticationError as e:  # it answers, but not to these credentials
+            raise FarmNotRunningError(
+                f"Redis at {mask_url(settings.redis_url)} refuses these credentials ({_why(e)}); a render "
+                "node revoked or enrolled again needs the credentials file `farm node add NAME` writes"
+            ) from None
         except redis.RedisError as e:
             raise FarmNotRunningError(
                 f"the farm is not running: Redis at {mask_url(settings.redis_url)} does not answer "

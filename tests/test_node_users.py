@@ -18,6 +18,7 @@ from renderfarm.db import session_scope
 from renderfarm.localfarm import services
 from renderfarm.manager.nodebook import AclWatch, restore_missing
 from renderfarm.models import Node
+from renderfarm.redisconn import connect
 
 
 def test_a_new_acl_file_keeps_the_saved_node_users_and_nobody_else(tmp_path: Path) -> None:
@@ -94,3 +95,17 @@ def test_what_valkey_refused_a_node_is_counted_once_across_a_managers_restart(re
     assert [(letter.worker, letter.deliveries) for letter in again] == [("r3", 1)]
     assert manager.book.refused["r3"] == 4
     node.close()
+
+
+def test_a_revoked_nodes_worker_is_told_its_credentials_are_refused(redis_url: str, tmp_path: Path) -> None:
+    """Not that the farm is not running: it answers, but not to these credentials."""
+    from renderfarm.errors import FarmNotRunningError
+
+    manager = in_process_manager(redis_url, tmp_path)
+    credentials = enroll_in_process(manager, "r4")
+    manager.r.execute_command("ACL", "DELUSER", "node-r4")
+    with pytest.raises(FarmNotRunningError) as refused:
+        connect(credentials.settings(manager.settings))
+    assert "refuses these credentials" in str(refused.value) and "farm node add" in str(refused.value)
+    assert credentials.redis_url.split("@")[0].split(":")[-1] not in str(refused.value)  # no password shown
+    manager.engine.dispose()

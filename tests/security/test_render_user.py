@@ -183,11 +183,30 @@ def test_the_worker_unit_renders_as_an_unprivileged_user_it_creates():
 _PYTHON: list[str] = []
 
 
+_OPENED: list[tuple[Path, int]] = []  # temporary directories opened to others (o+x) by this test, and their modes
+
+
 @pytest.fixture(scope="module", autouse=True)
 def _remove_render_python():
     yield
     if _PYTHON:
         shutil.rmtree(Path(_PYTHON.pop()).parents[2], ignore_errors=True)
+    while _OPENED:
+        path, mode = _OPENED.pop()
+        os.chmod(path, mode)
+
+
+def _open_temporary_parents(path: Path) -> None:
+    """Let others pass (o+x, not list) the directories above `path` that lie in the temporary
+    directory and let nobody else through (a fresh clone made by `mktemp -d` is 0700): put back
+    when the module ends. Directories elsewhere are left as they are (the test skips)."""
+    tmp = Path(tempfile.gettempdir()).resolve()
+    for parent in reversed(path.resolve().parents):
+        if parent.is_relative_to(tmp) and parent != tmp and parent.stat().st_uid == os.geteuid():
+            mode = parent.stat().st_mode & 0o7777
+            if not mode & 0o001:
+                os.chmod(parent, mode | 0o001)
+                _OPENED.append((parent, mode))
 
 
 def _render_python_or_skip() -> str:
@@ -198,6 +217,7 @@ def _render_python_or_skip() -> str:
     if not os.access(SYSTEM_PYTHON, os.X_OK):
         pytest.skip(f"{SYSTEM_PYTHON} (a Python every user may run) is not installed")
     site = sysconfig.get_paths()["purelib"]
+    _open_temporary_parents(Path(site))
     try:
         RenderAccount("probe", 65534, 65534).check_reach(Path(site), "the checkout's packages", need=5)
     except ConfigError as e:

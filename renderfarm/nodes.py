@@ -27,6 +27,12 @@ NODE_ID = re.compile(r"n[0-9a-f]{8}")
 REDIS_USER_PREFIX = "node-"
 
 
+# What a render node's process must not hold in its environment: a renderer (or anyone who may
+# read /proc/PID/environ) would find the farm's own passwords there. A node has its credentials file.
+SECRET_VARS = ("FARM_REDIS_URL", "FARM_DATABASE_URL", "RQ_REDIS_URL", "REDISCLI_AUTH", "AWS_ACCESS_KEY_ID",
+               "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN")
+
+
 # How a worker exits when the farm refuses its credentials (revoked, or enrolled again): starting
 # it again would only be refused again (the systemd unit's RestartPreventExitStatus, the supervisor).
 TURNED_AWAY_EXIT = 78  # EX_CONFIG

@@ -32,7 +32,7 @@ def test_every_variable_of_the_examples_is_one_the_farm_reads():
 
 
 def test_the_node_example_hands_a_node_no_secret_of_the_farm():
-    from renderfarm.localfarm.services import SECRET_VARS
+    from renderfarm.nodes import SECRET_VARS
 
     text = (DEPLOY / "node.env.example").read_text()
     env = example_env(uncomment=True, name="node.env.example")

@@ -260,12 +260,8 @@ def alive(pid: int, start_time: int | None) -> bool:
     return start_time is not None and process_start_time(pid) == start_time
 
 
-# What a render node's process must not hold in its environment: a renderer (or anyone who may
-# read /proc/PID/environ) would find the farm's own passwords there. A node has its credentials file.
-SECRET_VARS = ("FARM_REDIS_URL", "FARM_DATABASE_URL", "RQ_REDIS_URL", "REDISCLI_AUTH", "AWS_ACCESS_KEY_ID",
-               "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN")
-
-
 def node_env(env: dict[str, str]) -> dict[str, str]:
     """`env` without the farm's secrets: the environment a local worker starts with."""
+    from renderfarm.nodes import SECRET_VARS
+
     return {k: v for k, v in env.items() if k not in SECRET_VARS}

@@ -16,7 +16,7 @@ from renderfarm.capabilities import check_tags
 from renderfarm.config import load_settings
 from renderfarm.errors import RenderFarmError
 from renderfarm.keys import queue_name
-from renderfarm.nodes import TURNED_AWAY_EXIT
+from renderfarm.nodes import SECRET_VARS, TURNED_AWAY_EXIT
 from renderfarm.planning import slug
 from renderfarm.redisconn import connect
 
@@ -99,8 +99,7 @@ def _check_name_free(r, name: str) -> None:
 def _forget_secrets() -> None:
     """Settings that could hold secrets leave this process's environment (a renderer's is
     scrubbed anyway; the node's own secrets never enter it: they are in its credentials file)."""
-    for var in ("FARM_REDIS_URL", "RQ_REDIS_URL", "REDISCLI_AUTH", "AWS_SECRET_ACCESS_KEY", "AWS_ACCESS_KEY_ID",
-                "AWS_SESSION_TOKEN", "FARM_DATABASE_URL"):
+    for var in SECRET_VARS:
         os.environ.pop(var, None)
 
 

@@ -298,11 +298,16 @@ def ask_manager(settings: Settings, intent) -> Reply:
 def send_verb(settings: Settings, verb: str, job_ref: str, **body: Any) -> Reply:
     """Ask the manager to cancel, suspend, resume, retry or reprioritise a job; returns its answer
     once applied (each verb is safe to repeat). NothingToDo when the job is already there."""
+    return order_job(settings, verb, resolve_job_id(settings, job_ref), **body)
+
+
+def order_job(settings: Settings, verb: str, job_id: str, **body: Any) -> Reply:
+    """`send_verb` for a whole job id, as `submit` returned it: no database read, so it works
+    where a Ctrl-C left the ORM's lazy imports half done (the demo's cancel)."""
     from renderfarm import wire
 
     kinds = {"cancel": wire.CancelIntent, "suspend": wire.SuspendIntent, "resume": wire.ResumeIntent,
              "retry": wire.RetryIntent, "priority": wire.PriorityIntent}
-    job_id = resolve_job_id(settings, job_ref)
     reply = ask_manager(settings, kinds[verb].parse(json.dumps({"request_id": new_request_id(), "job": job_id, **body})))
     if reply.changed is False:
         raise NothingToDo(f"job {reply.job_id} is {reply.state}; {_NOTHING[verb]}")

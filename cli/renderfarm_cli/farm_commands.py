@@ -177,12 +177,12 @@ def demo(
 def _cancel_demo(settings, job_id: str) -> None:
     """Ctrl-C: cancel the demo's job before the farm stops, so it is not left `running`. A second
     Ctrl-C skips the wait."""
-    from renderfarm.client import send_verb
+    from renderfarm.client import order_job
     from renderfarm.errors import RenderFarmError
 
     err().print(f"cancelling job {job_id}...", style="dim")
     try:
-        send_verb(settings, "cancel", job_id)
+        order_job(settings, "cancel", job_id)
     except RenderFarmError as e:
         note(f"job {job_id} was not cancelled: {e}")
     except KeyboardInterrupt:

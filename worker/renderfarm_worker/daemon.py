@@ -77,6 +77,7 @@ def _check_name_free(r, name: str) -> None:
     """Refuse to start as a node whose worker is alive already (its heartbeat is fresh); a dead
     one's stale heartbeat on this host (it was killed a moment ago) does not count."""
     from renderfarm.keys import heartbeat_key
+    from renderfarm.localfarm.services import process_start_time
     from renderfarm.wire import Heartbeat, Sealed, WireError
 
     raw = r.get(heartbeat_key(name))
@@ -86,13 +87,8 @@ def _check_name_free(r, name: str) -> None:
         return
     if other is None:
         return
-    if other.host == socket.gethostname():
-        try:
-            os.kill(other.pid, 0)
-        except ProcessLookupError:
-            return
-        except PermissionError:
-            pass
+    if other.host == socket.gethostname() and process_start_time(other.pid) is None:
+        return  # gone, or a zombie nobody has reaped yet (kill -9 of a worker whose parent left)
     raise RenderFarmError(f"node {name!r} has a worker alive already on {other.host}")
 
 

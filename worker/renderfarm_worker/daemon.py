@@ -171,9 +171,8 @@ def _reach_storage(rt) -> None:
 def run(args: argparse.Namespace) -> int:
     from concurrent.futures import ThreadPoolExecutor
 
-    from renderfarm_worker.capabilities import find_worker_blender
-
     from renderfarm.enrollment import read_credentials
+    from renderfarm_worker.capabilities import find_worker_blender
 
     if args.credentials is None:
         raise RenderFarmError("no credentials: a node acts only as itself (`farm node add NAME` issues its "

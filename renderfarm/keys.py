@@ -8,6 +8,7 @@ CONTROL_STREAM = PREFIX + "control"  # intents from the CLI (submit, cancel...) 
 EVENT_PREFIX = PREFIX + "events:"  # + node name: that node's sealed events (it may write no other)
 DEAD_LETTERS = PREFIX + "dead"  # entries the manager could not parse or apply, with the reason
 ACL_SEEN = PREFIX + "acl-seen"  # Valkey's ACL LOG entries the manager has counted, and how many times
+S3_SEEN = PREFIX + "s3-seen"  # how far the manager has read each S3 server's log for refusals
 MANAGER_GROUP = "manager"  # consumer group of the control stream and every node's event stream
 MANAGER_LEADER = PREFIX + "manager:leader"  # leader lock: value is the holder's id, expires unless renewed
 REPLY_PREFIX = PREFIX + "reply:"  # + request id: the manager's answer to one intent

@@ -18,7 +18,7 @@ import json
 import socket
 from pathlib import Path
 
-from renderfarm.localfarm.services import LOOPBACK, weed_binary, write_private
+from renderfarm.localfarm.services import LOOPBACK, WEED_S3_LOGGING, weed_binary, write_private
 
 GRPC_OFFSET = 10000  # SeaweedFS's gRPC port is its HTTP port + 10000 unless told otherwise
 _HTTP2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + bytes(9)  # and an empty SETTINGS frame
@@ -43,7 +43,7 @@ def gateway_argv(data_dir: Path, *, port: int, filer_port: int, bind: str, s3_co
         f"key = {json.dumps(str(key))}\n",
     )
     argv = [
-        weed_binary(), f"-config_dir={conf_dir}", "s3", f"-ip={bind}", f"-ip.bind={bind}",
+        weed_binary(), *WEED_S3_LOGGING, f"-config_dir={conf_dir}", "s3", f"-ip={bind}", f"-ip.bind={bind}",
         f"-port={port}", f"-port.grpc={port + GRPC_OFFSET}", f"-filer={LOOPBACK}:{filer_port}",
         f"-config={s3_config}", "-port.iceberg=0", "-port.lance=0",
     ]

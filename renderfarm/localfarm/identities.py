@@ -48,7 +48,7 @@ NODE_IDENTITY_PREFIX = "node-"
 APPLY_TIMEOUT = 5.0  # seconds for a running server to show a change; it takes milliseconds
 _ACCESS_KEY = re.compile(r"[A-Za-z0-9]{16,128}")
 _SECRET_KEY = re.compile(r"[A-Za-z0-9_+/=-]{16,128}")
-_PROBE = ".identity-probe"  # a key no one writes: HEAD answers 404 to a live identity, 403 otherwise
+PROBE_KEY = ".identity-probe"  # a key no one writes: HEAD answers 404 to a live identity, 403 otherwise
 
 
 def node_prefix(name: str) -> str:
@@ -123,6 +123,11 @@ def revoke(settings: Settings, name: str) -> bool:
         write_private(path, json.dumps(config, indent=1))
         _apply(settings, path, name, old_keys, live=False, signal_first=True)
     return True
+
+
+def serves_storage(settings: Settings) -> bool:
+    """Whether the local farm's SeaweedFS is the farm's storage (nodes have identities on it)."""
+    return _local_bucket(settings) is not None
 
 
 def granted(settings: Settings) -> list[str]:
@@ -280,7 +285,7 @@ def _probe(settings: Settings, name: str, keys: tuple[str, str]) -> int | None:
     from botocore.credentials import Credentials
 
     bucket, prefix = _local_bucket(settings)
-    url = f"{settings.s3_endpoint_url.rstrip('/')}/{quote(bucket)}/{quote(prefix + node_prefix(name) + _PROBE)}"
+    url = f"{settings.s3_endpoint_url.rstrip('/')}/{quote(bucket)}/{quote(prefix + node_prefix(name) + PROBE_KEY)}"
     request = AWSRequest(method="HEAD", url=url, headers={})
     S3SigV4Auth(Credentials(*keys), "s3", settings.s3_region).add_auth(request)
     headers = dict(request.prepare().headers)

@@ -17,6 +17,10 @@ from renderfarm.errors import InputError, RenderFarmError
 
 WEED_SERVICES = ("master", "volume", "filer", "s3", "admin")
 LOOPBACK = "127.0.0.1"
+# How the weed that serves S3 logs: one JSON object a line (a key with a newline in it cannot forge
+# a line), on stderr only (our log file; not /tmp/weed.*), at level 2, the lowest that logs each
+# request with the identity that made it: what the manager reads to record refusals (s3log.py).
+WEED_S3_LOGGING = ("-v=2", "-log_json", "-logtostderr")
 
 
 class ServiceError(RenderFarmError):
@@ -153,7 +157,7 @@ def weed_argv(data_dir: Path, ports: dict[str, int], access_key: str, secret_key
     os.chmod(data_dir, 0o700)
     s3_config = identities.start_config(data_dir, access_key, secret_key)
     argv = [
-        weed_binary(), "mini", f"-dir={data_dir / 'data'}", f"-ip={bind}", f"-ip.bind={bind}",
+        weed_binary(), *(WEED_S3_LOGGING if s3 else ()), "mini", f"-dir={data_dir / 'data'}", f"-ip={bind}", f"-ip.bind={bind}",
         "-webdav=false", "-admin.ui=false", "-master.telemetry=false",
     ]
     if s3:

@@ -14,13 +14,14 @@ from renderfarm.capabilities import worker_view
 from renderfarm.clock import Clock
 from renderfarm.db import make_engine, session_scope, upgrade
 from renderfarm.errors import StorageError
+from renderfarm.localfarm.s3log import S3Watch
 from renderfarm.manager.dispatch import FairShare, OrderSealer, outranked_prefetches, plan_handouts
 from renderfarm.manager.inbox import Inbox
 from renderfarm.manager.intake import Batch
 from renderfarm.manager.leader import LeaderLock
 from renderfarm.manager.nodebook import AclWatch, NodeBook, restore_all, restore_missing
 from renderfarm.manager.reconcile import SWEEP_EVERY, Reconciler
-from renderfarm.models import Job, Worker, WorkerState
+from renderfarm.models import Job, Node, Worker, WorkerState
 from renderfarm.redisconn import connect
 from renderfarm.scheduling import WorkerView
 from renderfarm.storage import open_storage
@@ -71,6 +72,7 @@ class Manager:
         self.inbox = Inbox(self)
         self.book = NodeBook()
         self.acl = AclWatch()
+        self.s3_refusals = S3Watch(settings)
         self._next_acl_watch = 0.0
         self.sealer = OrderSealer(self.storage)
         self.deferred: list[Entry] = []
@@ -228,6 +230,7 @@ class Manager:
         if self.clock.monotonic() >= self._next_acl_watch:
             self._next_acl_watch = self.clock.monotonic() + ACL_WATCH_EVERY
             streams.post_dead_letters(self.r, self.acl.letters(self.r, self.book, self.clock.now()))
+            self.s3_refusals.record(self.r, self.book, self.clock.now(), self._s3_keys)
         self.delete_doomed(idle=not entries)
         if self.clock.monotonic() >= self._next_reconcile:
             self._next_reconcile = self.clock.monotonic() + SWEEP_EVERY
@@ -326,6 +329,11 @@ class Manager:
                     log.info("job %s %s", job.id, job.state)
 
     # -- workers --------------------------------------------------------------------------
+
+    def _s3_keys(self) -> dict[str, str]:
+        """Every node's S3 access key (revoked ones' included) -> its name."""
+        with session_scope(self.engine) as session:
+            return {key: name for name, key in session.execute(select(Node.name, Node.s3_access_key)) if key}
 
     def watch_workers(self) -> None:
         """Record live workers; declare one dead when its heartbeat key has been missing on two

@@ -3,7 +3,8 @@ enrolls them): a node enrolled with `farm node add`, using only what its credent
 (its Valkey user, its key, its S3 identity), tries to act as another node, or as the farm, while a
 job renders on the honest workers. Every try is refused and recorded with the node's name, and the
 job still completes with every frame valid. Then `farm node revoke`: the revoked node's next event
-and S3 request are refused, its running attempt renders elsewhere, and its worker process ends."""
+and S3 request are refused (and recorded with its name), its running attempt renders elsewhere, and
+its worker process ends."""
 
 from __future__ import annotations
 
@@ -89,6 +90,12 @@ def valkey_refuses(call) -> str:
 
 def dead_letters(farm: LiveFarm) -> list[dict]:
     return json.loads(run_farm("dead-letters", "--json", "--limit", "1000", env=farm.env).stdout)
+
+
+def s3_recorded(letters: list[dict], node: str, method: str, key: str) -> bool:
+    """Whether SeaweedFS's refusal of this request is a dead letter naming the node."""
+    return any(x["source"] == "s3" and x["worker"] == node and f" {node} {method} {key}: " in x["reason"]
+               for x in letters)
 
 
 def refused_counts(farm: LiveFarm) -> dict[str, int]:
@@ -180,15 +187,21 @@ def test_a_node_acts_only_as_itself_while_a_job_renders_on(farm, tmp_path):
         lambda: valkey.lpush(their_queue.key, f"{me_creds.node_id}-999998"))
 
     # (c) another job's frames and a scene, with its own S3 identity.
+    # Each with what SeaweedFS records of it: the method and key of the request it refused.
     s3_tries = {
-        "(c) GET of a frame": lambda: s3.get_object(Bucket=bucket, Key=prefix + frame_key),
-        "(c) PUT over a frame": lambda: s3.put_object(Bucket=bucket, Key=prefix + frame_key, Body=planted),
-        "(c) DELETE of a frame": lambda: s3.delete_object(Bucket=bucket, Key=prefix + frame_key),
-        "(c) PUT over a scene": lambda: s3.put_object(Bucket=bucket, Key=prefix + scene_key, Body=b"[render]\n"),
-        "(c) copy of a frame into its own prefix": lambda: s3.copy_object(
+        "(c) GET of a frame": (lambda: s3.get_object(Bucket=bucket, Key=prefix + frame_key),
+                               ("GET", prefix + frame_key)),
+        "(c) PUT over a frame": (lambda: s3.put_object(Bucket=bucket, Key=prefix + frame_key, Body=planted),
+                                 ("PUT", prefix + frame_key)),
+        "(c) DELETE of a frame": (lambda: s3.delete_object(Bucket=bucket, Key=prefix + frame_key),
+                                  ("DELETE", prefix + frame_key)),
+        "(c) PUT over a scene": (lambda: s3.put_object(Bucket=bucket, Key=prefix + scene_key, Body=b"[render]\n"),
+                                 ("PUT", prefix + scene_key)),
+        "(c) copy of a frame into its own prefix": (lambda: s3.copy_object(
             Bucket=bucket, Key=own_copy + ".stolen", CopySource={"Bucket": bucket, "Key": prefix + frame_key}),
+            ("PUT", own_copy + ".stolen")),
     }
-    for what, call in s3_tries.items():
+    for what, (call, _) in s3_tries.items():
         code = http_status(call)
         outcome[what] = "refused" if code == 403 else f"HTTP {code}"
 
@@ -221,7 +234,8 @@ def test_a_node_acts_only_as_itself_while_a_job_renders_on(farm, tmp_path):
         mine = {x["entry"] for x in letters if x["source"] == keys.event_stream(ATTACKER) and x["worker"] == ATTACKER}
         acl = sum(x["deliveries"] for x in letters if x["source"] == "acl" and x["worker"] == ATTACKER)
         beat = any(x["source"] == keys.heartbeat_key(ATTACKER) for x in letters)
-        return letters if set(posted.values()) <= mine and acl >= len(valkey_tries) and beat else None
+        s3_seen = all(s3_recorded(letters, ATTACKER, *request) for _, request in s3_tries.values())
+        return letters if set(posted.values()) <= mine and acl >= len(valkey_tries) and beat and s3_seen else None
 
     try:
         wait_for(recorded, 20, "every refusal to be recorded")
@@ -238,6 +252,9 @@ def test_a_node_acts_only_as_itself_while_a_job_renders_on(farm, tmp_path):
     acl = [x for x in letters if x["source"] == "acl"]
     for what in valkey_tries:
         if outcome[what] == "refused" and not any(x["worker"] == ATTACKER for x in acl):
+            outcome[what] = "refused but not recorded"
+    for what, (_, request) in s3_tries.items():
+        if outcome[what] == "refused" and not s3_recorded(letters, ATTACKER, *request):
             outcome[what] = "refused but not recorded"
     print("\n[red team] " + "\n[red team] ".join(
         f"{x['source']} {x['worker']}: {x['reason'][:160]}" for x in letters if x["worker"] == ATTACKER))
@@ -261,8 +278,8 @@ def test_a_node_acts_only_as_itself_while_a_job_renders_on(farm, tmp_path):
     _check_downloaded(dest, "shot", range(1, 17))
     workers = {w["name"] for w in json.loads(run_farm("workers", "--json", env=farm.env).stdout)}
     assert NEVER_ENROLLED not in workers and owner in workers
-    refused = wait_for(lambda: (c := refused_counts(farm))[ATTACKER] >= len(posted) + len(valkey_tries) + 1 and c,
-                       15, "the refusals to be counted")
+    tries = len(posted) + len(valkey_tries) + len(s3_tries) + 1
+    refused = wait_for(lambda: (c := refused_counts(farm))[ATTACKER] >= tries and c, 15, "the refusals to be counted")
     assert all(refused[w] == 0 for w in honest), refused  # never counted against the node it posed as
     print(f"\n[figures] red team: {len(outcome)} tries, all refused; {refused[ATTACKER]} refusals counted "
           f"against {ATTACKER}")
@@ -330,6 +347,11 @@ def test_a_revoked_node_is_refused_at_once_and_its_attempt_renders_elsewhere(far
         code = http_status(lambda: s3.put_object(Bucket=bucket, Key=key, Body=b"late"))
         outcome["its next S3 request"] = "refused" if code == 403 else f"HTTP {code}"
         s3_refused = time.monotonic() - start
+        if code == 403:
+            try:
+                wait_for(lambda: s3_recorded(dead_letters(farm), name, "PUT", key), 20, "the S3 refusal to be recorded")
+            except AssertionError:
+                outcome["its next S3 request"] = "refused but not recorded"
 
         # Its attempt goes to another node at once, which renders it.
         def elsewhere():

@@ -57,6 +57,7 @@ class Submission:
     samples: object = None  # samples per pixel instead of the scene's own
     allow_scripts: bool = False  # let a .blend's auto-run scripts run
     renderer_version: str | None = None  # the renderer version workers must have (default: the scene's)
+    notify: str | None = None  # a webhook URL told when the job ends (besides FARM_WEBHOOK_URL)
 
 
 def current_user() -> str:
@@ -121,6 +122,7 @@ def check_submission(settings: Settings, sub: Submission) -> JobSpec:
         "requires": list(check_tags(sub.requires)),
         "renderer_version": version,
         "render_options": options or None,
+        "notify": sub.notify,
     }
     doc = {k: v for k, v in doc.items() if v is not None}
     return JobSpec.parse(json.dumps(doc), limits=limits)

@@ -19,7 +19,7 @@ from urllib.parse import urlsplit
 
 from renderfarm.errors import ConfigError
 from renderfarm.sites import DEFAULT_SITE, Site, parse_sites
-from renderfarm.urls import ENCODE_HINT, mask_url, misread_userinfo
+from renderfarm.urls import ENCODE_HINT, MASK, mask_url, misread_userinfo
 
 DEFAULT_STATE_DIR = "~/.local/state/renderfarm"
 LOCAL_FILE = "local.json"
@@ -75,6 +75,12 @@ class Settings:
     max_scene_objects: int = 10_000  # objects and lights in a builtin scene
     max_unpacked_bytes: int = 20 * 2**30  # what a scene pack (a .blend and its files) unpacks to
     max_pack_entries: int = 100_000  # files in a scene pack
+    # Webhooks (see renderfarm.webhooks): the farm's URL for every job's notifications, the key
+    # that signs them, seconds one POST may take, and tries before one is given up.
+    webhook_url: str | None = None
+    webhook_secret: str | None = None
+    webhook_timeout: float = 5.0
+    webhook_tries: int = 8
     # The sites workers may declare, from [sites.NAME] tables of farm.toml (see renderfarm.sites).
     sites: dict[str, Site] = field(default_factory=dict, compare=False, repr=False)
     # Where each value came from ("env FARM_REDIS_URL", "./farm.toml", "local farm", "default").
@@ -129,6 +135,10 @@ _ENV = {
     "max_scene_objects": "FARM_MAX_SCENE_OBJECTS",
     "max_unpacked_bytes": "FARM_MAX_UNPACKED_BYTES",
     "max_pack_entries": "FARM_MAX_PACK_ENTRIES",
+    "webhook_url": "FARM_WEBHOOK_URL",
+    "webhook_secret": "FARM_WEBHOOK_SECRET",
+    "webhook_timeout": "FARM_WEBHOOK_TIMEOUT",
+    "webhook_tries": "FARM_WEBHOOK_TRIES",
 }
 _SETTABLE = set(_ENV)
 
@@ -347,6 +357,18 @@ def _check(s: Settings) -> None:
         raise bad("max_attempts", f"{s.max_attempts} must be at least 1")
     if not 0 <= s.render_threads <= 1024:
         raise bad("render_threads", f"{s.render_threads} must be 0 (all cores) to 1024")
+    if s.webhook_url is not None:
+        from renderfarm.errors import InputError
+        from renderfarm.webhooks import check_webhook_url
+
+        try:
+            check_webhook_url(s.webhook_url, "webhook_url")
+        except InputError as e:
+            raise bad("webhook_url", str(e).removeprefix("webhook_url: ")) from None
+    if not 0 < s.webhook_timeout <= 300:
+        raise bad("webhook_timeout", f"{s.webhook_timeout:g} must be more than 0 seconds and at most 300")
+    if not 1 <= s.webhook_tries <= 100:
+        raise bad("webhook_tries", f"{s.webhook_tries} must be 1 to 100")
     for cap in ("max_pixels", "max_samples", "max_scene_bytes", "max_scene_objects",
                 "max_unpacked_bytes", "max_pack_entries"):
         if getattr(s, cap) < 1:
@@ -388,6 +410,8 @@ def effective_settings(settings: Settings) -> list[tuple[str, str, str]]:
             continue
         value = getattr(settings, f.name)
         shown = mask_url(value) if isinstance(value, str) and "url" in f.name else value
+        if "secret" in f.name and value:
+            shown = MASK
         rows.append((f.name, "" if shown is None else str(shown), settings.sources.get(f.name, "default")))
     return rows
 

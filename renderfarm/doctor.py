@@ -78,6 +78,7 @@ def run_checks(settings: Settings, environ: Mapping[str, str]) -> list[Check]:
     checks += _bounded("redis", lambda: check_redis(settings))
     checks += _bounded("database", lambda: check_database(settings))
     checks += _bounded("storage", lambda: check_storage(settings))
+    checks += _bounded("webhooks", lambda: check_webhooks(settings))
     checks += check_renderers(settings)
     checks += _bounded("renderer blender", lambda: [check_blender(environ)])
     checks += check_local_farm(settings)  # its processes and restart counts
@@ -355,6 +356,41 @@ def _probe(storage: Storage) -> str | None:
     return None
 
 
+def check_webhooks(settings: Settings) -> list[Check]:
+    """Where notifications go, whether they are signed, and the last tries that failed."""
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from renderfarm.db import session_scope
+    from renderfarm.outbox import last_failures
+    from renderfarm.status import reader_engine
+
+    failures: list[dict] = []
+    engine = reader_engine(settings)
+    if engine is not None:
+        try:
+            with session_scope(engine) as session:
+                failures = last_failures(session)
+        except SQLAlchemyError:  # no tables yet, or an older schema: the database check says so
+            failures = []
+        finally:
+            engine.dispose()
+    if settings.webhook_url is None:
+        where = "no FARM_WEBHOOK_URL (jobs submitted with --notify URL still notify theirs)"
+    else:
+        where = f"{mask_url(settings.webhook_url)}, " + ("signed" if settings.webhook_secret else "unsigned")
+    if failures:
+        last = failures[0]
+        given_up = "given up" if last["state"] == "failed" else "will try again"
+        detail = (f"{where}; {len(failures)} recent failure(s), last: {last['event_id']} to {last['url']}: "
+                  f"{last['last_error']} ({last['tries']} tries, {given_up})")
+        return [Check("webhooks", CheckStatus.WARN, detail,
+                      "make the URL answer 2xx; `farm status JOB --json` lists each job's notifications")]
+    if settings.webhook_url is not None and not settings.webhook_secret:
+        return [Check("webhooks", CheckStatus.WARN, where,
+                      "set FARM_WEBHOOK_SECRET so receivers can check X-Farm-Signature")]
+    return [Check("webhooks", CheckStatus.OK, where)]
+
+
 def check_renderers(settings: Settings) -> list[Check]:
     """The renderers that ship with the farm: builtin and null run on this Python; command is a setting."""
     from importlib.metadata import PackageNotFoundError, version
@@ -407,7 +443,8 @@ def scrubbed(checks: list[Check], hidden: set[str]) -> list[Check]:
 
 def _secrets(settings: Settings, environ: Mapping[str, str]) -> set[str]:
     found = {environ.get("AWS_SECRET_ACCESS_KEY", ""), environ.get("AWS_SESSION_TOKEN", "")}
-    for url in (settings.redis_url, settings.database_url, settings.s3_endpoint_url):
+    found.add(settings.webhook_secret or "")
+    for url in (settings.redis_url, settings.database_url, settings.s3_endpoint_url, settings.webhook_url):
         found |= url_secrets(url)  # ?password= ones too
     local = read_local_file(settings.state_dir)
     found |= {str(local.get("valkey_password", "")), str(local.get("s3_secret_key", ""))}

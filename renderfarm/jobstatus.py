@@ -56,6 +56,8 @@ class JobStatus:
     after_state: str | None = None  # that job's state ("missing" once it is gone)
     waiting_on: str | None = None  # the --after job, while it keeps this one from starting
     blocked: str | None = None  # "1a2b3c4d failed": the --after job will not be done unless retried
+    # Its webhook notifications and where each stands (`farm status JOB --json` only).
+    notifications: list[dict[str, Any]] = field(default_factory=list)
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)

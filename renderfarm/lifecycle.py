@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 
 from sqlalchemy import func, insert, select, update
 
+from renderfarm import outbox
 from renderfarm.models import (
     ATTEMPT_ACTIVE,
     JOB_FINAL,
@@ -27,6 +28,7 @@ from renderfarm.models import (
     Worker,
     WorkerState,
 )
+from renderfarm.webhooks import EventKind
 
 if TYPE_CHECKING:
     from sqlmodel import Session
@@ -265,6 +267,7 @@ def fail_attempt(session: Session, attempt: Attempt, now: float, error: str, log
     if task.failures >= max_attempts:
         _change(task, TaskState.FAILED)
         task.finished_at = now
+        outbox.record_task_failed(session, task, now)
     else:
         _change(task, TaskState.PENDING)
 
@@ -312,8 +315,10 @@ def refresh_job(session: Session, job: Job, now: float) -> None:
         more = f" and {failed - len(indexes)} more" if failed > len(indexes) else ""
         _change(job, JobState.FAILED)
         job.error = f"{failed} task{'s' if failed != 1 else ''} failed: " + ", ".join(f"{job.id}:{i}" for i in indexes) + more
+        outbox.record_job_event(session, job, EventKind.JOB_FAILED, now)
     else:
         _change(job, JobState.DONE)
+        outbox.record_job_event(session, job, EventKind.JOB_DONE, now)
 
 
 def task_counts(session: Session, job_id: str) -> dict[str, int]:
@@ -398,6 +403,7 @@ def cancel_job(session: Session, job: Job, now: float) -> tuple[list[Attempt], b
         return live, bool(live)
     _change(job, JobState.CANCELLED)
     job.finished_at = now
+    outbox.record_job_event(session, job, EventKind.JOB_CANCELLED, now)
     return live, True
 
 

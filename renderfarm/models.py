@@ -14,6 +14,7 @@ from renderfarm.states import (  # noqa: F401  (re-exported: the states are the 
     JOB_FINAL,
     TASK_FINAL,
     AttemptState,
+    DeliveryState,
     JobState,
     TaskKind,
     TaskState,
@@ -49,6 +50,7 @@ class JobBase(SQLModel):
     keep_tiles: bool = False
     renderer_version: str | None = Field(default=None, max_length=32)  # e.g. "3.4": only workers with it
     render_options: str | None = Field(default=None, sa_type=Text)  # JSON: samples, allow_scripts
+    notify: str | None = Field(default=None, max_length=2048)  # a webhook URL of its own (--notify)
 
 
 class Job(JobBase, table=True):
@@ -161,3 +163,31 @@ class Node(SQLModel, table=True):
     last_event_entry: str = Field(default="0-0", max_length=40)  # ...and its stream entry
     last_beat_seq: int = Field(default=0, sa_type=BigInteger)  # the newest heartbeat accepted
     refused: int = 0  # its entries and commands refused (dead letters)
+
+
+class Notification(SQLModel, table=True):
+    """One notification for one webhook: recorded with the state change that caused it (the
+    outbox), then sent by the manager's notifier until the URL answers 2xx or the tries run out.
+    The farm's own URL (FARM_WEBHOOK_URL) is the row with no `url`: read when it is sent."""
+
+    __tablename__ = "notifications"
+    __table_args__ = (
+        UniqueConstraint("event_id", "target", name="uq_notifications_event_target"),
+        Index("ix_notifications_state_next", "state", "next_try_at"),
+    )
+
+    id: int | None = Field(default=None, primary_key=True)
+    event_id: str = Field(max_length=96)  # stable: the job, the event, the task and its attempt
+    target: str = Field(max_length=8)  # "farm" (FARM_WEBHOOK_URL) or "job" (the job's --notify)
+    url: str | None = Field(default=None, max_length=2048)
+    kind: str = Field(max_length=32)
+    job_id: str = Field(max_length=16, index=True)  # no foreign key: deleting a job keeps its history
+    body: str = Field(sa_type=Text)  # the exact JSON posted (and signed)
+    created_at: float
+    state: str = Field(default=DeliveryState.PENDING.value, max_length=16)
+    tries: int = 0
+    next_try_at: float
+    last_try_at: float | None = None
+    last_status: int | None = None  # the last HTTP status (None: no answer)
+    last_error: str | None = Field(default=None, max_length=512)
+    sent_at: float | None = None

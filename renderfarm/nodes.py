@@ -30,7 +30,7 @@ REDIS_USER_PREFIX = "node-"
 # What a render node's process must not hold in its environment: a renderer (or anyone who may
 # read /proc/PID/environ) would find the farm's own passwords there. A node has its credentials file.
 SECRET_VARS = ("FARM_REDIS_URL", "FARM_DATABASE_URL", "RQ_REDIS_URL", "REDISCLI_AUTH", "AWS_ACCESS_KEY_ID",
-               "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN")
+               "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "FARM_WEBHOOK_SECRET")
 
 
 # How a worker exits when the farm refuses its credentials (revoked, or enrolled again): starting

@@ -21,6 +21,10 @@ _STATES_SQL = (
 )
 _STATE_SQL = "SELECT state FROM jobs WHERE id = ?"
 _WORKERS_SQL = "SELECT " + ", ".join(WORKER_COLUMNS) + " FROM workers WHERE state != 'offline'"
+_NOTIFICATIONS_SQL = (
+    "SELECT event_id, kind, job_id, target, url, state, tries, last_status, last_error, last_try_at, sent_at "
+    "FROM notifications WHERE job_id = ? ORDER BY id"
+)
 _COSTS_SQL = (
     "SELECT currency, coalesce(sum(cost_pico), 0) FROM attempts "
     "WHERE job_id = ? AND wall_seconds IS NOT NULL GROUP BY currency"
@@ -103,7 +107,21 @@ class QuickReader:
         return [worker_view(name, pool, site, caps) for name, pool, site, caps in self._rows(_WORKERS_SQL)]
 
     def job_status(self, ref: str, now: float | None = None) -> JobStatus:
-        return self.status(self.resolve(ref), now)
+        from dataclasses import replace
+
+        status = self.status(self.resolve(ref), now)
+        return replace(status, notifications=self.notifications(status.id))
+
+    def notifications(self, job_id: str) -> list[dict[str, Any]]:
+        """The job's webhook notifications and where each stands (see renderfarm.outbox)."""
+        from renderfarm.urls import mask_url
+
+        names = ("event_id", "event", "job", "target", "url", "state", "tries", "last_status", "last_error",
+                 "last_try_at", "sent_at")
+        docs = [dict(zip(names, row)) for row in self._rows(_NOTIFICATIONS_SQL, job_id)]
+        for doc in docs:
+            doc["url"] = mask_url(doc["url"])
+        return docs
 
     def list_jobs(self, limit: int = 50, now: float | None = None) -> list[JobStatus]:
         """The newest jobs first, with their progress."""

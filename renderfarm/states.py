@@ -47,6 +47,15 @@ class WorkerState(str, Enum):
     OFFLINE = "offline"
 
 
+class DeliveryState(str, Enum):
+    """Where one notification stands with one webhook URL."""
+
+    PENDING = "pending"  # to be sent (again, from its next try on)
+    SENT = "sent"  # the URL answered 2xx: never sent again
+    FAILED = "failed"  # every try failed: given up
+    SKIPPED = "skipped"  # no URL to send it to (no FARM_WEBHOOK_URL when it was due)
+
+
 JOB_FINAL = {JobState.DONE, JobState.FAILED, JobState.CANCELLED}
 TASK_FINAL = {TaskState.DONE, TaskState.FAILED, TaskState.CANCELLED}
 ATTEMPT_ACTIVE = {AttemptState.QUEUED, AttemptState.RUNNING}

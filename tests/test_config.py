@@ -507,6 +507,10 @@ def test_effective_settings_never_show_a_password(dirs, monkeypatch) -> None:
         ("max_scene_objects", "10000", "default"),
         ("max_unpacked_bytes", "21474836480", "default"),
         ("max_pack_entries", "100000", "default"),
+        ("webhook_url", "", "default"),
+        ("webhook_secret", "", "default"),
+        ("webhook_timeout", "5.0", "default"),
+        ("webhook_tries", "8", "default"),
     ]
     text = repr(rows)
     for secret in ("pw-local-valkey", "db-pass", "endpoint-pass", "local-s3-secret"):
@@ -626,6 +630,10 @@ def test_settings_env_round_trips(dirs) -> None:
         FARM_MAX_SCENE_OBJECTS="3",
         FARM_MAX_UNPACKED_BYTES="4096",
         FARM_MAX_PACK_ENTRIES="5",
+        FARM_WEBHOOK_URL="https://hooks.example/farm",
+        FARM_WEBHOOK_SECRET="hook-secret",
+        FARM_WEBHOOK_TIMEOUT="2.5",
+        FARM_WEBHOOK_TRIES="4",
     )
     env = settings_env(s)
     assert env == {
@@ -654,6 +662,10 @@ def test_settings_env_round_trips(dirs) -> None:
         "FARM_MAX_SCENE_OBJECTS": "3",
         "FARM_MAX_UNPACKED_BYTES": "4096",
         "FARM_MAX_PACK_ENTRIES": "5",
+        "FARM_WEBHOOK_URL": "https://hooks.example/farm",
+        "FARM_WEBHOOK_SECRET": "hook-secret",
+        "FARM_WEBHOOK_TIMEOUT": "2.5",
+        "FARM_WEBHOOK_TRIES": "4",
     }
     assert load_settings(env, cwd=cwd) == s
 

@@ -23,7 +23,7 @@ from renderfarm.doctor import Check, CheckStatus
 from renderfarm.localfarm import services
 
 OK, WARN, FAIL = CheckStatus.OK, CheckStatus.WARN, CheckStatus.FAIL
-PARTS = ["redis", "redis persistence", "dead letters", "database", "storage",
+PARTS = ["redis", "redis persistence", "dead letters", "database", "storage", "webhooks",
          "renderer builtin", "renderer null", "renderer command", "renderer blender"]
 NO_BLENDER_PATH = str(Path(sys.executable).parent)  # this environment's bin: python, no blender
 

@@ -19,11 +19,13 @@ from renderfarm.wire import CancelIntent, Done, Output, Progress, Started, Usage
 SHA = "ab" * 32
 
 
-def in_process_manager(redis_url: str, tmp_path: Path, clock=None) -> Manager:
-    """A manager on a real Valkey, SQLite and file storage, driven tick by tick by the test."""
+def in_process_manager(redis_url: str, tmp_path: Path, clock=None, env: dict[str, str] | None = None) -> Manager:
+    """A manager on a real Valkey, SQLite and file storage, driven tick by tick by the test (with
+    `env`: more settings)."""
     settings = load_settings({
         "FARM_STATE_DIR": str(tmp_path), "FARM_REDIS_URL": redis_url,
         "FARM_DATABASE_URL": f"sqlite:///{tmp_path / 'farm.db'}", "FARM_STORAGE_URL": f"file://{tmp_path / 'store'}",
+        **(env or {}),
     }, cwd=tmp_path)
     manager = Manager(settings, clock=clock or SteppedClock())
     upgrade(manager.engine)

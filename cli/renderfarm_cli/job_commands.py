@@ -96,6 +96,7 @@ def submit(
     samples: Annotated[Optional[str], typer.Option(help="Samples per pixel instead of the scene's own (blender).")] = None,
     allow_scripts: Annotated[bool, typer.Option("--allow-scripts", help="Let the .blend's auto-run scripts and drivers run (off by default).")] = False,
     blender_version: Annotated[Optional[str], typer.Option(help="Render only on workers with this Blender, e.g. 4.2 (default: the version that saved the .blend).")] = None,
+    notify: Annotated[Optional[str], typer.Option(help="Also POST to this http(s) URL when the job ends or a task fails for good (signed like FARM_WEBHOOK_URL's).")] = None,
     request_id: Annotated[Optional[str], typer.Option(help="Send again a submission the manager did not answer in time (the id it printed): never makes a second job.")] = None,
     wait: Annotated[bool, typer.Option("--wait", help="Wait for the job to finish, showing progress.")] = False,
     json_: JsonOpt = False,
@@ -108,7 +109,8 @@ def submit(
                      name=name, timeout=timeout, tiles=tiles, tile_size=tile_size, format=format_,
                      keep_tiles=keep_tiles, max_workers=max_workers, after=after, first_last=first_last,
                      site=site, prefer=prefer, requires=tuple(require or ()), resolution=resolution,
-                     samples=samples, allow_scripts=allow_scripts, renderer_version=blender_version)
+                     samples=samples, allow_scripts=allow_scripts, renderer_version=blender_version,
+                     notify=notify)
     job_id = submit_shot(settings, sub, request_id=request_id, warn=note)
     status = _status_of(settings, job_id)
     if wait:

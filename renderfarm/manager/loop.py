@@ -20,6 +20,7 @@ from renderfarm.manager.inbox import Inbox
 from renderfarm.manager.intake import Batch
 from renderfarm.manager.leader import LeaderLock
 from renderfarm.manager.nodebook import AclWatch, NodeBook, restore_all, restore_missing
+from renderfarm.manager.notifier import Notifier
 from renderfarm.manager.reconcile import SWEEP_EVERY, Reconciler
 from renderfarm.models import Job, Node, Worker, WorkerState
 from renderfarm.redisconn import connect
@@ -75,6 +76,7 @@ class Manager:
         self.s3_refusals = S3Watch(settings)
         self._next_acl_watch = 0.0
         self.sealer = OrderSealer(self.storage)
+        self.notifier = Notifier(settings, self.engine, self.clock)
         self.deferred: list[Entry] = []
         self._retry_deferred_at = 0.0
         self._missing: dict[str, int] = {}
@@ -112,6 +114,7 @@ class Manager:
             log.info("manager %s leading; database %s", self.lock.token, self.engine.url.render_as_string(hide_password=True))
             self._loop(stop)
         finally:
+            self.notifier.close(wait=1.0)
             try:
                 self.delete_doomed(now=True)
                 self.lock.release()
@@ -232,6 +235,7 @@ class Manager:
             streams.post_dead_letters(self.r, self.acl.letters(self.r, self.book, self.clock.now()))
             self.s3_refusals.record(self.r, self.book, self.clock.now(), self._s3_keys)
         self.delete_doomed(idle=not entries)
+        self.notifier.pump()  # never waits on a webhook: the senders are threads of their own
         if self.clock.monotonic() >= self._next_reconcile:
             self._next_reconcile = self.clock.monotonic() + SWEEP_EVERY
             self.reconcile()

@@ -70,6 +70,7 @@ def submit(session: Session, settings: Settings, intent: SubmitIntent, now: floa
         requires=",".join(spec.requires) or None,
         renderer_version=spec.renderer_version,
         render_options=json.dumps(options, sort_keys=True) if options else None,
+        notify=spec.notify,
         submitted_at=now,
     )
     lifecycle.create_job(session, job, plans)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import Field, ValidationInfo, model_validator
+from pydantic import AfterValidator, Field, ValidationInfo, model_validator
 
 from renderfarm.errors import FrameSpecError, InputError
 from renderfarm.frames import lowest_frame
@@ -31,6 +31,19 @@ MAX_SIZE = 65536  # pixels per side, whatever the caps
 MAX_TIMEOUT = 7 * 86400  # seconds a task may be allowed to render
 SCENE_KEY = r"^scenes/[0-9a-f]{64}\.(?:toml|json|zip)$"
 VERSION = r"^[0-9]{1,3}(?:\.[0-9]{1,3}){0,2}$"
+
+
+def _webhook_url(url: str) -> str:
+    from renderfarm.webhooks import check_webhook_url
+
+    try:
+        return check_webhook_url(url)
+    except InputError as e:
+        raise ValueError(str(e).removeprefix("notify: ")) from None
+
+
+# A webhook URL the artist gives (`--notify`): http(s) only, bounded (see renderfarm.webhooks).
+WebhookUrl = Annotated[str, Field(max_length=2048), AfterValidator(_webhook_url)]
 
 
 class RenderOptions(Message):
@@ -71,6 +84,7 @@ class JobSpec(Message):
     requires: Annotated[tuple[Tag, ...], Field(max_length=32)] = ()
     renderer_version: Annotated[str, Field(pattern=VERSION)] | None = None
     render_options: RenderOptions | None = None
+    notify: WebhookUrl | None = None  # this job's own webhook, besides the farm's
 
     @model_validator(mode="after")
     def _fits_the_farm(self, info: ValidationInfo) -> JobSpec:

@@ -314,6 +314,16 @@ def order_job(settings: Settings, verb: str, job_id: str, **body: Any) -> Reply:
     return reply
 
 
+def hold_worker(settings: Settings, name: str, hold: str) -> Reply:
+    """Ask the manager to drain, disable or enable a worker; its reply's `state` is what the
+    worker is now (`draining`, `drained`, `disabled`, `enabled`)."""
+    from renderfarm.nodes import check_node_name
+    from renderfarm.wire import WorkerHoldIntent
+
+    check_node_name(name)
+    return ask_manager(settings, WorkerHoldIntent(request_id=new_request_id(), name=name, hold=hold))
+
+
 def wait_for_job(
     settings: Settings, job_id: str, on_update: Callable[[JobStatus], None], *, poll: float = 0.5,
     timeout: float | None = None,

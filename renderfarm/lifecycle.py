@@ -15,12 +15,14 @@ from sqlalchemy import func, insert, select, update
 
 from renderfarm.models import (
     ATTEMPT_ACTIVE,
+    HOLD_DRAIN,
     JOB_FINAL,
     TASK_FINAL,
     Attempt,
     AttemptState,
     Job,
     JobState,
+    Node,
     Task,
     TaskKind,
     TaskState,
@@ -348,11 +350,13 @@ def see_worker(session: Session, beat: Heartbeat, now: float) -> Worker:
 
 
 def worker_offline(session: Session, name: str, now: float, why: str) -> list[Attempt]:
-    """A worker left or died: it goes offline and its live attempts are lost; returns them."""
+    """A worker left or died: it goes offline and its live attempts are lost; returns them. A
+    drain of it is over (it comes back taking work); a `disable` stays."""
     worker = session.get(Worker, name)
     if worker is not None:
         _change(worker, WorkerState.OFFLINE)
         worker.current_task = None
+    session.execute(update(Node).where(Node.name == name, Node.hold == HOLD_DRAIN).values(hold=None))
     attempts = session.scalars(
         select(Attempt).where(Attempt.worker == name, Attempt.state.in_([s.value for s in ATTEMPT_ACTIVE]))
     ).all()

@@ -75,6 +75,12 @@ node.command("list")(node_commands.list_)
 node.command("revoke")(node_commands.revoke)
 app.add_typer(node, name="node")
 
+worker = typer.Typer(help="Workers: drain, disable or enable one.", no_args_is_help=True)
+worker.command("drain")(wrangle_commands.drain)
+worker.command("disable")(wrangle_commands.disable)
+worker.command("enable")(wrangle_commands.enable)
+app.add_typer(worker, name="worker")
+
 db = typer.Typer(help="Database maintenance.", no_args_is_help=True)
 db.command("upgrade")(farm_commands.db_upgrade)
 app.add_typer(db, name="db")

@@ -32,6 +32,10 @@ STYLES = dict(
         "stopping": "yellow",
         "offline": "dim",
         "missing": "red",
+        "draining": "yellow",  # `farm worker drain`: finishing what it has
+        "drained": "magenta",
+        "disabled": "magenta",
+        "enabled": "green",
         "unschedulable": "yellow",
         "waiting": "cyan",  # a job whose --after job is not done yet
         "blocked": "bold yellow",  # one whose --after job failed or was cancelled

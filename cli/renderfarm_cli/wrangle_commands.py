@@ -1,4 +1,5 @@
-"""The wrangler's verbs: cancel, suspend, resume, retry and priority (applied by the manager)."""
+"""The wrangler's verbs: cancel, suspend, resume, retry and priority of a job; drain, disable and
+enable of a worker (applied by the manager)."""
 
 from __future__ import annotations
 
@@ -54,3 +55,32 @@ def priority(
     from renderfarm.planning import check_priority
 
     _verb("priority", job, priority=check_priority(value))  # a typed number, refused in its own words
+
+
+WorkerArg = Annotated[str, typer.Argument(help="The worker's (its node's) name.", show_default=False)]
+
+
+def _hold(name: str, hold: str) -> None:
+    from renderfarm.client import hold_worker
+    from renderfarm.config import load_settings
+
+    reply = hold_worker(load_settings(), name, hold)
+    out().print(f"worker [bold]{name}[/]: {hold} {'applied' if reply.changed else 'had nothing to do'}; now ",
+                state_text(reply.state), sep="")
+
+
+def drain(name: WorkerArg) -> None:
+    """Drain a worker: it finishes what it renders and takes nothing new (its prefetched tasks
+    render elsewhere); `draining`, then `drained`. The drain ends when the worker leaves the farm
+    or with `farm worker enable`."""
+    _hold(name, "drain")
+
+
+def disable(name: WorkerArg) -> None:
+    """Disable a worker: as a drain, but it stays disabled across its restarts until `enable`."""
+    _hold(name, "disable")
+
+
+def enable(name: WorkerArg) -> None:
+    """Let a drained or disabled worker take work again."""
+    _hold(name, "enable")

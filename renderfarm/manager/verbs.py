@@ -1,4 +1,5 @@
-"""The wrangler's verbs, applied by the manager: cancel, suspend, resume, retry, priority.
+"""The wrangler's verbs, applied by the manager: cancel, suspend, resume, retry, priority; and
+drain, disable, enable of a worker.
 Each is safe to repeat: applying one twice leaves the farm as applying it once did. A verb that
 has nothing to do (cancelling a finished job) says so: its reply has `changed` False."""
 
@@ -7,9 +8,12 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING
 
+from sqlalchemy import select
+
 from renderfarm import lifecycle, queues
 from renderfarm.errors import NotFoundError
-from renderfarm.models import Attempt, AttemptState, Job
+from renderfarm.models import ATTEMPT_ACTIVE, Attempt, AttemptState, Job, Node
+from renderfarm.states import HELD, held_state
 from renderfarm.wire import CancelIntent, Reply, ResumeIntent, RetryIntent, SuspendIntent
 
 if TYPE_CHECKING:
@@ -18,7 +22,7 @@ if TYPE_CHECKING:
 
     from renderfarm.manager.intake import Batch
     from renderfarm.manager.nodebook import NodeBook
-    from renderfarm.wire import VerbIntent
+    from renderfarm.wire import VerbIntent, WorkerHoldIntent
 
 log = logging.getLogger("renderfarm.manager")
 
@@ -55,6 +59,36 @@ def apply_verb(session: Session, r: Redis, intent: VerbIntent, batch: Batch, now
     batch.jobs.add(job.id)
     log.info("job %s: %s %s (%s)", job.id, intent.type, "applied" if changed else "had nothing to do", job.state)
     return Reply(ok=True, job_id=job.id, state=job.state, priority=job.priority, changed=changed)
+
+
+def apply_hold(session: Session, r: Redis, intent: WorkerHoldIntent, batch: Batch, now: float,
+               book: NodeBook) -> Reply:
+    """Drain, disable or enable a node: held, it is given nothing new and its prefetched attempts
+    go back to render elsewhere; what it renders now finishes. The reply's `state` is what
+    `farm workers` shows of it."""
+    node = session.get(Node, intent.name)
+    if node is None or node.revoked_at is not None:
+        raise NotFoundError(f"worker {intent.name!r}: no such enrolled node (`farm node list` shows them)")
+    hold = None if intent.hold == "enable" else intent.hold
+    changed = node.hold != hold
+    node.hold = hold
+    book.nodes[node.name].hold = hold
+    if hold is not None:
+        queued = session.scalars(select(Attempt).where(Attempt.worker == node.name,
+                                                       Attempt.state == AttemptState.QUEUED.value)).all()
+        taken = _take_back(r, book, list(queued), revoke_running=False)
+        for attempt in taken:
+            lifecycle.take_back_attempt(session, attempt, now, f"worker {node.name} {HELD[hold]}")
+        batch.release(taken)
+    state = held_state(hold, busy=_busy(session, node.name))
+    log.info("worker %s: %s %s (%s)", node.name, intent.hold, "applied" if changed else "had nothing to do", state)
+    return Reply(ok=True, state=state, changed=changed)
+
+
+def _busy(session: Session, worker: str) -> bool:
+    active = [s.value for s in ATTEMPT_ACTIVE]
+    return session.scalar(select(Attempt.id).where(Attempt.worker == worker, Attempt.state.in_(active)).limit(1)) \
+        is not None
 
 
 def _take_back(r: Redis, book: NodeBook, attempts: list[Attempt], *, revoke_running: bool) -> list[Attempt]:

@@ -5,7 +5,7 @@ value) and one `to_json()`. Both ends of every hop use the same class.
     hop                                 messages
     control stream   CLI -> manager     SubmitIntent (a JobSpec), CancelIntent, SuspendIntent,
                                         ResumeIntent, RetryIntent, PriorityIntent, NodeAddIntent,
-                                        NodeRevokeIntent: parse_intent()
+                                        NodeRevokeIntent, WorkerHoldIntent: parse_intent()
     reply list       manager -> CLI     Reply (with a NodeGrant for an enrolled node)
     node's queue     manager -> node    TaskOrder, Sealed with the node's key
     node's heartbeat node -> manager    Heartbeat, Sealed
@@ -46,6 +46,7 @@ from renderfarm.wire.intents import (
     RetryIntent,
     SuspendIntent,
     VerbIntent,
+    WorkerHoldIntent,
     parse_intent,
 )
 from renderfarm.wire.orders import Box, TaskOrder
@@ -57,5 +58,6 @@ __all__ = [
     "Heartbeat", "Intent", "JobSpec", "Limits", "Message", "NodeAddIntent", "NodeGrant", "NodeRevokeIntent",
     "Output", "PriorityIntent", "Progress", "Refused", "Released", "RenderOptions", "Reply", "ResumeIntent",
     "RetryIntent", "Sealed", "Started", "SubmitIntent",
-    "SuspendIntent", "TaskOrder", "Usage", "VerbIntent", "WireError", "parse_event", "parse_intent",
+    "SuspendIntent", "TaskOrder", "Usage", "VerbIntent", "WireError", "WorkerHoldIntent", "parse_event",
+    "parse_intent",
 ]

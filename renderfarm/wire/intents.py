@@ -82,14 +82,26 @@ class NodeRevokeIntent(Message):
     name: NodeName
 
 
+class WorkerHoldIntent(Message):
+    """`farm worker drain|disable|enable NAME`: the node finishes what it renders and takes
+    nothing new (its prefetched tasks go elsewhere); `drain` ends when the worker leaves the farm,
+    `disable` lasts across its restarts; `enable` ends either."""
+
+    what = "intent worker"
+    type: Literal["worker"] = "worker"
+    request_id: RequestId
+    name: NodeName
+    hold: Literal["drain", "disable", "enable"]
+
+
 Intent = (SubmitIntent | CancelIntent | SuspendIntent | ResumeIntent | RetryIntent | PriorityIntent | NodeAddIntent
-          | NodeRevokeIntent)
+          | NodeRevokeIntent | WorkerHoldIntent)
 VerbIntent = CancelIntent | SuspendIntent | ResumeIntent | RetryIntent | PriorityIntent
 INTENT_MAX_BYTES = SubmitIntent.MAX_BYTES
 
 parse_intent = union_parser(
     "intent", (SubmitIntent, CancelIntent, SuspendIntent, ResumeIntent, RetryIntent, PriorityIntent, NodeAddIntent,
-               NodeRevokeIntent),
+               NodeRevokeIntent, WorkerHoldIntent),
     INTENT_MAX_BYTES,
 )
 
@@ -116,7 +128,7 @@ class Reply(Message):
     ok: bool
     error: Text | None = None
     job_id: JobId | None = None
-    state: Annotated[str, Field(max_length=16)] | None = None
+    state: Annotated[str, Field(max_length=16)] | None = None  # a job's, or a held worker's
     priority: Annotated[int, Field(ge=0, le=100)] | None = None
     changed: bool | None = None
     node: NodeGrant | None = None

@@ -232,3 +232,49 @@ def test_a_blocked_job_says_so_and_why_on_its_row_and_the_status_line(managed):
             await pilot.press("q")
 
     asyncio.run(drive())
+
+
+def test_tab_then_d_D_e_drain_disable_and_enable_the_worker_under_the_cursor(managed):
+    """Two enrolled nodes beating as workers: Tab moves to the workers, each key holds the worker
+    under the cursor (the manager applies it), and its row shows what it is now."""
+    from nodekit import ActingNode
+
+    from renderfarm.enrollment import enroll
+    from renderfarm.models import Node
+    from renderfarm.redisconn import connect
+
+    settings, engine = managed
+    r = connect(settings)
+    nodes = {name: ActingNode(enroll(settings, name)) for name in ("wa", "wb")}
+    for node in nodes.values():
+        node.beat(r, ttl=60.0)
+
+    def hold(name: str) -> str | None:
+        with session_scope(engine) as s:
+            return s.get(Node, name).hold
+
+    async def drive() -> None:
+        app = farm_top(settings)
+        async with app.run_test(size=SIZE) as pilot:
+            workers = app.farm.query_one("#workers")
+            await until(pilot, lambda: workers.ids == ["wa", "wb"], 20, "the two worker rows")
+            await pilot.press("d")  # the jobs table has the keys: no worker is selected there
+            await until(pilot, lambda: any("no worker selected" in line for line in screen_lines(app)), 5, "a hint")
+            assert hold("wa") is None
+            await pilot.press("tab", "down")
+            assert workers.selected_id() == "wb"
+            await pilot.press("d")
+            await until(pilot, lambda: hold("wb") == "drain", 10, "wb drained")
+            await until(pilot, lambda: any("wb" in line and "drained" in line for line in screen_lines(app)), 10,
+                        "wb shown drained")
+            await pilot.press("D")
+            await until(pilot, lambda: hold("wb") == "disable", 10, "wb disabled")
+            await pilot.press("up", "D")
+            await until(pilot, lambda: hold("wa") == "disable", 10, "wa disabled")
+            await pilot.press("e")
+            await until(pilot, lambda: hold("wa") is None, 10, "wa enabled")
+            assert hold("wb") == "disable"
+            await pilot.press("q")
+
+    asyncio.run(drive())
+    r.close()

@@ -201,6 +201,9 @@ def _farm_screen():
             Binding("p", "priority", "Priority"),
             Binding("c", "cancel", "Cancel"),
             Binding("enter", "open_tasks", "Tasks"),
+            Binding("d", "hold('drain')", "Drain worker"),
+            Binding("D", "hold('disable')", "Disable worker", show=False),
+            Binding("e", "hold('enable')", "Enable worker", show=False),
         ]
 
         def __init__(self, dashboard) -> None:
@@ -213,9 +216,9 @@ def _farm_screen():
         def compose(self) -> ComposeResult:
             yield Static(" reading the farm…", id="summary")
             yield KeyedTable(job_columns(self.app.size.width), id="jobs", cursor_type="row", zebra_stripes=True)
-            workers = KeyedTable(WORKER_COLUMNS, id="workers", cursor_type="none")
-            workers.can_focus = False  # the keys always act on the jobs table
-            yield workers
+            # Tab moves between the tables: the job keys act on the job under the jobs' cursor,
+            # the worker keys (d, D, e) on the worker under the workers' cursor.
+            yield KeyedTable(WORKER_COLUMNS, id="workers", cursor_type="row")
             yield Static("", id="activity")
             yield Static("", id="failures")
             yield Static("", id="status")
@@ -282,7 +285,8 @@ def _farm_screen():
             elif self.snap and not self.snap.jobs:
                 text = styled(" no jobs yet: `farm submit SCENE` queues one", "dim")
             else:
-                text = styled(" ↑↓ select a job · Enter: its tasks · S: suspend and kill · ?: all keys", "dim")
+                text = styled(" ↑↓ select a job · Enter: its tasks · Tab: the workers (d drain, D disable, e enable)"
+                              " · ?: all keys", "dim")
             self.query_one("#status", Static).update(text)
 
         def highlighted(self):
@@ -296,6 +300,27 @@ def _farm_screen():
             if job is None:
                 self.say("no job selected", error=True)
             return job
+
+        def action_hold(self, hold: str) -> None:
+            """Drain, disable or enable the worker under the workers' cursor."""
+            workers = self.query_one("#workers", DataTable)
+            name = workers.selected_id() if workers.has_focus else None
+            if name is None:
+                self.say("no worker selected: Tab moves to the workers", error=True)
+                return
+            self.say(f"worker {name}: {hold}…")
+            self.run_worker(self._hold(name, hold), group="verbs")
+
+        async def _hold(self, name: str, hold: str) -> None:
+            from renderfarm.client import hold_worker
+
+            try:
+                reply = await asyncio.to_thread(hold_worker, self.dashboard.settings, name, hold)
+            except Exception as e:
+                self.say(error_text(e), error=True)
+                return
+            self.say(f"worker {name}: {hold} applied; now {reply.state}")
+            await self.reload()
 
         def on_data_table_row_highlighted(self, event: DataTable.RowHighlighted) -> None:
             if event.data_table.id == "jobs":

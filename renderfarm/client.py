@@ -105,16 +105,16 @@ def check_submission(settings: Settings, sub: Submission) -> JobSpec:
         "scene_key": scene_key(PLACEHOLDER_SHA, suffix),
         "scene_sha256": PLACEHOLDER_SHA,
         "frames": frames,
-        "chunk": _number(sub.chunk),
-        "priority": _number(sub.priority),
+        "chunk": cli_number(sub.chunk),
+        "priority": cli_number(sub.priority),
         "pool": slug(sub.pool, "pool")[:64],
         "width": width,
         "height": height,
         "output_format": sub.format,
-        "timeout": _number(sub.timeout, real=True),
+        "timeout": cli_number(sub.timeout, real=True),
         "tiles": grid.text() if grid else None,
         "keep_tiles": bool(sub.keep_tiles) or None,
-        "max_workers": _number(sub.max_workers),
+        "max_workers": cli_number(sub.max_workers),
         "first_last": sub.first_last or None,
         "site": settings.site(sub.site).name if sub.site is not None else None,
         "prefer": sub.prefer,
@@ -126,7 +126,7 @@ def check_submission(settings: Settings, sub: Submission) -> JobSpec:
     return JobSpec.parse(json.dumps(doc), limits=limits)
 
 
-def _number(value: object, *, real: bool = False) -> object:
+def cli_number(value: object, *, real: bool = False) -> object:
     """A number typed on the command line as the number it is; anything else as the text it is,
     for the submission's parse to refuse by name."""
     if value is None or isinstance(value, (int, float)) and not isinstance(value, bool):
@@ -156,7 +156,7 @@ def _render_options(renderer, sub: Submission) -> dict[str, Any]:
     if "resolution" in given:
         options["resolution"] = _resolution(str(given["resolution"]))
     if "samples" in given:
-        options["samples"] = _number(given["samples"])
+        options["samples"] = cli_number(given["samples"])
     if given.get("allow_scripts"):
         options["allow_scripts"] = True
     if "version" in given:
@@ -280,7 +280,7 @@ class NothingToDo(InputError):
 _NOTHING = {
     "cancel": "nothing to cancel", "suspend": "nothing to suspend", "resume": "it is not suspended",
     "retry": "no failed task to retry (`--all` renders every task again)",
-    "priority": "its priority is already that",
+    "priority": "its priority is already that", "set": "its settings are already those",
 }
 
 
@@ -307,7 +307,7 @@ def order_job(settings: Settings, verb: str, job_id: str, **body: Any) -> Reply:
     from renderfarm import wire
 
     kinds = {"cancel": wire.CancelIntent, "suspend": wire.SuspendIntent, "resume": wire.ResumeIntent,
-             "retry": wire.RetryIntent, "priority": wire.PriorityIntent}
+             "retry": wire.RetryIntent, "priority": wire.PriorityIntent, "set": wire.SetIntent}
     reply = ask_manager(settings, kinds[verb].parse(json.dumps({"request_id": new_request_id(), "job": job_id, **body})))
     if reply.changed is False:
         raise NothingToDo(f"job {reply.job_id} is {reply.state}; {_NOTHING[verb]}")

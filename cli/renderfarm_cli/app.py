@@ -66,6 +66,7 @@ app.command("suspend")(wrangle_commands.suspend)
 app.command("resume")(wrangle_commands.resume)
 app.command("retry")(wrangle_commands.retry)
 app.command("priority")(wrangle_commands.priority)
+app.command("set")(wrangle_commands.set_)
 app.command("contact-sheet")(preview_commands.contact_sheet)
 app.command("movie")(preview_commands.movie)
 

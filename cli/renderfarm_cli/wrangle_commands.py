@@ -3,7 +3,8 @@ enable of a worker (applied by the manager)."""
 
 from __future__ import annotations
 
-from typing import Annotated
+import json
+from typing import Annotated, Optional
 
 import typer
 
@@ -55,6 +56,38 @@ def priority(
     from renderfarm.planning import check_priority
 
     _verb("priority", job, priority=check_priority(value))  # a typed number, refused in its own words
+
+
+def set_(
+    job: JobArg,
+    timeout: Annotated[Optional[str], typer.Option(help="Seconds a task may render before it is killed and retried.")] = None,
+    max_workers: Annotated[Optional[str], typer.Option(help="Render on at most N workers at once (0: no cap).")] = None,
+    pool: Annotated[Optional[str], typer.Option(help="Worker pool to render on.")] = None,
+    require: Annotated[Optional[list[str]], typer.Option("--require", help="Render only on workers with this tag; repeat for several (replaces the job's).")] = None,
+    any_worker: Annotated[bool, typer.Option("--any-worker", help="Drop the job's --require tags.")] = False,
+    retries: Annotated[Optional[str], typer.Option(help="Times a failed task is tried again.")] = None,
+) -> None:
+    """Change a job's settings: running tasks keep those they started with, the rest get these."""
+    from renderfarm.capabilities import check_tags
+    from renderfarm.client import cli_number, send_verb
+    from renderfarm.config import load_settings
+    from renderfarm.errors import InputError
+    from renderfarm.planning import slug
+    from renderfarm.wire import SetIntent
+
+    if require and any_worker:
+        raise InputError("require: --require and --any-worker cannot go together")
+    body = {
+        "timeout": cli_number(timeout, real=True),
+        "max_workers": cli_number(max_workers),
+        "pool": slug(pool, "pool") if pool is not None else None,
+        "requires": [] if any_worker else list(check_tags(require)) if require else None,
+        "retries": cli_number(retries),
+    }
+    body = {k: v for k, v in body.items() if v is not None}
+    SetIntent.parse(json.dumps({"request_id": "0" * 32, "job": "00000000", **body}))  # refused before the job is looked up
+    reply = send_verb(load_settings(), "set", job, **body)
+    out().print(f"job [bold]{reply.job_id}[/]: set applied; now ", state_text(reply.state), sep="")
 
 
 WorkerArg = Annotated[str, typer.Argument(help="The worker's (its node's) name.", show_default=False)]

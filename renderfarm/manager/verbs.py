@@ -1,4 +1,4 @@
-"""The wrangler's verbs, applied by the manager: cancel, suspend, resume, retry, priority; and
+"""The wrangler's verbs, applied by the manager: cancel, suspend, resume, retry, priority, set; and
 drain, disable, enable of a worker.
 Each is safe to repeat: applying one twice leaves the farm as applying it once did. A verb that
 has nothing to do (cancelling a finished job) says so: its reply has `changed` False."""
@@ -11,10 +11,10 @@ from typing import TYPE_CHECKING
 from sqlalchemy import select
 
 from renderfarm import lifecycle, queues
-from renderfarm.errors import NotFoundError
-from renderfarm.models import ATTEMPT_ACTIVE, Attempt, AttemptState, Job, Node
+from renderfarm.errors import InputError, NotFoundError
+from renderfarm.models import ATTEMPT_ACTIVE, JOB_FINAL, Attempt, AttemptState, Job, Node
 from renderfarm.states import HELD, held_state
-from renderfarm.wire import CancelIntent, Reply, ResumeIntent, RetryIntent, SuspendIntent
+from renderfarm.wire import CancelIntent, Reply, ResumeIntent, RetryIntent, SetIntent, SuspendIntent
 
 if TYPE_CHECKING:
     from redis import Redis
@@ -26,7 +26,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("renderfarm.manager")
 
-VERBS = ("cancel", "suspend", "resume", "retry", "priority")
+VERBS = ("cancel", "suspend", "resume", "retry", "priority", "set")
 
 
 def apply_verb(session: Session, r: Redis, intent: VerbIntent, batch: Batch, now: float, book: NodeBook) -> Reply:
@@ -53,12 +53,43 @@ def apply_verb(session: Session, r: Redis, intent: VerbIntent, batch: Batch, now
         count = lifecycle.retry_job(session, job, everything=intent.all)
         changed = count > 0
         log.info("job %s: %d task(s) to render again", job.id, count)
+    elif isinstance(intent, SetIntent):
+        changed = _set(session, r, book, job, intent, batch, now)
     else:
         changed = job.priority != intent.priority
         job.priority = intent.priority
     batch.jobs.add(job.id)
     log.info("job %s: %s %s (%s)", job.id, intent.type, "applied" if changed else "had nothing to do", job.state)
     return Reply(ok=True, job_id=job.id, state=job.state, priority=job.priority, changed=changed)
+
+
+def _set(session: Session, r: Redis, book: NodeBook, job: Job, intent: SetIntent, batch: Batch, now: float) -> bool:
+    """Change a job's settings; True if any changed. Running attempts keep the settings they
+    started with; prefetched ones are handed out again, with the new ones."""
+    if job.state in {s.value for s in JOB_FINAL}:
+        raise InputError(f"job {job.id} is {job.state}: its settings no longer matter (`farm retry` renders it again)")
+    wanted = {
+        "timeout": intent.timeout,
+        "max_workers": None if intent.max_workers == 0 else intent.max_workers,
+        "pool": intent.pool,
+        "requires": None if intent.requires is None else ",".join(sorted(set(intent.requires))) or None,
+        "max_attempts": None if intent.retries is None else intent.retries + 1,
+    }
+    given = {"max_workers": intent.max_workers, "requires": intent.requires}
+    changes = {field: value for field, value in wanted.items()
+               if (value is not None or given.get(field) is not None) and getattr(job, field) != value}
+    for field, value in changes.items():
+        setattr(job, field, value)
+    if changes.keys() & {"timeout", "pool", "requires"}:
+        queued = session.scalars(select(Attempt).where(Attempt.job_id == job.id,
+                                                       Attempt.state == AttemptState.QUEUED.value)).all()
+        taken = _take_back(r, book, list(queued), revoke_running=False)
+        for attempt in taken:
+            lifecycle.take_back_attempt(session, attempt, now, "handed out again with the job's new settings")
+        batch.release(taken)
+    if changes:
+        log.info("job %s: set %s", job.id, ", ".join(f"{k} {v}" for k, v in changes.items()))
+    return bool(changes)
 
 
 def apply_hold(session: Session, r: Redis, intent: WorkerHoldIntent, batch: Batch, now: float,

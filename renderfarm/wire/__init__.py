@@ -4,7 +4,7 @@ value) and one `to_json()`. Both ends of every hop use the same class.
 
     hop                                 messages
     control stream   CLI -> manager     SubmitIntent (a JobSpec), CancelIntent, SuspendIntent,
-                                        ResumeIntent, RetryIntent, PriorityIntent, NodeAddIntent,
+                                        ResumeIntent, RetryIntent, PriorityIntent, SetIntent, NodeAddIntent,
                                         NodeRevokeIntent, WorkerHoldIntent: parse_intent()
     reply list       manager -> CLI     Reply (with a NodeGrant for an enrolled node)
     node's queue     manager -> node    TaskOrder, Sealed with the node's key
@@ -44,6 +44,7 @@ from renderfarm.wire.intents import (
     Reply,
     ResumeIntent,
     RetryIntent,
+    SetIntent,
     SuspendIntent,
     VerbIntent,
     WorkerHoldIntent,
@@ -57,7 +58,7 @@ __all__ = [
     "AttemptEvent", "Box", "Bye", "CancelIntent", "Capabilities", "DeadLetter", "Done", "Event", "Failed",
     "Heartbeat", "Intent", "JobSpec", "Limits", "Message", "NodeAddIntent", "NodeGrant", "NodeRevokeIntent",
     "Output", "PriorityIntent", "Progress", "Refused", "Released", "RenderOptions", "Reply", "ResumeIntent",
-    "RetryIntent", "Sealed", "Started", "SubmitIntent",
+    "RetryIntent", "Sealed", "SetIntent", "Started", "SubmitIntent",
     "SuspendIntent", "TaskOrder", "Usage", "VerbIntent", "WireError", "WorkerHoldIntent", "parse_event",
     "parse_intent",
 ]

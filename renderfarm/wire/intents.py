@@ -7,10 +7,21 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
-from renderfarm.wire.base import JobId, Message, NodeName, RequestId, ShortSlug, Tag, Text, union_parser
-from renderfarm.wire.submission import SubmitIntent
+from renderfarm.wire.base import (
+    MAX_WORKERS_CAP,
+    JobId,
+    Message,
+    NodeName,
+    RequestId,
+    ShortSlug,
+    Tag,
+    Text,
+    WireError,
+    union_parser,
+)
+from renderfarm.wire.submission import MAX_TIMEOUT, SubmitIntent
 
 
 class CancelIntent(Message):
@@ -61,6 +72,32 @@ class PriorityIntent(Message):
     priority: Annotated[int, Field(ge=0, le=100)]
 
 
+class SetIntent(Message):
+    """`farm set JOB [--timeout S] [--max-workers N] [--pool P] [--require TAG ...] [--retries N]`:
+    a job's settings changed; running attempts keep those they started with, new ones get these
+    (its prefetched attempts are handed out again). `max_workers` 0 lifts the cap; `requires` ()
+    lets any worker render it; `retries` is how many times a failed task is tried again."""
+
+    what = "intent set"
+    type: Literal["set"] = "set"
+    request_id: RequestId
+    job: JobId
+    timeout: Annotated[float, Field(ge=1, le=MAX_TIMEOUT)] | None = None
+    max_workers: Annotated[int, Field(ge=0, le=MAX_WORKERS_CAP)] | None = None
+    pool: ShortSlug | None = None
+    requires: Annotated[tuple[Tag, ...], Field(max_length=32)] | None = None
+    retries: Annotated[int, Field(ge=0, le=100)] | None = None
+
+    @model_validator(mode="after")
+    def _something(self) -> SetIntent:
+        if all(getattr(self, f) is None for f in SETTABLE):
+            raise WireError("intent set: nothing to change (give --timeout, --max-workers, --pool, --require or --retries)")
+        return self
+
+
+SETTABLE = ("timeout", "max_workers", "pool", "requires", "retries")
+
+
 class NodeAddIntent(Message):
     """`farm node add NAME`: enroll a render node (again: its old credentials stop working)."""
 
@@ -94,14 +131,14 @@ class WorkerHoldIntent(Message):
     hold: Literal["drain", "disable", "enable"]
 
 
-Intent = (SubmitIntent | CancelIntent | SuspendIntent | ResumeIntent | RetryIntent | PriorityIntent | NodeAddIntent
-          | NodeRevokeIntent | WorkerHoldIntent)
-VerbIntent = CancelIntent | SuspendIntent | ResumeIntent | RetryIntent | PriorityIntent
+Intent = (SubmitIntent | CancelIntent | SuspendIntent | ResumeIntent | RetryIntent | PriorityIntent | SetIntent
+          | NodeAddIntent | NodeRevokeIntent | WorkerHoldIntent)
+VerbIntent = CancelIntent | SuspendIntent | ResumeIntent | RetryIntent | PriorityIntent | SetIntent
 INTENT_MAX_BYTES = SubmitIntent.MAX_BYTES
 
 parse_intent = union_parser(
-    "intent", (SubmitIntent, CancelIntent, SuspendIntent, ResumeIntent, RetryIntent, PriorityIntent, NodeAddIntent,
-               NodeRevokeIntent, WorkerHoldIntent),
+    "intent", (SubmitIntent, CancelIntent, SuspendIntent, ResumeIntent, RetryIntent, PriorityIntent, SetIntent,
+               NodeAddIntent, NodeRevokeIntent, WorkerHoldIntent),
     INTENT_MAX_BYTES,
 )
 

@@ -260,7 +260,8 @@ def resolve_job_id(settings: Settings, ref: str) -> str:
 def resolve_job(settings: Settings, ref: str) -> tuple[str, str]:
     """The full id and state of the job `ref` names (an id or a unique prefix), from the database."""
     from renderfarm.db import session_scope
-    from renderfarm.status import reader_engine, resolve_job as find
+    from renderfarm.status import reader_engine
+    from renderfarm.status import resolve_job as find
 
     engine = reader_engine(settings)
     if engine is None:
@@ -312,6 +313,35 @@ def order_job(settings: Settings, verb: str, job_id: str, **body: Any) -> Reply:
     if reply.changed is False:
         raise NothingToDo(f"job {reply.job_id} is {reply.state}; {_NOTHING[verb]}")
     return reply
+
+
+def task_verb(settings: Settings, action: str, refs: list[str]) -> list[Reply]:
+    """Kill, retry or skip tasks named `JOB:INDEX` or `JOB:frames=SPEC` (several, of several jobs
+    maybe): one intent per job and frame range, every ref checked before any is sent. Returns the
+    manager's replies; NothingToDo when no task needed it."""
+    from renderfarm.frames import parse_frames
+    from renderfarm.wire import TaskIntent
+
+    by_job: dict[str, list[int]] = {}
+    ranges: list[tuple[str, str]] = []
+    for ref in refs:
+        job_ref, sep, rest = ref.partition(":")
+        if not sep or not (rest.isdigit() or rest.startswith("frames=")):
+            raise InputError(f"task: {ref!r} is not JOB:INDEX or JOB:frames=A-B")
+        job_id = resolve_job_id(settings, job_ref)
+        if rest.isdigit():
+            by_job.setdefault(job_id, []).append(int(rest))
+        else:
+            parse_frames(rest.removeprefix("frames="))  # refused here, in the spec's own words
+            ranges.append((job_id, rest.removeprefix("frames=")))
+    intents = [dict(job=job, tasks=tuple(sorted(set(indexes)))) for job, indexes in by_job.items()]
+    intents += [dict(job=job, frames=frames) for job, frames in ranges]
+    replies = [ask_manager(settings, TaskIntent(request_id=new_request_id(), action=action, **body))
+               for body in intents]
+    if not any(reply.changed for reply in replies):
+        what = {"kill": "none is rendering", "retry": "none has finished", "skip": "all are done or skipped"}
+        raise NothingToDo(f"task {action}: nothing to do ({what[action]})")
+    return replies
 
 
 def hold_worker(settings: Settings, name: str, hold: str) -> Reply:

@@ -23,6 +23,7 @@ class TaskState(str, Enum):
     DONE = "done"
     FAILED = "failed"
     CANCELLED = "cancelled"
+    SKIPPED = "skipped"  # `farm task skip`: final without rendering; its frames are not there
 
 
 class AttemptState(str, Enum):
@@ -62,7 +63,7 @@ def held_state(hold: str | None, *, busy: bool) -> str:
 
 
 JOB_FINAL = {JobState.DONE, JobState.FAILED, JobState.CANCELLED}
-TASK_FINAL = {TaskState.DONE, TaskState.FAILED, TaskState.CANCELLED}
+TASK_FINAL = {TaskState.DONE, TaskState.FAILED, TaskState.CANCELLED, TaskState.SKIPPED}
 ATTEMPT_ACTIVE = {AttemptState.QUEUED, AttemptState.RUNNING}
 
 

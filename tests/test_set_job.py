@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 from conftest import farm_env, run_farm
+from nodekit import SPEC, SteppedFarm
 from rq.job import Job as RQJob
 from rq.serializers import JSONSerializer
 from test_manager_loop import in_process_manager
-from test_worker_holds import SPEC, Farm
 
 from renderfarm.db import session_scope
 from renderfarm.models import AttemptState, Job
@@ -23,12 +23,12 @@ from renderfarm.wire import CancelIntent, SetIntent, Started, SubmitIntent, Wire
 @pytest.fixture()
 def farm(redis_url: str, tmp_path: Path):
     manager = in_process_manager(redis_url, tmp_path)
-    farm = Farm(manager, ("a", "b"))
+    farm = SteppedFarm(manager, ("a", "b"))
     yield farm
     manager.engine.dispose()
 
 
-def order(farm: Farm, attempt_id: int, worker: str) -> tuple[dict, int]:
+def order(farm: SteppedFarm, attempt_id: int, worker: str) -> tuple[dict, int]:
     """The task order a node finds on its queue for an attempt (opened with its key), and the
     timeout RQ was given for it."""
     rq_job = RQJob.fetch(farm.manager.book.rq_id(worker, attempt_id), connection=farm.manager.r,
@@ -36,11 +36,11 @@ def order(farm: Farm, attempt_id: int, worker: str) -> tuple[dict, int]:
     return farm.nodes[worker].open(rq_job.args[0]), rq_job.timeout
 
 
-def setting(farm: Farm, request: str, **body):
+def setting(farm: SteppedFarm, request: str, **body):
     return farm.ask(SetIntent(request_id=request * 32, job=farm.job_id, **body))
 
 
-def test_new_settings_reach_the_next_attempts_and_not_the_running_ones(farm: Farm) -> None:
+def test_new_settings_reach_the_next_attempts_and_not_the_running_ones(farm: SteppedFarm) -> None:
     farm.beat("a")
     reply = farm.ask(SubmitIntent(request_id="5" * 32, job=SPEC))
     farm.job_id = reply.job_id
@@ -83,7 +83,7 @@ def test_new_settings_reach_the_next_attempts_and_not_the_running_ones(farm: Far
         assert s.get(Job, farm.job_id).requires is None
 
 
-def test_a_set_that_makes_no_sense_is_refused_in_one_line(farm: Farm, tmp_path: Path) -> None:
+def test_a_set_that_makes_no_sense_is_refused_in_one_line(farm: SteppedFarm, tmp_path: Path) -> None:
     farm.job_id = farm.ask(SubmitIntent(request_id="6" * 32, job=SPEC)).job_id
     farm.ask(CancelIntent(request_id="7" * 32, job=farm.job_id))
     reply = setting(farm, "8", timeout=5)

@@ -76,6 +76,12 @@ node.command("list")(node_commands.list_)
 node.command("revoke")(node_commands.revoke)
 app.add_typer(node, name="node")
 
+task = typer.Typer(help="Tasks: kill, retry or skip some of a job's.", no_args_is_help=True)
+task.command("kill")(wrangle_commands.task_kill)
+task.command("retry")(wrangle_commands.task_retry)
+task.command("skip")(wrangle_commands.task_skip)
+app.add_typer(task, name="task")
+
 worker = typer.Typer(help="Workers: drain, disable or enable one.", no_args_is_help=True)
 worker.command("drain")(wrangle_commands.drain)
 worker.command("disable")(wrangle_commands.disable)

@@ -90,6 +90,38 @@ def set_(
     out().print(f"job [bold]{reply.job_id}[/]: set applied; now ", state_text(reply.state), sep="")
 
 
+TasksArg = Annotated[list[str], typer.Argument(help="Tasks: JOB:INDEX, or JOB:frames=A-B for every task of those frames.",
+                                               show_default=False)]
+
+
+def _tasks(action: str, refs: list[str]) -> None:
+    from renderfarm.client import task_verb
+    from renderfarm.config import load_settings
+
+    for reply in task_verb(load_settings(), action, refs):
+        if reply.tasks:
+            shown = ", ".join(f"{reply.job_id}:{i}" for i in reply.tasks[:20])
+            more = f" and {len(reply.tasks) - 20} more" if len(reply.tasks) > 20 else ""
+            out().print(f"task {action} applied to {shown}{more}; job now ", state_text(reply.state), sep="")
+
+
+def task_kill(tasks: TasksArg) -> None:
+    """Kill a task's running render: it counts as a failure and renders again (elsewhere, where
+    another worker can) while the job's retries last."""
+    _tasks("kill", tasks)
+
+
+def task_retry(tasks: TasksArg) -> None:
+    """Render finished tasks again (done, failed, cancelled or skipped), each with its full retries."""
+    _tasks("retry", tasks)
+
+
+def task_skip(tasks: TasksArg) -> None:
+    """Skip tasks: final without rendering (their frames are recorded as skipped, never faked;
+    `farm download` says which); a running render of them stops."""
+    _tasks("skip", tasks)
+
+
 WorkerArg = Annotated[str, typer.Argument(help="The worker's (its node's) name.", show_default=False)]
 
 

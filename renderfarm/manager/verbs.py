@@ -12,7 +12,19 @@ from sqlalchemy import select
 
 from renderfarm import lifecycle, queues
 from renderfarm.errors import InputError, NotFoundError
-from renderfarm.models import ATTEMPT_ACTIVE, JOB_FINAL, Attempt, AttemptState, Job, Node
+from renderfarm.models import (
+    ATTEMPT_ACTIVE,
+    JOB_FINAL,
+    TASK_FINAL,
+    Attempt,
+    AttemptState,
+    Job,
+    JobState,
+    Node,
+    Task,
+    TaskKind,
+    TaskState,
+)
 from renderfarm.states import HELD, held_state
 from renderfarm.wire import CancelIntent, Reply, ResumeIntent, RetryIntent, SetIntent, SuspendIntent
 
@@ -22,7 +34,7 @@ if TYPE_CHECKING:
 
     from renderfarm.manager.intake import Batch
     from renderfarm.manager.nodebook import NodeBook
-    from renderfarm.wire import VerbIntent, WorkerHoldIntent
+    from renderfarm.wire import TaskIntent, VerbIntent, WorkerHoldIntent
 
 log = logging.getLogger("renderfarm.manager")
 
@@ -90,6 +102,76 @@ def _set(session: Session, r: Redis, book: NodeBook, job: Job, intent: SetIntent
     if changes:
         log.info("job %s: set %s", job.id, ", ".join(f"{k} {v}" for k, v in changes.items()))
     return bool(changes)
+
+
+def apply_task_verb(session: Session, r: Redis, intent: TaskIntent, batch: Batch, now: float,
+                    book: NodeBook) -> Reply:
+    """Kill, retry or skip some of a job's tasks; the reply names those it changed (`changed`
+    False when none needed it)."""
+    job = session.get(Job, intent.job)
+    if job is None:
+        raise NotFoundError(f"job {intent.job!r}: no such job")
+    if job.state == JobState.CANCELLED.value and intent.action != "retry":
+        raise InputError(f"job {job.id} is cancelled: nothing of it renders (`farm retry --all` renders it again)")
+    tasks = _named_tasks(session, job, intent)
+    final = {s.value for s in TASK_FINAL}
+    if intent.action == "kill":
+        running = list(session.scalars(select(Attempt).where(
+            Attempt.task_id.in_([t.id for t in tasks]), Attempt.state == AttemptState.RUNNING.value)))
+        for attempt in running:  # a failure: retried per the job's retries, on the next free worker
+            lifecycle.fail_attempt(session, attempt, now, "killed by farm task kill", None, job.max_attempts)
+        queues.revoke_leases(r, [(a.task_id, a.id) for a in running])  # its render stops within a second or so
+        batch.release(running)
+        changed = sorted({a.task_id for a in running})
+        changed = [t for t in tasks if t.id in changed]
+    elif intent.action == "retry":
+        changed = [t for t in tasks if t.state in final]
+        lifecycle.retry_tasks(session, job, changed)
+    else:
+        if any(t.kind != TaskKind.RENDER.value for t in tasks) and intent.frames is None:
+            tile = next(t for t in tasks if t.kind != TaskKind.RENDER.value)
+            raise InputError(f"task {job.id}:{tile.index} is part of tiled frame {tile.first_frame}: skip the whole "
+                             f"frame ({job.id}:frames={tile.first_frame})")
+        changed = [t for t in tasks if t.state not in (TaskState.DONE.value, TaskState.SKIPPED.value)]
+        live = list(session.scalars(select(Attempt).where(
+            Attempt.task_id.in_([t.id for t in changed]), Attempt.state.in_([s.value for s in ATTEMPT_ACTIVE]))))
+        _take_back(r, book, live, revoke_running=True)
+        lifecycle.skip_tasks(session, changed, now)
+        batch.release(live)
+        if changed and job.state == JobState.FAILED.value:  # its failed tasks skipped: it may be done now
+            lifecycle.retry_tasks(session, job, [], reopen=True)
+    batch.jobs.add(job.id)
+    indexes = tuple(t.index for t in changed)
+    log.info("job %s: task %s of %s", job.id, intent.action, ", ".join(map(str, indexes)) or "none needed it")
+    return Reply(ok=True, job_id=job.id, state=job.state, changed=bool(indexes), tasks=indexes)
+
+
+def _named_tasks(session: Session, job: Job, intent: TaskIntent) -> list[Task]:
+    """The job's tasks an intent names: by index, or every task whose frames all lie in its
+    frame range (a task only partly inside is refused, naming it)."""
+    from renderfarm.frames import parse_frames
+
+    if intent.tasks:
+        tasks = list(session.scalars(select(Task).where(Task.job_id == job.id, Task.index.in_(intent.tasks))
+                                     .order_by(Task.index)))
+        missing = sorted(set(intent.tasks) - {t.index for t in tasks})
+        if missing:
+            raise NotFoundError(f"task {job.id}:{missing[0]}: no such task (the job has {job.task_count})")
+        return tasks
+    wanted = set(parse_frames(intent.frames))
+    tasks = []
+    # A chunk that starts before the range may reach into it: every task starting before its end is looked at.
+    for task in session.scalars(select(Task).where(Task.job_id == job.id, Task.first_frame <= max(wanted))
+                                .order_by(Task.index)):
+        frames = {task.first_frame} if task.frame_count == 1 else set(parse_frames(task.frames))
+        if frames <= wanted:
+            tasks.append(task)
+        elif frames & wanted:
+            raise InputError(f"frames={intent.frames}: task {job.id}:{task.index} (frames {task.frames}) is only "
+                             f"partly inside; name it by itself ({job.id}:{task.index})")
+    if not tasks:
+        raise NotFoundError(f"frames={intent.frames}: job {job.id} has no task rendering those frames")
+    return tasks
 
 
 def apply_hold(session: Session, r: Redis, intent: WorkerHoldIntent, batch: Batch, now: float,

@@ -4,7 +4,8 @@ value) and one `to_json()`. Both ends of every hop use the same class.
 
     hop                                 messages
     control stream   CLI -> manager     SubmitIntent (a JobSpec), CancelIntent, SuspendIntent,
-                                        ResumeIntent, RetryIntent, PriorityIntent, SetIntent, NodeAddIntent,
+                                        ResumeIntent, RetryIntent, PriorityIntent, SetIntent, TaskIntent,
+                                        NodeAddIntent,
                                         NodeRevokeIntent, WorkerHoldIntent: parse_intent()
     reply list       manager -> CLI     Reply (with a NodeGrant for an enrolled node)
     node's queue     manager -> node    TaskOrder, Sealed with the node's key
@@ -46,6 +47,7 @@ from renderfarm.wire.intents import (
     RetryIntent,
     SetIntent,
     SuspendIntent,
+    TaskIntent,
     VerbIntent,
     WorkerHoldIntent,
     parse_intent,
@@ -59,6 +61,6 @@ __all__ = [
     "Heartbeat", "Intent", "JobSpec", "Limits", "Message", "NodeAddIntent", "NodeGrant", "NodeRevokeIntent",
     "Output", "PriorityIntent", "Progress", "Refused", "Released", "RenderOptions", "Reply", "ResumeIntent",
     "RetryIntent", "Sealed", "SetIntent", "Started", "SubmitIntent",
-    "SuspendIntent", "TaskOrder", "Usage", "VerbIntent", "WireError", "WorkerHoldIntent", "parse_event",
+    "SuspendIntent", "TaskIntent", "TaskOrder", "Usage", "VerbIntent", "WireError", "WorkerHoldIntent", "parse_event",
     "parse_intent",
 ]

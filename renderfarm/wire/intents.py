@@ -98,6 +98,27 @@ class SetIntent(Message):
 SETTABLE = ("timeout", "max_workers", "pool", "requires", "retries")
 
 
+class TaskIntent(Message):
+    """`farm task kill|retry|skip JOB:TASK...`: `kill` stops a task's running attempt (a failure:
+    retried per the job's retries), `retry` renders final tasks again, `skip` makes tasks final
+    without rendering (skipped, never faked). The tasks are named by index, or by `frames` (every
+    task whose frames all lie in the range)."""
+
+    what = "intent task"
+    type: Literal["task"] = "task"
+    request_id: RequestId
+    job: JobId
+    action: Literal["kill", "retry", "skip"]
+    tasks: Annotated[tuple[Annotated[int, Field(ge=0, le=2**31)], ...], Field(max_length=10_000)] = ()
+    frames: Annotated[str, Field(min_length=1, max_length=4096)] | None = None
+
+    @model_validator(mode="after")
+    def _named(self) -> TaskIntent:
+        if bool(self.tasks) == (self.frames is not None):
+            raise WireError("intent task: name tasks (JOB:TASK) or frames (JOB:frames=A-B), one of them")
+        return self
+
+
 class NodeAddIntent(Message):
     """`farm node add NAME`: enroll a render node (again: its old credentials stop working)."""
 
@@ -132,13 +153,13 @@ class WorkerHoldIntent(Message):
 
 
 Intent = (SubmitIntent | CancelIntent | SuspendIntent | ResumeIntent | RetryIntent | PriorityIntent | SetIntent
-          | NodeAddIntent | NodeRevokeIntent | WorkerHoldIntent)
+          | TaskIntent | NodeAddIntent | NodeRevokeIntent | WorkerHoldIntent)
 VerbIntent = CancelIntent | SuspendIntent | ResumeIntent | RetryIntent | PriorityIntent | SetIntent
 INTENT_MAX_BYTES = SubmitIntent.MAX_BYTES
 
 parse_intent = union_parser(
     "intent", (SubmitIntent, CancelIntent, SuspendIntent, ResumeIntent, RetryIntent, PriorityIntent, SetIntent,
-               NodeAddIntent, NodeRevokeIntent, WorkerHoldIntent),
+               TaskIntent, NodeAddIntent, NodeRevokeIntent, WorkerHoldIntent),
     INTENT_MAX_BYTES,
 )
 
@@ -169,3 +190,4 @@ class Reply(Message):
     priority: Annotated[int, Field(ge=0, le=100)] | None = None
     changed: bool | None = None
     node: NodeGrant | None = None
+    tasks: Annotated[tuple[int, ...], Field(max_length=10_000)] | None = None  # those a task verb changed

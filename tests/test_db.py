@@ -410,7 +410,7 @@ def test_job_status_counts_and_progress(engine):
     with session_scope(engine) as s:
         status = job_status(s, s.get(Job, job_id), now=1030.0)
     assert status.counts == {"waiting": 0, "pending": 0, "queued": 1, "running": 1, "done": 1, "failed": 0,
-                             "cancelled": 0}
+                             "cancelled": 0, "skipped": 0}
     assert (status.state, status.frames, status.tasks, status.frames_done) == ("running", 10, 3, 4)
     assert status.progress == 0.6  # 4 done frames + half of a 4-frame task, of 10
     assert (status.started_at, status.finished_at, status.elapsed) == (1000.0, None, 30.0)
@@ -439,7 +439,7 @@ def test_job_status_of_finished_and_untouched_jobs(engine):
     assert (status.state, status.progress, status.frames_done, status.elapsed, status.eta) == (
         "done", 1.0, 3, 4.0, None)
     assert status.to_json()["counts"] == {"waiting": 0, "pending": 0, "queued": 0, "running": 0, "done": 3,
-                                           "failed": 0, "cancelled": 0}
+                                           "failed": 0, "cancelled": 0, "skipped": 0}
 
 
 def test_resolve_job(engine):
@@ -498,7 +498,7 @@ def test_list_tasks_shows_every_attempt_and_its_worker(engine):
         pending = list_tasks(s, s.get(Job, job_id), state="pending")
         with pytest.raises(NotFoundError) as e:
             list_tasks(s, s.get(Job, job_id), state="bogus")
-    assert str(e.value) == "state: 'bogus' is not one of cancelled, done, failed, pending, queued, running, waiting"
+    assert str(e.value) == "state: 'bogus' is not one of cancelled, done, failed, pending, queued, running, skipped, waiting"
     assert [r.to_json() for r in rows] == [
         {
             "id": "job00010:0", "index": 0, "frames": "1,2", "state": "done", "worker": "w2", "progress": 1.0,

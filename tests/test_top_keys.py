@@ -278,3 +278,35 @@ def test_tab_then_d_D_e_drain_disable_and_enable_the_worker_under_the_cursor(man
 
     asyncio.run(drive())
     r.close()
+
+
+def test_in_a_jobs_tasks_k_r_s_kill_retry_and_skip_the_task_under_the_cursor(managed):
+    settings, engine = managed
+
+    def state(index: int) -> str:
+        with session_scope(engine) as s:
+            return s.scalars(select(Task.state).where(Task.job_id == "a0000001", Task.index == index)).one()
+
+    async def drive() -> None:
+        app = farm_top(settings)
+        async with app.run_test(size=SIZE) as pilot:
+            jobs = app.farm.query_one("#jobs")
+            await until(pilot, lambda: jobs.ids == [j for j, _ in JOBS], 10, "the three job rows")
+            await pilot.press("enter")
+            tasks = await until(pilot, lambda: app.screen.query("#tasks") and app.screen.query_one("#tasks"), 5,
+                                "the tasks screen")
+            await until(pilot, lambda: len(tasks.ids) == 4, 10, "its four tasks")
+            await pilot.press("down")
+            key = tasks.selected_id()
+            index = int(key.rsplit(":", 1)[1])
+            await pilot.press("s")
+            await until(pilot, lambda: state(index) == "skipped", 10, "the task skipped")
+            await until(pilot, lambda: any("skipped" in line for line in screen_lines(app)), 10, "its row skipped")
+            await pilot.press("r")
+            await until(pilot, lambda: state(index) == "pending", 10, "the task pending again")
+            await pilot.press("k")  # nothing renders it: said so, nothing changes
+            await until(pilot, lambda: any("nothing to do" in line for line in screen_lines(app)), 10, "the refusal")
+            assert state(index) == "pending"
+            await pilot.press("escape", "q")
+
+    asyncio.run(drive())

@@ -27,6 +27,7 @@ STYLES = dict(
         "done": "green",
         "failed": "bold red",
         "cancelled": "dim",
+        "skipped": "dim",  # `farm task skip`: never rendered
         "idle": "green",
         "busy": "bold blue",
         "stopping": "yellow",

@@ -111,6 +111,9 @@ def _job_screens():
             Binding("escape", "app.pop_screen", "Back"),
             Binding("l", "open_log", "Log"),
             Binding("f", "toggle_failed", "Failed only"),
+            Binding("k", "task('kill')", "Kill"),
+            Binding("r", "task('retry')", "Retry"),
+            Binding("s", "task('skip')", "Skip"),
         ]
 
         def __init__(self, dashboard, job_id: str) -> None:
@@ -158,7 +161,8 @@ def _job_screens():
             which = "failed task(s)" if self.only_failed else "task(s)"
             self.query_one("#title", Static).update(f" {len(rows)} {which} of job {self.job_id}")
             self.query_one("#status", Static).update(
-                styled(f" read {time.strftime('%H:%M:%S')} · Enter or l opens a task's log", "dim"))
+                styled(f" read {time.strftime('%H:%M:%S')} · Enter or l opens a task's log · k kill, r retry, s skip it",
+                       "dim"))
 
         def on_data_table_row_selected(self, event: DataTable.RowSelected) -> None:
             key = event.data_table.id_at(event.cursor_row)
@@ -173,6 +177,26 @@ def _job_screens():
         async def action_toggle_failed(self) -> None:
             self.only_failed = not self.only_failed
             await self.reload()
+
+        def action_task(self, action: str) -> None:
+            """Kill, retry or skip the task under the cursor (the manager applies it)."""
+            key = self.query_one("#tasks", DataTable).selected_id()
+            if key is None:
+                return
+            self.query_one("#status", Static).update(styled(f" task {key}: {action}…", "dim"))
+            self.run_worker(self._send_task(action, key), group="verbs")
+
+        async def _send_task(self, action: str, key: str) -> None:
+            from renderfarm.client import task_verb
+
+            status = self.query_one("#status", Static)
+            try:
+                await asyncio.to_thread(task_verb, self.dashboard.settings, action, [key])
+            except Exception as e:
+                status.update(styled(" " + error_text(e), "error"))
+                return
+            await self.reload()
+            status.update(styled(f" task {key}: {action} applied", "ok"))
 
     return JobTasks, TaskLog
 

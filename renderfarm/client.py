@@ -106,16 +106,16 @@ def check_submission(settings: Settings, sub: Submission) -> JobSpec:
         "scene_key": scene_key(PLACEHOLDER_SHA, suffix),
         "scene_sha256": PLACEHOLDER_SHA,
         "frames": frames,
-        "chunk": _number(sub.chunk),
-        "priority": _number(sub.priority),
+        "chunk": cli_number(sub.chunk),
+        "priority": cli_number(sub.priority),
         "pool": slug(sub.pool, "pool")[:64],
         "width": width,
         "height": height,
         "output_format": sub.format,
-        "timeout": _number(sub.timeout, real=True),
+        "timeout": cli_number(sub.timeout, real=True),
         "tiles": grid.text() if grid else None,
         "keep_tiles": bool(sub.keep_tiles) or None,
-        "max_workers": _number(sub.max_workers),
+        "max_workers": cli_number(sub.max_workers),
         "first_last": sub.first_last or None,
         "site": settings.site(sub.site).name if sub.site is not None else None,
         "prefer": sub.prefer,
@@ -128,7 +128,7 @@ def check_submission(settings: Settings, sub: Submission) -> JobSpec:
     return JobSpec.parse(json.dumps(doc), limits=limits)
 
 
-def _number(value: object, *, real: bool = False) -> object:
+def cli_number(value: object, *, real: bool = False) -> object:
     """A number typed on the command line as the number it is; anything else as the text it is,
     for the submission's parse to refuse by name."""
     if value is None or isinstance(value, (int, float)) and not isinstance(value, bool):
@@ -158,7 +158,7 @@ def _render_options(renderer, sub: Submission) -> dict[str, Any]:
     if "resolution" in given:
         options["resolution"] = _resolution(str(given["resolution"]))
     if "samples" in given:
-        options["samples"] = _number(given["samples"])
+        options["samples"] = cli_number(given["samples"])
     if given.get("allow_scripts"):
         options["allow_scripts"] = True
     if "version" in given:
@@ -262,7 +262,8 @@ def resolve_job_id(settings: Settings, ref: str) -> str:
 def resolve_job(settings: Settings, ref: str) -> tuple[str, str]:
     """The full id and state of the job `ref` names (an id or a unique prefix), from the database."""
     from renderfarm.db import session_scope
-    from renderfarm.status import reader_engine, resolve_job as find
+    from renderfarm.status import reader_engine
+    from renderfarm.status import resolve_job as find
 
     engine = reader_engine(settings)
     if engine is None:
@@ -282,7 +283,7 @@ class NothingToDo(InputError):
 _NOTHING = {
     "cancel": "nothing to cancel", "suspend": "nothing to suspend", "resume": "it is not suspended",
     "retry": "no failed task to retry (`--all` renders every task again)",
-    "priority": "its priority is already that",
+    "priority": "its priority is already that", "set": "its settings are already those",
 }
 
 
@@ -309,11 +310,50 @@ def order_job(settings: Settings, verb: str, job_id: str, **body: Any) -> Reply:
     from renderfarm import wire
 
     kinds = {"cancel": wire.CancelIntent, "suspend": wire.SuspendIntent, "resume": wire.ResumeIntent,
-             "retry": wire.RetryIntent, "priority": wire.PriorityIntent}
+             "retry": wire.RetryIntent, "priority": wire.PriorityIntent, "set": wire.SetIntent}
     reply = ask_manager(settings, kinds[verb].parse(json.dumps({"request_id": new_request_id(), "job": job_id, **body})))
     if reply.changed is False:
         raise NothingToDo(f"job {reply.job_id} is {reply.state}; {_NOTHING[verb]}")
     return reply
+
+
+def task_verb(settings: Settings, action: str, refs: list[str]) -> list[Reply]:
+    """Kill, retry or skip tasks named `JOB:INDEX` or `JOB:frames=SPEC` (several, of several jobs
+    maybe): one intent per job and frame range, every ref checked before any is sent. Returns the
+    manager's replies; NothingToDo when no task needed it."""
+    from renderfarm.frames import parse_frames
+    from renderfarm.wire import TaskIntent
+
+    by_job: dict[str, list[int]] = {}
+    ranges: list[tuple[str, str]] = []
+    for ref in refs:
+        job_ref, sep, rest = ref.partition(":")
+        if not sep or not (rest.isdigit() or rest.startswith("frames=")):
+            raise InputError(f"task: {ref!r} is not JOB:INDEX or JOB:frames=A-B")
+        job_id = resolve_job_id(settings, job_ref)
+        if rest.isdigit():
+            by_job.setdefault(job_id, []).append(int(rest))
+        else:
+            parse_frames(rest.removeprefix("frames="))  # refused here, in the spec's own words
+            ranges.append((job_id, rest.removeprefix("frames=")))
+    intents = [dict(job=job, tasks=tuple(sorted(set(indexes)))) for job, indexes in by_job.items()]
+    intents += [dict(job=job, frames=frames) for job, frames in ranges]
+    replies = [ask_manager(settings, TaskIntent(request_id=new_request_id(), action=action, **body))
+               for body in intents]
+    if not any(reply.changed for reply in replies):
+        what = {"kill": "none is rendering", "retry": "none has finished", "skip": "all are done or skipped"}
+        raise NothingToDo(f"task {action}: nothing to do ({what[action]})")
+    return replies
+
+
+def hold_worker(settings: Settings, name: str, hold: str) -> Reply:
+    """Ask the manager to drain, disable or enable a worker; its reply's `state` is what the
+    worker is now (`draining`, `drained`, `disabled`, `enabled`)."""
+    from renderfarm.nodes import check_node_name
+    from renderfarm.wire import WorkerHoldIntent
+
+    check_node_name(name)
+    return ask_manager(settings, WorkerHoldIntent(request_id=new_request_id(), name=name, hold=hold))
 
 
 def wait_for_job(

@@ -12,7 +12,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from renderfarm.errors import InputError, NotFoundError, RenderFarmError, StorageError, VerificationError
+from renderfarm.errors import (
+    InputError,
+    NotFoundError,
+    RenderFarmError,
+    StorageError,
+    VerificationError,
+)
 from renderfarm.storage.retry import retrying
 
 if TYPE_CHECKING:
@@ -37,14 +43,15 @@ class Output:
 class Downloaded:
     """What one download did: of the `expected` outputs the job's row names, the `paths` now
     intact in the destination (fetched, or there already), the names `missing` from storage and
-    one line per output `failed` (it did not arrive intact); and the keys `skipped` under the
-    job's prefix that are none of its outputs."""
+    one line per output `failed` (it did not arrive intact); the keys `skipped` under the job's
+    prefix that are none of its outputs; and the frames `not_rendered` (`farm task skip`)."""
 
     expected: int
     paths: list[Path] = field(default_factory=list)
     missing: list[str] = field(default_factory=list)
     failed: list[str] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)
+    not_rendered: list[int] = field(default_factory=list)  # frames skipped (`farm task skip`): not expected
 
 
 def output_prefix(job_id: str, *, tiles: bool = False) -> str:
@@ -53,15 +60,19 @@ def output_prefix(job_id: str, *, tiles: bool = False) -> str:
     return tiles_prefix(job_id) if tiles else frames_prefix(job_id)
 
 
-def job_outputs(job: Job, *, tiles: bool = False) -> list[Output]:
+def job_outputs(job: Job, *, tiles: bool = False, leaving: list[int] = ()) -> list[Output]:
     """A job's frames (`name.FRAME.ext`), or with `tiles` the tiles of its grid, frame by frame
-    (`name.FRAME/TILE.ext`): names made from the job's own row, never from a stored key."""
+    (`name.FRAME/TILE.ext`): names made from the job's own row, never from a stored key; the
+    frames `leaving` out (skipped) are not among them."""
     from renderfarm.frames import parse_frames
     from renderfarm.images import extension
     from renderfarm.storage.keys import frame_key, tile_key
 
     ext = extension(job.output_format)
     frames = parse_frames(job.frames)
+    if leaving:
+        left = set(leaving)
+        frames = [f for f in frames if f not in left]
     if tiles:
         from renderfarm.manager.expected import job_tiles
 
@@ -72,9 +83,13 @@ def job_outputs(job: Job, *, tiles: bool = False) -> list[Output]:
     return [Output(key, key.removeprefix(prefix)) for key in keys]
 
 
-def read_job(settings: Settings, job_id: str) -> Job:
+def read_job(settings: Settings, job_id: str) -> tuple[Job, list[int]]:
+    """The job's row, and the frames of its tasks skipped (`farm task skip`): never rendered."""
+    from sqlalchemy import select
+
     from renderfarm.db import session_scope
-    from renderfarm.models import Job
+    from renderfarm.frames import parse_frames
+    from renderfarm.models import Job, Task, TaskKind, TaskState
     from renderfarm.status import check_schema, reader_engine
 
     engine = reader_engine(settings)
@@ -84,11 +99,14 @@ def read_job(settings: Settings, job_id: str) -> Job:
         with session_scope(engine) as session:
             check_schema(session)
             job = session.get(Job, job_id)
+            specs = session.scalars(select(Task.frames).where(
+                Task.job_id == job_id, Task.state == TaskState.SKIPPED.value,
+                Task.kind != TaskKind.TILE.value)).all()  # a tiled frame's assembly names it once
     finally:
         engine.dispose()
     if job is None:
         raise NotFoundError(f"job {job_id!r}: no such job")
-    return job
+    return job, sorted({frame for spec in specs for frame in parse_frames(spec)})
 
 
 def download(
@@ -101,14 +119,15 @@ def download(
     listed in `failed` and the others still come; only storage that stays unreachable stops it."""
     from renderfarm.storage import open_storage
 
-    job = read_job(settings, job_id)
-    outputs = job_outputs(job, tiles=tiles)
+    job, not_rendered = read_job(settings, job_id)
+    outputs = job_outputs(job, tiles=tiles, leaving=not_rendered)
     storage = open_storage(settings)
     prefix = output_prefix(job.id, tiles=tiles)
     listing = retrying(f"list {prefix}", lambda: list(storage.list(prefix)), within=DOWNLOAD_RETRY)
     stored = {o.key: o for o in listing}
     wanted = {out.key for out in outputs}
-    result = Downloaded(len(outputs), skipped=sorted(key for key in stored if key not in wanted))
+    result = Downloaded(len(outputs), skipped=sorted(key for key in stored if key not in wanted),
+                        not_rendered=not_rendered)
     present = [out for out in outputs if out.key in stored]
     result.missing = [out.name for out in outputs if out.key not in stored]
     try:

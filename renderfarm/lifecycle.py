@@ -16,12 +16,14 @@ from sqlalchemy import func, insert, select, update
 from renderfarm import outbox
 from renderfarm.models import (
     ATTEMPT_ACTIVE,
+    HOLD_DRAIN,
     JOB_FINAL,
     TASK_FINAL,
     Attempt,
     AttemptState,
     Job,
     JobState,
+    Node,
     Task,
     TaskKind,
     TaskState,
@@ -353,11 +355,13 @@ def see_worker(session: Session, beat: Heartbeat, now: float) -> Worker:
 
 
 def worker_offline(session: Session, name: str, now: float, why: str) -> list[Attempt]:
-    """A worker left or died: it goes offline and its live attempts are lost; returns them."""
+    """A worker left or died: it goes offline and its live attempts are lost; returns them. A
+    drain of it is over (it comes back taking work); a `disable` stays."""
     worker = session.get(Worker, name)
     if worker is not None:
         _change(worker, WorkerState.OFFLINE)
         worker.current_task = None
+    session.execute(update(Node).where(Node.name == name, Node.hold == HOLD_DRAIN).values(hold=None))
     attempts = session.scalars(
         select(Attempt).where(Attempt.worker == name, Attempt.state.in_([s.value for s in ATTEMPT_ACTIVE]))
     ).all()
@@ -431,21 +435,47 @@ def resume_job(session: Session, job: Job) -> bool:
 def retry_job(session: Session, job: Job, *, everything: bool) -> int:
     """Render the job's failed tasks again (with `everything`, every task but cancelled ones),
     each with its full number of attempts; returns how many tasks go back to pending."""
-    states = [TaskState.FAILED.value] + ([TaskState.DONE.value, TaskState.CANCELLED.value] if everything else [])
+    states = [TaskState.FAILED.value] + ([TaskState.DONE.value, TaskState.CANCELLED.value, TaskState.SKIPPED.value]
+                                         if everything else [])
     tasks = session.scalars(select(Task).where(Task.job_id == job.id, Task.state.in_(states))).all()
+    retry_tasks(session, job, list(tasks), reopen=everything)
+    return len(tasks)
+
+
+def retry_tasks(session: Session, job: Job, tasks: list[Task], *, reopen: bool = False) -> None:
+    """Render these final tasks again, each with its full number of attempts; a finished job
+    runs again (with `reopen`, even when no task is given)."""
     for task in tasks:
         _change(task, TaskState.WAITING if task.kind == TaskKind.ASSEMBLE.value else TaskState.PENDING)
         task.failures = 0
         task.error = None
         task.progress = 0.0
         task.finished_at = None
-    if tasks or everything:
+    if tasks or reopen:
         if job.state in {s.value for s in JOB_FINAL}:
             _change(job, JobState.RUNNING if job.started_at else JobState.QUEUED)
             job.finished_at = None
             job.error = None
     _release_waiting_assemblies(session, job, [t for t in tasks if t.kind == TaskKind.ASSEMBLE.value])
-    return len(tasks)
+
+
+def skip_tasks(session: Session, tasks: list[Task], now: float) -> list[Attempt]:
+    """`farm task skip`: the tasks are final without rendering (skipped, never faked); their live
+    attempts are cancelled, not counted as failures. Returns those attempts, for the caller to
+    take back from their workers."""
+    live = list(session.scalars(select(Attempt).where(
+        Attempt.task_id.in_([t.id for t in tasks]), Attempt.state.in_([s.value for s in ATTEMPT_ACTIVE])))) \
+        if tasks else []
+    for attempt in live:
+        _change(attempt, AttemptState.CANCELLED)
+        attempt.finished_at = now
+        attempt.error = "its task was skipped (farm task skip)"
+        _set_worker_task(session, attempt.worker, None)
+    for task in tasks:
+        _change(task, TaskState.SKIPPED)
+        task.progress = 0.0
+        task.finished_at = now
+    return live
 
 
 def _release_waiting_assemblies(session: Session, job: Job, assemblies: list[Task]) -> None:

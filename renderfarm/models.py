@@ -11,6 +11,8 @@ from sqlmodel import Field, SQLModel
 
 from renderfarm.states import (  # noqa: F401  (re-exported: the states are the tables' vocabulary)
     ATTEMPT_ACTIVE,
+    HOLD_DISABLE,
+    HOLD_DRAIN,
     JOB_FINAL,
     TASK_FINAL,
     AttemptState,
@@ -19,6 +21,7 @@ from renderfarm.states import (  # noqa: F401  (re-exported: the states are the 
     TaskKind,
     TaskState,
     WorkerState,
+    held_state,
 )
 
 
@@ -163,6 +166,7 @@ class Node(SQLModel, table=True):
     last_event_entry: str = Field(default="0-0", max_length=40)  # ...and its stream entry
     last_beat_seq: int = Field(default=0, sa_type=BigInteger)  # the newest heartbeat accepted
     refused: int = 0  # its entries and commands refused (dead letters)
+    hold: str | None = Field(default=None, max_length=16)  # HOLD_DRAIN or HOLD_DISABLE: it takes no new work
 
 
 class Notification(SQLModel, table=True):

@@ -23,6 +23,7 @@ class TaskState(str, Enum):
     DONE = "done"
     FAILED = "failed"
     CANCELLED = "cancelled"
+    SKIPPED = "skipped"  # `farm task skip`: final without rendering; its frames are not there
 
 
 class AttemptState(str, Enum):
@@ -56,8 +57,22 @@ class DeliveryState(str, Enum):
     SKIPPED = "skipped"  # no URL to send it to (no FARM_WEBHOOK_URL when it was due)
 
 
+# A node's hold (`farm worker drain|disable NAME`): it is given no new work. A drain ends when
+# the worker leaves the farm; a disable lasts until `farm worker enable`.
+HOLD_DRAIN, HOLD_DISABLE = "drain", "disable"
+HELD = {HOLD_DRAIN: "drained", HOLD_DISABLE: "disabled"}
+
+
+def held_state(hold: str | None, *, busy: bool) -> str:
+    """What a worker is, as its admin set it: `draining` while a drained worker still renders,
+    `drained` once it does not, `disabled`; `enabled` when not held."""
+    if hold == HOLD_DRAIN and busy:
+        return "draining"
+    return HELD.get(hold, "enabled")
+
+
 JOB_FINAL = {JobState.DONE, JobState.FAILED, JobState.CANCELLED}
-TASK_FINAL = {TaskState.DONE, TaskState.FAILED, TaskState.CANCELLED}
+TASK_FINAL = {TaskState.DONE, TaskState.FAILED, TaskState.CANCELLED, TaskState.SKIPPED}
 ATTEMPT_ACTIVE = {AttemptState.QUEUED, AttemptState.RUNNING}
 
 

@@ -13,7 +13,19 @@ from sqlalchemy import case, func, select
 from renderfarm.capabilities import parse_capabilities, worker_view
 from renderfarm.errors import InputError, NotFoundError, SchemaMissing
 from renderfarm.jobstatus import JOB_COLUMNS, JobStatus, summarize
-from renderfarm.models import Attempt, Job, JobState, Task, TaskKind, TaskState, Worker, WorkerState
+from renderfarm.models import (
+    ATTEMPT_ACTIVE,
+    Attempt,
+    Job,
+    JobState,
+    Node,
+    Task,
+    TaskKind,
+    TaskState,
+    Worker,
+    WorkerState,
+    held_state,
+)
 from renderfarm.scheduling import WorkerView
 
 if TYPE_CHECKING:
@@ -211,15 +223,20 @@ class WorkerRow:
     version: str
     site: str = "local"
     capabilities: dict[str, Any] | None = None  # renderers, memory, GPU, tags, as it advertised them
+    hold: str | None = None  # "drain" or "disable" (`farm worker drain|disable`)
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
 
 
 def list_workers(session: Session, live: dict[str, dict] | None = None) -> list[WorkerRow]:
-    """Workers the database knows, with live heartbeat data from Redis when it is reachable."""
+    """Workers the database knows, with live heartbeat data from Redis when it is reachable. A
+    held worker that is there shows its hold: `draining`, `drained` or `disabled`."""
     check_schema(session)
     rows = {w.name: w for w in session.scalars(select(Worker).order_by(Worker.name)).all()}
+    holds = dict(session.execute(select(Node.name, Node.hold).where(Node.hold.is_not(None))).all())
+    busy = set(session.scalars(select(Attempt.worker).where(
+        Attempt.state.in_([s.value for s in ATTEMPT_ACTIVE])).distinct())) if holds else set()
     out = []
     for name in sorted(set(rows) | set(live or {})):
         w = rows.get(name)
@@ -231,6 +248,8 @@ def list_workers(session: Session, live: dict[str, dict] | None = None) -> list[
             task = beat.get("task", task)
         elif live is not None and state != WorkerState.OFFLINE.value:
             state = "missing"  # no heartbeat: dead, or the manager has not noticed yet
+        if name in holds and state not in (WorkerState.OFFLINE.value, "missing"):
+            state = held_state(holds[name], busy=name in busy)
         out.append(
             WorkerRow(
                 name=name,
@@ -244,6 +263,7 @@ def list_workers(session: Session, live: dict[str, dict] | None = None) -> list[
                 version=(beat or {}).get("version") or (w.version if w else ""),
                 site=(beat or {}).get("site") or (w.site if w else "local"),
                 capabilities=parse_capabilities((beat or {}).get("capabilities") or (w.capabilities if w else None)),
+                hold=holds.get(name),
             )
         )
     return out

@@ -3,14 +3,37 @@ tick, or running), and acting as it: its sealed events and heartbeats, as a work
 
 from __future__ import annotations
 
+import hashlib
+import io
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from PIL import Image
+from sqlalchemy import select
+
 from renderfarm import keys, presence, streams
+from renderfarm.db import session_scope
 from renderfarm.enrollment import NodeCredentials, credentials_for, write_credentials
+from renderfarm.frames import frame_name
+from renderfarm.models import Attempt, AttemptState, Job, Task
 from renderfarm.nodes import Sequence
-from renderfarm.wire import Heartbeat, Message, NodeAddIntent, Sealed
+from renderfarm.status import list_workers
+from renderfarm.storage.keys import attempt_prefix
+from renderfarm.wire import (
+    Done,
+    Failed,
+    Heartbeat,
+    JobSpec,
+    Message,
+    NodeAddIntent,
+    Output,
+    Sealed,
+    Started,
+    SubmitIntent,
+    Usage,
+    WorkerHoldIntent,
+)
 
 
 def enroll_in_process(manager, name: str, *, pool: str = "default", site: str = "local",
@@ -115,3 +138,115 @@ def cli_node(env: dict, name: str, folder: Path, *args: str) -> list[str]:
     path = folder / f"{name}.farm-node"
     run_farm("node", "add", name, "-o", str(path), *args, env=env)
     return [str(BIN / "farm-worker"), "--credentials", str(path)]
+
+
+SHA = "ab" * 32
+SPEC = JobSpec(name="shot", owner="ana", renderer="null", scene_name="shot.toml", scene_key=f"scenes/{SHA}.toml",
+               scene_sha256=SHA, frames="1-6", width=64, height=36)
+
+
+def _png() -> bytes:
+    buf = io.BytesIO()
+    Image.new("RGB", (64, 36), (200, 30, 30)).save(buf, "PNG")
+    return buf.getvalue()
+
+
+PNG = _png()
+
+
+class SteppedFarm:
+    """A manager in this process and enrolled nodes the test acts as, stepped by the test: the
+    nodes beat, start attempts and render them (a real PNG where the manager looks for it)."""
+
+    def __init__(self, manager, names: tuple[str, ...]) -> None:
+        self.manager = manager
+        self.nodes = {name: ActingNode(enroll_in_process(manager, name)) for name in names}
+        self.requests = 0
+
+    def beat(self, *names: str) -> None:
+        for name in names or tuple(self.nodes):
+            self.nodes[name].beat(self.manager.r, ttl=30.0)
+        self.manager.tick()
+
+    def ask(self, intent) -> object:
+        streams.send_intent(self.manager.r, intent)
+        self.manager.tick()
+        return streams.await_reply(self.manager.r, intent.request_id, 5)
+
+    def request_id(self) -> str:
+        self.requests += 1
+        return f"{self.requests:032x}"
+
+    def hold(self, name: str, hold: str):
+        return self.ask(WorkerHoldIntent(request_id=self.request_id(), name=name, hold=hold))
+
+    def submit(self, spec: JobSpec = SPEC) -> str:
+        reply = self.ask(SubmitIntent(request_id=self.request_id(), job=spec))
+        assert reply.ok, reply
+        return reply.job_id
+
+    def start(self, attempt_id: int) -> None:
+        """Act as the attempt's node: it starts rendering."""
+        worker = next(w for a, w, _ in self.attempts() if a == attempt_id)
+        self.nodes[worker].post(self.manager.r, Started(worker=worker, attempt_id=attempt_id, elapsed=0.1))
+        self.manager.tick()
+
+    def task_id(self, index: int) -> int:
+        with session_scope(self.manager.engine) as s:
+            return s.scalars(select(Task.id).where(Task.index == index)).one()
+
+    def task_of(self, attempt_id: int) -> int:
+        """The index of an attempt's task."""
+        with session_scope(self.manager.engine) as s:
+            return s.get(Task, s.get(Attempt, attempt_id).task_id).index
+
+    def fail(self, attempt_id: int) -> None:
+        """Act as the attempt's node: its render failed."""
+        worker = next(w for a, w, _ in self.attempts() if a == attempt_id)
+        self.nodes[worker].post(self.manager.r, Failed(worker=worker, attempt_id=attempt_id, error="it broke"))
+        self.manager.tick()
+
+    def tasks(self) -> dict[int, str]:
+        """Task index -> state, of the one job."""
+        with session_scope(self.manager.engine) as s:
+            return dict(s.execute(select(Task.index, Task.state).order_by(Task.index)).all())
+
+    def attempts(self, state: AttemptState | None = None) -> list[tuple[int, str, str]]:
+        """(attempt id, worker, state), oldest first."""
+        with session_scope(self.manager.engine) as s:
+            query = select(Attempt.id, Attempt.worker, Attempt.state).order_by(Attempt.id)
+            if state is not None:
+                query = query.where(Attempt.state == state.value)
+            return [tuple(row) for row in s.execute(query).all()]
+
+    def render_all(self) -> None:
+        """Render whatever is queued, as its nodes, until nothing is."""
+        while queued := self.attempts(AttemptState.QUEUED):
+            for attempt_id, _, _ in queued:
+                self.render(attempt_id)
+            self.beat()
+
+    def render(self, attempt_id: int) -> None:
+        """Act as the attempt's node: start it, upload its frame where the manager looks, report it."""
+        with session_scope(self.manager.engine) as s:
+            attempt = s.get(Attempt, attempt_id)
+            task, job = s.get(Task, attempt.task_id), s.get(Job, attempt.job_id)
+            worker, frame = attempt.worker, task.first_frame
+            key = attempt_prefix(worker, job.id, task.index, attempt.number) + frame_name(job.name, frame, "png")
+        node = self.nodes[worker]
+        node.post(self.manager.r, Started(worker=worker, attempt_id=attempt_id, elapsed=0.1))
+        frame_file = Path(self.manager.settings.state_dir) / "frame.png"
+        frame_file.write_bytes(PNG)
+        self.manager.storage.put_file(key, frame_file, sha256=hashlib.sha256(PNG).hexdigest())  # as a worker does
+        node.post(self.manager.r, Done(worker=worker, attempt_id=attempt_id, usage=Usage(wall=1.0), outputs=(
+            Output(frame=frame, sha256=hashlib.sha256(PNG).hexdigest(), size=len(PNG)),)))
+        self.manager.tick()
+
+    def shown(self) -> dict[str, str]:
+        live = {name: {"state": "idle"} for name in self.nodes}
+        with session_scope(self.manager.engine) as s:
+            return {w.name: w.state for w in list_workers(s, live)}
+
+    def job_state(self) -> str:
+        with session_scope(self.manager.engine) as s:
+            return s.scalars(select(Job.state)).one()

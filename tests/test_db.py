@@ -128,7 +128,7 @@ def test_upgrade_creates_schema_and_is_idempotent(database_url):
     engine = make_engine(database_url, writer=True)
     try:
         assert current_revision(engine) is None
-        assert head_revision() == "0010"
+        assert head_revision() == "0011"
         upgrade(engine)
         assert current_revision(engine) == head_revision()
         assert set(inspect(engine).get_table_names()) == TABLES
@@ -138,7 +138,7 @@ def test_upgrade_creates_schema_and_is_idempotent(database_url):
         assert set(inspect(engine).get_table_names()) == TABLES
         assert snapshot(engine, "job00001")[0] == "queued"
         with engine.connect() as conn:
-            assert conn.execute(text("SELECT version_num FROM alembic_version")).scalars().all() == ["0010"]
+            assert conn.execute(text("SELECT version_num FROM alembic_version")).scalars().all() == ["0011"]
     finally:
         engine.dispose()
 
@@ -410,7 +410,7 @@ def test_job_status_counts_and_progress(engine):
     with session_scope(engine) as s:
         status = job_status(s, s.get(Job, job_id), now=1030.0)
     assert status.counts == {"waiting": 0, "pending": 0, "queued": 1, "running": 1, "done": 1, "failed": 0,
-                             "cancelled": 0}
+                             "cancelled": 0, "skipped": 0}
     assert (status.state, status.frames, status.tasks, status.frames_done) == ("running", 10, 3, 4)
     assert status.progress == 0.6  # 4 done frames + half of a 4-frame task, of 10
     assert (status.started_at, status.finished_at, status.elapsed) == (1000.0, None, 30.0)
@@ -439,7 +439,7 @@ def test_job_status_of_finished_and_untouched_jobs(engine):
     assert (status.state, status.progress, status.frames_done, status.elapsed, status.eta) == (
         "done", 1.0, 3, 4.0, None)
     assert status.to_json()["counts"] == {"waiting": 0, "pending": 0, "queued": 0, "running": 0, "done": 3,
-                                           "failed": 0, "cancelled": 0}
+                                           "failed": 0, "cancelled": 0, "skipped": 0}
 
 
 def test_resolve_job(engine):
@@ -498,7 +498,7 @@ def test_list_tasks_shows_every_attempt_and_its_worker(engine):
         pending = list_tasks(s, s.get(Job, job_id), state="pending")
         with pytest.raises(NotFoundError) as e:
             list_tasks(s, s.get(Job, job_id), state="bogus")
-    assert str(e.value) == "state: 'bogus' is not one of cancelled, done, failed, pending, queued, running, waiting"
+    assert str(e.value) == "state: 'bogus' is not one of cancelled, done, failed, pending, queued, running, skipped, waiting"
     assert [r.to_json() for r in rows] == [
         {
             "id": "job00010:0", "index": 0, "frames": "1,2", "state": "done", "worker": "w2", "progress": 1.0,

@@ -232,3 +232,81 @@ def test_a_blocked_job_says_so_and_why_on_its_row_and_the_status_line(managed):
             await pilot.press("q")
 
     asyncio.run(drive())
+
+
+def test_tab_then_d_D_e_drain_disable_and_enable_the_worker_under_the_cursor(managed):
+    """Two enrolled nodes beating as workers: Tab moves to the workers, each key holds the worker
+    under the cursor (the manager applies it), and its row shows what it is now."""
+    from nodekit import ActingNode
+
+    from renderfarm.enrollment import enroll
+    from renderfarm.models import Node
+    from renderfarm.redisconn import connect
+
+    settings, engine = managed
+    r = connect(settings)
+    nodes = {name: ActingNode(enroll(settings, name)) for name in ("wa", "wb")}
+    for node in nodes.values():
+        node.beat(r, ttl=60.0)
+
+    def hold(name: str) -> str | None:
+        with session_scope(engine) as s:
+            return s.get(Node, name).hold
+
+    async def drive() -> None:
+        app = farm_top(settings)
+        async with app.run_test(size=SIZE) as pilot:
+            workers = app.farm.query_one("#workers")
+            await until(pilot, lambda: workers.ids == ["wa", "wb"], 20, "the two worker rows")
+            await pilot.press("d")  # the jobs table has the keys: no worker is selected there
+            await until(pilot, lambda: any("no worker selected" in line for line in screen_lines(app)), 5, "a hint")
+            assert hold("wa") is None
+            await pilot.press("tab", "down")
+            assert workers.selected_id() == "wb"
+            await pilot.press("d")
+            await until(pilot, lambda: hold("wb") == "drain", 10, "wb drained")
+            await until(pilot, lambda: any("wb" in line and "drained" in line for line in screen_lines(app)), 10,
+                        "wb shown drained")
+            await pilot.press("D")
+            await until(pilot, lambda: hold("wb") == "disable", 10, "wb disabled")
+            await pilot.press("up", "D")
+            await until(pilot, lambda: hold("wa") == "disable", 10, "wa disabled")
+            await pilot.press("e")
+            await until(pilot, lambda: hold("wa") is None, 10, "wa enabled")
+            assert hold("wb") == "disable"
+            await pilot.press("q")
+
+    asyncio.run(drive())
+    r.close()
+
+
+def test_in_a_jobs_tasks_k_r_s_kill_retry_and_skip_the_task_under_the_cursor(managed):
+    settings, engine = managed
+
+    def state(index: int) -> str:
+        with session_scope(engine) as s:
+            return s.scalars(select(Task.state).where(Task.job_id == "a0000001", Task.index == index)).one()
+
+    async def drive() -> None:
+        app = farm_top(settings)
+        async with app.run_test(size=SIZE) as pilot:
+            jobs = app.farm.query_one("#jobs")
+            await until(pilot, lambda: jobs.ids == [j for j, _ in JOBS], 10, "the three job rows")
+            await pilot.press("enter")
+            tasks = await until(pilot, lambda: app.screen.query("#tasks") and app.screen.query_one("#tasks"), 5,
+                                "the tasks screen")
+            await until(pilot, lambda: len(tasks.ids) == 4, 10, "its four tasks")
+            await pilot.press("down")
+            key = tasks.selected_id()
+            index = int(key.rsplit(":", 1)[1])
+            await pilot.press("s")
+            await until(pilot, lambda: state(index) == "skipped", 10, "the task skipped")
+            await until(pilot, lambda: any("skipped" in line for line in screen_lines(app)), 10, "its row skipped")
+            await pilot.press("r")
+            await until(pilot, lambda: state(index) == "pending", 10, "the task pending again")
+            await pilot.press("k")  # nothing renders it: said so, nothing changes
+            await until(pilot, lambda: any("nothing to do" in line for line in screen_lines(app)), 10, "the refusal")
+            assert state(index) == "pending"
+            await pilot.press("escape", "q")
+
+    asyncio.run(drive())

@@ -27,11 +27,16 @@ STYLES = dict(
         "done": "green",
         "failed": "bold red",
         "cancelled": "dim",
+        "skipped": "dim",  # `farm task skip`: never rendered
         "idle": "green",
         "busy": "bold blue",
         "stopping": "yellow",
         "offline": "dim",
         "missing": "red",
+        "draining": "yellow",  # `farm worker drain`: finishing what it has
+        "drained": "magenta",
+        "disabled": "magenta",
+        "enabled": "green",
         "unschedulable": "yellow",
         "waiting": "cyan",  # a job whose --after job is not done yet
         "blocked": "bold yellow",  # one whose --after job failed or was cancelled

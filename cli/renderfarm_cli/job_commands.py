@@ -381,6 +381,11 @@ def download(
         if "p" in progress:
             progress["p"].__exit__(None, None, None)
     _report_skipped(job_id, what, result.skipped)
+    if result.not_rendered:
+        from renderfarm.frames import format_frames
+
+        note(f"job {job_id}: {counted(len(result.not_rendered), 'frame')} skipped (`farm task skip`), never "
+             f"rendered: {format_frames(result.not_rendered)}")
     for line in result.failed:
         note(one_line(f"not downloaded: {line}"))
     if tiles and not result.paths and not result.failed:

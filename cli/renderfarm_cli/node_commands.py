@@ -72,7 +72,7 @@ def list_(json_: Annotated[bool, typer.Option("--json", help="Print JSON instead
             with session_scope(engine) as session:
                 rows = [{"name": n.name, "node_id": n.node_id, "site": n.site, "pool": n.pool,
                          "tags": n.tags.split(",") if n.tags else [], "enrolled_at": n.created_at,
-                         "revoked_at": n.revoked_at, "refused": n.refused}
+                         "revoked_at": n.revoked_at, "refused": n.refused, "hold": n.hold}
                         for n in session.scalars(select(Node).order_by(Node.name))]
         finally:
             engine.dispose()
@@ -84,11 +84,13 @@ def list_(json_: Annotated[bool, typer.Option("--json", help="Print JSON instead
         return
     from rich.table import Table
 
+    from renderfarm.states import HELD
+
     table = Table(box=None, header_style="bold")
     for col in ("NODE", "ID", "SITE", "POOL", "TAGS", "ENROLLED", "STATE", "REFUSED"):
         table.add_column(col, justify="right" if col == "REFUSED" else "left")
     for n in rows:
-        state = f"revoked {age(n['revoked_at'])}" if n["revoked_at"] else "enrolled"
+        state = f"revoked {age(n['revoked_at'])}" if n["revoked_at"] else HELD.get(n["hold"], "enrolled")
         table.add_row(n["name"], n["node_id"], n["site"], n["pool"], ",".join(n["tags"]) or "-",
                       age(n["enrolled_at"]), state, str(n["refused"]))
     out().print(table)

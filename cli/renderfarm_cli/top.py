@@ -111,6 +111,9 @@ def _job_screens():
             Binding("escape", "app.pop_screen", "Back"),
             Binding("l", "open_log", "Log"),
             Binding("f", "toggle_failed", "Failed only"),
+            Binding("k", "task('kill')", "Kill"),
+            Binding("r", "task('retry')", "Retry"),
+            Binding("s", "task('skip')", "Skip"),
         ]
 
         def __init__(self, dashboard, job_id: str) -> None:
@@ -158,7 +161,8 @@ def _job_screens():
             which = "failed task(s)" if self.only_failed else "task(s)"
             self.query_one("#title", Static).update(f" {len(rows)} {which} of job {self.job_id}")
             self.query_one("#status", Static).update(
-                styled(f" read {time.strftime('%H:%M:%S')} · Enter or l opens a task's log", "dim"))
+                styled(f" read {time.strftime('%H:%M:%S')} · Enter or l opens a task's log · k kill, r retry, s skip it",
+                       "dim"))
 
         def on_data_table_row_selected(self, event: DataTable.RowSelected) -> None:
             key = event.data_table.id_at(event.cursor_row)
@@ -173,6 +177,26 @@ def _job_screens():
         async def action_toggle_failed(self) -> None:
             self.only_failed = not self.only_failed
             await self.reload()
+
+        def action_task(self, action: str) -> None:
+            """Kill, retry or skip the task under the cursor (the manager applies it)."""
+            key = self.query_one("#tasks", DataTable).selected_id()
+            if key is None:
+                return
+            self.query_one("#status", Static).update(styled(f" task {key}: {action}…", "dim"))
+            self.run_worker(self._send_task(action, key), group="verbs")
+
+        async def _send_task(self, action: str, key: str) -> None:
+            from renderfarm.client import task_verb
+
+            status = self.query_one("#status", Static)
+            try:
+                await asyncio.to_thread(task_verb, self.dashboard.settings, action, [key])
+            except Exception as e:
+                status.update(styled(" " + error_text(e), "error"))
+                return
+            await self.reload()
+            status.update(styled(f" task {key}: {action} applied", "ok"))
 
     return JobTasks, TaskLog
 
@@ -201,6 +225,9 @@ def _farm_screen():
             Binding("p", "priority", "Priority"),
             Binding("c", "cancel", "Cancel"),
             Binding("enter", "open_tasks", "Tasks"),
+            Binding("d", "hold('drain')", "Drain worker"),
+            Binding("D", "hold('disable')", "Disable worker", show=False),
+            Binding("e", "hold('enable')", "Enable worker", show=False),
         ]
 
         def __init__(self, dashboard) -> None:
@@ -213,9 +240,9 @@ def _farm_screen():
         def compose(self) -> ComposeResult:
             yield Static(" reading the farm…", id="summary")
             yield KeyedTable(job_columns(self.app.size.width), id="jobs", cursor_type="row", zebra_stripes=True)
-            workers = KeyedTable(WORKER_COLUMNS, id="workers", cursor_type="none")
-            workers.can_focus = False  # the keys always act on the jobs table
-            yield workers
+            # Tab moves between the tables: the job keys act on the job under the jobs' cursor,
+            # the worker keys (d, D, e) on the worker under the workers' cursor.
+            yield KeyedTable(WORKER_COLUMNS, id="workers", cursor_type="row")
             yield Static("", id="activity")
             yield Static("", id="failures")
             yield Static("", id="status")
@@ -282,7 +309,8 @@ def _farm_screen():
             elif self.snap and not self.snap.jobs:
                 text = styled(" no jobs yet: `farm submit SCENE` queues one", "dim")
             else:
-                text = styled(" ↑↓ select a job · Enter: its tasks · S: suspend and kill · ?: all keys", "dim")
+                text = styled(" ↑↓ select a job · Enter: its tasks · Tab: the workers (d drain, D disable, e enable)"
+                              " · ?: all keys", "dim")
             self.query_one("#status", Static).update(text)
 
         def highlighted(self):
@@ -296,6 +324,27 @@ def _farm_screen():
             if job is None:
                 self.say("no job selected", error=True)
             return job
+
+        def action_hold(self, hold: str) -> None:
+            """Drain, disable or enable the worker under the workers' cursor."""
+            workers = self.query_one("#workers", DataTable)
+            name = workers.selected_id() if workers.has_focus else None
+            if name is None:
+                self.say("no worker selected: Tab moves to the workers", error=True)
+                return
+            self.say(f"worker {name}: {hold}…")
+            self.run_worker(self._hold(name, hold), group="verbs")
+
+        async def _hold(self, name: str, hold: str) -> None:
+            from renderfarm.client import hold_worker
+
+            try:
+                reply = await asyncio.to_thread(hold_worker, self.dashboard.settings, name, hold)
+            except Exception as e:
+                self.say(error_text(e), error=True)
+                return
+            self.say(f"worker {name}: {hold} applied; now {reply.state}")
+            await self.reload()
 
         def on_data_table_row_highlighted(self, event: DataTable.RowHighlighted) -> None:
             if event.data_table.id == "jobs":

@@ -15,7 +15,7 @@ from renderfarm import lifecycle
 from renderfarm.errors import RenderFarmError, StorageError, VerificationError
 from renderfarm.manager.expected import expected_outputs, frame_tile_keys
 from renderfarm.manager.submission import submit
-from renderfarm.manager.verbs import apply_verb
+from renderfarm.manager.verbs import apply_hold, apply_task_verb, apply_verb
 from renderfarm.models import Attempt, Job, Task, TaskKind
 from renderfarm.wire import (
     Bye,
@@ -28,6 +28,8 @@ from renderfarm.wire import (
     Reply,
     Started,
     SubmitIntent,
+    TaskIntent,
+    WorkerHoldIntent,
 )
 
 if TYPE_CHECKING:
@@ -108,6 +110,10 @@ def apply_intent(session: Session, settings: Settings, r, intent: Intent, batch:
             reply = nodebook.enroll(session, settings, r, book, intent, now)
         elif isinstance(intent, NodeRevokeIntent):
             reply = nodebook.revoke(session, settings, r, book, intent, batch, now)
+        elif isinstance(intent, WorkerHoldIntent):
+            reply = apply_hold(session, r, intent, batch, now, book)
+        elif isinstance(intent, TaskIntent):
+            reply = apply_task_verb(session, r, intent, batch, now, book)
         else:
             reply = apply_verb(session, r, intent, batch, now, book)
     except RenderFarmError as e:

@@ -22,7 +22,7 @@ from renderfarm.manager.leader import LeaderLock
 from renderfarm.manager.nodebook import AclWatch, NodeBook, restore_all, restore_missing
 from renderfarm.manager.notifier import Notifier
 from renderfarm.manager.reconcile import SWEEP_EVERY, Reconciler
-from renderfarm.models import Job, Node, Worker, WorkerState
+from renderfarm.models import HOLD_DRAIN, Job, Node, Worker, WorkerState
 from renderfarm.redisconn import connect
 from renderfarm.scheduling import WorkerView
 from renderfarm.storage import open_storage
@@ -304,6 +304,9 @@ class Manager:
     def _after_commit(self, batch: Batch) -> None:
         for worker in batch.left_workers:
             queues.withdraw_queue(self.r, worker)
+            node = self.book.get(worker)
+            if node is not None and node.hold == HOLD_DRAIN:  # its drain ended with it (lifecycle.worker_offline)
+                node.hold = None
         queues.release_leases(self.r, batch.released, [self.book.rq_id(w, a) for w, a in batch.abandoned])
         self._doomed += batch.delete_keys
         self.delete_doomed()
@@ -464,6 +467,10 @@ class Manager:
             caps["tags"] = sorted(set(node.tags) | {t for t in caps.get("tags", ()) if t == "gpu"})
         return worker_view(beat.name, pool, site, caps or None, price)
 
+    def _held(self, name: str) -> bool:
+        node = self.book.get(name)
+        return node is not None and node.hold is not None
+
     def make_way(self) -> None:
         """Withdraw prefetched attempts that a more urgent job's pending tasks outrank, so those
         start as soon as a worker frees up (a new high-priority job, or `farm priority`)."""
@@ -480,7 +487,7 @@ class Manager:
         """Fill every live worker's queue; returns how many attempts were handed out."""
         views = [
             self._view(beat) for name, beat in self.live.items()
-            if beat.state != WorkerState.STOPPING.value and name in self._written_at
+            if beat.state != WorkerState.STOPPING.value and name in self._written_at and not self._held(name)
         ]
         if not views:
             return 0

@@ -42,6 +42,7 @@ class NodeEntry:
     pool: str = "default"  # where it was enrolled: what it says of itself does not count
     site: str = "local"
     tags: tuple[str, ...] = ()
+    hold: str | None = None  # drained or disabled (`farm worker drain|disable`): it is given nothing new
 
     def fresh(self, entry_id: str, seq: int) -> bool:
         """Whether an event (its stream entry and sequence number) may be applied: an entry read
@@ -67,7 +68,8 @@ class NodeBook:
     def load(self, session: Session) -> None:
         self.nodes = {
             n.name: NodeEntry(n.name, n.node_id, n.key, n.revoked_at is not None, n.last_event_seq,
-                              n.last_event_entry, n.last_beat_seq, n.pool, n.site, tuple((n.tags or "").split(",")) if n.tags else ())
+                              n.last_event_entry, n.last_beat_seq, n.pool, n.site,
+                              tuple((n.tags or "").split(",")) if n.tags else (), n.hold)
             for n in session.scalars(select(Node))
         }
 
@@ -133,7 +135,7 @@ def enroll(session: Session, settings: Settings, r: Redis, book: NodeBook, inten
     if again:
         _disconnect(r, intent.name)
     book.nodes[intent.name] = NodeEntry(intent.name, node_id, key, pool=intent.pool, site=intent.site,
-                                        tags=tuple(intent.tags))
+                                        tags=tuple(intent.tags), hold=node.hold)  # new secrets, same hold
     log.info("node %s %s (%s)", intent.name, "enrolled again: its old credentials no longer work" if again
              else "enrolled", node_id)
     grant = NodeGrant(name=intent.name, node_id=node_id, key=key, redis_user=nodes.redis_user(intent.name),

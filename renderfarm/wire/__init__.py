@@ -4,8 +4,9 @@ value) and one `to_json()`. Both ends of every hop use the same class.
 
     hop                                 messages
     control stream   CLI -> manager     SubmitIntent (a JobSpec), CancelIntent, SuspendIntent,
-                                        ResumeIntent, RetryIntent, PriorityIntent, NodeAddIntent,
-                                        NodeRevokeIntent: parse_intent()
+                                        ResumeIntent, RetryIntent, PriorityIntent, SetIntent, TaskIntent,
+                                        NodeAddIntent,
+                                        NodeRevokeIntent, WorkerHoldIntent: parse_intent()
     reply list       manager -> CLI     Reply (with a NodeGrant for an enrolled node)
     node's queue     manager -> node    TaskOrder, Sealed with the node's key
     node's heartbeat node -> manager    Heartbeat, Sealed
@@ -44,8 +45,11 @@ from renderfarm.wire.intents import (
     Reply,
     ResumeIntent,
     RetryIntent,
+    SetIntent,
     SuspendIntent,
+    TaskIntent,
     VerbIntent,
+    WorkerHoldIntent,
     parse_intent,
 )
 from renderfarm.wire.orders import Box, TaskOrder
@@ -56,6 +60,7 @@ __all__ = [
     "AttemptEvent", "Box", "Bye", "CancelIntent", "Capabilities", "DeadLetter", "Done", "Event", "Failed",
     "Heartbeat", "Intent", "JobSpec", "Limits", "Message", "NodeAddIntent", "NodeGrant", "NodeRevokeIntent",
     "Output", "PriorityIntent", "Progress", "Refused", "Released", "RenderOptions", "Reply", "ResumeIntent",
-    "RetryIntent", "Sealed", "Started", "SubmitIntent",
-    "SuspendIntent", "TaskOrder", "Usage", "VerbIntent", "WireError", "parse_event", "parse_intent",
+    "RetryIntent", "Sealed", "SetIntent", "Started", "SubmitIntent",
+    "SuspendIntent", "TaskIntent", "TaskOrder", "Usage", "VerbIntent", "WireError", "WorkerHoldIntent", "parse_event",
+    "parse_intent",
 ]

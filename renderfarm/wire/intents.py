@@ -7,10 +7,21 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
-from renderfarm.wire.base import JobId, Message, NodeName, RequestId, ShortSlug, Tag, Text, union_parser
-from renderfarm.wire.submission import SubmitIntent
+from renderfarm.wire.base import (
+    MAX_WORKERS_CAP,
+    JobId,
+    Message,
+    NodeName,
+    RequestId,
+    ShortSlug,
+    Tag,
+    Text,
+    WireError,
+    union_parser,
+)
+from renderfarm.wire.submission import MAX_TIMEOUT, SubmitIntent
 
 
 class CancelIntent(Message):
@@ -61,6 +72,53 @@ class PriorityIntent(Message):
     priority: Annotated[int, Field(ge=0, le=100)]
 
 
+class SetIntent(Message):
+    """`farm set JOB [--timeout S] [--max-workers N] [--pool P] [--require TAG ...] [--retries N]`:
+    a job's settings changed; running attempts keep those they started with, new ones get these
+    (its prefetched attempts are handed out again). `max_workers` 0 lifts the cap; `requires` ()
+    lets any worker render it; `retries` is how many times a failed task is tried again."""
+
+    what = "intent set"
+    type: Literal["set"] = "set"
+    request_id: RequestId
+    job: JobId
+    timeout: Annotated[float, Field(ge=1, le=MAX_TIMEOUT)] | None = None
+    max_workers: Annotated[int, Field(ge=0, le=MAX_WORKERS_CAP)] | None = None
+    pool: ShortSlug | None = None
+    requires: Annotated[tuple[Tag, ...], Field(max_length=32)] | None = None
+    retries: Annotated[int, Field(ge=0, le=100)] | None = None
+
+    @model_validator(mode="after")
+    def _something(self) -> SetIntent:
+        if all(getattr(self, f) is None for f in SETTABLE):
+            raise WireError("intent set: nothing to change (give --timeout, --max-workers, --pool, --require or --retries)")
+        return self
+
+
+SETTABLE = ("timeout", "max_workers", "pool", "requires", "retries")
+
+
+class TaskIntent(Message):
+    """`farm task kill|retry|skip JOB:TASK...`: `kill` stops a task's running attempt (a failure:
+    retried per the job's retries), `retry` renders final tasks again, `skip` makes tasks final
+    without rendering (skipped, never faked). The tasks are named by index, or by `frames` (every
+    task whose frames all lie in the range)."""
+
+    what = "intent task"
+    type: Literal["task"] = "task"
+    request_id: RequestId
+    job: JobId
+    action: Literal["kill", "retry", "skip"]
+    tasks: Annotated[tuple[Annotated[int, Field(ge=0, le=2**31)], ...], Field(max_length=10_000)] = ()
+    frames: Annotated[str, Field(min_length=1, max_length=4096)] | None = None
+
+    @model_validator(mode="after")
+    def _named(self) -> TaskIntent:
+        if bool(self.tasks) == (self.frames is not None):
+            raise WireError("intent task: name tasks (JOB:TASK) or frames (JOB:frames=A-B), one of them")
+        return self
+
+
 class NodeAddIntent(Message):
     """`farm node add NAME`: enroll a render node (again: its old credentials stop working)."""
 
@@ -82,14 +140,26 @@ class NodeRevokeIntent(Message):
     name: NodeName
 
 
-Intent = (SubmitIntent | CancelIntent | SuspendIntent | ResumeIntent | RetryIntent | PriorityIntent | NodeAddIntent
-          | NodeRevokeIntent)
-VerbIntent = CancelIntent | SuspendIntent | ResumeIntent | RetryIntent | PriorityIntent
+class WorkerHoldIntent(Message):
+    """`farm worker drain|disable|enable NAME`: the node finishes what it renders and takes
+    nothing new (its prefetched tasks go elsewhere); `drain` ends when the worker leaves the farm,
+    `disable` lasts across its restarts; `enable` ends either."""
+
+    what = "intent worker"
+    type: Literal["worker"] = "worker"
+    request_id: RequestId
+    name: NodeName
+    hold: Literal["drain", "disable", "enable"]
+
+
+Intent = (SubmitIntent | CancelIntent | SuspendIntent | ResumeIntent | RetryIntent | PriorityIntent | SetIntent
+          | TaskIntent | NodeAddIntent | NodeRevokeIntent | WorkerHoldIntent)
+VerbIntent = CancelIntent | SuspendIntent | ResumeIntent | RetryIntent | PriorityIntent | SetIntent
 INTENT_MAX_BYTES = SubmitIntent.MAX_BYTES
 
 parse_intent = union_parser(
-    "intent", (SubmitIntent, CancelIntent, SuspendIntent, ResumeIntent, RetryIntent, PriorityIntent, NodeAddIntent,
-               NodeRevokeIntent),
+    "intent", (SubmitIntent, CancelIntent, SuspendIntent, ResumeIntent, RetryIntent, PriorityIntent, SetIntent,
+               TaskIntent, NodeAddIntent, NodeRevokeIntent, WorkerHoldIntent),
     INTENT_MAX_BYTES,
 )
 
@@ -116,7 +186,8 @@ class Reply(Message):
     ok: bool
     error: Text | None = None
     job_id: JobId | None = None
-    state: Annotated[str, Field(max_length=16)] | None = None
+    state: Annotated[str, Field(max_length=16)] | None = None  # a job's, or a held worker's
     priority: Annotated[int, Field(ge=0, le=100)] | None = None
     changed: bool | None = None
     node: NodeGrant | None = None
+    tasks: Annotated[tuple[int, ...], Field(max_length=10_000)] | None = None  # those a task verb changed

@@ -135,7 +135,12 @@ def test_progress_counts_tiles(farm):
     from renderfarm.status import job_status, resolve_job
 
     root, env = farm
-    job = submit(env, "--frames", "1-2", "--tiles", "2x2", "--name", "prog")
+    # Tiles slow enough (32 samples, not 4) that the time between a frame's first committed tile
+    # and its assembly is seconds, not a blink a loaded machine's polling can miss.
+    slow = root / "slow-orbit.toml"
+    slow.write_text(SHOT.read_text().replace("samples = 4", "samples = 32", 1))
+    job = json.loads(run_farm("submit", str(slow), "--frames", "1-2", "--tiles", "2x2", "--name", "prog", "--json",
+                              env=env).stdout)["id"]
     engine = make_engine(load_settings(env, cwd=root).database_url)
     seen = []
 

@@ -105,19 +105,23 @@ def _deliveries(r: Redis, stream: str, entries) -> dict[str, int]:
     return out
 
 
-def ack(r: Redis, stream: str, entry_ids: list[str], keep_from: str | None = None) -> None:
+def ack(r: Redis, stream: str, entry_ids: list[str], keep_from: str | None = None, *, pipe=None) -> None:
     """Acknowledge applied entries and trim the stream up to the last of them, but never past
-    `keep_from` (an entry read but deferred, to be applied later)."""
+    `keep_from` (an entry read but deferred, to be applied later). With `pipe` (a pipeline of
+    `r`), the commands join it for the caller to send: one round trip for many streams."""
     if not entry_ids:
         return
     trim_to = max(entry_ids, key=entry_order)
     if keep_from is not None and entry_order(keep_from) < entry_order(trim_to):
         trim_to = keep_from
-    pipe = r.pipeline(transaction=False)
+    own = pipe is None
+    if own:
+        pipe = r.pipeline(transaction=False)
     pipe.xack(stream, keys.MANAGER_GROUP, *entry_ids)
     # MINID at the last acknowledged id, never a blind MAXLEN (FACTS.md).
     pipe.xtrim(stream, minid=trim_to, approximate=False)
-    pipe.execute()
+    if own:
+        pipe.execute()
 
 
 def entry_order(entry_id: str) -> tuple[int, int]:

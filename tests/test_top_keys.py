@@ -310,3 +310,32 @@ def test_in_a_jobs_tasks_k_r_s_kill_retry_and_skip_the_task_under_the_cursor(man
             await pilot.press("escape", "q")
 
     asyncio.run(drive())
+
+
+def test_o_opens_the_settings_form_and_enter_sets_what_was_typed(managed):
+    settings, engine = managed
+
+    def job(job_id: str) -> Job:
+        with session_scope(engine) as s:
+            return s.get(Job, job_id)
+
+    async def drive() -> None:
+        app = farm_top(settings)
+        async with app.run_test(size=(100, 30)) as pilot:
+            jobs = app.farm.query_one("#jobs")
+            await until(pilot, lambda: jobs.ids == [j for j, _ in JOBS], 10, "the three job rows")
+            await pilot.press("o")
+            await until(pilot, lambda: app.screen.query("#set-timeout"), 5, "the form")
+            await pilot.press("s", "o", "o", "n", "enter")  # refused in farm set's own words; the form stays
+            await until(pilot, lambda: any("timeout: 'soon'" in line for line in screen_lines(app)), 5, "the refusal")
+            await pilot.press("backspace", "backspace", "backspace", "backspace", "5", "tab", "2", "tab", "tab", "tab",
+                              "g", "p", "u", "enter")
+            await until(pilot, lambda: job("a0000001").timeout == 5, 10, "the new timeout")
+            found = job("a0000001")
+            assert (found.max_workers, found.requires, found.max_attempts) == (2, "gpu", 3)
+            assert job("b0000002").timeout == 3600  # only the selected job
+            await pilot.press("o", "escape")
+            await until(pilot, lambda: app.screen is app.farm, 5, "the form to close")
+            await pilot.press("q")
+
+    asyncio.run(drive())

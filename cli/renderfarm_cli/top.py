@@ -213,7 +213,7 @@ def _farm_screen():
     from textual.widgets import DataTable, Footer, Static
 
     KeyedTable = keyed_table_class()
-    Confirm, AskPriority = dialogs()
+    Confirm, AskPriority, AskSettings = dialogs()
     JobTasks, _TaskLog = _job_screens()
 
     class Farm(Screen):
@@ -223,6 +223,7 @@ def _farm_screen():
             Binding("r", "verb('resume')", "Resume"),
             Binding("f", "verb('retry')", "Retry"),
             Binding("p", "priority", "Priority"),
+            Binding("o", "settings", "Settings"),
             Binding("c", "cancel", "Cancel"),
             Binding("enter", "open_tasks", "Tasks"),
             Binding("d", "hold('drain')", "Drain worker"),
@@ -367,6 +368,17 @@ def _farm_screen():
                     self.send("priority", job.id, priority=value)
 
             self.app.push_screen(AskPriority(job.id, job.priority), chosen)
+
+        def action_settings(self) -> None:
+            job = self.selected()
+            if job is None:
+                return
+
+            def chosen(body: dict | None) -> None:
+                if body:
+                    self.send("set", job.id, **body)
+
+            self.app.push_screen(AskSettings(job.id), chosen)
 
         def action_cancel(self) -> None:
             job = self.selected()

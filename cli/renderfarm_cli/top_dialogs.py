@@ -1,5 +1,5 @@
-"""`farm top`'s dialogs: the cancel confirmation and the priority input (modal screens, built on
-first use: Textual is slow to import)."""
+"""`farm top`'s dialogs: the cancel confirmation, the priority input and the job settings form
+(modal screens, built on first use: Textual is slow to import)."""
 
 from __future__ import annotations
 
@@ -10,12 +10,12 @@ from renderfarm_cli.top_view import styled
 
 @cache
 def dialogs():
-    """The cancel confirmation and the priority input (modal screens)."""
+    """The cancel confirmation, the priority input and the settings form (modal screens)."""
     from textual.app import ComposeResult
     from textual.binding import Binding
     from textual.containers import Vertical
     from textual.screen import ModalScreen
-    from textual.widgets import Label, Static
+    from textual.widgets import Input, Label, Static
 
     class Confirm(ModalScreen[bool]):
         """A yes/no question: only y says yes (a stray Enter must not cancel a shot); n or Escape says no."""
@@ -93,4 +93,44 @@ def dialogs():
                 field.append("▏", style="blink")
             self.query_one("#priority", Static).update(field)
 
-    return Confirm, AskPriority
+    class AskSettings(ModalScreen[dict | None]):
+        """`farm set` for one job: each field left empty stays as it is. Enter in any field sets
+        what was typed (checked as `farm set` checks it), Escape leaves the job alone."""
+
+        BINDINGS = [Binding("escape", "dismiss(None)", "Back")]
+        FIELDS = (("timeout", "Timeout (s)"), ("max_workers", "Max workers (0: no cap)"), ("retries", "Retries"),
+                  ("pool", "Pool"), ("requires", "Require tags (a,b; - for none)"))
+
+        def __init__(self, job_id: str) -> None:
+            super().__init__()
+            self.job_id = job_id
+
+        def compose(self) -> ComposeResult:
+            with Vertical(classes="dialog"):
+                yield Label(f"Settings of job {self.job_id} (empty: unchanged; running tasks keep theirs):")
+                for name, label in self.FIELDS:
+                    yield Input(placeholder=label, id=f"set-{name}")
+                yield Label("Tab: next field · Enter to set, Escape to leave it", classes="hint", id="set-hint")
+
+        def on_input_submitted(self, event: Input.Submitted) -> None:
+            import json
+
+            from renderfarm.capabilities import check_tags
+            from renderfarm.client import cli_number
+            from renderfarm.errors import InputError
+            from renderfarm.wire import SetIntent
+
+            typed = {name: self.query_one(f"#set-{name}", Input).value.strip() for name, _ in self.FIELDS}
+            body = {"timeout": cli_number(typed["timeout"], real=True), "max_workers": cli_number(typed["max_workers"]),
+                    "retries": cli_number(typed["retries"]), "pool": typed["pool"]}
+            try:
+                if typed["requires"]:
+                    body["requires"] = [] if typed["requires"] == "-" else list(check_tags(typed["requires"]))
+                body = {k: v for k, v in body.items() if v not in (None, "")}
+                SetIntent.parse(json.dumps({"request_id": "0" * 32, "job": "00000000", **body}))
+            except InputError as e:
+                self.query_one("#set-hint", Label).update(styled(str(e), "error"))
+                return
+            self.dismiss(body)
+
+    return Confirm, AskPriority, AskSettings

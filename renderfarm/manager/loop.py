@@ -276,10 +276,13 @@ class Manager:
         self._after_commit(batch)
         self._answer({**replies, **batch.replies})
         held = {(e.stream, e.id) for e in deferred}
+        pipe = self.r.pipeline(transaction=False)  # every stream's acknowledgement in one round trip
         for stream in {e.stream for e in entries}:
             done = [e.id for e in entries if e.stream == stream and (stream, e.id) not in held]
             keep = [e.id for e in deferred if e.stream == stream]
-            streams.ack(self.r, stream, done, keep_from=min(keep, key=streams.entry_order) if keep else None)
+            streams.ack(self.r, stream, done, keep_from=min(keep, key=streams.entry_order) if keep else None,
+                        pipe=pipe)
+        pipe.execute()
         for entry in entries:
             if (entry.stream, entry.id) not in held:
                 self.inbox.failures.pop((entry.stream, entry.id), None)

@@ -81,6 +81,12 @@ class Settings:
     webhook_secret: str | None = None
     webhook_timeout: float = 5.0
     webhook_tries: int = 8
+    # How old an object under an attempt prefix must be before the manager's sweep may delete it
+    # (when no attempt needs it: renderfarm.manager.sweep), in seconds.
+    sweep_grace: float = 3600.0
+    # The most a worker's scene cache (downloaded and unpacked scenes) keeps, in GB (10**9 bytes):
+    # beyond it the least recently used scenes are evicted, never the one in use.
+    scene_cache_gb: float = 20.0
     # The sites workers may declare, from [sites.NAME] tables of farm.toml (see renderfarm.sites).
     sites: dict[str, Site] = field(default_factory=dict, compare=False, repr=False)
     # Where each value came from ("env FARM_REDIS_URL", "./farm.toml", "local farm", "default").
@@ -139,6 +145,8 @@ _ENV = {
     "webhook_secret": "FARM_WEBHOOK_SECRET",
     "webhook_timeout": "FARM_WEBHOOK_TIMEOUT",
     "webhook_tries": "FARM_WEBHOOK_TRIES",
+    "sweep_grace": "FARM_SWEEP_GRACE",
+    "scene_cache_gb": "FARM_SCENE_CACHE_GB",
 }
 _SETTABLE = set(_ENV)
 
@@ -369,6 +377,10 @@ def _check(s: Settings) -> None:
         raise bad("webhook_timeout", f"{s.webhook_timeout:g} must be more than 0 seconds and at most 300")
     if not 1 <= s.webhook_tries <= 100:
         raise bad("webhook_tries", f"{s.webhook_tries} must be 1 to 100")
+    if s.sweep_grace < 60:
+        raise bad("sweep_grace", f"{s.sweep_grace:g} must be at least 60 seconds")
+    if not s.scene_cache_gb > 0:
+        raise bad("scene_cache_gb", f"{s.scene_cache_gb:g} must be more than 0")
     for cap in ("max_pixels", "max_samples", "max_scene_bytes", "max_scene_objects",
                 "max_unpacked_bytes", "max_pack_entries"):
         if getattr(s, cap) < 1:

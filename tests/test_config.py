@@ -511,6 +511,8 @@ def test_effective_settings_never_show_a_password(dirs, monkeypatch) -> None:
         ("webhook_secret", "", "default"),
         ("webhook_timeout", "5.0", "default"),
         ("webhook_tries", "8", "default"),
+        ("sweep_grace", "3600.0", "default"),
+        ("scene_cache_gb", "20.0", "default"),
     ]
     text = repr(rows)
     for secret in ("pw-local-valkey", "db-pass", "endpoint-pass", "local-s3-secret"):
@@ -634,6 +636,8 @@ def test_settings_env_round_trips(dirs) -> None:
         FARM_WEBHOOK_SECRET="hook-secret",
         FARM_WEBHOOK_TIMEOUT="2.5",
         FARM_WEBHOOK_TRIES="4",
+        FARM_SWEEP_GRACE="600",
+        FARM_SCENE_CACHE_GB="0.25",
     )
     env = settings_env(s)
     assert env == {
@@ -666,6 +670,8 @@ def test_settings_env_round_trips(dirs) -> None:
         "FARM_WEBHOOK_SECRET": "hook-secret",
         "FARM_WEBHOOK_TIMEOUT": "2.5",
         "FARM_WEBHOOK_TRIES": "4",
+        "FARM_SWEEP_GRACE": "600",
+        "FARM_SCENE_CACHE_GB": "0.25",
     }
     assert load_settings(env, cwd=cwd) == s
 

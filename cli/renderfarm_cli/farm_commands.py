@@ -78,8 +78,14 @@ def up(
         return
     out().print("running in the foreground; Ctrl-C stops it")
     try:
+        from renderfarm.localfarm.logrotate import CHECK_EVERY, rotate_logs
+
+        checked = 0.0
         while True:
             time.sleep(1.0)
+            if time.monotonic() - checked >= CHECK_EVERY:
+                checked = time.monotonic()
+                rotate_logs(settings.state_dir / "logs")
             dead = [p for p in farm.processes if not p.alive()]
             if dead:
                 note(f"{', '.join(p.name for p in dead)} exited; stopping the farm (logs in {settings.state_dir / 'logs'})")

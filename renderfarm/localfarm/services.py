@@ -215,7 +215,10 @@ def spawn(argv: list[str], *, cwd: Path, env: dict[str, str], log_path: Path, de
           umask: int = -1) -> subprocess.Popen:
     """Start a farm process in its own session, output appended to its log. Unless detached, it
     is told to stop when the process that started it dies (so Ctrl-C or a kill leaves nothing)."""
+    from renderfarm.localfarm.logrotate import rotate
+
     log_path.parent.mkdir(parents=True, exist_ok=True)
+    rotate(log_path)  # a process started again never begins on a log already past the size
     _libc()
     with log_path.open("ab") as log:
         return subprocess.Popen(

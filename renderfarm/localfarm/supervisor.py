@@ -21,7 +21,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from renderfarm.localfarm import services
+from renderfarm.localfarm import logrotate, services
 from renderfarm.localfarm.runfile import FarmProcess, locked, read_run_file, write_run_file
 from renderfarm.nodes import TURNED_AWAY_EXIT
 
@@ -47,6 +47,7 @@ class Supervisor:
         self.due: dict[tuple[str, int], float] = {}  # per dead (name, pid): when it may start again
         self.found_dead: dict[tuple[str, int], float] = {}  # and when it was found dead
         self.turned_away: set[tuple[str, int]] = set()  # dead workers the farm refused: left dead
+        self.next_rotation = 0.0  # when the logs' sizes are looked at next (logrotate)
 
     def run(self, stop: threading.Event) -> None:
         log.info("supervising the local farm in %s (pid %d)", self.state_dir, os.getpid())
@@ -69,6 +70,9 @@ class Supervisor:
             if run is None or run.supervisor is None or run.supervisor.pid != os.getpid():
                 return False
             now = self.clock()
+            if now >= self.next_rotation:
+                self.next_rotation = now + logrotate.CHECK_EVERY
+                logrotate.rotate_logs(self.state_dir / "logs")
             dead = sorted((p for p in run.processes if not p.alive()), key=lambda p: START_ORDER.index(p.role))
             changed = False
             for proc in dead:

@@ -22,6 +22,7 @@ from renderfarm.manager.leader import LeaderLock
 from renderfarm.manager.nodebook import AclWatch, NodeBook, restore_all, restore_missing
 from renderfarm.manager.notifier import Notifier
 from renderfarm.manager.reconcile import SWEEP_EVERY, Reconciler
+from renderfarm.manager.sweep import AttemptSweep
 from renderfarm.models import HOLD_DRAIN, Job, Node, Worker, WorkerState
 from renderfarm.redisconn import connect
 from renderfarm.scheduling import WorkerView
@@ -69,6 +70,8 @@ class Manager:
         self.lock: LeaderLock | None = None
         self.live: dict[str, Heartbeat] = {}
         self.reconciler = Reconciler()
+        # Its own engine: a reader, which on SQLite takes no write lock from the loop's writes.
+        self.attempt_sweep = AttemptSweep(make_engine(settings.database_url), self.storage, settings.sweep_grace)
         self.fair = FairShare()
         self.inbox = Inbox(self)
         self.book = NodeBook()
@@ -120,6 +123,8 @@ class Manager:
                 self.lock.release()
             except Exception:  # Redis may be gone already; the lock expires on its own
                 pass
+            self.attempt_sweep.wait(5.0)
+            self.attempt_sweep.engine.dispose()
             self.engine.dispose()
             log.info("manager stopped")
 
@@ -240,6 +245,8 @@ class Manager:
             self._next_reconcile = self.clock.monotonic() + SWEEP_EVERY
             self.reconcile()
             self._next_dispatch = 0.0
+            # Storage left behind (renderfarm.manager.sweep): a page at a time, in its own thread.
+            self.attempt_sweep.start_round(self.clock.now(), self.clock.monotonic())
         handed = 0
         # A round costs a few queries: only when a slot may have freed up (a task ended, a
         # worker came or changed, an intent arrived), and every DISPATCH_EVERY all the same.

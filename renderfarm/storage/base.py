@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
@@ -13,11 +13,13 @@ from renderfarm.errors import StorageError
 
 @dataclass(frozen=True)
 class ObjectInfo:
-    """One stored object: its key (relative to the storage root), size and our SHA-256 if recorded."""
+    """One stored object: its key (relative to the storage root), size, our SHA-256 if recorded,
+    and when it was last written (seconds since the epoch, by storage's clock) where a listing says."""
 
     key: str
     size: int
     sha256: str | None = None
+    modified: float | None = field(default=None, compare=False)
 
 
 class Storage(Protocol):
@@ -41,7 +43,9 @@ class Storage(Protocol):
         """Copy an object; with `if_match`, only if the source still has that version tag
         (StorageError "changed since it was stored" otherwise)."""
     def delete(self, keys: list[str]) -> None: ...
-    def list(self, prefix: str) -> Iterator[ObjectInfo]: ...
+    def list(self, prefix: str, *, after: str = "") -> Iterator[ObjectInfo]:
+        """The objects whose key starts with `prefix`, in key order; with `after`, only those whose
+        key sorts after it (to go on from where an earlier listing stopped)."""
     def check(self) -> None: ...
 
 

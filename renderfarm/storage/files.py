@@ -275,9 +275,10 @@ class FileStorage:
             finally:
                 os.close(dir_fd)
 
-    def list(self, prefix: str) -> Iterator[ObjectInfo]:
-        """Plain files whose key starts with `prefix` (a string prefix, as on S3), in key
-        order. Symbolic links, and everything below one, are no objects and are not listed."""
+    def list(self, prefix: str, *, after: str = "") -> Iterator[ObjectInfo]:
+        """Plain files whose key starts with `prefix` (a string prefix, as on S3), in key order
+        (those after `after` only). Symbolic links, and everything below one, are no objects and
+        are not listed."""
         check_prefix(prefix)
         # Walk from the deepest directory the prefix names in full: "jobs/a" matches jobs/a.txt too.
         base = prefix.rpartition("/")[0]
@@ -294,14 +295,14 @@ class FileStorage:
                     if name.startswith(_TEMP_PREFIX):  # a write in progress
                         continue
                     key = os.path.normpath(os.path.join(base, dirpath, name))
-                    if not key.startswith(prefix):
+                    if not key.startswith(prefix) or key <= after:
                         continue
                     try:
                         st = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
                     except FileNotFoundError:  # deleted since the walk
                         continue
                     if stat.S_ISREG(st.st_mode):
-                        found.append(ObjectInfo(key, st.st_size))
+                        found.append(ObjectInfo(key, st.st_size, modified=st.st_mtime))
         finally:
             os.close(start)
         yield from sorted(found, key=lambda o: o.key)

@@ -251,15 +251,17 @@ class S3Storage:
         except (BotoCoreError, ClientError) as e:
             raise self._fail("presign", key, e) from None
 
-    def list(self, prefix: str) -> Iterator[ObjectInfo]:
+    def list(self, prefix: str, *, after: str = "") -> Iterator[ObjectInfo]:
         from botocore.exceptions import BotoCoreError, ClientError
 
         check_prefix(prefix)
         paginator = self._s3.get_paginator("list_objects_v2")
+        start = {"StartAfter": self._key(after)} if after else {}
         try:
-            for page in paginator.paginate(Bucket=self.bucket, Prefix=self.prefix + prefix):
+            for page in paginator.paginate(Bucket=self.bucket, Prefix=self.prefix + prefix, **start):
                 for obj in page.get("Contents", []):
-                    yield ObjectInfo(obj["Key"][len(self.prefix) :], obj["Size"])
+                    yield ObjectInfo(obj["Key"][len(self.prefix) :], obj["Size"],
+                                     modified=obj["LastModified"].timestamp())
         except (BotoCoreError, ClientError) as e:
             raise self._fail("list", prefix, e) from None
 

@@ -431,16 +431,28 @@ class WorkerRuntime:
 
             unpacked, pack = self.scratch / "scenes" / sha256, self.scratch / "scenes" / f"{sha256}.zip"
             if unpacked.exists():
-                return unpack_scene(pack, unpacked, Limits.of(self.settings))  # unpacked before: finds its main file
-            self._download_scene(key, sha256, pack, url)
-            try:
-                return unpack_scene(pack, unpacked, Limits.of(self.settings))
-            finally:
-                pack.unlink(missing_ok=True)
+                main = unpack_scene(pack, unpacked, Limits.of(self.settings))  # unpacked before: finds its main file
+            else:
+                self._download_scene(key, sha256, pack, url)
+                try:
+                    main = unpack_scene(pack, unpacked, Limits.of(self.settings))
+                finally:
+                    pack.unlink(missing_ok=True)
+            self._keep_in_cache(unpacked)
+            return main
         target = self.scratch / "scenes" / f"{sha256}{suffix}"
-        if target.exists():
-            return target
-        return self._download_scene(key, sha256, target, url)
+        if not target.exists():
+            self._download_scene(key, sha256, target, url)
+        self._keep_in_cache(target)
+        return target
+
+    def _keep_in_cache(self, entry: Path) -> None:
+        """The scene about to render is the cache's most recent; the least recently used others
+        go beyond the cap (FARM_SCENE_CACHE_GB)."""
+        from renderfarm_worker import scenecache
+
+        scenecache.use(entry)
+        scenecache.evict(entry.parent, int(self.settings.scene_cache_gb * 10**9), {entry.name})
 
     def download(self, key: str, path: Path, url: str | None = None) -> None:
         """One object into a file: from its presigned URL if there is one, else from storage;

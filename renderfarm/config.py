@@ -81,6 +81,8 @@ class Settings:
     webhook_secret: str | None = None
     webhook_timeout: float = 5.0
     webhook_tries: int = 8
+    # Days after which the manager archives a finished job and deletes its attempts' data (0: never).
+    retention_days: float = 0.0
     # The sites workers may declare, from [sites.NAME] tables of farm.toml (see renderfarm.sites).
     sites: dict[str, Site] = field(default_factory=dict, compare=False, repr=False)
     # Where each value came from ("env FARM_REDIS_URL", "./farm.toml", "local farm", "default").
@@ -139,6 +141,7 @@ _ENV = {
     "webhook_secret": "FARM_WEBHOOK_SECRET",
     "webhook_timeout": "FARM_WEBHOOK_TIMEOUT",
     "webhook_tries": "FARM_WEBHOOK_TRIES",
+    "retention_days": "FARM_RETENTION_DAYS",
 }
 _SETTABLE = set(_ENV)
 
@@ -369,6 +372,8 @@ def _check(s: Settings) -> None:
         raise bad("webhook_timeout", f"{s.webhook_timeout:g} must be more than 0 seconds and at most 300")
     if not 1 <= s.webhook_tries <= 100:
         raise bad("webhook_tries", f"{s.webhook_tries} must be 1 to 100")
+    if not 0 <= s.retention_days <= 36500:
+        raise bad("retention_days", f"{s.retention_days:g} must be 0 (keep every job) to 36500 days")
     for cap in ("max_pixels", "max_samples", "max_scene_bytes", "max_scene_objects",
                 "max_unpacked_bytes", "max_pack_entries"):
         if getattr(s, cap) < 1:

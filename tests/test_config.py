@@ -511,6 +511,7 @@ def test_effective_settings_never_show_a_password(dirs, monkeypatch) -> None:
         ("webhook_secret", "", "default"),
         ("webhook_timeout", "5.0", "default"),
         ("webhook_tries", "8", "default"),
+        ("retention_days", "0.0", "default"),
     ]
     text = repr(rows)
     for secret in ("pw-local-valkey", "db-pass", "endpoint-pass", "local-s3-secret"):
@@ -634,6 +635,7 @@ def test_settings_env_round_trips(dirs) -> None:
         FARM_WEBHOOK_SECRET="hook-secret",
         FARM_WEBHOOK_TIMEOUT="2.5",
         FARM_WEBHOOK_TRIES="4",
+        FARM_RETENTION_DAYS="30",
     )
     env = settings_env(s)
     assert env == {
@@ -666,6 +668,7 @@ def test_settings_env_round_trips(dirs) -> None:
         "FARM_WEBHOOK_SECRET": "hook-secret",
         "FARM_WEBHOOK_TIMEOUT": "2.5",
         "FARM_WEBHOOK_TRIES": "4",
+        "FARM_RETENTION_DAYS": "30",
     }
     assert load_settings(env, cwd=cwd) == s
 

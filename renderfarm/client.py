@@ -346,6 +346,40 @@ def task_verb(settings: Settings, action: str, refs: list[str]) -> list[Reply]:
     return replies
 
 
+def remove_jobs(settings: Settings, verb: str, refs: list[str], *, cancel: bool = False,
+                keep_frames: bool = False) -> list[Reply]:
+    """Delete or archive jobs (`verb`): every ref resolved and checked before any is sent (an
+    unfinished job is refused unless `cancel` deletes it). Returns the manager's replies, one per
+    job; a full id no longer in the database is sent as it is (the manager says whether that job
+    was deleted)."""
+    import re
+
+    from renderfarm.states import JOB_FINAL
+    from renderfarm.wire import ArchiveIntent, DeleteIntent
+
+    final = {s.value for s in JOB_FINAL}
+    ids: list[str] = []
+    for ref in refs:
+        try:
+            job_id, state = resolve_job(settings, ref)
+        except NotFoundError:
+            if verb != "delete" or not re.fullmatch(r"[0-9a-f]{8,16}", ref):
+                raise
+            job_id, state = ref, None
+        if state is not None and state not in final and not (verb == "delete" and cancel):
+            hint = "cancel it first, or `farm delete --cancel`" if verb == "delete" else \
+                "only a done, failed or cancelled job is archived"
+            raise InputError(f"job {job_id} is {state}: {hint}")
+        if job_id not in ids:
+            ids.append(job_id)
+    if verb == "delete":
+        intents = [DeleteIntent(request_id=new_request_id(), job=j, cancel=cancel, keep_frames=keep_frames)
+                   for j in ids]
+    else:
+        intents = [ArchiveIntent(request_id=new_request_id(), job=j) for j in ids]
+    return [ask_manager(settings, intent) for intent in intents]
+
+
 def hold_worker(settings: Settings, name: str, hold: str) -> Reply:
     """Ask the manager to drain, disable or enable a worker; its reply's `state` is what the
     worker is now (`draining`, `drained`, `disabled`, `enabled`)."""

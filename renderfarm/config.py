@@ -87,6 +87,8 @@ class Settings:
     # The most a worker's scene cache (downloaded and unpacked scenes) keeps, in GB (10**9 bytes):
     # beyond it the least recently used scenes are evicted, never the one in use.
     scene_cache_gb: float = 20.0
+    # Days after which the manager archives a finished job and deletes its attempts' data (0: never).
+    retention_days: float = 0.0
     # The sites workers may declare, from [sites.NAME] tables of farm.toml (see renderfarm.sites).
     sites: dict[str, Site] = field(default_factory=dict, compare=False, repr=False)
     # Where each value came from ("env FARM_REDIS_URL", "./farm.toml", "local farm", "default").
@@ -147,6 +149,7 @@ _ENV = {
     "webhook_tries": "FARM_WEBHOOK_TRIES",
     "sweep_grace": "FARM_SWEEP_GRACE",
     "scene_cache_gb": "FARM_SCENE_CACHE_GB",
+    "retention_days": "FARM_RETENTION_DAYS",
 }
 _SETTABLE = set(_ENV)
 
@@ -381,6 +384,8 @@ def _check(s: Settings) -> None:
         raise bad("sweep_grace", f"{s.sweep_grace:g} must be at least 60 seconds")
     if not s.scene_cache_gb > 0:
         raise bad("scene_cache_gb", f"{s.scene_cache_gb:g} must be more than 0")
+    if not 0 <= s.retention_days <= 36500:
+        raise bad("retention_days", f"{s.retention_days:g} must be 0 (keep every job) to 36500 days")
     for cap in ("max_pixels", "max_samples", "max_scene_bytes", "max_scene_objects",
                 "max_unpacked_bytes", "max_pack_entries"):
         if getattr(s, cap) < 1:

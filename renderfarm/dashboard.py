@@ -265,7 +265,7 @@ def active_and_recent_jobs(session: Session, now: float) -> list[JobStatus]:
         .order_by(Job.priority.desc(), Job.submitted_at, Job.id).limit(MAX_ACTIVE)
     ).all()
     finished = session.scalars(
-        select(Job).where(Job.state.not_in(ACTIVE_JOB_STATES))
+        select(Job).where(Job.state.not_in(ACTIVE_JOB_STATES), Job.archived_at.is_(None))
         .order_by(Job.submitted_at.desc(), Job.id).limit(RECENT_FINISHED)
     ).all()
     return [job_status(session, job, now) for job in [*active, *finished]]

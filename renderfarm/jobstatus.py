@@ -16,7 +16,7 @@ from renderfarm.states import JOB_FINAL, JobState, TaskState
 JOB_COLUMNS = (
     "id", "name", "owner", "state", "priority", "pool", "renderer", "frames", "frame_count", "task_count", "chunk",
     "width", "height", "submitted_at", "started_at", "finished_at", "error", "site", "requires",
-    "renderer_version", "after", "render_options", "timeout", "max_workers", "max_attempts",
+    "renderer_version", "after", "render_options", "timeout", "max_workers", "max_attempts", "archived_at",
 )
 WORKER_COLUMNS = ("name", "pool", "site", "capabilities")  # of the workers not offline
 MISSING = "missing"  # the state shown for an --after job that is no longer in the database
@@ -61,6 +61,7 @@ class JobStatus:
     timeout: float | None = None  # seconds a task may render (`farm set --timeout`)
     max_workers: int | None = None  # at most this many workers at once
     retries: int | None = None  # times a failed task is tried again
+    archived_at: float | None = None  # when it was archived (`farm archive`, retention): hidden by default
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -115,7 +116,7 @@ def summarize(job: Mapping[str, Any], state_rows: Iterable[tuple], costs: Mappin
         started_at=job["started_at"], finished_at=job["finished_at"], elapsed=elapsed, eta=eta, error=job["error"],
         cost={c: v / PICO for c, v in costs.items()}, projected_cost={c: v / PICO for c, v in projected.items()},
         requires=requires, site=job.get("site"), unschedulable=why, renderer_version=job.get("renderer_version"),
-        timeout=job.get("timeout"), max_workers=job.get("max_workers"),
+        timeout=job.get("timeout"), max_workers=job.get("max_workers"), archived_at=job.get("archived_at"),
         retries=job["max_attempts"] - 1 if job.get("max_attempts") is not None else None,
         **_after_fields(job, after_state),
     )

@@ -68,6 +68,7 @@ class Job(JobBase, table=True):
     started_at: float | None = None
     finished_at: float | None = None
     error: str | None = Field(default=None, max_length=4096)
+    archived_at: float | None = None  # hidden from default listings (`farm archive`, retention)
 
 
 class Task(SQLModel, table=True):
@@ -195,3 +196,24 @@ class Notification(SQLModel, table=True):
     last_status: int | None = None  # the last HTTP status (None: no answer)
     last_error: str | None = Field(default=None, max_length=512)
     sent_at: float | None = None
+
+
+class Purge(SQLModel, table=True):
+    """Storage to delete under one prefix, recorded in the transaction that decided it (`farm
+    delete`, `farm archive`, retention) and deleted by the manager in batches until nothing is
+    left there: a manager that dies halfway finishes after its restart. A done row stays as the
+    record that the job was deleted (a repeated `farm delete` says so)."""
+
+    __tablename__ = "purges"
+    __table_args__ = (Index("ix_purges_done_id", "done_at", "id"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    job_id: str = Field(max_length=16, index=True)  # no foreign key: the job's rows may be gone
+    reason: str = Field(max_length=16)  # delete, archive or retention
+    prefix: str = Field(max_length=512)  # ends with /: `jobs/ABC/` never reaches `jobs/ABCD/`
+    keep: str | None = Field(default=None, max_length=512)  # keys under this prefix stay (--keep-frames)
+    keep_logs: bool = False  # the job's attempt logs stay (archive)
+    created_at: float
+    not_before: float  # late uploads of attempts stopped by the decision land before this
+    deleted: int = 0  # objects deleted so far
+    done_at: float | None = None

@@ -123,8 +123,9 @@ class QuickReader:
             doc["url"] = mask_url(doc["url"])
         return docs
 
-    def list_jobs(self, limit: int = 50, now: float | None = None) -> list[JobStatus]:
-        """The newest jobs first, with their progress."""
-        rows = self._rows(_JOB_SQL + " ORDER BY submitted_at DESC LIMIT ?", limit)
+    def list_jobs(self, limit: int = 50, now: float | None = None, *, archived: bool = False) -> list[JobStatus]:
+        """The newest jobs first, with their progress; archived ones only if asked."""
+        where = "" if archived else " WHERE archived_at IS NULL"
+        rows = self._rows(_JOB_SQL + where + " ORDER BY submitted_at DESC LIMIT ?", limit)
         workers = self.live_workers()
         return [self.status(dict(zip(JOB_COLUMNS, r)), now, workers) for r in rows]

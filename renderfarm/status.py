@@ -101,10 +101,11 @@ def live_worker_views(session: Session) -> list[WorkerView]:
     return [worker_view(*row) for row in rows]
 
 
-def list_jobs(session: Session, limit: int = 50) -> list[JobStatus]:
-    """The newest jobs first, with their progress."""
+def list_jobs(session: Session, limit: int = 50, *, archived: bool = False) -> list[JobStatus]:
+    """The newest jobs first, with their progress; archived ones only if asked."""
     check_schema(session)
-    jobs = session.scalars(select(Job).order_by(Job.submitted_at.desc()).limit(limit)).all()
+    query = select(Job) if archived else select(Job).where(Job.archived_at.is_(None))
+    jobs = session.scalars(query.order_by(Job.submitted_at.desc()).limit(limit)).all()
     workers = live_worker_views(session)
     return [job_status(session, j, workers=workers) for j in jobs]
 

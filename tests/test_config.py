@@ -513,6 +513,7 @@ def test_effective_settings_never_show_a_password(dirs, monkeypatch) -> None:
         ("webhook_tries", "8", "default"),
         ("sweep_grace", "3600.0", "default"),
         ("scene_cache_gb", "20.0", "default"),
+        ("retention_days", "0.0", "default"),
     ]
     text = repr(rows)
     for secret in ("pw-local-valkey", "db-pass", "endpoint-pass", "local-s3-secret"):
@@ -638,6 +639,7 @@ def test_settings_env_round_trips(dirs) -> None:
         FARM_WEBHOOK_TRIES="4",
         FARM_SWEEP_GRACE="600",
         FARM_SCENE_CACHE_GB="0.25",
+        FARM_RETENTION_DAYS="30",
     )
     env = settings_env(s)
     assert env == {
@@ -672,6 +674,7 @@ def test_settings_env_round_trips(dirs) -> None:
         "FARM_WEBHOOK_TRIES": "4",
         "FARM_SWEEP_GRACE": "600",
         "FARM_SCENE_CACHE_GB": "0.25",
+        "FARM_RETENTION_DAYS": "30",
     }
     assert load_settings(env, cwd=cwd) == s
 

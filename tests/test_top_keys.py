@@ -336,6 +336,47 @@ def test_o_opens_the_settings_form_and_enter_sets_what_was_typed(managed):
             assert job("b0000002").timeout == 3600  # only the selected job
             await pilot.press("o", "escape")
             await until(pilot, lambda: app.screen is app.farm, 5, "the form to close")
+def test_x_deletes_the_selected_job_after_its_dialog_and_a_archives_a_finished_one(managed):
+    settings, engine = managed
+
+    def job(job_id: str):
+        with session_scope(engine) as s:
+            row = s.get(Job, job_id)
+            return None if row is None else (row.state, row.archived_at is not None)
+
+    async def drive() -> None:
+        app = farm_top(settings)
+        async with app.run_test(size=SIZE) as pilot:
+            jobs = app.farm.query_one("#jobs")
+            await until(pilot, lambda: jobs.ids == [j for j, _ in JOBS], 10, "the three job rows")
+            assert jobs.selected_id() == "a0000001"
+            # a on a queued job: refused in one line, nothing changes.
+            await pilot.press("a")
+            await until(pilot, lambda: any("only a done, failed or cancelled job is archived" in line
+                                           for line in screen_lines(app)), 10, "the refusal")
+            # x asks first; n keeps the job.
+            await pilot.press("x")
+            await until(pilot, lambda: app.screen.query("#question"), 5, "the dialog")
+            assert "Cancel and delete job a0000001" in "\n".join(screen_lines(app))
+            await pilot.press("n")
+            await until(pilot, lambda: app.screen is app.farm, 5, "the dialog to close")
+            assert job("a0000001") == ("queued", False)
+            # y deletes it (cancelled first: it was not finished).
+            await pilot.press("x")
+            await until(pilot, lambda: app.screen.query("#question"), 5, "the dialog")
+            await pilot.press("y")
+            await until(pilot, lambda: job("a0000001") is None, 10, "the job deleted")
+            await until(pilot, lambda: "a0000001" not in jobs.ids, 10, "its row gone")
+            # c then a: a cancelled job is archived, and leaves the list.
+            await until(pilot, lambda: jobs.selected_id() is not None, 5, "a selection")
+            chosen = jobs.selected_id()
+            await pilot.press("c")
+            await until(pilot, lambda: app.screen.query("#question"), 5, "the dialog")
+            await pilot.press("y")
+            await until(pilot, lambda: job(chosen) == ("cancelled", False), 10, "the job cancelled")
+            await pilot.press("a")
+            await until(pilot, lambda: job(chosen) == ("cancelled", True), 10, "the job archived")
+            await until(pilot, lambda: chosen not in jobs.ids, 10, "its row gone")
             await pilot.press("q")
 
     asyncio.run(drive())

@@ -67,6 +67,8 @@ app.command("resume")(wrangle_commands.resume)
 app.command("retry")(wrangle_commands.retry)
 app.command("priority")(wrangle_commands.priority)
 app.command("set")(wrangle_commands.set_)
+app.command("delete")(wrangle_commands.delete)
+app.command("archive")(wrangle_commands.archive)
 app.command("contact-sheet")(preview_commands.contact_sheet)
 app.command("movie")(preview_commands.movie)
 

@@ -156,9 +156,10 @@ def quick_note(settings) -> None:
 
 def jobs(
     limit: Annotated[int, typer.Option(help="Show at most this many jobs, newest first.")] = 50,
+    all_: Annotated[bool, typer.Option("--all", help="Archived jobs too.")] = False,
     json_: JsonOpt = False,
 ) -> None:
-    """List jobs, newest first, with their progress."""
+    """List jobs, newest first, with their progress (archived ones with --all)."""
     from renderfarm.quickread import QuickReader
 
     settings = _settings()
@@ -166,7 +167,7 @@ def jobs(
     rows = []
     if reader is not None:
         try:
-            rows = reader.list_jobs(limit)
+            rows = reader.list_jobs(limit, archived=all_)
         finally:
             reader.close()
     quick_note(settings)
@@ -180,7 +181,8 @@ def jobs(
         table.add_column(col, justify="right" if col in ("PRI", "FRAMES", "DONE") else "left")
     for s in rows:
         table.add_row(
-            s.id, s.name, s.owner, state_text(shown_state(s)), str(s.priority),
+            s.id, s.name, s.owner, state_text(shown_state(s)) + (" (archived)" if s.archived_at else ""),
+            str(s.priority),
             str(s.frames), f"{s.progress:.0%}",
             duration(s.elapsed), duration(s.eta), age(s.submitted_at),
         )

@@ -225,6 +225,8 @@ def _farm_screen():
             Binding("p", "priority", "Priority"),
             Binding("o", "settings", "Settings"),
             Binding("c", "cancel", "Cancel"),
+            Binding("x", "delete", "Delete"),
+            Binding("a", "remove('archive')", "Archive"),
             Binding("enter", "open_tasks", "Tasks"),
             Binding("d", "hold('drain')", "Drain worker"),
             Binding("D", "hold('disable')", "Disable worker", show=False),
@@ -393,6 +395,42 @@ def _farm_screen():
                     self.send("cancel", job.id)
 
             self.app.push_screen(Confirm(question), answered)
+
+        def action_delete(self) -> None:
+            from renderfarm.states import JOB_FINAL
+
+            job = self.selected()
+            if job is None:
+                return
+            running = job.state not in {s.value for s in JOB_FINAL}
+            question = (f"{'Cancel and delete' if running else 'Delete'} job {job.id} ({job.name}, {job.owner})?\n"
+                        "Its records and every file of it in storage, frames included, are deleted.")
+
+            def answered(yes: bool | None) -> None:
+                if yes:
+                    self.action_remove("delete", cancel=running)
+
+            self.app.push_screen(Confirm(question), answered)
+
+        def action_remove(self, verb: str, cancel: bool = False) -> None:
+            """Delete (after its dialog) or archive the selected job."""
+            job = self.selected()
+            if job is None:
+                return
+            self.say(f"job {job.id}: {verb}…")
+            self.run_worker(self._remove(verb, job.id, cancel), group="verbs")
+
+        async def _remove(self, verb: str, job_id: str, cancel: bool) -> None:
+            from renderfarm.client import remove_jobs
+
+            try:
+                [reply] = await asyncio.to_thread(remove_jobs, self.dashboard.settings, verb, [job_id], cancel=cancel)
+            except Exception as e:
+                self.say(error_text(e), error=True)
+                return
+            done = "deleted" if verb == "delete" else "archived"
+            self.say(f"job {reply.job_id}: {done}" if reply.changed else f"job {reply.job_id}: already {done}")
+            await self.reload()
 
         def action_open_tasks(self) -> None:
             job = self.selected()

@@ -1,5 +1,5 @@
-"""The wrangler's verbs: cancel, suspend, resume, retry and priority of a job; drain, disable and
-enable of a worker (applied by the manager)."""
+"""The wrangler's verbs: cancel, suspend, resume, retry, priority, delete and archive of a job;
+drain, disable and enable of a worker (applied by the manager)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from renderfarm_cli.console import out, state_text
+from renderfarm_cli.console import out, print_json, state_text
 
 JobArg = Annotated[str, typer.Argument(help="Job id, or a unique prefix of one.", show_default=False)]
 
@@ -88,6 +88,43 @@ def set_(
     SetIntent.parse(json.dumps({"request_id": "0" * 32, "job": "00000000", **body}))  # refused before the job is looked up
     reply = send_verb(load_settings(), "set", job, **body)
     out().print(f"job [bold]{reply.job_id}[/]: set applied; now ", state_text(reply.state), sep="")
+
+
+JobsArg = Annotated[list[str], typer.Argument(help="Job ids, or unique prefixes of them.", show_default=False)]
+
+
+def _remove(verb: str, jobs: list[str], json_: bool, **options: bool) -> None:
+    from renderfarm.client import remove_jobs
+    from renderfarm.config import load_settings
+
+    replies = remove_jobs(load_settings(), verb, jobs, **options)
+    if json_:
+        print_json([{"job": r.job_id, "state": r.state, "changed": r.changed} for r in replies])
+        return
+    done = "deleted" if verb == "delete" else "archived"
+    for reply in replies:
+        out().print(f"job [bold]{reply.job_id}[/]: {done}" if reply.changed else
+                    f"job [bold]{reply.job_id}[/]: already {done}")
+
+
+def delete(
+    jobs: JobsArg,
+    cancel: Annotated[bool, typer.Option("--cancel", help="Cancel a job that is not finished first (else it is refused).")] = False,
+    keep_frames: Annotated[bool, typer.Option("--keep-frames", help="Keep the final frames in storage.")] = False,
+    json_: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """Delete finished jobs: their records and every object of theirs in storage (attempts,
+    tiles, frames, logs), in the background; safe to repeat."""
+    _remove("delete", jobs, json_, cancel=cancel, keep_frames=keep_frames)
+
+
+def archive(
+    jobs: JobsArg,
+    json_: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """Archive finished jobs: hidden from `farm jobs` (`--all` lists them), their attempts'
+    data deleted; their frames and logs stay."""
+    _remove("archive", jobs, json_)
 
 
 TasksArg = Annotated[list[str], typer.Argument(help="Tasks: JOB:INDEX, or JOB:frames=A-B for every task of those frames.",

@@ -14,11 +14,14 @@ from typing import TYPE_CHECKING
 from renderfarm import lifecycle
 from renderfarm.errors import RenderFarmError, StorageError, VerificationError
 from renderfarm.manager.expected import expected_outputs, frame_tile_keys
+from renderfarm.manager.removal import apply_archive, apply_delete
 from renderfarm.manager.submission import submit
 from renderfarm.manager.verbs import apply_hold, apply_task_verb, apply_verb
 from renderfarm.models import Attempt, Job, Task, TaskKind
 from renderfarm.wire import (
+    ArchiveIntent,
     Bye,
+    DeleteIntent,
     Done,
     Failed,
     NodeAddIntent,
@@ -66,6 +69,7 @@ class Batch:
     abandoned: list[tuple[str, int]] = field(default_factory=list)  # (worker, attempt): RQ jobs no worker will finish
     left_workers: list[str] = field(default_factory=list)  # queues to empty
     delete_keys: list[str] = field(default_factory=list)  # attempt copies of promoted frames
+    purges: bool = False  # storage to delete was recorded (renderfarm.manager.removal)
     # Promotions started ahead for the batch's done events, all at once (attempt id -> outcome
     # to come): they run while the events before them are applied.
     promoted: dict[int, Future[Promotion]] = field(default_factory=dict)
@@ -94,6 +98,7 @@ class Batch:
         self.abandoned += other.abandoned
         self.left_workers += other.left_workers
         self.delete_keys += other.delete_keys
+        self.purges |= other.purges
 
 
 def apply_intent(session: Session, settings: Settings, r, intent: Intent, batch: Batch, now: float,
@@ -114,6 +119,12 @@ def apply_intent(session: Session, settings: Settings, r, intent: Intent, batch:
             reply = apply_hold(session, r, intent, batch, now, book)
         elif isinstance(intent, TaskIntent):
             reply = apply_task_verb(session, r, intent, batch, now, book)
+        elif isinstance(intent, DeleteIntent):
+            reply = apply_delete(session, r, intent, batch, now, book, grace=2 * settings.heartbeat_ttl)
+            batch.purges = True
+        elif isinstance(intent, ArchiveIntent):
+            reply = apply_archive(session, intent, now)
+            batch.purges = True
         else:
             reply = apply_verb(session, r, intent, batch, now, book)
     except RenderFarmError as e:

@@ -23,6 +23,7 @@ from renderfarm.manager.nodebook import AclWatch, NodeBook, restore_all, restore
 from renderfarm.manager.notifier import Notifier
 from renderfarm.manager.reconcile import SWEEP_EVERY, Reconciler
 from renderfarm.manager.sweep import AttemptSweep
+from renderfarm.manager.removal import RETENTION_EVERY, Purger, apply_retention
 from renderfarm.models import HOLD_DRAIN, Job, Node, Worker, WorkerState
 from renderfarm.redisconn import connect
 from renderfarm.scheduling import WorkerView
@@ -80,6 +81,8 @@ class Manager:
         self._next_acl_watch = 0.0
         self.sealer = OrderSealer(self.storage)
         self.notifier = Notifier(settings, self.engine, self.clock)
+        self.purger = Purger(self.engine, self.storage, self.clock)
+        self._next_retention = 0.0
         self.deferred: list[Entry] = []
         self._retry_deferred_at = 0.0
         self._missing: dict[str, int] = {}
@@ -118,6 +121,7 @@ class Manager:
             self._loop(stop)
         finally:
             self.notifier.close(wait=1.0)
+            self.purger.close()
             try:
                 self.delete_doomed(now=True)
                 self.lock.release()
@@ -241,6 +245,8 @@ class Manager:
             self.s3_refusals.record(self.r, self.book, self.clock.now(), self._s3_keys)
         self.delete_doomed(idle=not entries)
         self.notifier.pump()  # never waits on a webhook: the senders are threads of their own
+        self.retain()
+        self.purger.pump()  # never waits on storage: the deletes run in a thread of their own
         if self.clock.monotonic() >= self._next_reconcile:
             self._next_reconcile = self.clock.monotonic() + SWEEP_EVERY
             self.reconcile()
@@ -320,6 +326,21 @@ class Manager:
         queues.release_leases(self.r, batch.released, [self.book.rq_id(w, a) for w, a in batch.abandoned])
         self._doomed += batch.delete_keys
         self.delete_doomed()
+        if batch.purges:
+            self.purger.wake()
+
+    def retain(self) -> None:
+        """Archive the finished jobs older than the retention (FARM_RETENTION_DAYS), now and then."""
+        days = self.settings.retention_days
+        if not days or self.clock.monotonic() < self._next_retention:
+            return
+        self._next_retention = self.clock.monotonic() + RETENTION_EVERY
+        with session_scope(self.engine) as session:
+            archived = apply_retention(session, days, self.clock.now())
+        if archived:
+            log.info("retention: %d job(s) finished over %g days ago archived", archived, days)
+            self._next_retention = 0.0  # more may be waiting
+            self.purger.wake()
 
     def delete_doomed(self, *, now: bool = False, idle: bool = False) -> None:
         """Delete promoted attempts' copies (and assembled frames' tiles) in bulk, a request per

@@ -64,6 +64,8 @@ def apply_verb(session: Session, r: Redis, intent: VerbIntent, batch: Batch, now
     elif isinstance(intent, RetryIntent):
         count = lifecycle.retry_job(session, job, everything=intent.all)
         changed = count > 0
+        if changed:
+            job.archived_at = None  # rendering again: listed again
         log.info("job %s: %d task(s) to render again", job.id, count)
     elif isinstance(intent, SetIntent):
         changed = _set(session, r, book, job, intent, batch, now)

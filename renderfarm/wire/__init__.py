@@ -5,7 +5,7 @@ value) and one `to_json()`. Both ends of every hop use the same class.
     hop                                 messages
     control stream   CLI -> manager     SubmitIntent (a JobSpec), CancelIntent, SuspendIntent,
                                         ResumeIntent, RetryIntent, PriorityIntent, SetIntent, TaskIntent,
-                                        NodeAddIntent,
+                                        DeleteIntent, ArchiveIntent, NodeAddIntent,
                                         NodeRevokeIntent, WorkerHoldIntent: parse_intent()
     reply list       manager -> CLI     Reply (with a NodeGrant for an enrolled node)
     node's queue     manager -> node    TaskOrder, Sealed with the node's key
@@ -36,7 +36,9 @@ from renderfarm.wire.events import (
 )
 from renderfarm.wire.heartbeat import Capabilities, Heartbeat
 from renderfarm.wire.intents import (
+    ArchiveIntent,
     CancelIntent,
+    DeleteIntent,
     Intent,
     NodeAddIntent,
     NodeGrant,
@@ -57,7 +59,8 @@ from renderfarm.wire.sealed import Sealed
 from renderfarm.wire.submission import JobSpec, RenderOptions, SubmitIntent
 
 __all__ = [
-    "AttemptEvent", "Box", "Bye", "CancelIntent", "Capabilities", "DeadLetter", "Done", "Event", "Failed",
+    "ArchiveIntent", "AttemptEvent", "Box", "Bye", "CancelIntent", "Capabilities", "DeadLetter", "DeleteIntent",
+    "Done", "Event", "Failed",
     "Heartbeat", "Intent", "JobSpec", "Limits", "Message", "NodeAddIntent", "NodeGrant", "NodeRevokeIntent",
     "Output", "PriorityIntent", "Progress", "Refused", "Released", "RenderOptions", "Reply", "ResumeIntent",
     "RetryIntent", "Sealed", "SetIntent", "Started", "SubmitIntent",

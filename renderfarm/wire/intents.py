@@ -119,6 +119,29 @@ class TaskIntent(Message):
         return self
 
 
+class DeleteIntent(Message):
+    """`farm delete JOB [--cancel] [--keep-frames]`: a finished job's rows go, and every object of
+    it in storage (with `keep_frames`, its final frames stay); `cancel` cancels it first if it is
+    not finished (without, an unfinished job is refused)."""
+
+    what = "intent delete"
+    type: Literal["delete"] = "delete"
+    request_id: RequestId
+    job: JobId
+    cancel: bool = False
+    keep_frames: bool = False
+
+
+class ArchiveIntent(Message):
+    """`farm archive JOB`: a finished job is hidden from default listings (`farm jobs --all`
+    shows it) and its attempts' data is deleted; its frames and logs stay."""
+
+    what = "intent archive"
+    type: Literal["archive"] = "archive"
+    request_id: RequestId
+    job: JobId
+
+
 class NodeAddIntent(Message):
     """`farm node add NAME`: enroll a render node (again: its old credentials stop working)."""
 
@@ -153,13 +176,13 @@ class WorkerHoldIntent(Message):
 
 
 Intent = (SubmitIntent | CancelIntent | SuspendIntent | ResumeIntent | RetryIntent | PriorityIntent | SetIntent
-          | TaskIntent | NodeAddIntent | NodeRevokeIntent | WorkerHoldIntent)
+          | TaskIntent | DeleteIntent | ArchiveIntent | NodeAddIntent | NodeRevokeIntent | WorkerHoldIntent)
 VerbIntent = CancelIntent | SuspendIntent | ResumeIntent | RetryIntent | PriorityIntent | SetIntent
 INTENT_MAX_BYTES = SubmitIntent.MAX_BYTES
 
 parse_intent = union_parser(
     "intent", (SubmitIntent, CancelIntent, SuspendIntent, ResumeIntent, RetryIntent, PriorityIntent, SetIntent,
-               TaskIntent, NodeAddIntent, NodeRevokeIntent, WorkerHoldIntent),
+               TaskIntent, DeleteIntent, ArchiveIntent, NodeAddIntent, NodeRevokeIntent, WorkerHoldIntent),
     INTENT_MAX_BYTES,
 )
 

@@ -51,7 +51,8 @@ class Submission:
     after: str | None = None  # a job (id or prefix) that must be done before this one starts
     first_last: bool = False
     site: str | None = None  # render only at this site
-    prefer: str | None = None  # "cheapest": the cheapest site with idle workers first
+    prefer: str | None = None  # cheapest, greenest or fastest (with a deadline: when and where it renders)
+    deadline: str | None = None  # when it must be done: ISO 8601, local time unless it names its zone
     requires: tuple[str, ...] = ()  # tags a worker must have (`--require gpu`)
     resolution: str | None = None  # WxH instead of the scene's own (renderers that take it)
     samples: object = None  # samples per pixel instead of the scene's own
@@ -119,6 +120,7 @@ def check_submission(settings: Settings, sub: Submission) -> JobSpec:
         "first_last": sub.first_last or None,
         "site": settings.site(sub.site).name if sub.site is not None else None,
         "prefer": sub.prefer,
+        "deadline": _deadline(sub.deadline),
         "requires": list(check_tags(sub.requires)),
         "renderer_version": version,
         "render_options": options or None,
@@ -126,6 +128,23 @@ def check_submission(settings: Settings, sub: Submission) -> JobSpec:
     }
     doc = {k: v for k, v in doc.items() if v is not None}
     return JobSpec.parse(json.dumps(doc), limits=limits)
+
+
+def _deadline(text: str | None) -> float | None:
+    """`--deadline 2026-12-06T09:00` as epoch seconds: local time unless it names its zone; one
+    already past is refused."""
+    from datetime import datetime
+
+    if text is None:
+        return None
+    try:
+        when = datetime.fromisoformat(text.strip())
+    except ValueError:
+        raise InputError(f"deadline: {text[:40]!r} is not a date and time (e.g. 2026-12-06T09:00)") from None
+    at = when.timestamp()  # a naive time is local
+    if at <= time.time():
+        raise InputError(f"deadline: {text[:40]} is already past")
+    return at
 
 
 def cli_number(value: object, *, real: bool = False) -> object:

@@ -17,6 +17,7 @@ JOB_COLUMNS = (
     "id", "name", "owner", "state", "priority", "pool", "renderer", "frames", "frame_count", "task_count", "chunk",
     "width", "height", "submitted_at", "started_at", "finished_at", "error", "site", "requires",
     "renderer_version", "after", "render_options", "timeout", "max_workers", "max_attempts", "archived_at",
+    "deadline", "plan_start", "plan_note",
 )
 WORKER_COLUMNS = ("name", "pool", "site", "capabilities")  # of the workers not offline
 MISSING = "missing"  # the state shown for an --after job that is no longer in the database
@@ -62,6 +63,9 @@ class JobStatus:
     max_workers: int | None = None  # at most this many workers at once
     retries: int | None = None  # times a failed task is tried again
     archived_at: float | None = None  # when it was archived (`farm archive`, retention): hidden by default
+    deadline: float | None = None  # epoch seconds it must be done by (`--deadline`)
+    held_until: float | None = None  # its deadline plan holds it for a cheaper (greener) band until then
+    plan: str | None = None  # that plan in one line: what it waits for, or that it is late
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -118,6 +122,8 @@ def summarize(job: Mapping[str, Any], state_rows: Iterable[tuple], costs: Mappin
         requires=requires, site=job.get("site"), unschedulable=why, renderer_version=job.get("renderer_version"),
         timeout=job.get("timeout"), max_workers=job.get("max_workers"), archived_at=job.get("archived_at"),
         retries=job["max_attempts"] - 1 if job.get("max_attempts") is not None else None,
+        deadline=job.get("deadline"), plan=job.get("plan_note"),
+        held_until=job.get("plan_start") if (job.get("plan_start") or 0) > now else None,
         **_after_fields(job, after_state),
     )
 

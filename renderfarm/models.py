@@ -48,7 +48,13 @@ class JobBase(SQLModel):
     after: str | None = Field(default=None, max_length=16)  # starts once this job is done
     first_last: bool = False  # first, middle and last frames render before the rest
     site: str | None = Field(default=None, max_length=64)  # pinned to this site's workers
-    prefer: str | None = Field(default=None, max_length=16)  # "cheapest": the cheapest site with idle workers first
+    prefer: str | None = Field(default=None, max_length=16)  # cheapest, greenest or fastest
+    deadline: float | None = None  # epoch seconds it must be done by (`--deadline`)
+    # The manager's plan for a job with a deadline (renderfarm.power): no task starts before
+    # `plan_start`, and then only at `plan_site` (if set); `plan_note` says why, or that it is late.
+    plan_start: float | None = None
+    plan_site: str | None = Field(default=None, max_length=64)
+    plan_note: str | None = Field(default=None, max_length=255)
     requires: str | None = Field(default=None, max_length=1024)  # tags a worker must have, comma-separated
     keep_tiles: bool = False
     renderer_version: str | None = Field(default=None, max_length=32)  # e.g. "3.4": only workers with it

@@ -158,9 +158,10 @@ class SteppedFarm:
     """A manager in this process and enrolled nodes the test acts as, stepped by the test: the
     nodes beat, start attempts and render them (a real PNG where the manager looks for it)."""
 
-    def __init__(self, manager, names: tuple[str, ...]) -> None:
+    def __init__(self, manager, names: tuple[str, ...], sites: dict[str, str] | None = None) -> None:
         self.manager = manager
-        self.nodes = {name: ActingNode(enroll_in_process(manager, name)) for name in names}
+        self.nodes = {name: ActingNode(enroll_in_process(manager, name, site=(sites or {}).get(name, "local")))
+                      for name in names}
         self.requests = 0
 
     def beat(self, *names: str) -> None:
@@ -226,7 +227,7 @@ class SteppedFarm:
                 self.render(attempt_id)
             self.beat()
 
-    def render(self, attempt_id: int) -> None:
+    def render(self, attempt_id: int, wall: float = 1.0) -> None:
         """Act as the attempt's node: start it, upload its frame where the manager looks, report it."""
         with session_scope(self.manager.engine) as s:
             attempt = s.get(Attempt, attempt_id)
@@ -238,7 +239,7 @@ class SteppedFarm:
         frame_file = Path(self.manager.settings.state_dir) / "frame.png"
         frame_file.write_bytes(PNG)
         self.manager.storage.put_file(key, frame_file, sha256=hashlib.sha256(PNG).hexdigest())  # as a worker does
-        node.post(self.manager.r, Done(worker=worker, attempt_id=attempt_id, usage=Usage(wall=1.0), outputs=(
+        node.post(self.manager.r, Done(worker=worker, attempt_id=attempt_id, usage=Usage(wall=wall), outputs=(
             Output(frame=frame, sha256=hashlib.sha256(PNG).hexdigest(), size=len(PNG)),)))
         self.manager.tick()
 

@@ -122,7 +122,7 @@ BAD = [
     (wire.JobSpec, SPEC, "frames", "x" * 5000, "submission: frames: 'xxxxxxxx"),
     (wire.JobSpec, SPEC, "output_format", "gif", "submission: output_format: 'gif' should be 'png', 'png16' or 'exr'"),
     (wire.JobSpec, SPEC, "after", "../x", "submission: after: '../x' should match pattern"),
-    (wire.JobSpec, SPEC, "prefer", "fastest", "submission: prefer: 'fastest' should be 'cheapest'"),
+    (wire.JobSpec, SPEC, "prefer", "soonest", "submission: prefer: 'soonest' should be 'cheapest', 'greenest' or 'fastest'"),
     (wire.JobSpec, SPEC, "first_last", 1, "submission: first_last: 1 should be a valid boolean"),
     (wire.JobSpec, SPEC, "name", ..., "submission: name: missing"),
     (wire.JobSpec, SPEC, "colour", "red", "submission: colour: not a field of this message"),

@@ -38,6 +38,8 @@ STYLES = dict(
         "disabled": "magenta",
         "enabled": "green",
         "unschedulable": "yellow",
+        "held": "cyan",  # its deadline plan waits for a cheaper (greener) band
+        "late": "bold red",  # its deadline can no longer be met
         "waiting": "cyan",  # a job whose --after job is not done yet
         "blocked": "bold yellow",  # one whose --after job failed or was cancelled
     }

@@ -8,7 +8,16 @@ from typing import Annotated, Optional
 
 import typer
 
-from renderfarm_cli.console import age, counted, duration, note, one_line, out, print_json, state_text
+from renderfarm_cli.console import (
+    age,
+    counted,
+    duration,
+    note,
+    one_line,
+    out,
+    print_json,
+    state_text,
+)
 
 JobArg = Annotated[str, typer.Argument(help="Job id, or a unique prefix of one.", show_default=False)]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
@@ -90,7 +99,8 @@ def submit(
     after: Annotated[Optional[str], typer.Option(help="Start only once this job (id or prefix) is done.")] = None,
     first_last: Annotated[bool, typer.Option("--first-last", help="Render the first, middle and last frames before the rest.")] = False,
     site: Annotated[Optional[str], typer.Option(help="Render only at this site (a [sites.NAME] of farm.toml).")] = None,
-    prefer: Annotated[Optional[str], typer.Option(help="cheapest: the cheapest site with idle workers first.")] = None,
+    prefer: Annotated[Optional[str], typer.Option(help="cheapest: the cheapest site with idle workers first; with --deadline, cheapest or greenest may wait for a cheaper (greener) band while the deadline still holds; fastest never waits.")] = None,
+    deadline: Annotated[Optional[str], typer.Option(help="When the job must be done, e.g. 2026-12-06T09:00 (local time unless a zone is given): flagged late when it cannot be.")] = None,
     require: Annotated[Optional[list[str]], typer.Option("--require", help="Render only on workers with this tag (farm-worker --tag); repeat for several.")] = None,
     resolution: Annotated[Optional[str], typer.Option(help="WxH instead of the scene's own resolution (blender).")] = None,
     samples: Annotated[Optional[str], typer.Option(help="Samples per pixel instead of the scene's own (blender).")] = None,
@@ -102,13 +112,14 @@ def submit(
     json_: JsonOpt = False,
 ) -> None:
     """Submit a shot: split its frames into tasks and queue them on the farm."""
-    from renderfarm.client import Submission, submit as submit_shot
+    from renderfarm.client import Submission
+    from renderfarm.client import submit as submit_shot
 
     settings = _settings()
     sub = Submission(scene=scene, frames=frames, chunk=chunk, renderer=renderer, priority=priority, pool=pool,
                      name=name, timeout=timeout, tiles=tiles, tile_size=tile_size, format=format_,
                      keep_tiles=keep_tiles, max_workers=max_workers, after=after, first_last=first_last,
-                     site=site, prefer=prefer, requires=tuple(require or ()), resolution=resolution,
+                     site=site, prefer=prefer, deadline=deadline, requires=tuple(require or ()), resolution=resolution,
                      samples=samples, allow_scripts=allow_scripts, renderer_version=blender_version,
                      notify=notify)
     job_id = submit_shot(settings, sub, request_id=request_id, warn=note)
@@ -197,6 +208,10 @@ def shown_state(s) -> str:
         return "blocked"
     if s.waiting_on:
         return "waiting"
+    if s.held_until is not None:
+        return "held"  # for a cheaper (greener) band, its deadline still met
+    if (s.plan or "").startswith("late"):
+        return "late"
     return "unschedulable" if s.unschedulable else s.state
 
 
@@ -242,6 +257,13 @@ def status(
         from rich.markup import escape
 
         out().print(f"  [error]unschedulable[/]: {escape(s.unschedulable)}; it waits until such a worker joins")
+    if s.deadline is not None:
+        from rich.markup import escape
+
+        when = time.strftime("%Y-%m-%d %H:%M", time.localtime(s.deadline))
+        late = (s.plan or "").startswith("late")
+        out().print(f"  deadline  {when}" + (f"; {'[error]' if late else ''}{escape(s.plan)}{'[/]' if late else ''}"
+                                             if s.plan else ""))
     if s.cost:
         so_far = ", ".join(f"{v:.4f} {c}".strip() for c, v in s.cost.items())
         projected = ", ".join(f"{v:.4f} {c}".strip() for c, v in s.projected_cost.items()) or "-"
@@ -359,7 +381,6 @@ def download(
     from renderfarm.downloads import download as fetch
     from renderfarm.errors import InputError, NotFoundError, VerificationError
     from renderfarm.status import resolve_job
-
     from renderfarm_cli.progress import Progress
 
     settings = _settings()

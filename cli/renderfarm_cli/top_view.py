@@ -109,6 +109,8 @@ def job_state(j) -> str:
         return "blocked"
     if j.waiting_on:
         return "waiting"
+    if j.held_until is not None:
+        return "held"
     return j.state
 
 
@@ -121,6 +123,8 @@ def job_story(j) -> str | None:
         return f"waiting on job {j.after} ({j.after_state}): it starts once that job is done"
     if j.unschedulable and j.state in ("queued", "running"):
         return f"unschedulable: {j.unschedulable}"
+    if j.plan and j.state in ("queued", "running"):
+        return j.plan  # waiting for a band, or late
     return None
 
 

@@ -10,10 +10,19 @@ from typing import TYPE_CHECKING
 from sqlalchemy import func, select
 
 from renderfarm import lifecycle
+from renderfarm.capabilities import wants_scripts
 from renderfarm.frames import parse_frames
 from renderfarm.manager.expected import frame_tile_keys, job_tiles
-from renderfarm.models import ATTEMPT_ACTIVE, Attempt, AttemptState, Job, JobState, Task, TaskKind, TaskState
-from renderfarm.capabilities import wants_scripts
+from renderfarm.models import (
+    ATTEMPT_ACTIVE,
+    Attempt,
+    AttemptState,
+    Job,
+    JobState,
+    Task,
+    TaskKind,
+    TaskState,
+)
 from renderfarm.scheduling import Candidate, WorkerView, pick_task
 
 if TYPE_CHECKING:
@@ -91,7 +100,7 @@ def plan_handouts(session: Session, workers: list[WorkerView], fair: FairShare |
     free = {w.name: QUEUE_DEPTH - hands.per_worker[w.name] for w in workers if hands.per_worker[w.name] < QUEUE_DEPTH}
     if not free:
         return []
-    candidates = runnable_candidates(session, sum(free.values()))
+    candidates = runnable_candidates(session, sum(free.values()), now)
     if not candidates:
         return []
     peers: dict[str, set[str]] = {}
@@ -175,13 +184,18 @@ class OrderSealer:
         return out
 
 
-def runnable_jobs(session: Session) -> list[tuple]:
-    """Jobs that may start tasks now: queued or running (not suspended), and whose --after job is
-    done; most urgent first."""
-    rows = session.execute(
+def runnable_jobs(session: Session, now: float | None = None) -> list[tuple]:
+    """Jobs that may start tasks now: queued or running (not suspended), whose --after job is
+    done, and that no deadline plan holds for a later band (at `now`); most urgent first."""
+    query = (
         select(Job.id, Job.priority, Job.submitted_at, Job.pool, Job.max_workers, Job.after, Job.site, Job.prefer,
-               Job.requires, Job.renderer, Job.renderer_version, Job.render_options)
+               Job.requires, Job.renderer, Job.renderer_version, Job.render_options, Job.plan_site)
         .where(Job.state.in_([JobState.QUEUED.value, JobState.RUNNING.value]))
+    )
+    if now is not None:
+        query = query.where((Job.plan_start.is_(None)) | (Job.plan_start <= now))
+    rows = session.execute(
+        query
         .order_by(Job.priority.desc(), Job.submitted_at)
         .limit(MAX_JOBS_CONSIDERED)
     ).all()
@@ -192,10 +206,10 @@ def runnable_jobs(session: Session) -> list[tuple]:
     return [r for r in rows if not r.after or r.after in done]
 
 
-def runnable_candidates(session: Session, wanted: int) -> list[Candidate]:
+def runnable_candidates(session: Session, wanted: int, now: float | None = None) -> list[Candidate]:
     """The first `wanted` pending tasks of each runnable job (first-last frames first), with the
     workers each already failed on and the workers blocklisted for its job."""
-    jobs = runnable_jobs(session)
+    jobs = runnable_jobs(session, now)
     if not jobs:
         return []
     failed = AttemptState.FAILED.value
@@ -228,7 +242,7 @@ def runnable_candidates(session: Session, wanted: int) -> list[Candidate]:
     return [
         Candidate(task_id, job.id, index, job.priority, job.submitted_at, job.pool,
                   frozenset(failed_on.get(task_id, ())), frozenset(blocked.get(job.id, ())), rank, job.max_workers,
-                  job.site, job.prefer == "cheapest", required_tags(job.requires), job.renderer,
+                  job.plan_site or job.site, job.prefer == "cheapest", required_tags(job.requires), job.renderer,
                   job.renderer_version, wants_scripts(job.render_options))
         for task_id, job, index, _attempts, rank in rows
     ]
@@ -238,11 +252,11 @@ def required_tags(requires: str | None) -> frozenset[str]:
     return frozenset(requires.split(",")) if requires else frozenset()
 
 
-def outranked_prefetches(session: Session) -> list[Attempt]:
+def outranked_prefetches(session: Session, now: float | None = None) -> list[Attempt]:
     """Prefetched attempts (queued, not started, behind a running one) of jobs that a runnable
     job with pending tasks outranks in priority, in the same pool: withdrawn, they let the more
     urgent work start as soon as a worker frees up."""
-    jobs = runnable_jobs(session)
+    jobs = runnable_jobs(session, now)
     waiting: dict[str, int] = {}
     for job in jobs:
         has_pending = session.scalar(

@@ -152,7 +152,7 @@ def apply_event(session: Session, settings: Settings, storage: Storage, event: E
     batch.jobs.add(attempt.job_id)
     usage = getattr(event, "usage", None)
     if usage is not None:
-        _record_usage(session, settings, attempt, usage)
+        _record_usage(session, settings, attempt, usage, now)
     started_at = now - usage.wall if usage is not None else None
     if isinstance(event, Started):
         lifecycle.start_attempt(session, attempt, now - event.elapsed)
@@ -222,7 +222,9 @@ def _where(job: Job, task: Task, attempt: Attempt) -> dict:
             "expected": expected_outputs(job, task), "fmt": job.output_format}
 
 
-def _record_usage(session: Session, settings: Settings, attempt: Attempt, usage: Usage) -> None:
+def _record_usage(session: Session, settings: Settings, attempt: Attempt, usage: Usage, now: float) -> None:
+    """Charge an attempt's usage at its site's prices in force in the middle of its render (the
+    band it rendered in, where the site has bands)."""
     from renderfarm.errors import ConfigError
     from renderfarm.sites import Site, account
 
@@ -233,7 +235,7 @@ def _record_usage(session: Session, settings: Settings, attempt: Attempt, usage:
                     attempt.id, usage.site)
         site = Site(usage.site)
     result = account(site, wall_seconds=usage.wall, cpu_seconds=usage.cpu, watts=usage.watts,
-                     watts_per_core=usage.watts_per_core)
+                     watts_per_core=usage.watts_per_core, at=now - usage.wall / 2)
     lifecycle.record_usage(session, attempt, site.name, result, wall=usage.wall, cpu=usage.cpu)
 
 

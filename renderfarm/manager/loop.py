@@ -21,6 +21,7 @@ from renderfarm.manager.intake import Batch
 from renderfarm.manager.leader import LeaderLock
 from renderfarm.manager.nodebook import AclWatch, NodeBook, restore_all, restore_missing
 from renderfarm.manager.notifier import Notifier
+from renderfarm.manager.planner import PLAN_EVERY, plan_deadlines
 from renderfarm.manager.reconcile import SWEEP_EVERY, Reconciler
 from renderfarm.manager.sweep import AttemptSweep
 from renderfarm.manager.removal import RETENTION_EVERY, Purger, apply_retention
@@ -95,6 +96,8 @@ class Manager:
         self._redis_back_at = 0.0
         self._next_reap = 0.0
         self._next_reconcile = 0.0
+        self._next_plan = 0.0
+        self._measuring = False  # a job with a deadline has no task time yet
         self._next_rebalance = 0.0
         self._next_dispatch = 0.0  # due at once; again whenever a slot may have freed up
         self._roster: dict[str, object] = {}  # each live worker's state, as dispatch last saw it
@@ -236,8 +239,11 @@ class Manager:
             messages = self.apply(entries)
             if any(e.is_control for e in entries):
                 self._next_rebalance = 0.0  # a new or reprioritised job may outrank prefetched work
+                self._next_plan = 0.0  # and a new job may have a deadline
             if any(not isinstance(m, QUIET_EVENTS) for m in messages):
                 self._next_dispatch = 0.0
+                if self._measuring:  # a job with a deadline may have its first task time now
+                    self._next_plan = 0.0
         self.watch_workers()
         if self.clock.monotonic() >= self._next_acl_watch:
             self._next_acl_watch = self.clock.monotonic() + ACL_WATCH_EVERY
@@ -253,6 +259,9 @@ class Manager:
             self._next_dispatch = 0.0
             # Storage left behind (renderfarm.manager.sweep): a page at a time, in its own thread.
             self.attempt_sweep.start_round(self.clock.now(), self.clock.monotonic())
+        if self.clock.monotonic() >= self._next_plan:
+            self._next_plan = self.clock.monotonic() + PLAN_EVERY
+            self.plan()
         handed = 0
         # A round costs a few queries: only when a slot may have freed up (a task ended, a
         # worker came or changed, an intent arrived), and every DISPATCH_EVERY all the same.
@@ -502,13 +511,22 @@ class Manager:
         node = self.book.get(name)
         return node is not None and node.hold is not None
 
+    def plan(self) -> None:
+        """Plan the jobs with a deadline: when and where each renders (renderfarm.power)."""
+        now = self.clock.now()
+        views = [self._view(beat) for name, beat in self.live.items() if name in self._written_at
+                 and not self._held(name)]
+        with session_scope(self.engine) as session:
+            self._measuring = plan_deadlines(session, self.settings, views, now) > 0
+        self._next_dispatch = 0.0
+
     def make_way(self) -> None:
         """Withdraw prefetched attempts that a more urgent job's pending tasks outrank, so those
         start as soon as a worker frees up (a new high-priority job, or `farm priority`)."""
         batch = Batch()
         now = self.clock.now()
         with session_scope(self.engine) as session:
-            for attempt in outranked_prefetches(session):
+            for attempt in outranked_prefetches(session, now):
                 if queues.withdraw_attempt(self.r, attempt.worker, self.book.rq_id(attempt.worker, attempt.id)):
                     lifecycle.take_back_attempt(session, attempt, now, "withdrawn for a more urgent job")
                     batch.release([attempt])

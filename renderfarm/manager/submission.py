@@ -67,6 +67,7 @@ def submit(session: Session, settings: Settings, intent: SubmitIntent, now: floa
         first_last=spec.first_last,
         site=spec.site,
         prefer=spec.prefer,
+        deadline=spec.deadline,
         requires=",".join(spec.requires) or None,
         renderer_version=spec.renderer_version,
         render_options=json.dumps(options, sort_keys=True) if options else None,

@@ -80,7 +80,8 @@ class JobSpec(Message):
     after: JobId | None = None
     first_last: bool = False
     site: ShortSlug | None = None
-    prefer: Literal["cheapest"] | None = None
+    prefer: Literal["cheapest", "greenest", "fastest"] | None = None
+    deadline: Annotated[float, Field(ge=0, le=2**33)] | None = None  # epoch seconds it must be done by
     requires: Annotated[tuple[Tag, ...], Field(max_length=32)] = ()
     renderer_version: Annotated[str, Field(pattern=VERSION)] | None = None
     render_options: RenderOptions | None = None

@@ -25,6 +25,9 @@ def in_process_manager(redis_url: str, tmp_path: Path, clock=None, env: dict[str
     settings = load_settings({
         "FARM_STATE_DIR": str(tmp_path), "FARM_REDIS_URL": redis_url,
         "FARM_DATABASE_URL": f"sqlite:///{tmp_path / 'farm.db'}", "FARM_STORAGE_URL": f"file://{tmp_path / 'store'}",
+        # The storage sweep waits ~30 years unless a test asks for it: storage's real file times
+        # against a stepped clock would let it delete, mid-test, what the test planted.
+        "FARM_SWEEP_GRACE": str(10**9),
         **(env or {}),
     }, cwd=tmp_path)
     manager = Manager(settings, clock=clock or SteppedClock())

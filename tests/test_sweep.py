@@ -71,7 +71,7 @@ def test_listing_goes_on_after_a_key(tmp_path: Path) -> None:
 def test_one_sweep_after_five_manager_kills_and_a_lost_worker_leaves_only_what_attempts_need(
         redis_url: str, tmp_path: Path) -> None:
     clock = SteppedClock(start=time.time())  # objects' times are storage's real ones
-    farm = SteppedFarm(in_process_manager(redis_url, tmp_path, clock), ("a", "b"))
+    farm = SteppedFarm(in_process_manager(redis_url, tmp_path, clock, env={"FARM_SWEEP_GRACE": "3600"}), ("a", "b"))
     job_id = farm.submit(SPEC.model_copy(update={"frames": "1-48"}))
     farm.beat()
     storage = farm.manager.storage
@@ -85,7 +85,7 @@ def test_one_sweep_after_five_manager_kills_and_a_lost_worker_leaves_only_what_a
             farm.beat()
         assert farm.manager._doomed, "nothing was left to delete when the manager died"
         farm.manager.engine.dispose()
-        farm.manager = in_process_manager(redis_url, tmp_path, clock)
+        farm.manager = in_process_manager(redis_url, tmp_path, clock, env={"FARM_SWEEP_GRACE": "3600"})
         farm.beat()
 
     # A failed render leaves its log (recorded: needed) and a half-written frame (not needed).

@@ -229,7 +229,9 @@ def test_a_job_needing_a_tag_nobody_has_waits_as_unschedulable_until_such_a_work
 def test_task_kill_frees_the_worker_in_seconds_and_task_skip_finishes_the_job_without_its_frames(farm, tmp_path):
     job = farm.submit(farm.scene("kill", "1-4", 120), name="kill")
     wait_for(lambda: renderer_pids(farm, 1) and renderer_pids(farm, 2), 60, "two hanging renders")
-    first = {a["task"]: a["worker"] for a in farm.attempts(job) if a["state"] == "running"}
+    # The renders may start before the manager has heard of it: wait until it has.
+    first = wait_for(lambda: len(running := {a["task"]: a["worker"] for a in farm.attempts(job)
+                                            if a["state"] == "running"}) == 2 and running, 30, "two running attempts")
     pids = renderer_pids(farm, 1) + renderer_pids(farm, 2)
     # Frames 3-4, prefetched behind the hanging renders, are skipped.
     skip = run_farm("task", "skip", f"{job}:frames=3-4", env=farm.env)

@@ -83,6 +83,7 @@ class Task(SQLModel, table=True):
         UniqueConstraint("job_id", "index", name="uq_tasks_job_index"),
         # The dispatcher's query: a job's next pending tasks, first-last ones first, in order.
         Index("ix_tasks_job_state_rank_index", "job_id", "state", "rank", "index"),
+        {"sqlite_autoincrement": True},  # ids never used again (leases are by task id)
     )
 
     id: int | None = Field(default=None, primary_key=True)
@@ -112,6 +113,9 @@ class Attempt(SQLModel, table=True):
     __table_args__ = (
         UniqueConstraint("task_id", "number", name="uq_attempts_task_number"),
         Index("ix_attempts_worker_state", "worker", "state"),
+        # Ids are never used again (SQLite reuses the highest ones once deleted, `farm delete`):
+        # a late event, lease or RQ job of a deleted attempt must never name a new one.
+        {"sqlite_autoincrement": True},
     )
 
     id: int | None = Field(default=None, primary_key=True)

@@ -128,7 +128,7 @@ def test_upgrade_creates_schema_and_is_idempotent(database_url):
     engine = make_engine(database_url, writer=True)
     try:
         assert current_revision(engine) is None
-        assert head_revision() == "0013"
+        assert head_revision() == "0014"
         upgrade(engine)
         assert current_revision(engine) == head_revision()
         assert set(inspect(engine).get_table_names()) == TABLES
@@ -138,7 +138,7 @@ def test_upgrade_creates_schema_and_is_idempotent(database_url):
         assert set(inspect(engine).get_table_names()) == TABLES
         assert snapshot(engine, "job00001")[0] == "queued"
         with engine.connect() as conn:
-            assert conn.execute(text("SELECT version_num FROM alembic_version")).scalars().all() == ["0013"]
+            assert conn.execute(text("SELECT version_num FROM alembic_version")).scalars().all() == ["0014"]
     finally:
         engine.dispose()
 
@@ -719,3 +719,22 @@ def test_a_batchs_done_events_are_promoted_together_and_a_cancelled_tasks_frames
     assert finals[1] not in batch.delete_keys
     states = snapshot(engine, job_id)[1]
     assert states == [("done", 1), ("done", 1), ("cancelled", 1)]
+
+
+def test_ids_of_deleted_tasks_and_attempts_are_never_used_again(engine):
+    """`farm delete` removes a job's rows: a new task or attempt must not get a deleted one's id,
+    or a late event, lease or RQ job of the old one would name the new one (SQLite reuses the
+    highest rowid without AUTOINCREMENT; migration 0014)."""
+    from sqlalchemy import delete, func, select
+
+    old = create(engine, "job0000a", "1-3", 1)
+    attempt = queue(engine, old, 2, "w1", 10.0)
+    with session_scope(engine) as s:
+        top_task = s.scalar(select(func.max(Task.id)))
+        s.execute(delete(Attempt).where(Attempt.job_id == old))
+        s.execute(delete(Task).where(Task.job_id == old))
+        s.execute(delete(Job).where(Job.id == old))
+    new = create(engine, "job0000b", "1-3", 1)
+    assert queue(engine, new, 0, "w1", 20.0) > attempt
+    with session_scope(engine) as s:
+        assert s.scalar(select(func.min(Task.id)).where(Task.job_id == new)) > top_task

@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -152,6 +153,19 @@ def _png() -> bytes:
 
 
 PNG = _png()
+
+
+@contextmanager
+def stepped_farm(redis_url: str, tmp_path: Path, names: tuple[str, ...] = ("a", "b"), **kwargs):
+    """A SteppedFarm of enrolled nodes `names` on a manager in this process (its settings from
+    `tests/test_manager_loop.in_process_manager`, with `kwargs`), closed after."""
+    from test_manager_loop import in_process_manager
+
+    manager = in_process_manager(redis_url, tmp_path, **kwargs)
+    try:
+        yield SteppedFarm(manager, names)
+    finally:
+        manager.engine.dispose()
 
 
 class SteppedFarm:

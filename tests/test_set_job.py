@@ -8,10 +8,9 @@ from pathlib import Path
 
 import pytest
 from conftest import farm_env, run_farm
-from nodekit import SPEC, SteppedFarm
+from nodekit import SPEC, SteppedFarm, stepped_farm
 from rq.job import Job as RQJob
 from rq.serializers import JSONSerializer
-from test_manager_loop import in_process_manager
 
 from renderfarm.db import session_scope
 from renderfarm.models import AttemptState, Job
@@ -22,10 +21,8 @@ from renderfarm.wire import CancelIntent, SetIntent, Started, SubmitIntent, Wire
 
 @pytest.fixture()
 def farm(redis_url: str, tmp_path: Path):
-    manager = in_process_manager(redis_url, tmp_path)
-    farm = SteppedFarm(manager, ("a", "b"))
-    yield farm
-    manager.engine.dispose()
+    with stepped_farm(redis_url, tmp_path) as farm:
+        yield farm
 
 
 def order(farm: SteppedFarm, attempt_id: int, worker: str) -> tuple[dict, int]:

@@ -6,8 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from nodekit import SPEC, SteppedFarm
-from test_manager_loop import in_process_manager
+from nodekit import SPEC, SteppedFarm, stepped_farm
 
 from renderfarm import keys
 from renderfarm.downloads import download
@@ -17,10 +16,8 @@ from renderfarm.wire import TaskIntent, WireError
 
 @pytest.fixture()
 def farm(redis_url: str, tmp_path: Path):
-    manager = in_process_manager(redis_url, tmp_path)
-    farm = SteppedFarm(manager, ("a", "b"))
-    yield farm
-    manager.engine.dispose()
+    with stepped_farm(redis_url, tmp_path) as farm:
+        yield farm
 
 
 def task_verb(farm: SteppedFarm, job: str, action: str, *tasks: int, frames: str | None = None):

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 from conftest import farm_env, run_farm
-from nodekit import SPEC, SteppedFarm
+from nodekit import SPEC, SteppedFarm, stepped_farm
 from test_manager_loop import in_process_manager
 
 from renderfarm.models import AttemptState
@@ -25,10 +25,8 @@ from renderfarm.wire import (
 
 @pytest.fixture()
 def farm(redis_url: str, tmp_path: Path):
-    manager = in_process_manager(redis_url, tmp_path)
-    farm = SteppedFarm(manager, ("a", "b"))
-    yield farm
-    manager.engine.dispose()
+    with stepped_farm(redis_url, tmp_path) as farm:
+        yield farm
 
 
 def test_a_drained_worker_finishes_its_render_takes_nothing_new_and_shows_drained(farm: SteppedFarm) -> None:

@@ -131,3 +131,12 @@ def test_after_the_followed_job_is_cancelled_its_done_frames_still_render_and_th
 def test_frame_by_frame_without_after_is_refused_in_one_line() -> None:
     with pytest.raises(InputError, match=r"^frame-by-frame: .*add --after JOB$"):
         JobSpec.parse(SPEC.model_copy(update={"frame_by_frame": True}).model_dump_json())
+
+
+def test_farm_submit_refuses_frame_by_frame_without_after_in_one_line(tmp_path: Path) -> None:
+    from conftest import EXAMPLES, farm_env, run_farm
+
+    proc = run_farm("submit", str(EXAMPLES / "orbit.toml"), "--frame-by-frame", env=farm_env(tmp_path / "state"),
+                    check=False)
+    assert proc.returncode == 1
+    assert proc.stderr.strip() == "farm: frame-by-frame: it follows the frames of another job: add --after JOB"

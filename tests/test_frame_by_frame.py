@@ -66,7 +66,7 @@ def status(farm: SteppedFarm, job: str):
 def test_each_frame_starts_once_its_own_frame_is_done_in_the_job_it_follows(farm: SteppedFarm) -> None:
     farm.beat()
     plate = farm.submit()  # frames 1-6
-    comp = follow(farm, plate, "1-6")
+    comp = follow(farm, plate, "1-6", priority=90)  # it takes each slot that frees
     farm.beat()
     assert handed_out(farm, comp) == set()  # four slots, all the plate's: nothing of comp is ready
     shown = status(farm, comp)

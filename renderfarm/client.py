@@ -49,6 +49,7 @@ class Submission:
     keep_tiles: bool = False
     max_workers: object = None  # at most this many workers at once
     after: str | None = None  # a job (id or prefix) that must be done before this one starts
+    frame_by_frame: bool = False  # with `after`: each frame starts once that job's same frame is done
     first_last: bool = False
     site: str | None = None  # render only at this site
     prefer: str | None = None  # cheapest, greenest or fastest (with a deadline: when and where it renders)
@@ -88,7 +89,9 @@ def check_submission(settings: Settings, sub: Submission) -> JobSpec:
     import json
 
     from renderfarm.wire import JobSpec, Limits
+    from renderfarm.wire.submission import check_following
 
+    check_following(sub.after, sub.frame_by_frame)
     limits = Limits.of(settings)
     renderer = get_renderer(renderer_for(Path(sub.scene), sub.renderer))
     scene = check_scene_path(renderer, Path(sub.scene))
@@ -231,7 +234,7 @@ def submit(settings: Settings, sub: Submission, *, request_id: str | None = None
         after, state = resolve_job(settings, sub.after)
         if state in ("failed", "cancelled"):
             warn(f"job {after} is {state}: this job waits until it is retried and done (`farm retry {after}`)")
-        spec = spec.model_copy(update={"after": after})
+        spec = spec.model_copy(update={"after": after, "frame_by_frame": sub.frame_by_frame})
     r = connect(settings)
     if not r.exists(keys.MANAGER_LEADER):
         raise FarmNotRunningError(f"the farm's manager is not running; {NOT_RUNNING_HINT}")

@@ -16,8 +16,8 @@ from renderfarm.states import JOB_FINAL, JobState, TaskState
 JOB_COLUMNS = (
     "id", "name", "owner", "state", "priority", "pool", "renderer", "frames", "frame_count", "task_count", "chunk",
     "width", "height", "submitted_at", "started_at", "finished_at", "error", "site", "requires",
-    "renderer_version", "after", "render_options", "timeout", "max_workers", "max_attempts", "archived_at",
-    "deadline", "plan_start", "plan_note",
+    "renderer_version", "after", "frame_by_frame", "render_options", "timeout", "max_workers", "max_attempts",
+    "archived_at", "deadline", "plan_start", "plan_note",
 )
 WORKER_COLUMNS = ("name", "pool", "site", "capabilities")  # of the workers not offline
 MISSING = "missing"  # the state shown for an --after job that is no longer in the database
@@ -54,6 +54,7 @@ class JobStatus:
     unschedulable: str | None = None  # why no live worker can run its waiting tasks, if none can
     renderer_version: str | None = None  # the renderer version it needs ("3.4": any 3.4.x)
     after: str | None = None  # the job it starts after (--after), once that one is done
+    frame_by_frame: bool = False  # each frame waits only for the same frame of the --after job
     after_state: str | None = None  # that job's state ("missing" once it is gone)
     waiting_on: str | None = None  # the --after job, while it keeps this one from starting
     blocked: str | None = None  # "1a2b3c4d failed": the --after job will not be done unless retried
@@ -131,12 +132,14 @@ def summarize(job: Mapping[str, Any], state_rows: Iterable[tuple], costs: Mappin
 def _after_fields(job: Mapping[str, Any], after_state: str | None) -> dict[str, Any]:
     """What a job's --after job means for it now. The scheduler starts a job's tasks only once its
     --after job is done: until then it waits on it, and a failed, cancelled or vanished --after
-    job blocks it until that job is retried and done."""
+    job blocks it until that job is retried and done. Frame by frame, each of its tasks starts
+    once its frames are done there, so it waits on that job all the same; once that job is
+    blocked, the frames already done there still render."""
     after = job.get("after")
     if not after:
         return {}
     state = after_state or MISSING
-    fields: dict[str, Any] = {"after": after, "after_state": state}
+    fields: dict[str, Any] = {"after": after, "after_state": state, "frame_by_frame": bool(job.get("frame_by_frame"))}
     final = {s.value for s in JOB_FINAL}
     if job["state"] in final or state == JobState.DONE.value:
         return fields

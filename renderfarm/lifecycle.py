@@ -68,6 +68,8 @@ def create_job(session: Session, job: Job, plans: list[TaskPlan]) -> None:
             "frames": p.spec,
             "first_frame": p.frames[0],
             "frame_count": len(p.frames),
+            "frame_low": min(p.frames),
+            "frame_high": max(p.frames),
             "tile": p.tile,
             "weight": p.share,
             "rank": p.rank,

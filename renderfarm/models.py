@@ -46,6 +46,8 @@ class JobBase(SQLModel):
     tile_count: int = 0  # tiles per frame (0: not tiled)
     max_workers: int | None = None  # at most this many workers render it at once
     after: str | None = Field(default=None, max_length=16)  # starts once this job is done
+    # With `after`: each frame starts once the after job's same frame is done (--frame-by-frame).
+    frame_by_frame: bool = False
     first_last: bool = False  # first, middle and last frames render before the rest
     site: str | None = Field(default=None, max_length=64)  # pinned to this site's workers
     prefer: str | None = Field(default=None, max_length=16)  # cheapest, greenest or fastest
@@ -83,6 +85,8 @@ class Task(SQLModel, table=True):
         UniqueConstraint("job_id", "index", name="uq_tasks_job_index"),
         # The dispatcher's query: a job's next pending tasks, first-last ones first, in order.
         Index("ix_tasks_job_state_rank_index", "job_id", "state", "rank", "index"),
+        # A --frame-by-frame job's question: which tasks of the job it follows hold these frames.
+        Index("ix_tasks_job_frame_low", "job_id", "frame_low"),
         {"sqlite_autoincrement": True},  # ids never used again (leases are by task id)
     )
 
@@ -93,6 +97,8 @@ class Task(SQLModel, table=True):
     frames: str = Field(max_length=4096)
     first_frame: int
     frame_count: int
+    frame_low: int  # its lowest and highest frames (a chunk's frames may skip some in between)
+    frame_high: int
     tile: int | None = None  # the tile's index in the job's grid, for tile tasks
     # This task's share of the job's frames: its frame count, or a frame's share for tiles and
     # assemblies (progress shows a tiled frame as partly done).

@@ -16,7 +16,7 @@ from sqlalchemy import select
 from renderfarm import keys, presence, streams
 from renderfarm.db import session_scope
 from renderfarm.enrollment import NodeCredentials, credentials_for, write_credentials
-from renderfarm.frames import frame_name
+from renderfarm.frames import frame_name, parse_frames
 from renderfarm.models import Attempt, AttemptState, Job, Task
 from renderfarm.nodes import Sequence
 from renderfarm.status import list_workers
@@ -242,19 +242,22 @@ class SteppedFarm:
             self.beat()
 
     def render(self, attempt_id: int, wall: float = 1.0) -> None:
-        """Act as the attempt's node: start it, upload its frame where the manager looks, report it."""
+        """Act as the attempt's node: start it, upload its frames where the manager looks, report it."""
         with session_scope(self.manager.engine) as s:
             attempt = s.get(Attempt, attempt_id)
             task, job = s.get(Task, attempt.task_id), s.get(Job, attempt.job_id)
-            worker, frame = attempt.worker, task.first_frame
-            key = attempt_prefix(worker, job.id, task.index, attempt.number) + frame_name(job.name, frame, "png")
+            worker, frames = attempt.worker, parse_frames(task.frames)
+            prefix = attempt_prefix(worker, job.id, task.index, attempt.number)
+            keys_ = {frame: prefix + frame_name(job.name, frame, "png") for frame in frames}
         node = self.nodes[worker]
         node.post(self.manager.r, Started(worker=worker, attempt_id=attempt_id, elapsed=0.1))
         frame_file = Path(self.manager.settings.state_dir) / "frame.png"
         frame_file.write_bytes(PNG)
-        self.manager.storage.put_file(key, frame_file, sha256=hashlib.sha256(PNG).hexdigest())  # as a worker does
-        node.post(self.manager.r, Done(worker=worker, attempt_id=attempt_id, usage=Usage(wall=wall), outputs=(
-            Output(frame=frame, sha256=hashlib.sha256(PNG).hexdigest(), size=len(PNG)),)))
+        sha = hashlib.sha256(PNG).hexdigest()
+        for key in keys_.values():
+            self.manager.storage.put_file(key, frame_file, sha256=sha)  # as a worker does
+        node.post(self.manager.r, Done(worker=worker, attempt_id=attempt_id, usage=Usage(wall=wall), outputs=tuple(
+            Output(frame=frame, sha256=sha, size=len(PNG)) for frame in keys_)))
         self.manager.tick()
 
     def shown(self) -> dict[str, str]:

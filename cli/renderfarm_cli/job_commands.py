@@ -97,6 +97,7 @@ def submit(
     keep_tiles: Annotated[bool, typer.Option("--keep-tiles", help="Keep a tiled frame's tiles after it is assembled.")] = False,
     max_workers: Annotated[Optional[str], typer.Option(help="Render on at most N workers at once.")] = None,
     after: Annotated[Optional[str], typer.Option(help="Start only once this job (id or prefix) is done.")] = None,
+    frame_by_frame: Annotated[bool, typer.Option("--frame-by-frame", help="With --after: start each frame once that job's same frame is done, not the whole job.")] = False,
     first_last: Annotated[bool, typer.Option("--first-last", help="Render the first, middle and last frames before the rest.")] = False,
     site: Annotated[Optional[str], typer.Option(help="Render only at this site (a [sites.NAME] of farm.toml).")] = None,
     prefer: Annotated[Optional[str], typer.Option(help="cheapest: the cheapest site with idle workers first; with --deadline, cheapest or greenest may wait for a cheaper (greener) band while the deadline still holds; fastest never waits.")] = None,
@@ -119,8 +120,9 @@ def submit(
     sub = Submission(scene=scene, frames=frames, chunk=chunk, renderer=renderer, priority=priority, pool=pool,
                      name=name, timeout=timeout, tiles=tiles, tile_size=tile_size, format=format_,
                      keep_tiles=keep_tiles, max_workers=max_workers, after=after, first_last=first_last,
-                     site=site, prefer=prefer, deadline=deadline, requires=tuple(require or ()), resolution=resolution,
-                     samples=samples, allow_scripts=allow_scripts, renderer_version=blender_version,
+                     frame_by_frame=frame_by_frame, site=site, prefer=prefer, deadline=deadline,
+                     requires=tuple(require or ()), resolution=resolution, samples=samples,
+                     allow_scripts=allow_scripts, renderer_version=blender_version,
                      notify=notify)
     job_id = submit_shot(settings, sub, request_id=request_id, warn=note)
     status = _status_of(settings, job_id)
@@ -217,9 +219,14 @@ def shown_state(s) -> str:
 
 def after_line(s) -> str | None:
     """What a job's --after job means for it now, in words (None when it no longer matters)."""
+    if s.blocked and s.frame_by_frame:
+        return (f"blocked: {s.blocked}; this job's frames not done there start once {s.after} is retried "
+                f"(`farm retry {s.after}`) and renders them")
     if s.blocked:
         return (f"blocked: {s.blocked}; this job starts once {s.after} is retried "
                 f"(`farm retry {s.after}`) and done")
+    if s.waiting_on and s.frame_by_frame:
+        return f"following job {s.after} ({s.after_state}) frame by frame: each frame starts once its own is done"
     if s.waiting_on:
         return f"waiting on job {s.after} ({s.after_state}): this job starts once it is done"
     return None

@@ -186,10 +186,13 @@ class OrderSealer:
 
 def runnable_jobs(session: Session, now: float | None = None) -> list[tuple]:
     """Jobs that may start tasks now: queued or running (not suspended), whose --after job is
-    done, and that no deadline plan holds for a later band (at `now`); most urgent first."""
+    done (or, --frame-by-frame, still there: each task then waits for its own frames, see
+    pending_tasks), and that no deadline plan holds for a later band (at `now`); most urgent
+    first."""
     query = (
         select(Job.id, Job.priority, Job.submitted_at, Job.pool, Job.max_workers, Job.after, Job.site, Job.prefer,
-               Job.requires, Job.renderer, Job.renderer_version, Job.render_options, Job.plan_site)
+               Job.requires, Job.renderer, Job.renderer_version, Job.render_options, Job.plan_site,
+               Job.frame_by_frame)
         .where(Job.state.in_([JobState.QUEUED.value, JobState.RUNNING.value]))
     )
     if now is not None:
@@ -200,10 +203,27 @@ def runnable_jobs(session: Session, now: float | None = None) -> list[tuple]:
         .limit(MAX_JOBS_CONSIDERED)
     ).all()
     parents = {r.after for r in rows if r.after}
-    done = set()
+    states: dict[str, str] = {}
     if parents:
-        done = set(session.scalars(select(Job.id).where(Job.id.in_(parents), Job.state == JobState.DONE.value)))
-    return [r for r in rows if not r.after or r.after in done]
+        states = dict(session.execute(select(Job.id, Job.state).where(Job.id.in_(parents))).all())
+    return [r for r in rows if not r.after or states.get(r.after) == JobState.DONE.value
+            or (r.frame_by_frame and r.after in states)]
+
+
+def pending_tasks(session: Session, job, wanted: int) -> list[tuple]:
+    """The first `wanted` pending tasks of a runnable job that may start now (by rank, then
+    index), as (id, index, attempts, rank): all of them, or for a job that follows another frame
+    by frame, those whose frames are there in it."""
+    if job.frame_by_frame and job.after:
+        from renderfarm.manager.framedeps import ready_pending
+
+        return ready_pending(session, job.id, job.after, wanted)
+    return session.execute(
+        select(Task.id, Task.index, Task.attempts, Task.rank)
+        .where(Task.job_id == job.id, Task.state == TaskState.PENDING.value)
+        .order_by(Task.rank, Task.index)
+        .limit(wanted)
+    ).all()
 
 
 def runnable_candidates(session: Session, wanted: int, now: float | None = None) -> list[Candidate]:
@@ -223,12 +243,7 @@ def runnable_candidates(session: Session, wanted: int, now: float | None = None)
         blocked.setdefault(job_id, set()).add(worker)
     rows: list[tuple] = []
     for job in jobs:
-        tasks = session.execute(
-            select(Task.id, Task.index, Task.attempts, Task.rank)
-            .where(Task.job_id == job.id, Task.state == TaskState.PENDING.value)
-            .order_by(Task.rank, Task.index)
-            .limit(wanted)
-        ).all()
+        tasks = pending_tasks(session, job, wanted)
         rows += [(t.id, job, t.index, t.attempts, t.rank) for t in tasks]
     failed_on: dict[int, set[str]] = {}
     retried = [r[0] for r in rows if r[3] > 0]
@@ -259,10 +274,7 @@ def outranked_prefetches(session: Session, now: float | None = None) -> list[Att
     jobs = runnable_jobs(session, now)
     waiting: dict[str, int] = {}
     for job in jobs:
-        has_pending = session.scalar(
-            select(Task.id).where(Task.job_id == job.id, Task.state == TaskState.PENDING.value).limit(1)
-        )
-        if has_pending is not None:
+        if pending_tasks(session, job, 1):
             waiting[job.pool] = max(waiting.get(job.pool, -1), job.priority)
     if not waiting:
         return []

@@ -64,6 +64,7 @@ def submit(session: Session, settings: Settings, intent: SubmitIntent, now: floa
         keep_tiles=spec.keep_tiles,
         max_workers=spec.max_workers,
         after=spec.after,
+        frame_by_frame=spec.frame_by_frame,
         first_last=spec.first_last,
         site=spec.site,
         prefer=spec.prefer,

@@ -78,6 +78,7 @@ class JobSpec(Message):
     keep_tiles: bool = False
     max_workers: Annotated[int, Field(ge=1, le=MAX_WORKERS_CAP)] | None = None
     after: JobId | None = None
+    frame_by_frame: bool = False  # with `after`: each frame waits only for the same frame of it
     first_last: bool = False
     site: ShortSlug | None = None
     prefer: Literal["cheapest", "greenest", "fastest"] | None = None
@@ -113,6 +114,7 @@ class JobSpec(Message):
             raise InputError(f"chunk: {self.chunk} frames a task is over the farm's cap of {limits.max_task_frames} "
                              f"({raise_hint('max_task_frames')})")
         check_render_size(self.width, self.height, options.samples, limits)
+        check_following(self.after, self.frame_by_frame)
         if self.keep_tiles and self.tiles is None:
             raise InputError("keep-tiles: the job is not tiled (add --tiles CxR or --tile-size PX)")
         if not self.scene_key.startswith(f"scenes/{self.scene_sha256}."):
@@ -132,6 +134,12 @@ class JobSpec(Message):
         from renderfarm.tiles import parse_grid
 
         return len(parse_grid(self.tiles).split(self.width, self.height))
+
+
+def check_following(after: str | None, frame_by_frame: bool) -> None:
+    """--frame-by-frame follows the frames of the --after job, so it needs one."""
+    if frame_by_frame and after is None:
+        raise InputError("frame-by-frame: it follows the frames of another job: add --after JOB")
 
 
 class SubmitIntent(Message):

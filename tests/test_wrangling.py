@@ -260,3 +260,37 @@ def test_task_kill_frees_the_worker_in_seconds_and_task_skip_finishes_the_job_wi
     assert f"job {job}: 2 frames skipped (`farm task skip`), never rendered: 3,4" in got.stderr, got.stderr
     again = run_farm("task", "skip", f"{job}:frames=3-4", env=farm.env, check=False)
     assert again.returncode == 1 and "nothing to do" in again.stderr, again
+
+
+def test_farm_set_timeout_reaches_the_next_attempts_and_farm_delete_leaves_nothing_of_the_job(farm):
+    """`farm set JOB --timeout 5` on a running job: its next attempts are killed at 5 s. Then
+    `farm delete`: nothing of the job is left in the local farm's S3 storage, another job's
+    objects all are."""
+    from renderfarm.storage import open_storage
+
+    kept = farm.submit(EXAMPLES / "orbit.toml", renderer="null", frames="1-4", name="kept")
+    assert farm.wait(kept) == "done"
+    job = farm.submit(farm.scene("settimeout", "1-2", 60), name="settimeout", max_workers=1)
+    running = wait_for(lambda: [a for a in farm.attempts(job) if a["state"] == "running"], 60, "a running attempt")
+    out = run_farm("set", job, "--timeout", "5", "--retries", "0", env=farm.env)
+    assert "set applied" in out.stdout, out
+    assert farm.state(job)["timeout"] == 5
+    run_farm("task", "kill", f"{job}:{running[0]['task']}", env=farm.env)  # its attempt had the hour
+    assert farm.wait(job, timeout=120) == "failed"
+    later = [a for a in farm.attempts(job) if a["number"] > 1 or a["task"] != running[0]["task"]]
+    # The other frame's attempt started after the set (one worker at a time): killed at 5 s, not 60.
+    # (its attempt prefetched before the set went back, to be handed out again with the new timeout).
+    failed = [a for a in later if a["state"] == "failed"]
+    assert failed and all("timed out after 5 s" in (a["error"] or "") for a in failed), later
+
+    storage = open_storage(farm.settings)
+    before = {o.key for o in storage.list("")}
+    mine = {k for k in before if f"/{job}/" in k}
+    theirs = {k for k in before if f"/{kept}/" in k}
+    assert mine and theirs
+    out = run_farm("delete", job, env=farm.env)
+    assert job in out.stdout, out
+    wait_for(lambda: not {o.key for o in storage.list("") if f"/{job}/" in o.key}, 60, "the job's objects to go")
+    after = {o.key for o in storage.list("")}
+    assert theirs <= after
+    assert job not in run_farm("jobs", "--all", env=farm.env).stdout

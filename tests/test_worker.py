@@ -4,11 +4,9 @@ per-worker queues, attempt-scoped outputs, retries, warm shutdown, renderers dyi
 from __future__ import annotations
 
 import json
-import os
 import secrets
 import signal
 import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
@@ -20,7 +18,6 @@ from nodekit import enrolled_worker_argv, worker_env
 
 from renderfarm import keys, presence
 from renderfarm.client import Submission, submit
-from renderfarm.config import settings_env
 from renderfarm.db import make_engine, session_scope
 from renderfarm.manager import Manager
 from renderfarm.models import Attempt

@@ -287,6 +287,24 @@ def read_local_file(state_dir: Path) -> dict:
         raise ConfigError(f"{path}: unreadable ({e})") from None
 
 
+def site_files(state_dir: Path, cwd: Path) -> tuple[Path, Path]:
+    """The farm.toml files whose [sites] tables `load_settings` reads, in its order (a later one's
+    site replaces an earlier one's of the same name)."""
+    return state_dir / TOML_FILE, cwd / TOML_FILE
+
+
+def read_sites(state_dir: Path, cwd: Path) -> dict[str, Site]:
+    """The sites of farm.toml as `load_settings` reads them, for a process that reads them again
+    while it runs (the manager: renderfarm.manager.sitewatch)."""
+    sites: dict[str, Site] = {}
+    state_file, local_file = site_files(state_dir, cwd)
+    for source, path in ((str(state_file), state_file), ("./" + TOML_FILE, local_file)):
+        table = _read_toml(path).get("sites")
+        if table is not None:
+            sites.update(parse_sites(table, source))
+    return sites
+
+
 def _read_toml(path: Path) -> dict:
     try:
         with path.open("rb") as f:

@@ -25,6 +25,7 @@ from renderfarm.manager.planner import PLAN_EVERY, plan_deadlines
 from renderfarm.manager.reconcile import SWEEP_EVERY, Reconciler
 from renderfarm.manager.sweep import AttemptSweep
 from renderfarm.manager.removal import RETENTION_EVERY, Purger, apply_retention
+from renderfarm.manager.sitewatch import SitesWatch
 from renderfarm.models import HOLD_DRAIN, Job, Node, Worker, WorkerState
 from renderfarm.redisconn import connect
 from renderfarm.scheduling import WorkerView
@@ -79,6 +80,7 @@ class Manager:
         self.book = NodeBook()
         self.acl = AclWatch()
         self.s3_refusals = S3Watch(settings)
+        self.sites_watch = SitesWatch(settings)
         self._next_acl_watch = 0.0
         self.sealer = OrderSealer(self.storage)
         self.notifier = Notifier(settings, self.engine, self.clock)
@@ -249,6 +251,9 @@ class Manager:
             self._next_acl_watch = self.clock.monotonic() + ACL_WATCH_EVERY
             streams.post_dead_letters(self.r, self.acl.letters(self.r, self.book, self.clock.now()))
             self.s3_refusals.record(self.r, self.book, self.clock.now(), self._s3_keys)
+            if (changed := self.sites_watch.changed(self.settings)) is not None:
+                self.settings = changed  # new prices and bands: plan again with them
+                self._next_plan = 0.0
         self.delete_doomed(idle=not entries)
         self.notifier.pump()  # never waits on a webhook: the senders are threads of their own
         self.retain()

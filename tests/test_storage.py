@@ -545,3 +545,20 @@ def test_s3_uploads_and_copies_go_as_plain_signed_requests_and_fall_back_to_boto
     storage.copy("a/f.bin", "d/f.bin", if_match=etag)
     assert storage.put_file("a/g.bin", source, sha256=digest) == etag
     assert storage.get_bytes("d/f.bin") == data
+
+
+def test_put_bytes_keeps_the_digest_it_is_given_by_either_path(backend: Backend, monkeypatch) -> None:
+    """How the manager promotes a checked frame: the bytes written back with their SHA-256, kept
+    as an upload's (S3 metadata, the file store's record); on S3 by the signed request, or by
+    boto3 where that path cannot be used."""
+    data = b"a checked frame" * 50
+    digest = hashlib.sha256(data).hexdigest()
+    backend.storage.put_bytes("jobs/j/frames/a.png", data, sha256=digest)
+    if backend.name == "s3":
+        monkeypatch.setattr(backend.storage._direct, "send", lambda *args, **kwargs: None)
+        backend.storage.put_bytes("jobs/j/frames/b.png", data, sha256=digest)
+    for key in ("jobs/j/frames/a.png",) + (("jobs/j/frames/b.png",) if backend.name == "s3" else ()):
+        assert backend.storage.head(key) == ObjectInfo(key, len(data), digest)
+        assert backend.storage.get_bytes(key) == data
+    backend.storage.put_bytes("logs/plain.log", b"no digest")
+    assert backend.storage.head("logs/plain.log").sha256 is None

@@ -95,10 +95,25 @@ def tagged(storage, frame: int, data: bytes) -> Output:
     return Output(frame=frame, sha256=hashlib.sha256(data).hexdigest(), size=len(data), etag=etag)
 
 
-def test_tagged_outputs_are_promoted_by_a_conditional_copy(storage):
+def test_checked_frames_are_written_back_with_their_digest(storage):
     outputs = [tagged(storage, 1, png(32, 18)), tagged(storage, 2, png(32, 18, (0, 9, 9)))]
     verify(storage, outputs)
-    assert storage.get_bytes(f"jobs/{JOB}/frames/shot.0002.png") == png(32, 18, (0, 9, 9))
+    final = f"jobs/{JOB}/frames/shot.0002.png"
+    assert storage.get_bytes(final) == png(32, 18, (0, 9, 9))
+    assert storage.head(final).sha256 == outputs[1].sha256
+
+
+def test_frames_past_what_a_task_keeps_in_memory_are_copied_on_the_server(storage, monkeypatch):
+    """Past KEEP_MAX for the task, a frame is promoted by a copy conditional on the version read,
+    not written back: the same bytes, with the upload's own record (here none), not the digest."""
+    from renderfarm.manager import verify as verify_module
+
+    outputs = [tagged(storage, 1, png(32, 18)), tagged(storage, 2, png(32, 18, (0, 9, 9)))]
+    monkeypatch.setattr(verify_module, "KEEP_MAX", 2 * len(png(32, 18)) - 1)  # not both frames
+    verify(storage, outputs)
+    final = f"jobs/{JOB}/frames/shot.0002.png"
+    assert storage.get_bytes(final) == png(32, 18, (0, 9, 9))
+    assert storage.head(final).sha256 is None  # copied: tagged() uploads without a digest
 
 
 def test_a_tagged_output_changed_or_gone_since_upload_is_rejected(storage):

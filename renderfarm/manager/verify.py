@@ -21,10 +21,12 @@ def verify_and_promote(
 ) -> list[str]:
     """Check every output the attempt says it wrote, here, whatever the node says: read it back
     from the attempt's own key, compare its size and SHA-256 with the node's report, decode it
-    whole in the job's format and size; then copy it to its final key, conditional on the version
-    read (nothing but the bytes checked is ever promoted). Returns the attempt's own copies, to be
-    deleted once the task is committed. A transient StorageError (storage unreachable) passes
-    through: that is no verdict on the attempt."""
+    whole in the job's format and size; then promote it to its final key. Nothing but the bytes
+    checked is ever promoted: they are written back from here (one PUT: on an S3 server cheaper
+    than a server-side copy, which reads the object again), or, past what a task may keep in
+    memory (KEEP_MAX), copied on the server, conditional on the version read. Returns the
+    attempt's own copies, to be deleted once the task is committed. A transient StorageError
+    (storage unreachable) passes through: that is no verdict on the attempt."""
     from renderfarm.images import extension
 
     prefix = attempt_prefix(node, job_id, task_index, attempt)
@@ -34,14 +36,23 @@ def verify_and_promote(
         raise VerificationError(f"no output for frame(s) {', '.join(map(str, missing))}")
     ext = extension(fmt)
     pairs = [(by_frame[want.frame], want, prefix + frame_name(name, want.frame, ext)) for want in expected]
+    keep = min(KEEP_MAX // len(pairs), FRAME_KEEP_MAX)  # the most bytes of one frame kept to write back
     # Every frame is checked before any is promoted: a task is committed whole or not at all.
-    tags = _in_parallel([lambda o=out, w=want, k=key: _check(storage, o, w, k, fmt) for out, want, key in pairs])
-    _in_parallel([lambda w=want, k=key, t=tag: _promote(storage, w, k, t) for (_, want, key), tag in zip(pairs, tags)])
+    checked = _in_parallel([lambda o=out, w=want, k=key: _check(storage, o, w, k, fmt, keep)
+                            for out, want, key in pairs])
+    _in_parallel([lambda o=out, w=want, k=key, c=check: _promote(storage, o, w, k, *c)
+                  for (out, want, key), check in zip(pairs, checked)])
     return [key for _, _, key in pairs]
 
 
-def _check(storage: Storage, out: Output, want: Expected, key: str, fmt: str) -> str | None:
-    """Read one output back and check it; returns the version tag of what was read."""
+KEEP_MAX = 64 * 2**20  # bytes of one task's checked frames kept in memory to be written back...
+FRAME_KEEP_MAX = 16 * 2**20  # ...and of one frame; a larger one is copied on the server
+
+
+def _check(storage: Storage, out: Output, want: Expected, key: str, fmt: str,
+           keep: int) -> tuple[bytes | None, str | None]:
+    """Read one output back and check it; returns the bytes read (when at most `keep` of them)
+    and their version tag."""
     from renderfarm.images import check_image
 
     what = f"frame {want.frame} ({key})"
@@ -56,13 +67,16 @@ def _check(storage: Storage, out: Output, want: Expected, key: str, fmt: str) ->
     if len(data) != out.size or hashlib.sha256(data).hexdigest() != out.sha256:
         raise VerificationError(f"{what}: {len(data)} bytes do not match the reported size or SHA-256")
     check_image(data, fmt=fmt, width=want.width, height=want.height, what=what)
-    return tag
+    return (data if len(data) <= keep else None), tag
 
 
-def _promote(storage: Storage, want: Expected, key: str, tag: str | None) -> None:
+def _promote(storage: Storage, out: Output, want: Expected, key: str, data: bytes | None, tag: str | None) -> None:
     what = f"frame {want.frame} ({key})"
     try:
-        storage.copy(key, want.final_key, if_match=tag)
+        if data is not None:  # the very bytes checked
+            storage.put_bytes(want.final_key, data, sha256=out.sha256)
+        else:
+            storage.copy(key, want.final_key, if_match=tag)
     except StorageError as e:
         if e.transient:
             raise

@@ -172,8 +172,8 @@ class FileStorage:
         self._write(key, fill, sha256)
         return digest.hexdigest()
 
-    def put_bytes(self, key: str, data: bytes) -> None:
-        self._write(key, lambda dst: dst.write(data))
+    def put_bytes(self, key: str, data: bytes, *, sha256: str | None = None) -> None:
+        self._write(key, lambda dst: dst.write(data), sha256)
 
     def _write(self, key: str, fill: Callable, sha256: str | None = None) -> None:
         try:

@@ -130,11 +130,17 @@ class S3Storage:
         except (BotoCoreError, ClientError, S3UploadFailedError) as e:
             raise self._fail("upload", key, e) from None
 
-    def put_bytes(self, key: str, data: bytes) -> None:
+    def put_bytes(self, key: str, data: bytes, *, sha256: str | None = None) -> None:
         from botocore.exceptions import BotoCoreError, ClientError
 
+        if self._direct is not None:
+            headers = {"x-amz-meta-sha256": sha256} if sha256 else {}
+            reply = self._direct.send("PUT", self._key(key), headers, data)
+            if reply is not None and reply.headers.get("ETag"):
+                return
         try:
-            self._s3.put_object(Bucket=self.bucket, Key=self._key(key), Body=data)
+            self._s3.put_object(Bucket=self.bucket, Key=self._key(key), Body=data,
+                                Metadata={"sha256": sha256} if sha256 else {})
         except (BotoCoreError, ClientError) as e:
             raise self._fail("put", key, e) from None
 

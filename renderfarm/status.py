@@ -230,14 +230,21 @@ class WorkerRow:
         return asdict(self)
 
 
+def busy_workers(session: Session, names: list[str] | None = None) -> set[str]:
+    """The workers (of `names`, or all) holding a live attempt: queued for them or running."""
+    query = select(Attempt.worker).where(Attempt.state.in_([s.value for s in ATTEMPT_ACTIVE]))
+    if names is not None:
+        query = query.where(Attempt.worker.in_(names))
+    return set(session.scalars(query.distinct()))
+
+
 def list_workers(session: Session, live: dict[str, dict] | None = None) -> list[WorkerRow]:
     """Workers the database knows, with live heartbeat data from Redis when it is reachable. A
     held worker that is there shows its hold: `draining`, `drained` or `disabled`."""
     check_schema(session)
     rows = {w.name: w for w in session.scalars(select(Worker).order_by(Worker.name)).all()}
     holds = dict(session.execute(select(Node.name, Node.hold).where(Node.hold.is_not(None))).all())
-    busy = set(session.scalars(select(Attempt.worker).where(
-        Attempt.state.in_([s.value for s in ATTEMPT_ACTIVE])).distinct())) if holds else set()
+    busy = busy_workers(session) if holds else set()
     out = []
     for name in sorted(set(rows) | set(live or {})):
         w = rows.get(name)

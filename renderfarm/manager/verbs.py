@@ -26,6 +26,7 @@ from renderfarm.models import (
     TaskState,
 )
 from renderfarm.states import HELD, held_state
+from renderfarm.status import busy_workers
 from renderfarm.wire import CancelIntent, Reply, ResumeIntent, RetryIntent, SetIntent, SuspendIntent
 
 if TYPE_CHECKING:
@@ -124,8 +125,8 @@ def apply_task_verb(session: Session, r: Redis, intent: TaskIntent, batch: Batch
             lifecycle.fail_attempt(session, attempt, now, "killed by farm task kill", None, job.max_attempts)
         queues.revoke_leases(r, [(a.task_id, a.id) for a in running])  # its render stops within a second or so
         batch.release(running)
-        changed = sorted({a.task_id for a in running})
-        changed = [t for t in tasks if t.id in changed]
+        killed = {a.task_id for a in running}
+        changed = [t for t in tasks if t.id in killed]
     elif intent.action == "retry":
         changed = [t for t in tasks if t.state in final]
         lifecycle.retry_tasks(session, job, changed)
@@ -195,15 +196,9 @@ def apply_hold(session: Session, r: Redis, intent: WorkerHoldIntent, batch: Batc
         for attempt in taken:
             lifecycle.take_back_attempt(session, attempt, now, f"worker {node.name} {HELD[hold]}")
         batch.release(taken)
-    state = held_state(hold, busy=_busy(session, node.name))
+    state = held_state(hold, busy=node.name in busy_workers(session, [node.name]))
     log.info("worker %s: %s %s (%s)", node.name, intent.hold, "applied" if changed else "had nothing to do", state)
     return Reply(ok=True, state=state, changed=changed)
-
-
-def _busy(session: Session, worker: str) -> bool:
-    active = [s.value for s in ATTEMPT_ACTIVE]
-    return session.scalar(select(Attempt.id).where(Attempt.worker == worker, Attempt.state.in_(active)).limit(1)) \
-        is not None
 
 
 def _take_back(r: Redis, book: NodeBook, attempts: list[Attempt], *, revoke_running: bool) -> list[Attempt]:

@@ -14,7 +14,8 @@ Levels 3 and 4 add the action refused (`identity node-x is not allowed to perfor
 
 The log is read from where the last read stopped (its file, offset and unpaired warnings kept in
 Valkey, written in the same transaction as the dead letters): a restarted manager counts nothing
-twice, a new or truncated log is read from its start."""
+twice, a new log is read from its start, and a log cut short by a rotation (logrotate) has the
+rest of its rotated copy read first, so a refusal logged just before the rotation still counts."""
 
 from __future__ import annotations
 
@@ -29,6 +30,7 @@ from typing import TYPE_CHECKING
 
 from renderfarm import keys
 from renderfarm.localfarm.identities import NODE_IDENTITY_PREFIX, PROBE_KEY
+from renderfarm.localfarm.logrotate import rotated
 from renderfarm.nodes import NODE_NAME
 
 if TYPE_CHECKING:
@@ -140,6 +142,31 @@ def s3_logs(settings: Settings) -> list[Path]:
     return [Path(p.log) for p in (run.processes if run else []) if wanted & set(p.argv)]
 
 
+def _version(path: Path) -> str | None:
+    """Which file a rotated copy is (written once, when the log rotates): None if there is none."""
+    try:
+        stat = os.stat(path)
+    except OSError:
+        return None
+    return f"{stat.st_dev}:{stat.st_ino}:{stat.st_mtime_ns}"
+
+
+def _lines_from(path: Path, offset: int, *, whole: bool) -> bytes:
+    """The whole lines of a log from `offset` on (at most READ_AT_MOST bytes; the rest is read
+    next round). A line still being written is left for later, unless `whole`: then the file is
+    done with (a rotated copy) and its last bytes count too. One line longer than a round reads
+    is taken whole as it is."""
+    try:
+        with open(path, "rb") as f:
+            f.seek(offset)
+            chunk = f.read(READ_AT_MOST)
+    except OSError:
+        return b""
+    if whole or len(chunk) == READ_AT_MOST and b"\n" not in chunk:
+        return chunk
+    return chunk[:chunk.rfind(b"\n") + 1]
+
+
 class S3Watch:
     """Reads what the S3 servers logged since the last round and records each refusal of a node
     as a dead letter naming it (counted against it in the node book)."""
@@ -184,35 +211,47 @@ class S3Watch:
         except OSError:
             return []
         file = f"{stat.st_dev}:{stat.st_ino}"
+        older = rotated(path, 1)
+        older_id = _version(older)
         seen = self._seen.get(str(path))
-        if seen is None or seen["file"] != file or stat.st_size < seen["offset"]:
-            seen = {"file": file, "offset": 0, "pending": []}  # a new log, or one cut short: from its start
-        if stat.st_size == seen["offset"]:
-            return []
-        with open(path, "rb") as f:
-            f.seek(seen["offset"])
-            chunk = f.read(READ_AT_MOST)
-        end = chunk.rfind(b"\n") + 1
-        if end == 0:  # a line still being written, or one longer than a round reads: skipped
-            if len(chunk) < READ_AT_MOST:
-                return []
-            end = len(chunk)
+        scans: list[tuple[Path, int, bytes]] = []  # (file, offset, whole lines) to read this round
+        if seen is not None and seen["file"] == file and (
+                stat.st_size < seen["offset"] or "older" in seen and older_id != seen["older"]):
+            # Cut back by a rotation (renderfarm.localfarm.logrotate), told by a new NAME.log.1 (the
+            # log may have grown past the offset again since): what was written since the last
+            # round was copied there first. Its rest is read before the new lines.
+            tail = _lines_from(older, seen["offset"], whole=True) if older_id is not None else b""
+            if tail:
+                scans.append((older, seen["offset"], tail))
+            seen = {**seen, "offset": 0}
+        elif seen is None or seen["file"] != file:
+            seen = {"file": file, "offset": 0, "pending": []}  # a new log: from its start
         pending = list(seen["pending"])
-        found: dict[Refusal, tuple[int, bytes]] = {}  # the first line of each, for the letter
+        chunk = _lines_from(path, seen["offset"], whole=False) if stat.st_size > seen["offset"] else b""
+        if chunk:
+            scans.append((path, seen["offset"], chunk))
+        if not scans:
+            if seen.get("older", older_id) != older_id or "older" not in seen:
+                seen = {**seen, "older": older_id}
+                r.hset(keys.S3_SEEN, str(path), json.dumps(seen))
+                self._seen[str(path)] = seen
+            return []
+        found: dict[Refusal, tuple[Path, int, bytes]] = {}  # the first line of each, for the letter
         counts: Counter[Refusal] = Counter()
-        at = seen["offset"]
-        for line in chunk[:end].splitlines(keepends=True):
-            parsed = parse_line(line)
-            if isinstance(parsed, UnknownKey):
-                pending = [*pending, parsed.access_key][-PENDING_KEPT:]
-            elif isinstance(parsed, Request):
-                refused = refusal(parsed, pending, node_of_key)
-                if refused is not None:
-                    found.setdefault(refused, (at, line))
-                    counts[refused] += 1
-            at += len(line)
-        letters = [self._letter(refused, path, at_, line, counts[refused], now) for refused, (at_, line) in found.items()]
-        seen = {"file": file, "offset": seen["offset"] + end, "pending": pending}
+        for source, at, lines in scans:
+            for line in lines.splitlines(keepends=True):
+                parsed = parse_line(line)
+                if isinstance(parsed, UnknownKey):
+                    pending = [*pending, parsed.access_key][-PENDING_KEPT:]
+                elif isinstance(parsed, Request):
+                    refused = refusal(parsed, pending, node_of_key)
+                    if refused is not None:
+                        found.setdefault(refused, (source, at, line))
+                        counts[refused] += 1
+                at += len(line)
+        letters = [self._letter(refused, source, at, line, counts[refused], now)
+                   for refused, (source, at, line) in found.items()]
+        seen = {"file": file, "offset": seen["offset"] + len(chunk), "pending": pending, "older": older_id}
         from renderfarm.streams import DEAD_LETTERS_KEPT
 
         pipe = r.pipeline(transaction=True)  # the letters and how far they go, together

@@ -117,3 +117,29 @@ def test_nothing_is_read_where_the_local_farm_is_not_the_storage(redis_url: str,
                              cwd=tmp_path)
     assert S3Watch(settings).record(r, NodeBook(), 1.0, dict) == []
     assert not r.exists(keys.S3_SEEN)
+
+
+def test_a_refusal_logged_just_before_the_log_rotates_still_counts(redis_url: str, tmp_path: Path):
+    """The local farm rotates seaweedfs.log by copying it to .1 and cutting it back to empty: the
+    lines written since the last round are read from the copy, then the new ones."""
+    from renderfarm.localfarm.logrotate import rotate
+
+    r = redis.Redis.from_url(redis_url)
+    settings = load_settings({"FARM_STATE_DIR": str(tmp_path)}, cwd=tmp_path)
+    log = tmp_path / "seaweedfs.log"
+    get, put, delete = (line for line in captured() if b"node-mallory" in line and b" 403 " in line
+                        and any(m in line for m in (b'" GET \\"/farm/jobs', b'" PUT \\"/farm/jobs/j1', b"DELETE")))
+    watch = S3Watch(settings, logs=lambda: [log])
+    log.write_bytes(get)
+    assert [x.reason.split(": ")[1] for x in watch.record(r, NodeBook(), 1.0, dict)] == ["mallory GET jobs/j1/frames/f0001.png"]
+    with log.open("ab") as f:
+        f.write(put)  # logged after that round...
+    assert rotate(log, max_bytes=0)  # ...and rotated before the next
+    with log.open("ab") as f:
+        f.write(delete)
+    book = NodeBook()
+    assert [x.reason.split(": ")[1] for x in watch.record(r, book, 2.0, dict)] == [
+        "mallory PUT jobs/j1/frames/f0001.png", "mallory DELETE jobs/j1/frames/f0001.png"]
+    assert book.refused == {"mallory": 2}
+    assert watch.record(r, NodeBook(), 3.0, dict) == []
+

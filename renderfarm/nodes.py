@@ -95,11 +95,16 @@ def acl_rule(name: str, node_id: str, digest: str) -> list[str]:
         f"~rq:queue:{queue}", f"~rq:queue:{queue}:intermediate", f"~rq:*:{queue}",
         f"~rq:worker:{node_id}.*", f"~rq:job:{node_id}-*", f"~rq:job::{node_id}-*", f"~rq:executions:{node_id}-*",
         f"~rq:execution:{node_id}-*",
-        f"~rq:results:{node_id}-*", "~rq:queues", "~rq:workers", "%R~rq:suspended",
+        f"~rq:results:{node_id}-*", "%R~rq:suspended",
         "%R~farm:lease:*", f"~farm:events:{name}", f"~farm:hb:{name}", f"~farm:log:{name}:*",
     ]
     return ["reset", "on", f"#{digest}", "resetkeys", "resetchannels", *keys, f"&rq:pubsub:{node_id}.*",
-            "-@all", *(f"+{c}" for c in NODE_COMMANDS)]
+            "-@all", *(f"+{c}" for c in NODE_COMMANDS), SHARED_SETS]
+
+
+# RQ's registries every worker shares: a node may add itself and its queue, take itself out and
+# list them (what RQ's worker does), never delete, rename or overwrite them (a selector of its own).
+SHARED_SETS = "(~rq:queues ~rq:workers -@all +sadd +srem +smembers +sismember +scard)"
 
 
 # -- sealing --------------------------------------------------------------------------------------

@@ -52,6 +52,9 @@ def test_a_node_renders_with_its_own_user_and_may_touch_nothing_else(tmp_path, v
         wait_for(done, 60, "the job")
         engine.dispose()
         assert "NOPERM" not in log.read_text() and "NoPermission" not in log.read_text(), log.read_text()[-2000:]
+        assert admin.sismember("rq:queues", f"rq:queue:{keys.queue_name('acl-w1')}")  # RQ's own registries...
+        assert any(m.startswith(b"rq:worker:") for m in admin.smembers("rq:workers"))  # ...as a node may use them
+        assert node.smembers("rq:workers")
         assert node.ping()
         node.get(keys.lease_key(1))  # it may read leases (a finished one's is gone or marked taken back)
 
@@ -72,6 +75,11 @@ def test_a_node_renders_with_its_own_user_and_may_touch_nothing_else(tmp_path, v
             "SCAN": lambda: node.scan(0),
             "a reply": lambda: node.rpush(keys.reply_key("0" * 32), "{}"),
             "the dead letters": lambda: node.xrange(keys.DEAD_LETTERS),
+            # RQ's shared registries: a node adds and removes itself, never deletes or replaces them.
+            "DEL of RQ's queue registry": lambda: node.delete("rq:queues"),
+            "DEL of RQ's worker registry": lambda: node.delete("rq:workers"),
+            "RENAME of RQ's worker registry": lambda: node.rename("rq:workers", "rq:gone"),
+            "SET over RQ's queue registry": lambda: node.set("rq:queues", "x"),
         }
         for what, call in forbidden.items():
             with pytest.raises(redis.exceptions.NoPermissionError):

@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import argparse
 import heapq
+import math
 import random
 import sys
 from collections import Counter, deque
@@ -47,7 +48,7 @@ from zoneinfo import ZoneInfo
 from benchmarks.figures import Figure, show
 from renderfarm.manager.dispatch import MAX_JOBS_CONSIDERED, FairShare
 from renderfarm.manager.planner import MEASURING
-from renderfarm.power import Capacity, plan_job
+from renderfarm.power import Booked, Capacity, book, plan_job
 from renderfarm.scheduling import Candidate, WorkerView, can_run, pick_task
 from renderfarm.sites import MICRO, NANO, PICO, Site, account, energy_ukwh, parse_sites
 
@@ -271,13 +272,15 @@ class Farm:
             self.push(now + self.sleep_after, "sleep", node.view.name, now)
 
     def plan(self, now: float) -> None:
-        """renderfarm.manager.planner.plan_deadlines on the simulation's state: the same inputs
-        to plan_job, the same plan kept (a start only while it holds the job)."""
+        """renderfarm.manager.planner.plan_deadlines on the simulation's state: the earliest
+        deadline first, the same inputs to plan_job, each plan booked for the next, the same plan
+        kept (a start only while it holds the job)."""
         measuring = 0
         # Every job here has the same needs (one pool, no site, tag or renderer asked for).
         per_site = Counter(n.view.site for n in self.nodes if can_run(n.view, POOL, None, None, frozenset()))
         capacities = [Capacity(self.sites[s], k) for s, k in per_site.items()]
-        for job_id in self.pending:
+        booked: Booked = {}
+        for job_id in sorted(self.pending, key=lambda j: (self.jobs[j].deadline or math.inf, self.jobs[j].arrival)):
             job = self.jobs[job_id]
             if job.deadline is None:
                 continue
@@ -287,7 +290,8 @@ class Farm:
                 self.plans[job_id] = (None, None, MEASURING)
                 measuring += 1
                 continue
-            plan = plan_job(left, sum(done) / len(done), capacities, now, job.deadline, job.prefer)
+            plan = plan_job(left, sum(done) / len(done), capacities, now, job.deadline, job.prefer, booked)
+            book(booked, plan, left)
             self.plans[job_id] = (plan.start if plan.holds(now) else None, plan.site, plan.reason)
             if plan.late:
                 self.flagged.add(job_id)

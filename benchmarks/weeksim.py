@@ -8,7 +8,7 @@ from __future__ import annotations
 import heapq
 import math
 from collections import Counter, deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from zoneinfo import ZoneInfo
 
@@ -105,7 +105,7 @@ class Farm:
         self.sites = sites
         self.policy, self.sleep_after, self.wake = policy, sleep_after, wake
         self.plan_every = plan_every
-        # A worker's price is its site's ranking price, as the manager's views give it.
+        # A worker's price: its site's, set again at each dispatch for the band in force then.
         self.nodes = [Node(WorkerView(f"{site}-{i + 1:02d}", POOL, site, sites[site].ranking_price),
                            sites[site]) for site, n in nodes.items() for i in range(n)]
         self.by_name = {n.view.name: n for n in self.nodes}
@@ -256,6 +256,8 @@ class Farm:
         free = [n for n in self.nodes if n.task is None]
         if not free:
             return
+        for node in free:  # the price of its site's band now, as the manager's views give it
+            node.view = replace(node.view, price=node.site.ranking_price_at(now))
         candidates = self.candidates(now, len(free))
         if not candidates:
             return

@@ -81,6 +81,7 @@ class Manager:
         self.acl = AclWatch()
         self.s3_refusals = S3Watch(settings)
         self.sites_watch = SitesWatch(settings)
+        self._prices: dict[tuple[str, int], int] = {}  # (site, minute) -> its ranking price then
         self._next_acl_watch = 0.0
         self.sealer = OrderSealer(self.storage)
         self.notifier = Notifier(settings, self.engine, self.clock)
@@ -253,6 +254,7 @@ class Manager:
             self.s3_refusals.record(self.r, self.book, self.clock.now(), self._s3_keys)
             if (changed := self.sites_watch.changed(self.settings)) is not None:
                 self.settings = changed  # new prices and bands: plan again with them
+                self._prices.clear()
                 self._next_plan = 0.0
         self.delete_doomed(idle=not entries)
         self.notifier.pump()  # never waits on a webhook: the senders are threads of their own
@@ -496,21 +498,33 @@ class Manager:
             self.refresh_jobs(session, batch.jobs, now)
         self._after_commit(batch)
 
-    def _view(self, beat: Heartbeat) -> WorkerView:
+    def _view(self, beat: Heartbeat, now: float) -> WorkerView:
         """The scheduler's view of a node: its pool, site and tags as enrolled (not as it says),
-        its renderers and resources as it advertises them."""
-        from renderfarm.errors import ConfigError
-
+        its renderers and resources as it advertises them, its site's price now."""
         node = self.book.get(beat.name)
         pool, site = (node.pool, node.site) if node else (beat.pool, beat.site)
-        try:
-            price = self.settings.site(site).ranking_price
-        except ConfigError:
-            price = 0
+        price = self._price(site, now)
         caps = beat.capabilities.model_dump(mode="json", exclude_none=True) if beat.capabilities else {}
         if node is not None:
             caps["tags"] = sorted(set(node.tags) | {t for t in caps.get("tags", ()) if t == "gpu"})
         return worker_view(beat.name, pool, site, caps or None, price)
+
+    def _price(self, site: str, now: float) -> int:
+        """A site's price for ranking its workers: the band's in force now, where it has bands
+        (bands start on whole minutes: kept a minute)."""
+        from renderfarm.errors import ConfigError
+
+        key = (site, int(now // 60))
+        price = self._prices.get(key)
+        if price is None:
+            try:
+                price = self.settings.site(site).ranking_price_at(now)
+            except ConfigError:
+                price = 0
+            if len(self._prices) > 1000:
+                self._prices.clear()
+            self._prices[key] = price
+        return price
 
     def _held(self, name: str) -> bool:
         node = self.book.get(name)
@@ -519,7 +533,7 @@ class Manager:
     def plan(self) -> None:
         """Plan the jobs with a deadline: when and where each renders (renderfarm.power)."""
         now = self.clock.now()
-        views = [self._view(beat) for name, beat in self.live.items() if name in self._written_at
+        views = [self._view(beat, now) for name, beat in self.live.items() if name in self._written_at
                  and not self._held(name)]
         with session_scope(self.engine) as session:
             self._measuring = plan_deadlines(session, self.settings, views, now) > 0
@@ -539,8 +553,9 @@ class Manager:
 
     def dispatch(self) -> int:
         """Fill every live worker's queue; returns how many attempts were handed out."""
+        now = self.clock.now()
         views = [
-            self._view(beat) for name, beat in self.live.items()
+            self._view(beat, now) for name, beat in self.live.items()
             if beat.state != WorkerState.STOPPING.value and name in self._written_at and not self._held(name)
         ]
         if not views:
@@ -548,7 +563,6 @@ class Manager:
         if self.clock.monotonic() >= self._next_rebalance:
             self._next_rebalance = self.clock.monotonic() + REBALANCE_EVERY
             self.make_way()
-        now = self.clock.now()
         with session_scope(self.engine) as session:
             handouts = plan_handouts(session, views, self.fair, now=now)
         queues.enqueue_attempts(self.r, self.sealer.seal(handouts, self.book, now))

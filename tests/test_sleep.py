@@ -186,3 +186,21 @@ def test_a_node_that_stays_awake_is_taken_back_and_a_sleep_order_is_sealed_for_i
         farm.submit()
         beat(farm, "a", "b")
         assert {w for _a, w, _s in farm.attempts()} == {"a", "b"}
+
+
+@pytest.mark.parametrize(("env", "message"), [
+    ({"FARM_SLEEP_AFTER": "-1"}, "sleep_after (from env FARM_SLEEP_AFTER): -1 must be 0 (never) or more seconds"),
+    ({"FARM_WAKE_PORT": "70000"}, "wake_port (from env FARM_WAKE_PORT): 70000 must be 1 to 65535"),
+    ({"FARM_WAKE_TIMEOUT": "0"}, "wake_timeout (from env FARM_WAKE_TIMEOUT): 0 must be more than 0 seconds"),
+    ({"FARM_WORKER_MAC": "52:54:00"},
+     "worker_mac (from env FARM_WORKER_MAC): '52:54:00' is not a MAC address (e.g. 52:54:00:12:34:56)"),
+    ({"FARM_WAKE_COMMAND": "ipmitool 'power on"},
+     "wake_command (from env FARM_WAKE_COMMAND): \"ipmitool 'power on\" does not split into words "
+     "(No closing quotation)"),
+])
+def test_sleep_and_wake_settings_are_checked(tmp_path: Path, env: dict, message: str) -> None:
+    from renderfarm.config import load_settings
+
+    with pytest.raises(ConfigError) as e:
+        load_settings({"FARM_STATE_DIR": str(tmp_path), **env}, cwd=tmp_path)
+    assert str(e.value) == message

@@ -204,3 +204,55 @@ def test_sleep_and_wake_settings_are_checked(tmp_path: Path, env: dict, message:
     with pytest.raises(ConfigError) as e:
         load_settings({"FARM_STATE_DIR": str(tmp_path), **env}, cwd=tmp_path)
     assert str(e.value) == message
+
+
+def test_a_worker_sleeps_only_on_its_own_newest_sleep_order(redis_url: str, tmp_path: Path) -> None:
+    """The worker's side, with a real runtime and RQ work loop: an order sealed with another
+    node's key, one under an RQ id not its own, and a replay are refused (reported as events);
+    its own new order runs its sleep command, after which it says `asleep`."""
+    import redis
+    from nodekit import events_of, unenrolled
+    from renderfarm_worker import runtime
+    from renderfarm_worker.rqworker import FarmWorker
+
+    from renderfarm.config import load_settings
+
+    record = tmp_path / "slept.txt"
+    r = redis.Redis.from_url(redis_url)
+    settings = load_settings({"FARM_STATE_DIR": str(tmp_path), "FARM_REDIS_URL": redis_url,
+                              "FARM_STORAGE_URL": f"file://{tmp_path / 'store'}",
+                              "FARM_SLEEP_COMMAND": f"sh -c 'echo slept >> {record}'"}, cwd=tmp_path)
+    credentials = unenrolled("s", settings)
+    rt = runtime.WorkerRuntime(settings=settings, credentials=credentials, pool="default",
+                               scratch=tmp_path / "scratch", r=r)
+    runtime.install(rt)
+    queue = Queue(keys.queue_name("s"), connection=r, serializer=JSONSerializer)
+    node_id = credentials.node_id
+
+    def order(seq: int, key: str = credentials.key, rq_id: str | None = None) -> None:
+        sealed = Sealed.seal(SleepOrder(node="s", seq=seq, idle=600.0), node="s", seq=seq, key=key).to_json()
+        queues.enqueue_sleep(r, "s", sealed, rq_id or f"{node_id}-sleep{seq}")
+
+    def work() -> None:
+        FarmWorker([queue.name], connection=r, name=f"{node_id}.1.1", serializer=JSONSerializer).work(
+            burst=True, logging_level="WARNING")
+
+    try:
+        order(5, key="x" * 32)  # not sealed with this node's key
+        order(6, rq_id=f"{node_id}-sleep7")
+        work()
+        assert not record.exists() and rt.info().state == "idle"
+        order(8)
+        work()
+        assert record.read_text() == "slept\n" and rt.info().state == "asleep"
+        order(8)  # the same order again
+        work()
+        assert rt.events.flush(10)
+    finally:
+        runtime.install(None)
+    assert record.read_text() == "slept\n"
+    assert [(e.rq_id, e.reason) for e in events_of(r, "s")] == [
+        (f"{node_id}-sleep5", "sealed message: the seal is not s's"),
+        (f"{node_id}-sleep7", f"sleep order: RQ job '{node_id}-sleep7' carries sleep order 6"),
+        (f"{node_id}-sleep8", "sleep order: replayed (number 8, the last obeyed was 8)"),
+    ]

@@ -256,3 +256,29 @@ def test_a_worker_sleeps_only_on_its_own_newest_sleep_order(redis_url: str, tmp_
         (f"{node_id}-sleep7", f"sleep order: RQ job '{node_id}-sleep7' carries sleep order 6"),
         (f"{node_id}-sleep8", "sleep order: replayed (number 8, the last obeyed was 8)"),
     ]
+
+
+def test_a_restarted_manager_still_knows_the_asleep_node_and_wakes_it(redis_url: str, tmp_path: Path) -> None:
+    from test_manager_loop import in_process_manager
+
+    with listener() as udp:
+        env = {"FARM_SLEEP_AFTER": str(SLEEP_AFTER), "FARM_WAKE_ADDRESS": "127.0.0.1",
+               "FARM_WAKE_PORT": str(udp.getsockname()[1])}
+        clock, farm_ = sleepy_farm(redis_url, tmp_path, **env)
+        with farm_ as farm:
+            put_to_sleep(farm, clock, "a")
+            first, farm.manager = farm.manager, in_process_manager(redis_url, tmp_path, clock, env)
+            try:
+                for _ in range(3):  # its reaper does not take the silent node for gone either
+                    clock.advance(60)
+                    farm.manager.tick()
+                assert farm.shown()["a"] == "asleep"
+                farm.submit()
+                packet, _ = udp.recvfrom(1024)  # the MAC it advertised, from the database
+                assert packet == magic_packet(MACS["a"])
+                beat(farm, "a")
+                farm.render_all()
+                assert farm.job_state() == "done"
+            finally:
+                farm.manager.engine.dispose()
+                farm.manager = first

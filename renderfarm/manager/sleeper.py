@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import logging
 import threading
+from collections import Counter
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -24,6 +25,7 @@ from sqlalchemy import select
 
 from renderfarm import lifecycle, queues, streams
 from renderfarm.db import session_scope
+from renderfarm.idlepower import IdleMeter
 from renderfarm.models import ATTEMPT_ACTIVE, Attempt, Worker, WorkerState
 from renderfarm.wake import MAC, run_wake_command, send_magic_packet
 
@@ -60,6 +62,7 @@ class Sleeper:
     idle_since: dict[str, float] = field(default_factory=dict)
     wakers: list[threading.Thread] = field(default_factory=list)
     packets: int = 0  # magic packets sent (for tests and logs)
+    meter: IdleMeter = field(default_factory=IdleMeter)
 
     def holds(self, name: str) -> bool:
         """Whether dispatch must pass the node over: it is asleep, or told to be."""
@@ -86,15 +89,21 @@ class Sleeper:
             self._watch(session, manager, manager.clock.now())
 
     def step(self, manager: Manager) -> None:
-        """After a dispatch round: who must sleep, and whom to wake for the work left over."""
+        """After a dispatch round: the idle and asleep nodes' power counted, who must sleep, and
+        whom to wake for the work left over."""
         settings = manager.settings
-        if not self.sleeping and not settings.sleep_after:
+        counting = any(site.idle_watts is not None for site in settings.sites.values())
+        if not self.sleeping and not settings.sleep_after and not counting:
             return
         now = manager.clock.now()
         self.wakers = [t for t in self.wakers if t.is_alive()]
         with session_scope(manager.engine) as session:
+            busy = set(session.scalars(select(Attempt.worker).where(
+                Attempt.state.in_([s.value for s in ATTEMPT_ACTIVE])).distinct()))
+            if counting:
+                self._count(session, manager, busy, now)
             if settings.sleep_after:
-                self._put_to_sleep(session, manager, now)
+                self._put_to_sleep(session, manager, busy, now)
             if any(s.state == ASLEEP for s in self.sleeping.values()):
                 self._wake_for_work(session, manager, now)
 
@@ -142,16 +151,33 @@ class Sleeper:
 
     # -- idle nodes go to sleep -------------------------------------------------------------
 
-    def _put_to_sleep(self, session: Session, manager: Manager, now: float) -> None:
-        busy = set(session.scalars(select(Attempt.worker).where(
-            Attempt.state.in_([s.value for s in ATTEMPT_ACTIVE])).distinct()))
+    def _idle(self, manager: Manager, name: str, beat, busy: set[str]) -> bool:
+        return beat.state in (WorkerState.IDLE.value, WorkerState.ASLEEP.value) and not beat.attempts \
+            and name not in busy
+
+    def _count(self, session: Session, manager: Manager, busy: set[str], now: float) -> None:
+        """Idle power (renderfarm.idlepower): the awake idle and the asleep nodes of each site."""
+        idle: Counter[str] = Counter()
+        asleep: Counter[str] = Counter()
+        for name, beat in manager.live.items():
+            sleep = self.sleeping.get(name)
+            if (sleep is None or sleep.state == ORDERED) and self._idle(manager, name, beat, busy):
+                node = manager.book.get(name)
+                idle[node.site if node else beat.site] += 1
+        for sleep in self.sleeping.values():
+            if sleep.state != ORDERED:
+                asleep[sleep.view.site] += 1
+        self.meter.look(manager.settings.sites, idle, asleep, now)
+        if self.meter.due(now):
+            self.meter.flush(session, manager.settings.sites, now)
+
+    def _put_to_sleep(self, session: Session, manager: Manager, busy: set[str], now: float) -> None:
         for name in set(self.idle_since) - set(manager.live):
             del self.idle_since[name]
         for name, beat in manager.live.items():
             if name in self.sleeping:
                 continue
-            if beat.state not in (WorkerState.IDLE.value, WorkerState.ASLEEP.value) or beat.attempts \
-                    or name in busy or manager._held(name) or name not in manager._written_at:
+            if not self._idle(manager, name, beat, busy) or manager._held(name) or name not in manager._written_at:
                 self.idle_since[name] = now
                 continue
             since = self.idle_since.setdefault(name, now)

@@ -12,6 +12,7 @@ import signal
 import socket
 import subprocess
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -62,6 +63,7 @@ def test_an_idle_worker_sleeps_and_a_magic_packet_wakes_it_to_render(redis_url: 
     def wake_on_packet() -> None:  # the machine's network card: the packet powers it back up
         try:
             caught["packet"], _ = udp.recvfrom(1024)
+            caught["at"] = time.monotonic()
         except OSError as e:
             caught["error"] = e
             return
@@ -86,6 +88,7 @@ def test_an_idle_worker_sleeps_and_a_magic_packet_wakes_it_to_render(redis_url: 
         assert "packet" not in caught
         waker = threading.Thread(target=wake_on_packet, daemon=True)
         waker.start()
+        submitted = time.monotonic()
         job_id = submit(settings, Submission(scene=EXAMPLES / "orbit.toml", frames="1-2", name="orbit"))
 
         def finished():
@@ -94,7 +97,10 @@ def test_an_idle_worker_sleeps_and_a_magic_packet_wakes_it_to_render(redis_url: 
             return status if status.state in ("done", "failed") else None
 
         status = wait_for(finished, 90, f"job {job_id} to finish")
+        done = time.monotonic()
         waker.join(5)
+        print(f"submitted -> magic packet {caught['at'] - submitted:.2f} s; packet -> job done "
+              f"{done - caught['at']:.2f} s")
         assert caught.get("packet") == b"\xff" * 6 + bytes.fromhex(MAC.replace(":", "")) * 16, caught
         assert status.state == "done" and status.frames_done == 2
         with session_scope(engine) as s:

@@ -334,6 +334,7 @@ class Manager:
     def _after_commit(self, batch: Batch) -> None:
         for worker in batch.left_workers:
             queues.withdraw_queue(self.r, worker)
+            self.sleeper.forget(worker)
             node = self.book.get(worker)
             if node is not None and node.hold == HOLD_DRAIN:  # its drain ended with it (lifecycle.worker_offline)
                 node.hold = None

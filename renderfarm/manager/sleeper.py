@@ -64,6 +64,11 @@ class Sleeper:
     packets: int = 0  # magic packets sent (for tests and logs)
     meter: IdleMeter = field(default_factory=IdleMeter)
 
+    def forget(self, name: str) -> None:
+        """The node left the farm (it said goodbye, or was reaped or revoked): nothing to wake."""
+        self.sleeping.pop(name, None)
+        self.idle_since.pop(name, None)
+
     def holds(self, name: str) -> bool:
         """Whether dispatch must pass the node over: it is asleep, or told to be."""
         return name in self.sleeping
@@ -207,8 +212,10 @@ class Sleeper:
         from renderfarm.manager.dispatch import FairShare, Hands, runnable_candidates
         from renderfarm.scheduling import pick_task
 
-        asleep = sorted((s for s in self.sleeping.values() if s.state == ASLEEP),
+        asleep = sorted((s for s in self.sleeping.values() if s.state == ASLEEP and not _on_hold(manager, s.name)),
                         key=lambda s: (s.view.price, s.name))
+        if not asleep:
+            return
         candidates = runnable_candidates(session, len(asleep), now)
         if not candidates:
             return
@@ -265,6 +272,12 @@ def _run_wake_command(template: str, name: str, mac: str | None) -> None:
     if done.returncode != 0:
         log.warning("wake command for %s exited %d: %s", name, done.returncode,
                     (done.stderr or b"").decode("utf-8", "replace").strip()[-500:])
+
+
+def _on_hold(manager: Manager, name: str) -> bool:
+    """Drained or disabled (`farm worker drain|disable`): woken, it would be given nothing."""
+    node = manager.book.get(name)
+    return node is None or node.hold is not None
 
 
 def _mac_of(capabilities: str | None) -> str | None:

@@ -149,7 +149,7 @@ BAD = [
     (wire.Heartbeat, BEAT, "attempts", list(range(1, 18)), "heartbeat: attempts: [1,2,3"),
     (wire.Heartbeat, BEAT, "seq", -1, "heartbeat: seq: -1 should be greater than or equal to 0"),
     (wire.Heartbeat, BEAT, "capabilities.cores", 0, "heartbeat: capabilities.cores: 0 should be greater"),
-    (wire.Heartbeat, BEAT, "state", "asleep", "heartbeat: state: 'asleep' should be 'idle', 'busy' or 'stopping'"),
+    (wire.Heartbeat, BEAT, "state", "napping", "heartbeat: state: 'napping' should be 'idle', 'busy', 'stopping' or 'asleep'"),
     (wire.Progress, EXAMPLES[12][1], "attempt_id", 1e30, "event progress: attempt_id: 1e+30 should be a valid integer"),
     (wire.Progress, EXAMPLES[12][1], "progress", "abc", "event progress: progress: 'abc' should be a valid number"),
     (wire.Progress, EXAMPLES[12][1], "progress", 1.5, "event progress: progress: 1.5 should be less than or equal"),

@@ -23,6 +23,7 @@ from renderfarm.manager.nodebook import AclWatch, NodeBook, restore_all, restore
 from renderfarm.manager.notifier import Notifier
 from renderfarm.manager.planner import PLAN_EVERY, plan_deadlines
 from renderfarm.manager.reconcile import SWEEP_EVERY, Reconciler
+from renderfarm.manager.sleeper import Sleeper
 from renderfarm.manager.sweep import AttemptSweep
 from renderfarm.manager.removal import RETENTION_EVERY, Purger, apply_retention
 from renderfarm.manager.sitewatch import SitesWatch
@@ -78,6 +79,7 @@ class Manager:
         self.fair = FairShare()
         self.inbox = Inbox(self)
         self.book = NodeBook()
+        self.sleeper = Sleeper()  # idle nodes told to sleep, woken for work (FARM_SLEEP_AFTER)
         self.acl = AclWatch()
         self.s3_refusals = S3Watch(settings)
         self.sites_watch = SitesWatch(settings)
@@ -145,6 +147,7 @@ class Manager:
             self.r = r
         with session_scope(self.engine) as session:
             restore_all(session, self.settings, self.r, self.book)
+            self.sleeper.load(session, self)
         streams.ensure_groups(self.r, self.book.streams())
 
     def restore_users(self) -> None:
@@ -274,7 +277,9 @@ class Manager:
         # worker came or changed, an intent arrived), and every DISPATCH_EVERY all the same.
         if self.clock.monotonic() >= self._next_dispatch:
             self._next_dispatch = self.clock.monotonic() + DISPATCH_EVERY
+            self.sleeper.watch(self)  # a node back from sleep takes work in this round
             handed = self.dispatch()
+            self.sleeper.step(self)
         return bool(entries) or handed > 0
 
     def apply(self, entries: list[Entry]) -> list:
@@ -336,6 +341,7 @@ class Manager:
     def _after_commit(self, batch: Batch) -> None:
         for worker in batch.left_workers:
             queues.withdraw_queue(self.r, worker)
+            self.sleeper.forget(worker)
             node = self.book.get(worker)
             if node is not None and node.hold == HOLD_DRAIN:  # its drain ended with it (lifecycle.worker_offline)
                 node.hold = None
@@ -468,7 +474,9 @@ class Manager:
 
     def _reap(self, session, now: float, batch: Batch) -> None:
         known = session.execute(
-            select(Worker.name, Worker.last_seen).where(Worker.state != WorkerState.OFFLINE.value)
+            # An asleep worker beats no more: it is not gone (renderfarm.manager.sleeper).
+            select(Worker.name, Worker.last_seen).where(
+                Worker.state.not_in([WorkerState.OFFLINE.value, WorkerState.ASLEEP.value]))
         ).all()
         for name, last_seen in known:
             if name in self.live:
@@ -528,7 +536,7 @@ class Manager:
 
     def _held(self, name: str) -> bool:
         node = self.book.get(name)
-        return node is not None and node.hold is not None
+        return (node is not None and node.hold is not None) or self.sleeper.holds(name)
 
     def plan(self) -> None:
         """Plan the jobs with a deadline: when and where each renders (renderfarm.power)."""

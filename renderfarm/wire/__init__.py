@@ -8,7 +8,7 @@ value) and one `to_json()`. Both ends of every hop use the same class.
                                         DeleteIntent, ArchiveIntent, NodeAddIntent,
                                         NodeRevokeIntent, WorkerHoldIntent: parse_intent()
     reply list       manager -> CLI     Reply (with a NodeGrant for an enrolled node)
-    node's queue     manager -> node    TaskOrder, Sealed with the node's key
+    node's queue     manager -> node    TaskOrder, SleepOrder, Sealed with the node's key
     node's heartbeat node -> manager    Heartbeat, Sealed
     node's events    node -> manager    Started, Progress, Done, Failed, Released, Refused, Bye,
                                         Sealed: parse_event()
@@ -56,6 +56,7 @@ from renderfarm.wire.intents import (
 )
 from renderfarm.wire.orders import Box, TaskOrder
 from renderfarm.wire.sealed import Sealed
+from renderfarm.wire.sleep import SleepOrder
 from renderfarm.wire.submission import JobSpec, RenderOptions, SubmitIntent
 
 __all__ = [
@@ -63,7 +64,7 @@ __all__ = [
     "Done", "Event", "Failed",
     "Heartbeat", "Intent", "JobSpec", "Limits", "Message", "NodeAddIntent", "NodeGrant", "NodeRevokeIntent",
     "Output", "PriorityIntent", "Progress", "Refused", "Released", "RenderOptions", "Reply", "ResumeIntent",
-    "RetryIntent", "Sealed", "SetIntent", "Started", "SubmitIntent",
+    "RetryIntent", "Sealed", "SetIntent", "SleepOrder", "Started", "SubmitIntent",
     "SuspendIntent", "TaskIntent", "TaskOrder", "Usage", "VerbIntent", "WireError", "WorkerHoldIntent", "parse_event",
     "parse_intent",
 ]

@@ -134,6 +134,8 @@ class WorkerRuntime:
     session: RendererSession | None = None  # the warm renderer of the job last rendered
     stopping: bool = False  # SIGTERM seen: take no new work
     turned_away: bool = False  # the farm refuses this node's credentials (revoked): it ends at once
+    asleep: bool = False  # told to sleep and slept (renderfarm_worker.sleep), not woken to work yet
+    sleep_seq: int = 0  # the newest sleep order obeyed
     _stop_reason: str | None = None
     _next_lease_check: float = 0.0
     _hand_back: bool = False
@@ -197,6 +199,7 @@ class WorkerRuntime:
     def begin(self, lease: Lease) -> None:
         with self._lock:
             self.lease = lease
+            self.asleep = False
             self.holding[lease.attempt_id] = None
             self._stop_reason = None
             self._hand_back = False
@@ -369,6 +372,8 @@ class WorkerRuntime:
             seq = self._beats
         if self.stopping:
             state = WorkerState.STOPPING
+        elif self.asleep and not lease:
+            state = WorkerState.ASLEEP
         else:
             state = WorkerState.BUSY if lease else WorkerState.IDLE
         return Heartbeat(
@@ -390,10 +395,16 @@ class WorkerRuntime:
     def start_heartbeat(self) -> None:
         import redis
 
+        from renderfarm_worker.sleep import ResumeWatch
+
         interval = max(0.5, self.heartbeat_ttl / 3)
+        resume = ResumeWatch()
 
         def run() -> None:
             while not self._stop_beating.wait(interval):
+                if resume.resumed() and self.asleep:
+                    log.info("woke from sleep")
+                    self.asleep = False
                 try:
                     self.beat()
                     self.check_lease()

@@ -82,7 +82,7 @@ class Sleeper:
             if node is None:
                 continue
             view = worker_view(row.name, node.pool, node.site, _with_tags(row.capabilities, node.tags),
-                               _price(manager, node.site))
+                               manager._price(node.site, manager.clock.now()))
             self.sleeping[row.name] = Sleep(row.name, view, _mac_of(row.capabilities), ASLEEP, manager.clock.now())
 
     def watch(self, manager: Manager) -> None:
@@ -200,7 +200,7 @@ class Sleeper:
         sealed = Sealed.seal(order, node=name, seq=seq, key=node.key).to_json()
         queues.enqueue_sleep(manager.r, name, sealed, f"{node.node_id}-sleep{seq}")
         mac = beat.capabilities.mac if beat.capabilities is not None else None
-        self.sleeping[name] = Sleep(name, manager._view(beat), mac, ORDERED, now, manager._beat_seq.get(name))
+        self.sleeping[name] = Sleep(name, manager._view(beat, now), mac, ORDERED, now, manager._beat_seq.get(name))
         self.idle_since.pop(name, None)
         log.info("worker %s idle %.0f s: told to sleep", name, idle)
 
@@ -222,7 +222,7 @@ class Sleeper:
         hands = Hands.load(session)
         held = {job: frozenset(ws) for job, ws in hands.holders.items()}
         peers: dict[str, set[str]] = {}
-        for view in [manager._view(b) for b in manager.live.values()] + [s.view for s in asleep]:
+        for view in [manager._view(b, now) for b in manager.live.values()] + [s.view for s in asleep]:
             peers.setdefault(view.pool, set()).add(view.name)
         shares = FairShare().view({c.job_id for c in candidates})
         for sleep in asleep:
@@ -295,12 +295,3 @@ def _with_tags(capabilities: str | None, tags: tuple[str, ...]) -> dict:
     caps = parse_capabilities(capabilities) or {}
     caps["tags"] = sorted(set(tags) | {t for t in caps.get("tags", ()) if t == "gpu"})
     return caps
-
-
-def _price(manager: Manager, site: str) -> int:
-    from renderfarm.errors import ConfigError
-
-    try:
-        return manager.settings.site(site).ranking_price
-    except ConfigError:
-        return 0

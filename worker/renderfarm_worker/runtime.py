@@ -177,17 +177,25 @@ class WorkerRuntime:
 
         return Sealed.seal(message, node=self.name, seq=self.sequence.next(), key=self.credentials.key).to_json()
 
+    def unseal(self, raw: object, what: str):
+        """(the seal, the message it holds) of an order in a queued job's argument, sealed by the
+        manager with this node's key, for this node. WireError says what is wrong."""
+        from renderfarm.wire import Sealed, WireError
+
+        if not isinstance(raw, str):
+            raise WireError(f"{what}: a {type(raw).__name__}, not a sealed order")
+        sealed = Sealed.parse(raw)
+        if sealed.node != self.name:
+            raise WireError(f"{what}: sealed for {sealed.node!r}, not for this node")
+        return sealed, sealed.check(self.credentials.key)
+
     def open_order(self, raw: object, rq_id: str | None):
         """The task order in a queued job's argument: sealed by the manager with this node's key,
         for this node, under the RQ id the manager gave it. WireError says what is wrong."""
-        from renderfarm.wire import Sealed, TaskOrder, WireError
+        from renderfarm.wire import TaskOrder, WireError
 
-        if not isinstance(raw, str):
-            raise WireError(f"task order: a {type(raw).__name__}, not a sealed order")
-        sealed = Sealed.parse(raw)
-        if sealed.node != self.name:
-            raise WireError(f"task order: sealed for {sealed.node!r}, not for this node")
-        order = TaskOrder.parse(sealed.check(self.credentials.key))
+        sealed, body = self.unseal(raw, "task order")
+        order = TaskOrder.parse(body)
         if order.node != self.name or sealed.seq != order.attempt_id:
             raise WireError(f"task order: the order of attempt {order.attempt_id} for {order.node!r} is not this seal's")
         if rq_id is not None and rq_id != queues.rq_job_id(self.credentials.node_id, order.attempt_id):

@@ -12,7 +12,7 @@ import time
 from typing import TYPE_CHECKING
 
 from renderfarm.errors import ConfigError
-from renderfarm.wire import Sealed, SleepOrder, WireError
+from renderfarm.wire import SleepOrder, WireError
 
 if TYPE_CHECKING:
     from renderfarm_worker.runtime import WorkerRuntime
@@ -26,12 +26,8 @@ RESUMED_AFTER = 5.0  # seconds the boot clock must gain on the monotonic one to 
 def open_sleep_order(rt: WorkerRuntime, raw: object, rq_id: str | None) -> SleepOrder:
     """The sleep order in a queued job's argument: sealed by the manager with this node's key, for
     this node, newer than any sleep order obeyed before. WireError says what is wrong."""
-    if not isinstance(raw, str):
-        raise WireError(f"sleep order: a {type(raw).__name__}, not a sealed order")
-    sealed = Sealed.parse(raw)
-    if sealed.node != rt.name:
-        raise WireError(f"sleep order: sealed for {sealed.node!r}, not for this node")
-    order = SleepOrder.parse(sealed.check(rt.credentials.key))
+    sealed, body = rt.unseal(raw, "sleep order")
+    order = SleepOrder.parse(body)
     if order.node != rt.name or order.seq != sealed.seq:
         raise WireError(f"sleep order: the order for {order.node!r} is not this seal's")
     if rq_id is not None and rq_id != f"{rt.credentials.node_id}-sleep{order.seq}":

@@ -76,6 +76,7 @@ EXAMPLES = [
     (wire.Reply, {"ok": True, "node": {"name": "node-01", "node_id": "n0123abcd", "key": "k" * 32,
                                        "redis_user": "node-01", "redis_password": "p" * 16}, "tasks": [1, 2]}),
     (wire.Sealed, {"node": "node-01", "seq": 5, "body": '{"type": "bye", "worker": "node-01"}', "mac": "c" * 64}),
+    (wire.SleepOrder, {"order": "sleep", "node": "node-01", "seq": 1796535843235, "idle": 600.5}),
 ]
 
 
@@ -206,6 +207,10 @@ BAD = [
     (wire.Sealed, EXAMPLES[28][1], "seq", 2**63, "sealed message: seq: 9223372036854775808 should be less than"),
     (wire.Sealed, EXAMPLES[28][1], "mac", "../x", "sealed message: mac: '../x' should match pattern"),
     (wire.Sealed, EXAMPLES[28][1], "node", "../x", "sealed message: node: '../x' should match pattern"),
+    (wire.SleepOrder, EXAMPLES[29][1], "order", "task", "sleep order: order: 'task' should be 'sleep'"),
+    (wire.SleepOrder, EXAMPLES[29][1], "node", "../x", "sleep order: node: '../x' should match pattern"),
+    (wire.SleepOrder, EXAMPLES[29][1], "seq", 0, "sleep order: seq: 0 should be greater than or equal to 1"),
+    (wire.SleepOrder, EXAMPLES[29][1], "idle", 1e10, "sleep order: idle: 10000000000.0 should be less than"),
 ]
 
 

@@ -62,6 +62,12 @@ class SimNode:
     """One enrolled node, acting as itself: what a farm-worker with these credentials sends and
     writes for a task, minus the render."""
 
+    def unseal(self, raw: object, what: str):
+        """The worker's own check of a seal (WorkerRuntime.open_order calls it)."""
+        from renderfarm_worker.runtime import WorkerRuntime
+
+        return WorkerRuntime.unseal(self, raw, what)
+
     def __init__(self, credentials: NodeCredentials, settings: Settings) -> None:
         from renderfarm import keys
         from renderfarm.nodes import Sequence

@@ -60,6 +60,8 @@ class Settings:
     allow_commands: bool = False
     # Whether this worker takes jobs that let a .blend's auto-run scripts run (`--allow-scripts`).
     allow_scripts: bool = False
+    # Whether this worker runs OpenJD tasks (the programs a job template names).
+    allow_openjd: bool = False
     # The unprivileged user renders run as when the worker is root (FARM_RENDER_USER).
     render_user: str | None = None
     # The Blender this worker renders with (default: `blender` on PATH).
@@ -133,6 +135,7 @@ _ENV = {
     "shutdown_grace": "FARM_SHUTDOWN_GRACE",
     "allow_commands": "FARM_ALLOW_COMMANDS",
     "allow_scripts": "FARM_ALLOW_SCRIPTS",
+    "allow_openjd": "FARM_ALLOW_OPENJD",
     "render_user": "FARM_RENDER_USER",
     "blender": "FARM_BLENDER",
     "render_threads": "FARM_RENDER_THREADS",

@@ -13,7 +13,14 @@ from typing import TYPE_CHECKING
 
 from renderfarm import keys
 from renderfarm.capabilities import check_tags
-from renderfarm.client import _deadline, cli_number, current_user, hand_over, new_request_id, resolve_job
+from renderfarm.client import (
+    _deadline,
+    cli_number,
+    current_user,
+    hand_over,
+    new_request_id,
+    resolve_job,
+)
 from renderfarm.errors import FarmNotRunningError, InputError
 from renderfarm.openjd import canonical, farm_values, read_bundle, template_sha256
 from renderfarm.planning import PRIORITY_DEFAULT, slug

@@ -166,6 +166,7 @@ class OpenJDSpec(Message):
     the farm's task cap, at both ends."""
 
     what = "submission"
+    MAX_BYTES = 120 * 1024  # inside its intent's 128 KiB; the template alone is bounded at 96 KiB
 
     name: Slug
     owner: ShortSlug

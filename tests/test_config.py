@@ -498,6 +498,7 @@ def test_effective_settings_never_show_a_password(dirs, monkeypatch) -> None:
         ("allow_commands", "False", "default"),
         ("allow_scripts", "False", "default"),
         ("allow_openjd", "False", "default"),
+        ("openjd_attributes", "", "default"),
         ("render_user", "", "default"),
         ("blender", "", "default"),
         ("render_threads", "0", "default"),

@@ -122,3 +122,20 @@ def test_host_requirements_become_needs_a_worker_meets_or_names() -> None:
     no_nuke = WorkerView("n", amounts=good.amounts,
                          attributes=(("attr.studio.dcc", ("maya",)), ("attr.worker.os.family", ("linux",))))
     assert needs.unmet(no_nuke) == "attr.studio.dcc all of maya, nuke"
+
+
+def test_a_worker_advertises_custom_attributes_that_host_requirements_match() -> None:
+    from renderfarm_worker.capabilities import parse_attributes
+
+    from renderfarm.capabilities import worker_view
+    from renderfarm.errors import ConfigError
+
+    attributes = parse_attributes("attr.studio.dcc=maya,nuke  deadline:attr.pool=gpu")
+    assert attributes == {"attr.studio.dcc": ("maya", "nuke"), "deadline:attr.pool": ("gpu",)}
+    view = worker_view("w", "default", "local", {"attributes": attributes, "os_family": "linux"})
+    needs = HostNeeds(attributes=(("attr.studio.dcc", ("houdini", "nuke"), False),))
+    assert needs.unmet(view) is None
+    assert HostNeeds(attributes=(("attr.studio.dcc", ("houdini",), False),)).unmet(view) == (
+        "attr.studio.dcc one of houdini")
+    with pytest.raises(ConfigError, match=r"^FARM_OPENJD_ATTRIBUTES: 'dcc=maya' is not attr.NAME=VALUE"):
+        parse_attributes("dcc=maya")

@@ -40,7 +40,24 @@ def detect(settings: Settings, tags: tuple[str, ...], blender: Blender | None = 
         "tags": tuple(sorted(set(tags) | ({"gpu"} if gpu else set()))),
         **({"scripts": True} if settings.allow_scripts else {}),
         **_platform(), "gpus": gpus,
+        **({"attributes": attributes} if (attributes := parse_attributes(settings.openjd_attributes)) else {}),
     }
+
+
+def parse_attributes(text: str | None) -> dict[str, tuple[str, ...]]:
+    """FARM_OPENJD_ATTRIBUTES ("attr.studio.dcc=maya,nuke attr.studio.site=lon") as the custom
+    attributes this worker advertises; ConfigError names a malformed one."""
+    import re
+
+    from renderfarm.errors import ConfigError
+
+    attributes: dict[str, tuple[str, ...]] = {}
+    for item in (text or "").split():
+        m = re.fullmatch(r"((?:[A-Za-z_][A-Za-z0-9_-]{0,63}:)?attr\.[A-Za-z_][A-Za-z0-9_.-]{0,99})=([^=]+)", item)
+        if m is None:
+            raise ConfigError(f"FARM_OPENJD_ATTRIBUTES: {item[:60]!r} is not attr.NAME=VALUE[,VALUE...]")
+        attributes[m.group(1)] = tuple(v for v in m.group(2).split(",") if v)[:32]
+    return attributes
 
 
 def _platform() -> dict[str, str]:

@@ -73,6 +73,8 @@ def create_job(session: Session, job: Job, plans: list[TaskPlan]) -> None:
             "tile": p.tile,
             "weight": p.share,
             "rank": p.rank,
+            "step": p.step,
+            "parameters": p.parameters,
             # A frame's assembly waits until all its tiles are committed.
             "state": (TaskState.WAITING if p.kind == TaskKind.ASSEMBLE.value else TaskState.PENDING).value,
             "attempts": 0,

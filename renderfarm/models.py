@@ -62,6 +62,10 @@ class JobBase(SQLModel):
     renderer_version: str | None = Field(default=None, max_length=32)  # e.g. "3.4": only workers with it
     render_options: str | None = Field(default=None, sa_type=Text)  # JSON: samples, allow_scripts
     notify: str | None = Field(default=None, max_length=2048)  # a webhook URL of its own (--notify)
+    # An OpenJD job: its template and job parameter values (JSON: {"template", "job_parameters"}),
+    # and each step's dependencies and host requirements (JSON: {step: {"after", "host"}}).
+    openjd_template: str | None = Field(default=None, sa_type=Text)
+    openjd_steps: str | None = Field(default=None, sa_type=Text)
 
 
 class Job(JobBase, table=True):
@@ -112,6 +116,9 @@ class Task(SQLModel, table=True):
     started_at: float | None = None
     finished_at: float | None = None
     error: str | None = Field(default=None, max_length=4096)
+    # An OpenJD task: its step, and its task parameter values (JSON: {NAME: {"type", "value"}}).
+    step: str | None = Field(default=None, max_length=64)
+    parameters: str | None = Field(default=None, sa_type=Text)
 
 
 class Attempt(SQLModel, table=True):

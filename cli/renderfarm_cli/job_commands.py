@@ -83,7 +83,8 @@ def _job_session(settings, job: str):
 
 
 def submit(
-    scene: Annotated[str, typer.Argument(help="The scene file to render.", show_default=False)],
+    scene: Annotated[str, typer.Argument(help="The scene file to render, or an OpenJD job template (.yaml, .json) or job bundle directory.", show_default=False)],
+    param: Annotated[Optional[list[str]], typer.Option("-p", "--param", help="An OpenJD job parameter's value, NAME=VALUE; repeat for several.")] = None,
     frames: Annotated[Optional[str], typer.Option(help="Frames to render, e.g. 1-100, 1-100x2, 1,5,10-20 (default: the scene's own range).")] = None,
     chunk: Annotated[str, typer.Option(help="Frames per task.")] = "1",
     renderer: Annotated[Optional[str], typer.Option(help="Renderer: builtin, blender, null (draws nothing: measures the farm) or command (default: blender for a .blend, else builtin).")] = None,
@@ -112,19 +113,45 @@ def submit(
     wait: Annotated[bool, typer.Option("--wait", help="Wait for the job to finish, showing progress.")] = False,
     json_: JsonOpt = False,
 ) -> None:
-    """Submit a shot: split its frames into tasks and queue them on the farm."""
-    from renderfarm.client import Submission
-    from renderfarm.client import submit as submit_shot
+    """Submit a shot: split its frames into tasks and queue them on the farm. An OpenJD job
+    template or bundle becomes one task per task of each of its steps."""
+    from renderfarm.errors import InputError
+    from renderfarm.openjd import is_template_path
 
     settings = _settings()
-    sub = Submission(scene=scene, frames=frames, chunk=chunk, renderer=renderer, priority=priority, pool=pool,
-                     name=name, timeout=timeout, tiles=tiles, tile_size=tile_size, format=format_,
-                     keep_tiles=keep_tiles, max_workers=max_workers, after=after, first_last=first_last,
-                     frame_by_frame=frame_by_frame, site=site, prefer=prefer, deadline=deadline,
-                     requires=tuple(require or ()), resolution=resolution, samples=samples,
-                     allow_scripts=allow_scripts, renderer_version=blender_version,
-                     notify=notify)
-    job_id = submit_shot(settings, sub, request_id=request_id, warn=note)
+    if is_template_path(Path(scene)):
+        from renderfarm.jobtemplates import TemplateSubmission, submit_template
+
+        scene_only = {"--frames": frames, "--renderer": renderer, "--tiles": tiles, "--tile-size": tile_size,
+                      "--resolution": resolution, "--samples": samples, "--blender-version": blender_version,
+                      "--frame-by-frame": frame_by_frame or None, "--first-last": first_last or None,
+                      "--keep-tiles": keep_tiles or None, "--allow-scripts": allow_scripts or None,
+                      "--chunk": None if chunk == "1" else chunk, "--format": None if format_ == "png" else format_}
+        given = next((flag for flag, value in scene_only.items() if value is not None), None)
+        if given is not None:
+            raise InputError(f"{given.lstrip('-')}: an OpenJD template's steps say what to run; {given} is for scenes")
+        job_id = submit_template(settings, TemplateSubmission(
+            Path(scene), tuple(param or ()), priority=priority, pool=pool, name=name, timeout=timeout,
+            max_workers=max_workers, after=after, site=site, prefer=prefer, deadline=deadline,
+            requires=tuple(require or ()), notify=notify), request_id=request_id, warn=note)
+    else:
+        if param:
+            raise InputError("param: -p NAME=VALUE is for OpenJD job templates and bundles")
+        from renderfarm.client import Submission
+        from renderfarm.client import submit as submit_shot
+
+        sub = Submission(scene=scene, frames=frames, chunk=chunk, renderer=renderer, priority=priority, pool=pool,
+                         name=name, timeout=timeout, tiles=tiles, tile_size=tile_size, format=format_,
+                         keep_tiles=keep_tiles, max_workers=max_workers, after=after, first_last=first_last,
+                         frame_by_frame=frame_by_frame, site=site, prefer=prefer, deadline=deadline,
+                         requires=tuple(require or ()), resolution=resolution, samples=samples,
+                         allow_scripts=allow_scripts, renderer_version=blender_version,
+                         notify=notify)
+        job_id = submit_shot(settings, sub, request_id=request_id, warn=note)
+    _report_submitted(settings, job_id, wait, json_)
+
+
+def _report_submitted(settings, job_id: str, wait: bool, json_: bool) -> None:
     status = _status_of(settings, job_id)
     if wait:
         from renderfarm_cli.progress import follow_job

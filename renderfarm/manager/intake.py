@@ -15,7 +15,7 @@ from renderfarm import lifecycle
 from renderfarm.errors import RenderFarmError, StorageError, VerificationError
 from renderfarm.manager.expected import expected_outputs, frame_tile_keys
 from renderfarm.manager.removal import apply_archive, apply_delete
-from renderfarm.manager.submission import submit
+from renderfarm.manager.submission import submit, submit_openjd
 from renderfarm.manager.verbs import apply_hold, apply_task_verb, apply_verb
 from renderfarm.models import Attempt, Job, Task, TaskKind
 from renderfarm.wire import (
@@ -26,6 +26,7 @@ from renderfarm.wire import (
     Failed,
     NodeAddIntent,
     NodeRevokeIntent,
+    OpenJDSubmitIntent,
     Progress,
     Released,
     Reply,
@@ -110,6 +111,9 @@ def apply_intent(session: Session, settings: Settings, r, intent: Intent, batch:
     try:
         if isinstance(intent, SubmitIntent):
             job_id, created = submit(session, settings, intent, now)
+            reply = Reply(ok=True, job_id=job_id, changed=created)
+        elif isinstance(intent, OpenJDSubmitIntent):
+            job_id, created = submit_openjd(session, settings, intent, now)
             reply = Reply(ok=True, job_id=job_id, changed=created)
         elif isinstance(intent, NodeAddIntent):
             reply = nodebook.enroll(session, settings, r, book, intent, now)

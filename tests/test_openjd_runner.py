@@ -8,7 +8,8 @@ import time
 from pathlib import Path
 
 import pytest
-from renderfarm_worker.openjd_runner import OpenJDOrder, OpenJDOrderError, OpenJDRunner, Outcome
+from renderfarm_worker.openjd_runner import OpenJDRunner
+from renderfarm_worker.openjd_task import OpenJDOrder, OpenJDOrderError, Outcome
 
 
 def template(steps: list[dict], parameters: list[dict] | None = None, **extra) -> dict:

@@ -39,79 +39,15 @@ import threading
 import time
 from dataclasses import dataclass, field
 from datetime import timedelta
-from enum import Enum
 from pathlib import Path
 from typing import Callable
 
 from renderfarm_worker import openjd_layout as layout
 from renderfarm_worker import openjd_procs as procs
+from renderfarm_worker import openjd_task
+from renderfarm_worker.openjd_task import OpenJDOrder, OpenJDOrderError, Outcome, TaskResult
 
 log = logging.getLogger("renderfarm.worker.openjd")
-
-# The extensions a template may ask for; the manager accepts no others at submit.
-SUPPORTED_EXTENSIONS = ("TASK_CHUNKING", "REDACTED_ENV_VARS", "FEATURE_BUNDLE_1", "EXPR")
-TASK_PARAMETER_TYPES = ("INT", "FLOAT", "STRING", "PATH", "CHUNK[INT]")
-
-
-class OpenJDOrderError(ValueError):
-    """Raised when an order's `openjd` field is not the shape the manager sends."""
-
-
-class Outcome(str, Enum):
-    SUCCEEDED = "succeeded"
-    FAILED = "failed"
-    CANCELED = "canceled"
-    TIMED_OUT = "timed_out"
-
-
-@dataclass(frozen=True)
-class OpenJDOrder:
-    """What an order carries for one OpenJD task."""
-
-    template: dict
-    job_parameters: dict[str, str]
-    step: str
-    task_parameters: dict[str, tuple[str, str]]  # name -> (type, value)
-
-    @classmethod
-    def parse(cls, raw: object) -> OpenJDOrder:
-        if not isinstance(raw, dict):
-            raise OpenJDOrderError(f"openjd: expected an object, got {type(raw).__name__}")
-        template, job_parameters = raw.get("template"), raw.get("job_parameters", {})
-        step, task_parameters = raw.get("step"), raw.get("task_parameters", {})
-        if not isinstance(template, dict):
-            raise OpenJDOrderError("openjd.template: expected an object")
-        if not isinstance(step, str) or not step:
-            raise OpenJDOrderError(f"openjd.step: expected a step name, got {step!r}")
-        if not isinstance(job_parameters, dict) or not all(
-                isinstance(k, str) and isinstance(v, str) for k, v in job_parameters.items()):
-            raise OpenJDOrderError("openjd.job_parameters: expected names mapped to strings")
-        if not isinstance(task_parameters, dict):
-            raise OpenJDOrderError("openjd.task_parameters: expected an object")
-        parsed = {}
-        for name, spec in task_parameters.items():
-            kind = spec.get("type") if isinstance(spec, dict) else None
-            value = spec.get("value") if isinstance(spec, dict) else None
-            if kind not in TASK_PARAMETER_TYPES or not isinstance(value, str):
-                raise OpenJDOrderError(f"openjd.task_parameters.{name}: bad type or value: {spec!r}")
-            parsed[str(name)] = (kind, value)
-        return cls(template, dict(job_parameters), step, parsed)
-
-
-@dataclass(frozen=True)
-class TaskResult:
-    outcome: Outcome
-    message: str  # why it did not succeed: the openjd_fail text, the exit code, the timeout
-    outputs: list[str]  # files written, relative to output_root
-    output_root: Path
-    exit_code: int | None = None
-    progress: float | None = None
-    status: str | None = None
-
-    @property
-    def ok(self) -> bool:
-        return self.outcome is Outcome.SUCCEEDED
-
 
 @dataclass
 class _Listener:
@@ -256,14 +192,14 @@ class OpenJDRunner:
                 return failed
         before = layout.snapshot(warm.params_dir, warm.parameters)
         step = warm.step
-        values = _task_values(order.task_parameters)
+        values = openjd_task.task_values(order.task_parameters)
         status = self._act(lambda env: warm.session.run_task(
             step_script=step.script, task_parameter_values=values, step_name=step.name,
             resolved_symtab=warm.job.step_symbol_tables.get(step.name), os_env_vars=env),
             should_stop, watch=True)
         outputs = layout.written(before, layout.snapshot(warm.params_dir, warm.parameters))
         warm.last_used = time.monotonic()
-        result = _result(status, outputs, warm.params_dir)
+        result = openjd_task.result_of(status, outputs, warm.params_dir)
         if status is None or status.state != ActionState.SUCCESS:
             self._end()
         return result
@@ -272,25 +208,25 @@ class OpenJDRunner:
         from openjd.sessions import Session
 
         job, parameters, folder, values = None, [], None, {}
-        job_template = _decode(order.template)
+        job_template = openjd_task.decode(order.template)
         if order.step not in [s.name for s in job_template.steps]:
             raise OpenJDOrderError(f"openjd.step: no step named {order.step!r} in the template")
         sid = f"{_safe(key[0])}-{_safe(key[1])}-{secrets.token_hex(4)}"
         folder = self.root / sid
         folder.mkdir(parents=True)
         try:
-            values = _job_values(job_template, order.job_parameters)
+            values = openjd_task.job_values(job_template, order.job_parameters)
             parameters = layout.path_parameters(
                 job_template, {k: str(v.value) for k, v in values.items()}, folder / layout.PARAMS)
             layout.make_room(parameters)
             for parameter in parameters:
-                values[parameter.name] = _value("PATH", str(parameter.local))
-            job = _create(job_template, values)
+                values[parameter.name] = openjd_task.parameter_value("PATH", str(parameter.local))
+            job = openjd_task.create_job(job_template, values)
             session = Session(
                 session_id=sid, job_parameter_values=values, job_name=str(job.job.name),
                 path_mapping_rules=layout.mapping_rules(parameters, folder) or None,
                 callback=self._callback, os_env_vars={procs.SESSION_MARKER: sid},
-                session_root_directory=folder, revision_extensions=_extensions(job_template))
+                session_root_directory=folder, revision_extensions=openjd_task.extensions(job_template))
         except Exception:
             shutil.rmtree(folder, ignore_errors=True)
             raise
@@ -313,7 +249,7 @@ class OpenJDRunner:
             if status is not None and status.state == ActionState.SUCCESS:
                 warm.entered.append((identifier[0], symtab))
                 continue
-            result = _result(status, [], warm.params_dir)
+            result = openjd_task.result_of(status, [], warm.params_dir)
             what = f"environment {env.name!r} did not start"
             return TaskResult(result.outcome, f"{what}: {result.message}", [], warm.params_dir,
                               result.exit_code)
@@ -345,7 +281,7 @@ class OpenJDRunner:
         end; its final ActionStatus (None: not started). With `watch` (a task's action), what
         it leaves running is killed."""
         if cancelable and self._cancel.is_set():
-            return _canceled_before_start()
+            return openjd_task.canceled_before_start()
         warm = self._warm
         warm.actions += 1
         tree = procs.ActionTree(f"{warm.id}.{warm.actions}")
@@ -392,88 +328,6 @@ class OpenJDRunner:
             warm.session.cancel_action(time_limit=self._cancel_limit)
         except RuntimeError:  # nothing running just now; the flag stops the next action
             pass
-
-
-# -- the model's side ----------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class _NotStarted:
-    state: object
-    fail_message: str = "canceled before it started"
-    exit_code: int | None = None
-    progress: float | None = None
-    status_message: str | None = None
-
-
-def _canceled_before_start() -> _NotStarted:
-    from openjd.sessions import ActionState
-
-    return _NotStarted(ActionState.CANCELED)
-
-
-def _result(status, outputs: list[str], root: Path) -> TaskResult:
-    from openjd.sessions import ActionState
-
-    if status is None:
-        return TaskResult(Outcome.FAILED, "the action did not start", outputs, root)
-    outcome = {
-        ActionState.SUCCESS: Outcome.SUCCEEDED, ActionState.CANCELED: Outcome.CANCELED,
-        ActionState.TIMEOUT: Outcome.TIMED_OUT,
-    }.get(status.state, Outcome.FAILED)
-    if outcome is Outcome.SUCCEEDED:
-        message = ""
-    elif status.fail_message:
-        message = status.fail_message
-    elif outcome is Outcome.TIMED_OUT:
-        message = "the action ran past its timeout"
-    elif outcome is Outcome.CANCELED:
-        message = "canceled"
-    elif status.exit_code is not None:
-        message = f"exit code {status.exit_code}"
-    else:
-        message = "failed"
-    return TaskResult(outcome, message, outputs, root, status.exit_code, status.progress,
-                      status.status_message)
-
-
-def _decode(template: dict):
-    from openjd.model import decode_job_template
-
-    return decode_job_template(template=template, supported_extensions=SUPPORTED_EXTENSIONS)
-
-
-def _extensions(job_template):
-    from openjd.model import RevisionExtensions, SpecificationRevision
-
-    asked = [str(getattr(e, "value", e)) for e in job_template.extensions or []]
-    return RevisionExtensions(spec_rev=SpecificationRevision.v2023_09, supported_extensions=asked)
-
-
-def _job_values(job_template, given: dict[str, str]) -> dict:
-    """The job's parameter values, typed by the template, defaults applied. Paths are left as
-    submitted (no directory of the submitter's exists here)."""
-    from openjd.model import preprocess_job_parameters
-
-    return dict(preprocess_job_parameters(
-        job_template=job_template, job_parameter_values=given, job_template_dir=Path(),
-        current_working_dir=Path(), allow_job_template_dir_walk_up=True))
-
-
-def _create(job_template, values: dict):
-    from openjd.model import create_job_with_symbol_tables
-
-    return create_job_with_symbol_tables(job_template=job_template, job_parameter_values=values)
-
-
-def _value(kind: str, value: str):
-    from openjd.model import ParameterValue, ParameterValueType
-
-    return ParameterValue(type=ParameterValueType(kind), value=value)
-
-
-def _task_values(task_parameters: dict[str, tuple[str, str]]) -> dict:
-    return {name: _value(kind, value) for name, (kind, value) in task_parameters.items()}
 
 
 def _safe(text: str) -> str:

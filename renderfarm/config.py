@@ -58,6 +58,8 @@ class Settings:
     shutdown_grace: float = 300.0
     # Whether this worker runs the `command` renderer (programs named by the job).
     allow_commands: bool = False
+    # Whether this worker runs Open Job Description tasks (their actions are programs too).
+    allow_openjd: bool = False
     # Whether this worker takes jobs that let a .blend's auto-run scripts run (`--allow-scripts`).
     allow_scripts: bool = False
     # The unprivileged user renders run as when the worker is root (FARM_RENDER_USER).
@@ -132,6 +134,7 @@ _ENV = {
     "storage_retry": "FARM_STORAGE_RETRY",
     "shutdown_grace": "FARM_SHUTDOWN_GRACE",
     "allow_commands": "FARM_ALLOW_COMMANDS",
+    "allow_openjd": "FARM_ALLOW_OPENJD",
     "allow_scripts": "FARM_ALLOW_SCRIPTS",
     "render_user": "FARM_RENDER_USER",
     "blender": "FARM_BLENDER",

@@ -3,9 +3,10 @@ environment: openjd-sessions kills an action's process group, and a process that
 (setsid, a daemon) survives that; each one still carries the environment it was started with.
 
 Reading every process's environment costs ~15 ms on a 2-core node with 150 processes, as much
-as a whole short task; so a scan for one action reads only pids above the highest one that
-existed when the action started (pids count up). After a pid wrap-around a leftover of the action
-is missed there and found by the session's full scan when the session ends.
+as a whole short task; so a scan for one action reads only the pids that did not exist when the
+action started (listing /proc costs 0.2 ms). Pids wrap around (at 32768 here, often), so "higher
+than the highest" would not do. A leftover that took the pid of a process that ended during the
+action is missed there and found by the session's full scan when the session ends.
 
 Linux only (it reads /proc); elsewhere nothing is found and openjd-sessions' own kill is all.
 Processes of another user (an action run as the render user through sudo) cannot be read, so
@@ -30,23 +31,19 @@ def pids() -> list[int]:
         return []
 
 
-def highest_pid() -> int:
-    return max(pids(), default=0)
-
-
-def marked(name: str, value: str, above: int = 0) -> list[tuple[int, int]]:
-    """(pid, parent pid) of every readable process above pid `above` whose environment has
+def marked(name: str, value: str, old: frozenset[int] = frozenset()) -> list[tuple[int, int]]:
+    """(pid, parent pid) of every readable process, but those in `old`, whose environment has
     `name`=`value`."""
-    return _scan(name, value, above)[0]
+    return _scan(name, value, old)[0]
 
 
-def _scan(name: str, value: str, above: int) -> tuple[list[tuple[int, int]], set[int]]:
+def _scan(name: str, value: str, old: frozenset[int]) -> tuple[list[tuple[int, int]], set[int]]:
     """What `marked` finds, and the processes that read as having no environment at all: one in
     the middle of an exec does (1 scan in 100 missed one here), so they are worth another look."""
     needle = f"\0{name}={value}\0".encode()
     found, empty = [], set()
     for pid in pids():
-        if pid <= above or pid == os.getpid():
+        if pid in old or pid == os.getpid():
             continue
         try:
             environ = Path(f"/proc/{pid}/environ").read_bytes()
@@ -63,13 +60,13 @@ def _scan(name: str, value: str, above: int) -> tuple[list[tuple[int, int]], set
     return found, empty
 
 
-def kill_marked(name: str, value: str, above: int = 0) -> list[int]:
-    """SIGKILL every process above pid `above` marked `name`=`value`; their pids. It looks again
+def kill_marked(name: str, value: str, old: frozenset[int] = frozenset()) -> list[int]:
+    """SIGKILL every process, but those in `old`, marked `name`=`value`; their pids. It looks again
     while a look finds something, or a process without an environment it has not seen before."""
     killed: list[int] = []
     doubted: set[int] = set()
     for _ in range(20):
-        found, empty = _scan(name, value, above)
+        found, empty = _scan(name, value, old)
         unsure = bool(empty - doubted)
         doubted |= empty
         found = [pid for pid, _parent in found if pid not in killed]
@@ -93,13 +90,13 @@ class ActionTree:
     def __init__(self, value: str) -> None:
         self.value = value
         self.leader: int | None = None
-        self.above = highest_pid()  # call before the action starts
+        self.old = frozenset(pids())  # made before the action starts
 
     def orphans(self) -> bool:
         """True when the leader has ended and marked processes remain."""
         if self.leader is not None and _running(self.leader):
             return False
-        procs = marked(ACTION_MARKER, self.value, self.above)
+        procs = marked(ACTION_MARKER, self.value, self.old)
         leaders = [pid for pid, parent in procs if parent == os.getpid()]
         if leaders:
             self.leader = leaders[0]
@@ -107,7 +104,7 @@ class ActionTree:
         return bool(procs) and self.leader is not None
 
     def kill(self) -> list[int]:
-        return kill_marked(ACTION_MARKER, self.value, self.above)
+        return kill_marked(ACTION_MARKER, self.value, self.old)
 
 
 def _running(pid: int) -> bool:

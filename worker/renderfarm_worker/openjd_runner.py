@@ -94,8 +94,8 @@ class _Lines(logging.Handler):
         self.runner = runner
 
     def emit(self, record: logging.LogRecord) -> None:
-        warm = self.runner._warm
-        if warm is not None and getattr(record, "session_id", None) == warm.id:
+        sid = self.runner._session_id
+        if sid is not None and getattr(record, "session_id", None) == sid:
             try:
                 self.runner._listener.on_log(record.getMessage())
             except Exception:  # a log that cannot be written must not break the action's I/O thread
@@ -106,8 +106,6 @@ class OpenJDRunner:
     """The OpenJD side of one worker: at most one warm session, one task at a time."""
 
     def __init__(self, root: Path) -> None:
-        from openjd.sessions import LOG
-
         self.root = root
         self._lock = threading.Lock()  # held by whoever drives the session (a task, a close)
         self._warm: _Warm | None = None
@@ -115,9 +113,8 @@ class OpenJDRunner:
         self._done = threading.Event()
         self._cancel = threading.Event()
         self._cancel_limit: timedelta | None = None
+        self._session_id: str | None = None  # whose lines the listener gets
         self._handler = _Lines(self)
-        LOG.addHandler(self._handler)
-        LOG.propagate = False  # the lines belong in attempt logs, not in the worker's own
 
     # -- the task's side ------------------------------------------------------------------------
 
@@ -205,7 +202,7 @@ class OpenJDRunner:
         return result
 
     def _open(self, key: tuple[str, str], order: OpenJDOrder) -> _Warm:
-        from openjd.sessions import Session
+        from openjd.sessions import LOG, Session
 
         job, parameters, folder, values = None, [], None, {}
         job_template = openjd_task.decode(order.template)
@@ -214,6 +211,9 @@ class OpenJDRunner:
         sid = f"{_safe(key[0])}-{_safe(key[1])}-{secrets.token_hex(4)}"
         folder = self.root / sid
         folder.mkdir(parents=True)
+        self._session_id = sid
+        LOG.addHandler(self._handler)
+        LOG.propagate = False  # the lines belong in attempt logs, not in the worker's own
         try:
             values = openjd_task.job_values(job_template, order.job_parameters)
             parameters = layout.path_parameters(
@@ -228,6 +228,7 @@ class OpenJDRunner:
                 callback=self._callback, os_env_vars={procs.SESSION_MARKER: sid},
                 session_root_directory=folder, revision_extensions=openjd_task.extensions(job_template))
         except Exception:
+            LOG.removeHandler(self._handler)
             shutil.rmtree(folder, ignore_errors=True)
             raise
         return _Warm(key, sid, folder, session, job, parameters)
@@ -259,6 +260,8 @@ class OpenJDRunner:
     def _end(self) -> None:
         """Exit the warm session's environments in reverse, delete its folders and kill what is
         left of its processes. Called with the lock held."""
+        from openjd.sessions import LOG
+
         warm = self._warm  # stays current while its environments exit: their lines are logged
         if warm is None:
             return
@@ -270,6 +273,7 @@ class OpenJDRunner:
         finally:
             self._warm = None
             warm.session.cleanup()
+            LOG.removeHandler(self._handler)
             killed = procs.kill_marked(procs.SESSION_MARKER, warm.id)
             if killed:
                 log.warning("openjd session %s left processes %s running: killed", warm.id, killed)

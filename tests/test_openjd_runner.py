@@ -221,3 +221,32 @@ def test_what_a_task_leaves_running_dies_with_it_and_an_environment_daemon_with_
     assert alive(int((marks / "env").read_text()))  # the warm environment's own process
     runner.close()
     assert not alive(int((marks / "env").read_text()))
+
+
+def test_an_environment_that_fails_to_start_fails_the_task_and_ends_the_session(runner, tmp_path):
+    counter = tmp_path / "counter"
+    good = {"name": "good", "script": {"actions": {
+        "onEnter": {"command": "bash", "args": ["-c", f"echo enter good >> {counter}"]},
+        "onExit": {"command": "bash", "args": ["-c", f"echo exit good >> {counter}"]}}}}
+    bad = {"name": "bad", "script": {"actions": {
+        "onEnter": {"command": "bash", "args": ["-c", "exit 4"]},
+        "onExit": {"command": "bash", "args": ["-c", f"echo exit bad >> {counter}"]}}}}
+    tmpl = template([bash_step("render", f"echo task >> {counter}")], jobEnvironments=[good, bad])
+    result = runner.run_task("job1", order(tmpl, "render", 1), **Recorder().kwargs())
+    assert (result.outcome, result.message) == (
+        Outcome.FAILED, "environment 'bad' did not start: exit code 4")
+    # No task; both exit, in reverse (openjd-sessions exits an environment whose enter failed).
+    assert counter.read_text().splitlines() == ["enter good", "exit bad", "exit good"]
+    assert runner.session_key is None
+
+
+def test_an_idle_session_is_ended_by_close_if_idle(runner, tmp_path):
+    counter = tmp_path / "counter"
+    env = {"name": "env", "script": {"actions": {
+        "onExit": {"command": "bash", "args": ["-c", f"echo exit >> {counter}"]}}}}
+    tmpl = template([bash_step("render", "true")], jobEnvironments=[env])
+    assert runner.run_task("job1", order(tmpl, "render", 1), **Recorder().kwargs()).ok
+    runner.close_if_idle(3600)
+    assert runner.session_key == ("job1", "render") and not counter.exists()
+    runner.close_if_idle(0)
+    assert runner.session_key is None and counter.read_text() == "exit\n"

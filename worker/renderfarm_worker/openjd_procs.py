@@ -38,26 +38,33 @@ def marked(name: str, value: str, old: frozenset[int] = frozenset()) -> list[tup
 
 
 def _scan(name: str, value: str, old: frozenset[int]) -> tuple[list[tuple[int, int]], set[int]]:
-    """What `marked` finds, and the processes that read as having no environment at all: one in
-    the middle of an exec does (1 scan in 100 missed one here), so they are worth another look."""
+    """What `marked` finds, and the processes of ours it could not read, or that read as having
+    no environment at all: one in the middle of an exec does (1 scan in 100 missed one here), so
+    they are worth another look."""
     needle = f"\0{name}={value}\0".encode()
-    found, empty = [], set()
+    found, unread = [], set()
+    uid = os.getuid()
     for pid in pids():
         if pid in old or pid == os.getpid():
             continue
         try:
-            environ = Path(f"/proc/{pid}/environ").read_bytes()
+            if os.stat(f"/proc/{pid}").st_uid != uid:  # another user's: unreadable anyway
+                continue
             stat = Path(f"/proc/{pid}/stat").read_text()
-        except OSError:  # gone, or another user's
+        except OSError:  # gone
             continue
         fields = stat.rsplit(")", 1)[1].split()
         if fields[0] in ("Z", "X"):
             continue
+        try:
+            environ = Path(f"/proc/{pid}/environ").read_bytes()
+        except OSError:
+            environ = b""
         if not environ:
-            empty.add(pid)
-        if needle in b"\0" + environ + b"\0":
+            unread.add(pid)
+        elif needle in b"\0" + environ + b"\0":
             found.append((pid, int(fields[1])))
-    return found, empty
+    return found, unread
 
 
 def kill_marked(name: str, value: str, old: frozenset[int] = frozenset()) -> list[int]:
@@ -66,9 +73,9 @@ def kill_marked(name: str, value: str, old: frozenset[int] = frozenset()) -> lis
     killed: list[int] = []
     doubted: set[int] = set()
     for _ in range(20):
-        found, empty = _scan(name, value, old)
-        unsure = bool(empty - doubted)
-        doubted |= empty
+        found, unread = _scan(name, value, old)
+        unsure = bool(unread - doubted)
+        doubted |= unread
         found = [pid for pid, _parent in found if pid not in killed]
         for pid in found:
             try:

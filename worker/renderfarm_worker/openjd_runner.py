@@ -169,17 +169,27 @@ class OpenJDRunner:
     # -- driving the session --------------------------------------------------------------------
 
     def _run(self, job_id, order, stage_inputs, should_stop) -> TaskResult:
-        from openjd.sessions import ActionState
-
         key = (job_id, order.step)
         if self._warm is not None and self._warm.key != key:
-            self._end()
+            listener, self._listener = self._listener, _Listener(_to_worker_log)
+            try:  # the other session's exits are no part of this task's log
+                self._end()
+            finally:
+                self._listener = listener
         if self._warm is None:
             try:
                 self._warm = self._open(key, order)
             except Exception as e:  # a template or value the model refuses: this task fails
                 return TaskResult(Outcome.FAILED, f"openjd: {e}", [], self.root)
-        warm = self._warm
+        try:
+            return self._run_in(self._warm, order, stage_inputs, should_stop)
+        except BaseException:  # whatever broke inside the session ends it
+            self._end()
+            raise
+
+    def _run_in(self, warm: _Warm, order, stage_inputs, should_stop) -> TaskResult:
+        from openjd.sessions import ActionState
+
         if stage_inputs is not None:
             stage_inputs(warm.params_dir)
         if not warm.ready:
@@ -204,7 +214,6 @@ class OpenJDRunner:
     def _open(self, key: tuple[str, str], order: OpenJDOrder) -> _Warm:
         from openjd.sessions import LOG, Session
 
-        job, parameters, folder, values = None, [], None, {}
         job_template = openjd_task.decode(order.template)
         if order.step not in [s.name for s in job_template.steps]:
             raise OpenJDOrderError(f"openjd.step: no step named {order.step!r} in the template")
@@ -247,8 +256,9 @@ class OpenJDRunner:
             status = self._act(lambda env_vars: identifier.append(warm.session.enter_environment(
                 environment=env, step_name=step_name, resolved_symtab=symtab,
                 os_env_vars=env_vars)), should_stop)
-            if status is not None and status.state == ActionState.SUCCESS:
+            if identifier:  # entered, even if it failed: openjd-sessions exits it too
                 warm.entered.append((identifier[0], symtab))
+            if status is not None and status.state == ActionState.SUCCESS:
                 continue
             result = openjd_task.result_of(status, [], warm.params_dir)
             what = f"environment {env.name!r} did not start"

@@ -19,6 +19,7 @@ from renderfarm.keys import queue_name
 from renderfarm.nodes import SECRET_VARS, TURNED_AWAY_EXIT
 from renderfarm.planning import slug
 from renderfarm.redisconn import connect
+from renderfarm_worker import openjd_render
 
 log = logging.getLogger("renderfarm.worker")
 
@@ -226,6 +227,7 @@ def _serve(args: argparse.Namespace, settings, blender_found) -> int:
         rt.stop_heartbeat()
         rt.render_io.shutdown(wait=False, cancel_futures=True)
         rt.close_session()
+        openjd_render.close(rt)
         from renderfarm import presence
 
         try:

@@ -36,7 +36,7 @@ def verify_and_promote(
         raise VerificationError(f"no output for frame(s) {', '.join(map(str, missing))}")
     ext = extension(fmt)
     pairs = [(by_frame[want.frame], want, prefix + frame_name(name, want.frame, ext)) for want in expected]
-    keep = min(KEEP_MAX // len(pairs), FRAME_KEEP_MAX)  # the most bytes of one frame kept to write back
+    keep = min(KEEP_MAX // max(1, len(pairs)), FRAME_KEEP_MAX)  # the most bytes of one frame kept to write back
     # Every frame is checked before any is promoted: a task is committed whole or not at all.
     checked = _in_parallel([lambda o=out, w=want, k=key: _check(storage, o, w, k, fmt, keep)
                             for out, want, key in pairs])

@@ -126,12 +126,14 @@ def start_attempt(session: Session, attempt: Attempt, now: float) -> bool:
     return True
 
 
-def note_progress(session: Session, attempt: Attempt, progress: float) -> None:
+def note_progress(session: Session, attempt: Attempt, progress: float, status: str | None = None) -> None:
     if attempt.state != AttemptState.RUNNING.value:
         return
     task = session.get(Task, attempt.task_id)
     if _is_current(task, attempt):
-        task.progress = max(0.0, min(1.0, progress))
+        task.progress = attempt.progress = max(0.0, min(1.0, progress))
+        if status is not None:
+            attempt.status_text = status[:256]
 
 
 def receive_done(session: Session, attempt: Attempt, now: float, started_at: float | None) -> bool:

@@ -150,6 +150,29 @@ class Attempt(SQLModel, table=True):
     cost_pico: int = Field(default=0, sa_type=BigInteger)
     currency: str = Field(default="", max_length=8)
     co2_ng: int = Field(default=0, sa_type=BigInteger)
+    # What it last reported of its progress (0..1) and status text (an OpenJD action's
+    # openjd_progress and openjd_status lines): kept once the task is done.
+    progress: float | None = None
+    status_text: str | None = Field(default=None, max_length=256)
+
+
+class JobOutput(SQLModel, table=True):
+    """One file an OpenJD task wrote, verified and promoted: its path relative to the session's
+    params/ folder (as `farm download` writes it below its destination, and as a dependent step's
+    task finds it in its own session), its step and committed key, size and SHA-256."""
+
+    __tablename__ = "outputs"
+    __table_args__ = (UniqueConstraint("job_id", "step", "path", name="uq_outputs_job_step_path"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    job_id: str = Field(foreign_key="jobs.id", max_length=16, index=True)
+    task_id: int = Field(foreign_key="tasks.id", index=True)
+    step: str = Field(max_length=64)
+    path: str = Field(max_length=512)
+    key: str = Field(max_length=1024)
+    size: int = Field(sa_type=BigInteger)
+    sha256: str = Field(max_length=64)
+    committed_at: float
 
 
 class Worker(SQLModel, table=True):

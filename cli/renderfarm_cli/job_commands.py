@@ -363,17 +363,20 @@ def tasks(
         return
     from rich.table import Table
 
-    tiled = any(t.kind != "render" for t in rows)  # a tile or an assembly: say which, and where
+    tiled = any(t.kind in ("tile", "assemble") for t in rows)  # a tile or an assembly: say which, and where
+    openjd = any(t.step is not None for t in rows)  # an OpenJD task: its step, and its status text
     table = Table(box=None, header_style="bold")
-    for col in ("TASK", *(("KIND",) if tiled else ()), "FRAMES", *(("REGION",) if tiled else ()),
-                "STATE", "WORKER", "ATTEMPTS", "TIME", "ERROR"):
+    for col in ("TASK", *(("KIND",) if tiled else ()), *(("STEP",) if openjd else ()), "FRAMES",
+                *(("REGION",) if tiled else ()), "STATE", "WORKER", "ATTEMPTS", "TIME",
+                *(("STATUS",) if openjd else ()), "ERROR"):
         table.add_column(col)
     for t in rows:
         took = (t.finished_at - t.started_at) if t.finished_at and t.started_at else None
         tries = ", ".join(f"{a['number']}:{a['worker']}:{a['state']}" for a in t.attempts) or "-"
         placed = ((t.what(),), (t.region_text(),)) if tiled else ((), ())
-        table.add_row(t.id, *placed[0], t.frames, *placed[1], state_text(t.state), t.worker or "-", tries,
-                      duration(took), (t.error or "")[:60])
+        step = ((t.step or "-",), ((t.status_text or "")[:40],)) if openjd else ((), ())
+        table.add_row(t.id, *placed[0], *step[0], t.frames, *placed[1], state_text(t.state), t.worker or "-",
+                      tries, duration(took), *step[1], (t.error or "")[:60])
     out().print(table if rows else "no tasks")
 
 
@@ -410,8 +413,9 @@ def download(
     dest: Annotated[str, typer.Argument(help="Directory to put the frames in.", show_default=False)],
     tiles: Annotated[bool, typer.Option("--tiles", help="Download the job's kept tiles (submitted with --keep-tiles) instead, as DEST/NAME.FRAME/TILE.EXT.")] = False,
 ) -> None:
-    """Download a job's finished frames into DEST, each checked against its SHA-256. Exits 0
-    only when every frame arrived intact; anything else stored beside them is skipped."""
+    """Download a job's finished frames into DEST, each checked against its SHA-256 (an OpenJD
+    job's output files, as DEST/<their path>). Exits 0 only when every one arrived intact;
+    anything else stored beside them is skipped."""
     from renderfarm.downloads import download as fetch
     from renderfarm.errors import InputError, NotFoundError, VerificationError
     from renderfarm.status import resolve_job
@@ -420,10 +424,10 @@ def download(
     settings = _settings()
     with _job_session(settings, job) as session:
         found = resolve_job(session, job)
-        job_id, tiled, kept = found.id, bool(found.tiles), found.keep_tiles
+        job_id, tiled, kept, openjd = found.id, bool(found.tiles), found.keep_tiles, bool(found.openjd_template)
     if tiles and not tiled:
         raise InputError(f"tiles: job {job_id} is not tiled (it was submitted without --tiles or --tile-size)")
-    what, unit = ("tiles", "tile") if tiles else ("frames", "frame")
+    what, unit = ("tiles", "tile") if tiles else ("files", "file") if openjd else ("frames", "frame")
     progress: dict[str, Progress] = {}
 
     def on_progress(i: int, total: int, name: str) -> None:

@@ -138,7 +138,17 @@ def _queue_attempts(session: Session, chosen: list[tuple[str, Candidate]], now: 
                                                                          flush=False))
               for worker, c in chosen]
     session.flush()
-    return [Handout(attempt.worker, task_order(job, task, attempt), job.timeout) for job, task, attempt in queued]
+    return [Handout(attempt.worker, task_order(job, task, attempt, inputs=_inputs(session, job, task)), job.timeout)
+            for job, task, attempt in queued]
+
+
+def _inputs(session: Session, job: Job, task: Task) -> tuple:
+    """An OpenJD task's inputs: the files of the steps its step depends on (none for others)."""
+    if task.kind != TaskKind.OPENJD.value:
+        return ()
+    from renderfarm.manager.openjd_outputs import task_inputs
+
+    return task_inputs(session, job, task)
 
 
 URL_LIFETIME = 24 * 3600  # seconds a presigned URL in a task order works (it may wait in a queue)
@@ -174,6 +184,12 @@ class OrderSealer:
                 continue  # revoked meanwhile: the reaper takes its attempts back
             order = h.order
             urls = {"scene_url": self.url(order.scene_key, now)}
+            if order.openjd is not None and order.openjd.inputs:
+                inputs = order.openjd.inputs
+                input_urls = [self.storage.presigned_get(i.key, URL_LIFETIME) for i in inputs]
+                if all(input_urls):
+                    urls["openjd"] = order.openjd.model_copy(update={"inputs": tuple(
+                        i.model_copy(update={"url": url}) for i, url in zip(inputs, input_urls))})
             if order.tile_keys:
                 tile_urls = [self.storage.presigned_get(k, URL_LIFETIME) for k in order.tile_keys]
                 if all(tile_urls):
@@ -290,8 +306,9 @@ def outranked_prefetches(session: Session, now: float | None = None) -> list[Att
     return [a for a, priority, pool in rows if priority < waiting.get(pool, -1)]
 
 
-def task_order(job: Job, task: Task, attempt: Attempt) -> TaskOrder:
-    """What a worker receives for one attempt: ids and plain values only, never secrets."""
+def task_order(job: Job, task: Task, attempt: Attempt, *, inputs: tuple = ()) -> TaskOrder:
+    """What a worker receives for one attempt: ids and plain values only, never secrets; an
+    OpenJD task's `inputs` (OpenJDInput) go in its openjd part."""
     from renderfarm.wire import Box, RenderOptions, TaskOrder
 
     region = grid = openjd = None
@@ -305,6 +322,8 @@ def task_order(job: Job, task: Task, attempt: Attempt) -> TaskOrder:
         from renderfarm.manager.stepdeps import openjd_task
 
         openjd = openjd_task(job, task)
+        if inputs:
+            openjd = openjd.model_copy(update={"inputs": tuple(inputs)})
     return TaskOrder(
         kind=task.kind, attempt_id=attempt.id, attempt=attempt.number, task_id=task.id, task_index=task.index,
         node=attempt.worker, job_id=job.id, name=job.name, renderer=job.renderer, scene_key=job.scene_key,

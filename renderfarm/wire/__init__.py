@@ -9,7 +9,8 @@ value) and one `to_json()`. Both ends of every hop use the same class.
                                         DeleteIntent, ArchiveIntent, NodeAddIntent,
                                         NodeRevokeIntent, WorkerHoldIntent: parse_intent()
     reply list       manager -> CLI     Reply (with a NodeGrant for an enrolled node)
-    node's queue     manager -> node    TaskOrder (an OpenJD task's: OpenJDTask), Sealed with the node's key
+    node's queue     manager -> node    TaskOrder (an OpenJD task's: OpenJDTask,
+                                        its inputs: OpenJDInput), Sealed with the node's key
     node's heartbeat node -> manager    Heartbeat, Sealed
     node's events    node -> manager    Started, Progress, Done, Failed, Released, Refused, Bye,
                                         Sealed: parse_event()
@@ -55,7 +56,7 @@ from renderfarm.wire.intents import (
     WorkerHoldIntent,
     parse_intent,
 )
-from renderfarm.wire.orders import Box, OpenJDTask, TaskOrder
+from renderfarm.wire.orders import Box, OpenJDInput, OpenJDTask, TaskOrder
 from renderfarm.wire.sealed import Sealed
 from renderfarm.wire.submission import JobSpec, OpenJDSpec, OpenJDSubmitIntent, RenderOptions, SubmitIntent
 
@@ -63,7 +64,7 @@ __all__ = [
     "ArchiveIntent", "AttemptEvent", "Box", "Bye", "CancelIntent", "Capabilities", "DeadLetter", "DeleteIntent",
     "Done", "Event", "Failed",
     "Heartbeat", "Intent", "JobSpec", "Limits", "Message", "NodeAddIntent", "NodeGrant", "NodeRevokeIntent",
-    "OpenJDSpec", "OpenJDSubmitIntent", "OpenJDTask", "Output", "PriorityIntent", "Progress", "Refused", "Released", "RenderOptions", "Reply", "ResumeIntent",
+    "OpenJDInput", "OpenJDSpec", "OpenJDSubmitIntent", "OpenJDTask", "Output", "PriorityIntent", "Progress", "Refused", "Released", "RenderOptions", "Reply", "ResumeIntent",
     "RetryIntent", "Sealed", "SetIntent", "Started", "SubmitIntent",
     "SuspendIntent", "TaskIntent", "TaskOrder", "Usage", "VerbIntent", "WireError", "WorkerHoldIntent", "parse_event",
     "parse_intent",

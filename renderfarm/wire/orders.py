@@ -16,6 +16,7 @@ from renderfarm.wire.base import (
     JobId,
     Message,
     NodeName,
+    RelativePath,
     Sha256,
     Slug,
     StorageKey,
@@ -54,6 +55,22 @@ class TaskParameter(Message):
     value: ParameterText
 
 
+INPUTS_CAP = 1000  # files one OpenJD task's order may carry (its dependencies' outputs)
+
+
+class OpenJDInput(Message):
+    """One file an OpenJD task finds in its session before it runs, at `path` under the session's
+    params/ folder: an output of a step it depends on (or, later, an asset reference), read from
+    `url` (presigned: a node holds no standing read access to other jobs' keys) or from `key`."""
+
+    what = "openjd input"
+    path: RelativePath
+    key: StorageKey
+    url: Url | None = None
+    size: Annotated[int, Field(ge=0, le=2**40)]
+    sha256: Sha256
+
+
 class OpenJDTask(Message):
     """What an OpenJD task runs: the job template as submitted, every job parameter's value (the
     template's defaults filled in), the step's name and this task's parameter values."""
@@ -63,13 +80,17 @@ class OpenJDTask(Message):
     job_parameters: Annotated[dict[ParameterName, ParameterText], Field(max_length=256)] = {}
     step: Annotated[str, Field(min_length=1, max_length=64)]
     task_parameters: Annotated[dict[ParameterName, TaskParameter], Field(max_length=64)] = {}
+    # The files it finds in its session before it runs (None: none; left out of its JSON).
+    inputs: Annotated[tuple[OpenJDInput, ...], Field(max_length=INPUTS_CAP)] | None = None
 
 
 class TaskOrder(Message):
     """One attempt of one task, as a worker receives it."""
 
     what = "task order"
-    MAX_BYTES = 512 * 1024  # an assembly of 4,096 tiles names each tile's key
+    # An assembly of 4,096 tiles names each tile's key; an OpenJD task its inputs (a key and a
+    # presigned URL each).
+    MAX_BYTES = 2 * 1024 * 1024
 
     v: Literal[2] = 2
     kind: Literal["render", "tile", "assemble", "openjd"] = "render"
@@ -121,6 +142,11 @@ class TaskOrder(Message):
                 raise WireError("task order: an assembly names a URL for each of its tiles, or none")
         elif self.grid is not None or self.tile_keys or self.tile_urls:
             raise WireError(f"task order: a {self.kind} task has no tiles to assemble")
+        if self.openjd is not None:
+            prefix = f"jobs/{self.job_id}/"
+            outside = next((i.key for i in (self.openjd.inputs or ()) if not i.key.startswith(prefix)), None)
+            if outside is not None:
+                raise WireError(f"task order: input key {outside[:100]!r} is outside {prefix}")
         if (self.kind == "openjd") != (self.openjd is not None):
             raise WireError(f"task order: a {self.kind} task {'needs' if self.kind == 'openjd' else 'has no'} "
                             "openjd part")

@@ -73,18 +73,21 @@ def close(rt: WorkerRuntime) -> None:
         runner.close(time_limit=rt.settings.shutdown_grace)
 
 
-def render_openjd(rt: WorkerRuntime, order: TaskOrder, openjd: dict, workdir: Path,
+def render_openjd(rt: WorkerRuntime, order: TaskOrder, openjd, workdir: Path,
                   attempt_log: AttemptLog) -> list[OpenJDOutput]:
-    """Run the task `openjd` describes in the warm session of its job and step, then upload what
-    it wrote. Raises RenderError when it fails (its openjd_fail line, its exit code, its
-    timeout) and Interrupted when the worker was told to stop it."""
+    """Run the task `openjd` (the order's OpenJDTask, or its JSON) describes in the warm session
+    of its job and step, its inputs staged first, then upload what it wrote. Raises RenderError
+    when it fails (its openjd_fail line, its exit code, its timeout) and Interrupted when the
+    worker was told to stop it."""
+    from renderfarm_worker.openjd_inputs import stager
     from renderfarm_worker.openjd_task import OpenJDOrder, OpenJDOrderError, Outcome
     from renderfarm_worker.render import LiveLog
 
     if not getattr(rt.settings, "allow_openjd", False):
         raise RenderError("OpenJD tasks are not allowed on this worker (set FARM_ALLOW_OPENJD=1)")
+    inputs = getattr(openjd, "inputs", None) or ()
     try:
-        task = OpenJDOrder.parse(openjd)
+        task = OpenJDOrder.parse(openjd.model_dump() if hasattr(openjd, "model_dump") else openjd)
     except OpenJDOrderError as e:
         raise RenderError(str(e)) from None
     live = LiveLog(rt, order.attempt_id)
@@ -94,9 +97,13 @@ def render_openjd(rt: WorkerRuntime, order: TaskOrder, openjd: dict, workdir: Pa
         attempt_log.write(f"{line}\n".encode("utf-8", "replace"))
         live.add(line)
 
+    def on_status(text: str) -> None:
+        attempt_log.note(f"status: {text}")
+        progress.status(text)
+
     result = runner_of(rt).run_task(
-        order.job_id, task, on_log=on_log, on_progress=progress.send,
-        on_status=lambda text: attempt_log.note(f"status: {text}"), should_stop=rt.should_stop)
+        order.job_id, task, on_log=on_log, on_progress=progress.send, on_status=on_status,
+        stage_inputs=stager(rt, inputs, attempt_log) if inputs else None, should_stop=rt.should_stop)
     live.flush()
     attempt_log.flush()
     rt.raise_if_stopped()
@@ -116,11 +123,16 @@ def render_openjd(rt: WorkerRuntime, order: TaskOrder, openjd: dict, workdir: Pa
 
 def upload(rt: WorkerRuntime, order: TaskOrder, relative: str, path: Path) -> OpenJDOutput:
     """Upload one output under the attempt's prefix, with its SHA-256 for the manager's check."""
+    from renderfarm.wire.base import check_relative_path
     from renderfarm_worker.render import read_output
 
     data = read_output(path)
     if not data:
         raise RenderError(f"output {relative} is empty")
+    try:  # a name the farm cannot store or download safely fails the task, saying which
+        check_relative_path(relative)
+    except ValueError as e:
+        raise RenderError(f"output: {e}") from None
     digest = hashlib.sha256(data).hexdigest()
     key = f"{order.prefix}outputs/{relative}"
     etag = rt.with_storage(f"upload {key}", lambda: rt.storage.put_file(key, path, sha256=digest))
@@ -129,16 +141,32 @@ def upload(rt: WorkerRuntime, order: TaskOrder, relative: str, path: Path) -> Op
 
 
 class _Progress:
-    """openjd_progress (a percentage) as the attempt's progress events, at most one a second."""
+    """openjd_progress (a percentage) and openjd_status (a line of text) as the attempt's progress
+    events, at most one a second; each carries the latest of both."""
 
     def __init__(self, rt: WorkerRuntime, attempt_id: int) -> None:
         self.rt, self.attempt_id = rt, attempt_id
         self.next = time.monotonic() + PROGRESS_EVERY
+        self.fraction = 0.0
+        self.text: str | None = None
 
     def send(self, percent: float) -> None:
+        if not 0 <= percent < 100:
+            return
+        self.fraction = round(percent / 100, 4)
+        self._maybe_send()
+
+    def status(self, text: str) -> None:
+        from renderfarm.wire.events import STATUS_MAX
+
+        # One printable line, as the wire takes it: control characters become spaces.
+        self.text = "".join(" " if ord(c) < 32 or ord(c) == 127 else c for c in text)[:STATUS_MAX]
+        self._maybe_send()
+
+    def _maybe_send(self) -> None:
         now = time.monotonic()
-        if now < self.next or not 0 <= percent < 100:
+        if now < self.next:
             return
         self.next = now + PROGRESS_EVERY
         self.rt.events.send(Progress(worker=self.rt.name, attempt_id=self.attempt_id,
-                                     progress=round(percent / 100, 4)))
+                                     progress=self.fraction, status=self.text))

@@ -234,7 +234,7 @@ class OpenJDRunner:
             session = Session(
                 session_id=sid, job_parameter_values=values, job_name=str(job.job.name),
                 path_mapping_rules=layout.mapping_rules(parameters, folder) or None,
-                callback=self._callback, os_env_vars={procs.SESSION_MARKER: sid},
+                callback=self._callback, os_env_vars={procs.SESSION_MARKER: sid, **python_env()},
                 session_root_directory=folder, revision_extensions=openjd_task.extensions(job_template))
         except Exception:
             LOG.removeHandler(self._handler)
@@ -342,6 +342,14 @@ class OpenJDRunner:
             warm.session.cancel_action(time_limit=self._cancel_limit)
         except RuntimeError:  # nothing running just now; the flag stops the next action
             pass
+
+
+def python_env() -> dict[str, str]:
+    """FARM_PYTHON: this worker's own Python interpreter (it has Pillow and numpy), for templates
+    whose actions run a script: `bash -c 'exec "${FARM_PYTHON:-python3}" "$@"' ...`."""
+    import sys
+
+    return {"FARM_PYTHON": sys.executable} if sys.executable else {}
 
 
 def _safe(text: str) -> str:

@@ -8,8 +8,8 @@ from dataclasses import dataclass
 from enum import Enum
 from pathlib import Path
 
-# The extensions a template may ask for; the manager accepts no others at submit.
-SUPPORTED_EXTENSIONS = ("TASK_CHUNKING", "REDACTED_ENV_VARS", "FEATURE_BUNDLE_1", "EXPR")
+from renderfarm.openjd import EXTENSIONS as SUPPORTED_EXTENSIONS  # the manager's own set, one list
+
 TASK_PARAMETER_TYPES = ("INT", "FLOAT", "STRING", "PATH", "CHUNK[INT]")
 
 

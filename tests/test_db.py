@@ -17,7 +17,7 @@ from renderfarm.models import Attempt, Job, Task, Worker
 from renderfarm.planning import plan_tasks
 from renderfarm.status import SchemaMissing, job_status, list_tasks, resolve_job
 
-TABLES = {"alembic_version", "attempts", "jobs", "nodes", "notifications", "purges", "tasks", "workers"}
+TABLES = {"alembic_version", "attempts", "jobs", "nodes", "notifications", "outputs", "purges", "tasks", "workers"}
 SHA = "ab" * 32
 
 

@@ -138,8 +138,8 @@ def _queue_attempts(session: Session, chosen: list[tuple[str, Candidate]], now: 
                                                                          flush=False))
               for worker, c in chosen]
     session.flush()
-    return [Handout(attempt.worker, task_order(job, task, attempt, inputs=_inputs(session, job, task)), job.timeout)
-            for job, task, attempt in queued]
+    return [Handout(attempt.worker, task_order(job, task, attempt, inputs=_inputs(session, job, task)),
+                    job.timeout) for job, task, attempt in queued]
 
 
 def _inputs(session: Session, job: Job, task: Task) -> tuple:
@@ -186,7 +186,7 @@ class OrderSealer:
             urls = {"scene_url": self.url(order.scene_key, now)}
             if order.openjd is not None and order.openjd.inputs:
                 inputs = order.openjd.inputs
-                input_urls = [self.storage.presigned_get(i.key, URL_LIFETIME) for i in inputs]
+                input_urls = [self.url(i.key, now) for i in inputs]  # reused across dependents
                 if all(input_urls):
                     urls["openjd"] = order.openjd.model_copy(update={"inputs": tuple(
                         i.model_copy(update={"url": url}) for i, url in zip(inputs, input_urls))})

@@ -5,6 +5,7 @@ Reads go straight to the database (never through the manager) and work with the 
 
 from __future__ import annotations
 
+import json
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -127,7 +128,8 @@ class TaskRow:
     column: int | None = None  # and its column and row in the grid
     row: int | None = None
     region: dict[str, int] | None = None  # the pixels it produces: x, y, width, height
-    step: str | None = None  # an OpenJD task's step...
+    step: str | None = None  # an OpenJD task's step, its task parameters ({NAME: {type, value}})...
+    parameters: dict[str, Any] | None = None
     status_text: str | None = None  # ...its latest attempt's openjd_status text...
     outputs: list[dict[str, Any]] | None = None  # ...and its committed files: path, key, size, sha256
 
@@ -135,7 +137,7 @@ class TaskRow:
         """Every field; a tiled job's tasks also carry their column, row and region, an OpenJD
         job's their step, status text and output files."""
         doc = asdict(self)
-        for key in ("column", "row", "region", "step", "status_text", "outputs"):
+        for key in ("column", "row", "region", "step", "parameters", "status_text", "outputs"):
             if doc[key] is None:
                 del doc[key]
         return doc
@@ -188,7 +190,7 @@ def list_tasks(session: Session, job: Job, state: str | None = None, limit: int 
         TaskRow(f"{job.id}:{t.index}", t.index, t.frames, t.state, t.worker, t.progress,
                 by_task.get(t.id, []), t.started_at, t.finished_at, t.error, t.kind, t.tile,
                 **_placement(job, t, tiles),
-                **({"step": t.step, "status_text": next((a["status_text"] for a in reversed(by_task.get(t.id, []))
+                **({"step": t.step, "parameters": json.loads(t.parameters or "{}"), "status_text": next((a["status_text"] for a in reversed(by_task.get(t.id, []))
                                                          if "status_text" in a), None),
                     "outputs": files.get(t.id, [])} if job.openjd_template else {}))
         for t in tasks

@@ -366,7 +366,8 @@ def tasks(
     tiled = any(t.kind in ("tile", "assemble") for t in rows)  # a tile or an assembly: say which, and where
     openjd = any(t.step is not None for t in rows)  # an OpenJD task: its step, and its status text
     table = Table(box=None, header_style="bold")
-    for col in ("TASK", *(("KIND",) if tiled else ()), *(("STEP",) if openjd else ()), "FRAMES",
+    for col in ("TASK", *(("KIND",) if tiled else ()), *(("STEP",) if openjd else ()),
+                "PARAMETERS" if openjd else "FRAMES",
                 *(("REGION",) if tiled else ()), "STATE", "WORKER", "ATTEMPTS", "TIME",
                 *(("STATUS",) if openjd else ()), "ERROR"):
         table.add_column(col)
@@ -375,7 +376,8 @@ def tasks(
         tries = ", ".join(f"{a['number']}:{a['worker']}:{a['state']}" for a in t.attempts) or "-"
         placed = ((t.what(),), (t.region_text(),)) if tiled else ((), ())
         step = ((t.step or "-",), ((t.status_text or "")[:40],)) if openjd else ((), ())
-        table.add_row(t.id, *placed[0], *step[0], t.frames, *placed[1], state_text(t.state), t.worker or "-",
+        what = " ".join(f"{k}={v['value']}" for k, v in (t.parameters or {}).items()) or t.frames
+        table.add_row(t.id, *placed[0], *step[0], what if openjd else t.frames, *placed[1], state_text(t.state), t.worker or "-",
                       tries, duration(took), *step[1], (t.error or "")[:60])
     out().print(table if rows else "no tasks")
 

@@ -103,18 +103,23 @@ def test_cancel_sends_sigterm_kills_after_the_notify_period_and_leaves_nothing_r
     pids = {n: int((marks / n).read_text()) for n in names}
     assert all(alive(p) for p in pids.values()) and set(pids.values()) <= set(of_session(job))
 
+    sessions = root / "state" / "scratch"
+    assert list(sessions.glob(f"*/openjd/{job}-hold-*"))  # where the session's folder is
     asked = time.time()
     run_farm("cancel", job, env=env)
-    wait_for(lambda: (marks / "term").exists() and (marks / "term").read_text().strip(), 15,
+    answered = time.time()
+    wait_for(lambda: (marks / "term").exists() and (marks / "term").read_text().strip(), 30,
              "the action to get SIGTERM")
     termed = float((marks / "term").read_text())
     wait_for(lambda: not alive(pids["pid-action"]), NOTIFY + 15, "the action to be killed")
     killed = time.time()
     # It ignored SIGTERM: only the kill at the end of the notify period stopped it.
     assert killed - termed >= NOTIFY - 0.5, (termed, killed)
-    print(f"cancel -> SIGTERM {termed - asked:.2f} s, SIGTERM -> killed {killed - termed:.2f} s")
-    wait_for(lambda: not any(alive(p) for p in pids.values()) and not of_session(job), 15,
-             "every process of the session to be gone")
+    print(f"farm cancel took {answered - asked:.2f} s; its answer -> SIGTERM {termed - answered:.2f} s; "
+          f"SIGTERM -> killed {killed - termed:.2f} s")
+    wait_for(lambda: not any(alive(p) for p in pids.values()) and not of_session(job)
+             and not list(sessions.glob(f"*/openjd/{job}-hold-*")), 15,
+             "every process and folder of the session to be gone")
     wait_for(lambda: state(env, job) == "cancelled", 30, "the job to be cancelled")
 
     after = submit(root, env, QUICK)

@@ -32,6 +32,7 @@ def detect(settings: Settings, tags: tuple[str, ...], blender: Blender | None = 
     if blender is not None:
         renderers["blender"] = blender.version
     gpu, gpus = _gpu()
+    free = scratch_gib(scratch) if scratch is not None else None
     return {
         "renderers": renderers,
         "cores": os.cpu_count() or 1,
@@ -41,7 +42,7 @@ def detect(settings: Settings, tags: tuple[str, ...], blender: Blender | None = 
         "tags": tuple(sorted(set(tags) | ({"gpu"} if gpu else set()))),
         **({"scripts": True} if settings.allow_scripts else {}),
         **_platform(), "gpus": gpus,
-        **({"scratch_gib": free} if scratch is not None and (free := scratch_gib(scratch)) is not None else {}),
+        **({"scratch_gib": free} if free is not None else {}),
         **({"attributes": attributes} if (attributes := parse_attributes(settings.openjd_attributes)) else {}),
     }
 

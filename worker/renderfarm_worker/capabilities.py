@@ -22,7 +22,8 @@ if TYPE_CHECKING:
 log = logging.getLogger("renderfarm.worker")
 
 
-def detect(settings: Settings, tags: tuple[str, ...], blender: Blender | None = None) -> dict[str, Any]:
+def detect(settings: Settings, tags: tuple[str, ...], blender: Blender | None = None,
+           scratch: Path | None = None) -> dict[str, Any]:
     renderers = {"builtin": __version__, "null": __version__}
     if settings.allow_commands:
         renderers["command"] = f"python {platform.python_version()}"
@@ -31,6 +32,7 @@ def detect(settings: Settings, tags: tuple[str, ...], blender: Blender | None = 
     if blender is not None:
         renderers["blender"] = blender.version
     gpu, gpus = _gpu()
+    free = scratch_gib(scratch) if scratch is not None else None
     return {
         "renderers": renderers,
         "cores": os.cpu_count() or 1,
@@ -40,6 +42,7 @@ def detect(settings: Settings, tags: tuple[str, ...], blender: Blender | None = 
         "tags": tuple(sorted(set(tags) | ({"gpu"} if gpu else set()))),
         **({"scripts": True} if settings.allow_scripts else {}),
         **_platform(), "gpus": gpus,
+        **({"scratch_gib": free} if free is not None else {}),
         **({"attributes": attributes} if (attributes := parse_attributes(settings.openjd_attributes)) else {}),
     }
 
@@ -58,6 +61,17 @@ def parse_attributes(text: str | None) -> dict[str, tuple[str, ...]]:
             raise ConfigError(f"FARM_OPENJD_ATTRIBUTES: {item[:60]!r} is not attr.NAME=VALUE[,VALUE...]")
         attributes[m.group(1)] = tuple(v for v in m.group(2).split(",") if v)[:32]
     return attributes
+
+
+def scratch_gib(scratch: Path) -> float | None:
+    """The free space of the scratch directory's disk at start, in GiB (OpenJD's
+    amount.worker.disk.scratch); None if no folder on its way exists or can be read."""
+    for folder in (scratch, *scratch.parents):
+        try:
+            return round(shutil.disk_usage(folder).free / 2**30, 1)
+        except OSError:
+            continue
+    return None
 
 
 def _platform() -> dict[str, str]:

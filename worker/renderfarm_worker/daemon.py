@@ -211,7 +211,7 @@ def _serve(args: argparse.Namespace, settings, blender_found) -> int:
     blender = blender_found.result()
     rt = WorkerRuntime(settings=settings, credentials=credentials, pool=pool, scratch=scratch, r=r, site=site,
                        watts=args.watts, watts_per_core=args.watts_per_core,
-                       capabilities=detect(settings, tags, blender), blender=blender)
+                       capabilities=detect(settings, tags, blender, scratch), blender=blender)
     install(rt)
     open_connections(r, REDIS_CONNECTIONS)
     if not credentials.s3_access_key:  # a node's own identity may not even ask for the bucket

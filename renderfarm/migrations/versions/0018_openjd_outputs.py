@@ -1,15 +1,15 @@
 """openjd outputs: the files an OpenJD task wrote, verified and promoted (table `outputs`); an
 attempt keeps the progress and status text it last reported
 
-Revision ID: 0017
-Revises: 0016
+Revision ID: 0018
+Revises: 0017
 """
 
 import sqlalchemy as sa
 from alembic import op
 
-revision = "0017"
-down_revision = "0016"
+revision = "0018"
+down_revision = "0017"
 branch_labels = None
 depends_on = None
 

@@ -1,15 +1,15 @@
 """openjd: a job keeps its OpenJD template and its steps' dependencies and host requirements; a
 task keeps its step and its task parameter values
 
-Revision ID: 0016
-Revises: 0015
+Revision ID: 0017
+Revises: 0016
 """
 
 import sqlalchemy as sa
 from alembic import op
 
-revision = "0016"
-down_revision = "0015"
+revision = "0017"
+down_revision = "0016"
 branch_labels = None
 depends_on = None
 

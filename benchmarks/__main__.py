@@ -37,6 +37,7 @@ BENCHMARKS = {
     "tiles": "a hero frame in 2x2 tiles on 2 workers against whole on 1",
     "stitch": "stitching an 8K 16-bit frame and an EXR against OpenImageIO's lower bound",
     "blender": "16 Blender frames on 2 one-thread workers against blender -a -t 2",
+    "week": "a studio's week on 3 sites by the farm's planner, simulated, against FCFS at the studio",
     "idle": "a task's wait to start after 3 idle minutes against a warm farm's (about 10 minutes)",
 }
 DEFAULT_JSON = Path(__file__).resolve().parent / "results" / "latest.json"

@@ -94,6 +94,17 @@ class Settings:
     scene_cache_gb: float = 20.0
     # Days after which the manager archives a finished job and deletes its attempts' data (0: never).
     retention_days: float = 0.0
+    # Sleeping idle nodes (renderfarm.manager.sleeper): seconds a node must be idle before the
+    # manager tells it to sleep (0: never); the command a node sleeps with; how the manager wakes
+    # it (a magic packet to this address and port, or this command with {node} and {mac} put in);
+    # how long a woken node may take to come back; the MAC a node asks to be woken at.
+    sleep_after: float = 0.0
+    sleep_command: str = "systemctl suspend"
+    wake_command: str | None = None
+    wake_address: str = "255.255.255.255"
+    wake_port: int = 9
+    wake_timeout: float = 300.0
+    worker_mac: str | None = None
     # The sites workers may declare, from [sites.NAME] tables of farm.toml (see renderfarm.sites).
     sites: dict[str, Site] = field(default_factory=dict, compare=False, repr=False)
     # Where each value came from ("env FARM_REDIS_URL", "./farm.toml", "local farm", "default").
@@ -157,6 +168,13 @@ _ENV = {
     "sweep_grace": "FARM_SWEEP_GRACE",
     "scene_cache_gb": "FARM_SCENE_CACHE_GB",
     "retention_days": "FARM_RETENTION_DAYS",
+    "sleep_after": "FARM_SLEEP_AFTER",
+    "sleep_command": "FARM_SLEEP_COMMAND",
+    "wake_command": "FARM_WAKE_COMMAND",
+    "wake_address": "FARM_WAKE_ADDRESS",
+    "wake_port": "FARM_WAKE_PORT",
+    "wake_timeout": "FARM_WAKE_TIMEOUT",
+    "worker_mac": "FARM_WORKER_MAC",
 }
 _SETTABLE = set(_ENV)
 
@@ -411,10 +429,31 @@ def _check(s: Settings) -> None:
         raise bad("scene_cache_gb", f"{s.scene_cache_gb:g} must be more than 0")
     if not 0 <= s.retention_days <= 36500:
         raise bad("retention_days", f"{s.retention_days:g} must be 0 (keep every job) to 36500 days")
+    _check_sleep(s, bad)
     for cap in ("max_pixels", "max_samples", "max_scene_bytes", "max_scene_objects",
                 "max_unpacked_bytes", "max_pack_entries"):
         if getattr(s, cap) < 1:
             raise bad(cap, f"{getattr(s, cap)} must be at least 1")
+
+
+def _check_sleep(s: Settings, bad: Callable[[str, str], ConfigError]) -> None:
+    from renderfarm.wake import normal_mac, wake_argv
+
+    if s.sleep_after < 0:
+        raise bad("sleep_after", f"{s.sleep_after:g} must be 0 (never) or more seconds")
+    if not 1 <= s.wake_port <= 65535:
+        raise bad("wake_port", f"{s.wake_port} must be 1 to 65535")
+    if not s.wake_timeout > 0:
+        raise bad("wake_timeout", f"{s.wake_timeout:g} must be more than 0 seconds")
+    for name, check in (("worker_mac", lambda v: normal_mac(v, "worker_mac")),
+                        ("wake_command", lambda v: wake_argv(v, "node", None)),
+                        ("sleep_command", lambda v: wake_argv(v, "node", None))):
+        value = getattr(s, name)
+        if value is not None:
+            try:
+                check(value)
+            except ConfigError as e:
+                raise bad(name, str(e).split(": ", 1)[-1]) from None
 
 
 def _check_urls(s: Settings, bad: Callable[[str, str], ConfigError]) -> None:

@@ -376,6 +376,23 @@ def worker_offline(session: Session, name: str, now: float, why: str) -> list[At
     return list(attempts)
 
 
+def worker_asleep(session: Session, name: str) -> bool:
+    """The manager told an idle worker to sleep (renderfarm.manager.sleeper): it is `asleep`, and
+    stays so through missing heartbeats until it is seen awake. False if it has no row."""
+    worker = session.get(Worker, name)
+    if worker is None:
+        return False
+    _change(worker, WorkerState.ASLEEP)
+    return True
+
+
+def worker_awake(session: Session, name: str) -> None:
+    """A sleeping worker is back (or never slept): idle, or busy if it holds a task."""
+    worker = session.get(Worker, name)
+    if worker is not None and worker.state == WorkerState.ASLEEP.value:
+        _change(worker, WorkerState.BUSY if worker.current_task else WorkerState.IDLE)
+
+
 def _set_worker_task(session: Session, name: str, task: str | None) -> None:
     worker = session.get(Worker, name)
     if worker is None or worker.state == WorkerState.OFFLINE.value:

@@ -263,3 +263,24 @@ class Purge(SQLModel, table=True):
     not_before: float  # late uploads of attempts stopped by the decision land before this
     deleted: int = 0  # objects deleted so far
     done_at: float | None = None
+
+
+class IdlePower(SQLModel, table=True):
+    """A site's idle nodes, summed since the farm began (renderfarm.idlepower): node-seconds awake
+    with nothing to do and what they drew (idle_watts), node-seconds asleep (FARM_SLEEP_AFTER) and
+    what they drew (sleep_watts), and what sleeping saved against idling; energy in micro-kWh,
+    costs in 10^-12 of the site's currency, each priced at the band in force when counted."""
+
+    __tablename__ = "idle_power"
+
+    site: str = Field(primary_key=True, max_length=64)
+    currency: str = Field(default="", max_length=8)
+    idle_seconds: float = 0.0
+    idle_ukwh: int = Field(default=0, sa_type=BigInteger)
+    idle_cost_pico: int = Field(default=0, sa_type=BigInteger)
+    asleep_seconds: float = 0.0
+    asleep_ukwh: int = Field(default=0, sa_type=BigInteger)
+    asleep_cost_pico: int = Field(default=0, sa_type=BigInteger)
+    saved_ukwh: int = Field(default=0, sa_type=BigInteger)
+    saved_cost_pico: int = Field(default=0, sa_type=BigInteger)
+    updated_at: float = 0.0

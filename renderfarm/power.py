@@ -34,18 +34,24 @@ class Plan:
     late: bool = False  # the deadline cannot be met even starting now
     price: int | None = None  # per kWh when it starts (millionths of the site's currency), where one site is chosen
     reason: str = ""  # one line for `farm status`, `farm jobs` and `farm top`
+    workers: int = 0  # the workers it counts on at `site` (where one site is chosen)
 
     def holds(self, now: float) -> bool:
         return self.start > now
 
 
+Booked = dict[str, list[tuple[float, float, int]]]  # site -> (start, finish, workers) that plans hold
+
+
 def plan_job(tasks_left: int, task_seconds: float, capacities: list[Capacity], now: float,
-             deadline: float | None, prefer: str | None) -> Plan:
+             deadline: float | None, prefer: str | None, booked: Booked | None = None) -> Plan:
     """The plan for a job with `tasks_left` tasks of `task_seconds` each (measured, or estimated
     from its first frames). Without a deadline, or preferring the fastest, it renders now. With
     `cheapest` or `greenest`, each site's band starts until the deadline are weighed; the best
     whose projected finish meets the deadline with the margin wins (the earliest of equals), and
-    a job no start can finish in time renders now, on every site, flagged late."""
+    a job no start can finish in time renders now, on every site, flagged late. A start counts
+    only the site's workers that no plan in `booked` (those of jobs due earlier, see `book`)
+    holds between it and the deadline: two jobs cannot both count on one band's workers."""
     usable = [c for c in capacities if c.workers > 0]
     everywhere = sum(c.workers for c in usable)
     if not usable or tasks_left <= 0:
@@ -59,25 +65,36 @@ def plan_job(tasks_left: int, task_seconds: float, capacities: list[Capacity], n
     options = []
     for capacity in usable:
         site = capacity.site
+        held = (booked or {}).get(site.name, ())
         for start in [now, *site.changes(now, deadline)]:
-            duration = _duration(tasks_left, task_seconds, capacity.workers)
+            workers = capacity.workers - sum(n for a, b, n in held if a < deadline and b > start)
+            if workers <= 0:
+                continue
+            duration = _duration(tasks_left, task_seconds, workers)
             if start + duration + _margin(duration) > deadline:
                 continue
             measure = site.ranking_price_at if prefer == "cheapest" else site.carbon_at
-            weighed = _over(measure, site, start, start + duration) * capacity.workers
-            options.append((weighed, start, site.name, start + duration, site))
+            weighed = _over(measure, site, start, start + duration) * workers
+            options.append((weighed, start, site.name, start + duration, site, workers))
     if not options:  # only every site together is fast enough
         return Plan(now, None, fastest)
-    weighed, start, name, finish, site = min(options, key=lambda o: (o[0], o[1], o[2]))
+    weighed, start, name, finish, site, workers = min(options, key=lambda o: (o[0], o[1], o[2]))
     price = site.price_at(start)
-    plan = Plan(start, name, finish, price=price)
+    plan = Plan(start, name, finish, price=price, workers=workers)
     if start > now:
         what = f"{price / MICRO:g}/kWh" if prefer == "cheapest" else f"{site.carbon_at(start) / 1000:g} g/kWh"
         local = datetime.fromtimestamp(start, site.zone).strftime("%H:%M")
-        plan = Plan(start, name, finish, price=price,
+        plan = Plan(start, name, finish, price=price, workers=workers,
                     reason=f"waiting for {name} {local} band ({what}); projected finish {_when(finish)}, "
                            f"deadline {_when(deadline)}")
     return plan
+
+
+def book(booked: Booked, plan: Plan, tasks_left: int) -> None:
+    """Keep in `booked` the workers `plan` counts on at its site, from its start to its projected
+    finish, for the plans made after it (the planner plans the earliest deadline first)."""
+    if plan.site is not None and plan.workers:
+        booked.setdefault(plan.site, []).append((plan.start, plan.finish, min(tasks_left, plan.workers)))
 
 
 def _duration(tasks: int, task_seconds: float, workers: int) -> float:

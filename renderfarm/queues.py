@@ -19,8 +19,10 @@ if TYPE_CHECKING:
     from renderfarm.wire import TaskOrder
 
 RENDER_TASK = "renderfarm_worker.tasks.render_task"
+SLEEP_TASK = "renderfarm_worker.tasks.sleep_node"  # a sleep order (renderfarm.manager.sleeper)
 # The only functions a worker will import for a queued job (RQ imports by dotted name).
-ALLOWED_FUNCTIONS = frozenset({RENDER_TASK})
+ALLOWED_FUNCTIONS = frozenset({RENDER_TASK, SLEEP_TASK})
+SLEEP_ORDER_TTL = 60  # seconds a sleep order may wait in a queue before RQ drops it
 FAILURE_TTL = 24 * 3600  # RQ keeps failed jobs (with their arguments) a year by default
 TIMEOUT_MARGIN = 120  # our own timeout kills the renderer first; RQ's is the backstop
 
@@ -59,6 +61,12 @@ def enqueue_attempts(r: Redis, orders: list[tuple[TaskOrder, str, str, float]]) 
         )
         pipe.set(keys.lease_key(order.task_id), order.attempt_id)
     pipe.execute()
+
+
+def enqueue_sleep(r: Redis, worker: str, sealed: str, rq_id: str) -> None:
+    """Put a sealed sleep order on a node's queue; it goes unread after SLEEP_ORDER_TTL seconds."""
+    _queue(r, worker).enqueue_call(SLEEP_TASK, args=(sealed,), timeout=300, ttl=SLEEP_ORDER_TTL, result_ttl=0,
+                                   failure_ttl=3600, job_id=rq_id, description="sleep")
 
 
 def withdraw_queue(r: Redis, worker: str) -> None:

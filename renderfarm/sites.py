@@ -61,6 +61,7 @@ class Site:
     price_bands: tuple[Band, ...] = ()  # time-of-day prices, covering the day (none: the flat price)
     carbon_bands: tuple[Band, ...] = ()  # time-of-day carbon intensity in mg/kWh
     idle_watts: float | None = None  # an idle node's draw (None: not counted)
+    sleep_watts: float = 0.0  # an asleep node's draw (FARM_SLEEP_AFTER), counted against idle_watts
 
     @property
     def price_per_kwh(self) -> float:
@@ -111,7 +112,7 @@ class Site:
 
 
 _KEYS = {"price_per_kwh", "currency", "carbon_g_per_kwh", "watts", "heartbeat_ttl", "compare_price_per_kwh",
-         "timezone", "price", "carbon", "idle_watts"}
+         "timezone", "price", "carbon", "idle_watts", "sleep_watts"}
 _CLOCK = re.compile(r"^([01][0-9]|2[0-3]):([0-5][0-9])$|^24:00$")
 
 
@@ -209,12 +210,16 @@ def parse_sites(tables: object, source: str) -> dict[str, Site]:
             carbon_bands = parse_bands(f"{where}.carbon", table["carbon"], "g_per_kwh",
                                        lambda at, key, v: round(_number(at, key, v) * 1000))
         idle = table.get("idle_watts")
+        sleep_watts = _number(where, "sleep_watts", table.get("sleep_watts", 0))
+        if sleep_watts and idle is None:
+            raise ConfigError(f"{where}.sleep_watts: needs idle_watts (what sleeping saves is counted against it)")
         sites[name] = Site(
             name=name,
             timezone=timezone,
             price_bands=price_bands,
             carbon_bands=carbon_bands,
             idle_watts=None if idle is None else _number(where, "idle_watts", idle),
+            sleep_watts=sleep_watts,
             price_micros=price,
             currency=currency.upper(),
             carbon_mg_per_kwh=min(b.value for b in carbon_bands) if carbon_bands
@@ -256,6 +261,7 @@ def site_settings(site: Site) -> list[tuple[str, str]]:
     rows.append(("timezone", site.timezone))
     if site.idle_watts is not None:
         rows.append(("idle_watts", f"{site.idle_watts:g}"))
+        rows.append(("sleep_watts", f"{site.sleep_watts:g}"))
     return [(f"sites.{site.name}.{key}", value) for key, value in rows]
 
 

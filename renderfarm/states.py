@@ -47,6 +47,7 @@ class WorkerState(str, Enum):
     BUSY = "busy"
     STOPPING = "stopping"
     OFFLINE = "offline"
+    ASLEEP = "asleep"  # told to sleep by the manager (FARM_SLEEP_AFTER); woken when work for it comes
 
 
 class DeliveryState(str, Enum):

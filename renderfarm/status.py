@@ -281,8 +281,12 @@ def list_workers(session: Session, live: dict[str, dict] | None = None) -> list[
         if beat is not None:
             state = beat.get("state", state)
             task = beat.get("task", task)
-        elif live is not None and state != WorkerState.OFFLINE.value:
+        elif live is not None and state not in (WorkerState.OFFLINE.value, WorkerState.ASLEEP.value):
             state = "missing"  # no heartbeat: dead, or the manager has not noticed yet
+        if w is not None and w.state == WorkerState.ASLEEP.value:
+            state = WorkerState.ASLEEP.value  # the manager's word: told to sleep, not seen awake since
+        elif state == WorkerState.ASLEEP.value:
+            state = WorkerState.IDLE.value  # woken by the manager, its first task not taken yet
         if name in holds and state not in (WorkerState.OFFLINE.value, "missing"):
             state = held_state(holds[name], busy=name in busy)
         out.append(

@@ -50,9 +50,23 @@ def test_a_job_after_a_failed_one_is_blocked_until_that_one_is_retried_and_done(
         assert f"blocked: {parent} failed" in run_farm("status", child, env=env).stdout
         assert f"job {child} blocked: {parent} failed" in run_farm("jobs", env=env).stdout
 
+        # Submitted after the job failed: the submit warns that it waits (and still makes the job).
+        late = run_farm("submit", str(EXAMPLES / "orbit.toml"), "--renderer", "null", "--frames", "1",
+                        "--after", parent, "--json", env=env)
+        assert late.stderr.strip().endswith(
+            f"job {parent} is failed: this job waits until it is retried and done (`farm retry {parent}`)"), late.stderr
+        late_job = json.loads(late.stdout)["id"]
+        # ...and after a cancelled one.
+        held = submit(settings, Submission(scene=EXAMPLES / "orbit.toml", renderer="null", frames="1", name="held",
+                                           after=parent))
+        run_farm("cancel", held, env=env)
+        warned = run_farm("submit", str(EXAMPLES / "orbit.toml"), "--renderer", "null", "--after", held, env=env)
+        assert f"job {held} is cancelled: this job waits until it is retried and done" in warned.stderr, warned.stderr
+
         fixed.touch()
         run_farm("retry", parent, env=env)
         wait_for(lambda: status(child)["state"] == "done", 60, "the job after it to render")
+        wait_for(lambda: status(late_job)["state"] == "done", 60, "the job submitted after the failure to render")
         first, second = status(parent), status(child)
         assert first["state"] == "done" and second["blocked"] is None and second["waiting_on"] is None
         attempts = [a for t in json.loads(run_farm("tasks", child, "--json", env=env).stdout) for a in t["attempts"]]

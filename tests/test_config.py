@@ -516,6 +516,13 @@ def test_effective_settings_never_show_a_password(dirs, monkeypatch) -> None:
         ("sweep_grace", "3600.0", "default"),
         ("scene_cache_gb", "20.0", "default"),
         ("retention_days", "0.0", "default"),
+        ("sleep_after", "0.0", "default"),
+        ("sleep_command", "systemctl suspend", "default"),
+        ("wake_command", "", "default"),
+        ("wake_address", "255.255.255.255", "default"),
+        ("wake_port", "9", "default"),
+        ("wake_timeout", "300.0", "default"),
+        ("worker_mac", "", "default"),
     ]
     text = repr(rows)
     for secret in ("pw-local-valkey", "db-pass", "endpoint-pass", "local-s3-secret"):
@@ -642,6 +649,13 @@ def test_settings_env_round_trips(dirs) -> None:
         FARM_SWEEP_GRACE="600",
         FARM_SCENE_CACHE_GB="0.25",
         FARM_RETENTION_DAYS="30",
+        FARM_SLEEP_AFTER="600",
+        FARM_SLEEP_COMMAND="ipmitool power soft",
+        FARM_WAKE_COMMAND="ssh waker wakeonlan {mac}",
+        FARM_WAKE_ADDRESS="192.168.1.255",
+        FARM_WAKE_PORT="7",
+        FARM_WAKE_TIMEOUT="90",
+        FARM_WORKER_MAC="52:54:00:12:34:56",
     )
     env = settings_env(s)
     assert env == {
@@ -678,6 +692,13 @@ def test_settings_env_round_trips(dirs) -> None:
         "FARM_SWEEP_GRACE": "600",
         "FARM_SCENE_CACHE_GB": "0.25",
         "FARM_RETENTION_DAYS": "30",
+        "FARM_SLEEP_AFTER": "600",
+        "FARM_SLEEP_COMMAND": "ipmitool power soft",
+        "FARM_WAKE_COMMAND": "ssh waker wakeonlan {mac}",
+        "FARM_WAKE_ADDRESS": "192.168.1.255",
+        "FARM_WAKE_PORT": "7",
+        "FARM_WAKE_TIMEOUT": "90",
+        "FARM_WORKER_MAC": "52:54:00:12:34:56",
     }
     assert load_settings(env, cwd=cwd) == s
 

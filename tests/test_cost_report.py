@@ -124,3 +124,14 @@ def test_every_site_key_is_documented():
     assert "[sites." in readme and "docs/costs.md" in readme
     # A price changed under a running manager (tests/test_sites_reload.py shows it):
     assert "reads farm.toml's `[sites]` again" in costs and "without a restart" in costs
+
+
+def test_the_readmes_band_example_is_a_valid_site():
+    import tomllib
+
+    from renderfarm.sites import parse_sites
+
+    readme = (EXAMPLES.parent / "README.md").read_text()
+    block = readme[readme.index("[sites.hami]"):]
+    site = parse_sites(tomllib.loads(block[:block.index("```")])["sites"], "README")["hami"]
+    assert len(site.price_bands) == 2 and len(site.carbon_bands) == 2 and site.idle_watts == 60

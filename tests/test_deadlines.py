@@ -129,3 +129,24 @@ def test_submit_refuses_a_bad_or_past_deadline_and_an_unknown_preference_in_one_
                        (["--prefer", "cheaper"], "prefer: 'cheaper' should be 'cheapest', 'greenest' or 'fastest'")):
         bad = run_farm("submit", str(EXAMPLES / "orbit.toml"), *args, env=env, check=False)
         assert bad.returncode == 1 and says in bad.stderr and bad.stderr.count("\n") == 1, bad
+
+
+def test_two_jobs_held_for_one_band_are_planned_earliest_deadline_first_and_do_not_share_it(
+        farm: SteppedFarm) -> None:
+    """Hami's one worker can render one of them in its cheap band: the job due first is held
+    for it, and the other, counting only what is left there, renders at the studio now."""
+    farm.beat()
+    later = farm.submit(SPEC.model_copy(update={"frames": "1-6", "deadline": TEN_AM + 21 * 3600,
+                                                "prefer": "cheapest"}))
+    first = farm.submit(SPEC.model_copy(update={"frames": "1-6", "deadline": TEN_AM + 20 * 3600,
+                                                "prefer": "cheapest"}))
+    for _ in range(2):  # each job's first tasks render, to time it
+        farm.beat()
+        for attempt_id, _, _ in farm.attempts(AttemptState.QUEUED):
+            farm.render(attempt_id, wall=TASK)
+    plan_again(farm)
+    with session_scope(farm.manager.engine) as s:
+        plans = {j.id: (j.plan_start, j.plan_site) for j in s.scalars(select(Job))}
+        notes = [j.plan_note for j in s.scalars(select(Job))]
+    assert MEASURING not in notes, notes
+    assert plans == {first: (MIDNIGHT, "hami"), later: (None, "studio")}, plans

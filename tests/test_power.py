@@ -137,3 +137,25 @@ def test_an_attempt_is_charged_at_the_band_it_rendered_in():
     day = account(hami, wall_seconds=3600, cpu_seconds=0, watts=1000, at=at(7, 12))
     assert (night.energy_ukwh, night.cost_pico, night.co2_ng) == (1_000_000, 250_000 * 10**6, 50_000 * 10**6)
     assert (day.cost_pico, day.co2_ng) == (1_200_000 * 10**6, 700_000 * 10**6)
+
+
+def test_two_jobs_cannot_both_count_on_one_bands_workers():
+    """The planner plans the earliest deadline first and books each plan's workers: a second job
+    due as late sees Hami's cheap band taken and renders now at the studio; with one of the two
+    workers left it waits for the band all the same, and counts on that one. (Found by the week
+    benchmark: jobs held for one band each counted on all its workers, and missed.)"""
+    from renderfarm.power import book
+
+    now, due = at(6, 10), at(7, 6)
+    booked: dict = {}
+    first = plan_job(**JOB, capacities=capacities(), now=now, deadline=due, prefer="cheapest", booked=booked)
+    assert (first.start, first.site, first.finish, first.workers) == (at(7, 0), "hami", at(7, 0, 50), 2)
+    book(booked, first, JOB["tasks_left"])
+    assert booked == {"hami": [(at(7, 0), at(7, 0, 50), 2)]}
+    second = plan_job(**JOB, capacities=capacities(), now=now, deadline=due, prefer="cheapest", booked=booked)
+    assert not second.holds(now) and second.site == "studio" and second.finish == at(6, 10, 50)
+    assert not second.late and second.reason == ""
+    half = {"hami": [(at(7, 0), at(7, 0, 50), 1)]}
+    third = plan_job(**JOB, capacities=capacities(), now=now, deadline=due, prefer="cheapest", booked=half)
+    assert (third.start, third.site, third.finish, third.workers) == (at(7, 0), "hami", at(7, 1, 40), 1)
+    assert third.reason == "waiting for hami 00:00 band (0.25/kWh); projected finish 01:40 UTC, deadline 06:00 UTC"

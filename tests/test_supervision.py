@@ -152,15 +152,21 @@ def test_farm_status_does_not_call_a_dead_manager_running(redis_url, tmp_path):
     import redis
 
     dead = _dead_pid()
-    redis.Redis.from_url(redis_url).set(keys.MANAGER_LEADER, f"{socket.gethostname()}:{dead}:a1b2", px=9000)
-    env = farm_env(tmp_path / "state", FARM_REDIS_URL=redis_url)
-    doc = json.loads(run_farm("status", "--json", env=env).stdout)
-    assert doc["running"] is False and doc["redis"] is True
-    assert doc["manager"]["pid"] == dead and doc["manager"]["process_alive"] is False
-    text = run_farm("status", env=env)
-    assert "farm manager not running" in text.stdout
-    assert "farm running" not in text.stdout and f"pid {dead}" in text.stdout
-    assert "manager is not running" in text.stderr
+    r = redis.Redis.from_url(redis_url)
+    # The lock outlives both commands below (a loaded machine takes seconds to start each: a lock
+    # gone by the second is another case, no manager holding it), and goes with the test.
+    r.set(keys.MANAGER_LEADER, f"{socket.gethostname()}:{dead}:a1b2", px=120_000)
+    try:
+        env = farm_env(tmp_path / "state", FARM_REDIS_URL=redis_url)
+        doc = json.loads(run_farm("status", "--json", env=env).stdout)
+        assert doc["running"] is False and doc["redis"] is True
+        assert doc["manager"]["pid"] == dead and doc["manager"]["process_alive"] is False
+        text = run_farm("status", env=env)
+        assert "farm manager not running" in text.stdout
+        assert "farm running" not in text.stdout and f"pid {dead}" in text.stdout
+        assert "manager is not running" in text.stderr
+    finally:
+        r.delete(keys.MANAGER_LEADER)
 
 
 # -- a whole farm ----------------------------------------------------------------------------------

@@ -62,6 +62,21 @@ EXAMPLES = [
     (wire.Bye, {"type": "bye", "worker": "node-01"}),
     (wire.DeadLetter, {"source": "farm:events", "entry": "1-0", "reason": "bad", "raw": "{", "at": 1.5,
                        "worker": "node-01", "deliveries": 3}),
+    (wire.SetIntent, {"type": "set", "request_id": "5" * 32, "job": "1a2b3c4d", "timeout": 600.0, "max_workers": 0,
+                      "pool": "gpu", "requires": ["gpu"], "retries": 2}),
+    (wire.TaskIntent, {"type": "task", "request_id": "6" * 32, "job": "1a2b3c4d", "action": "kill", "tasks": [0, 7]}),
+    (wire.TaskIntent, {"type": "task", "request_id": "6" * 32, "job": "1a2b3c4d", "action": "skip", "frames": "3-4"}),
+    (wire.DeleteIntent, {"type": "delete", "request_id": "7" * 32, "job": "1a2b3c4d", "cancel": True,
+                         "keep_frames": True}),
+    (wire.ArchiveIntent, {"type": "archive", "request_id": "8" * 32, "job": "1a2b3c4d"}),
+    (wire.NodeAddIntent, {"type": "node-add", "request_id": "9" * 32, "name": "node-01", "site": "karamay",
+                          "pool": "gpu", "tags": ["gpu"]}),
+    (wire.NodeRevokeIntent, {"type": "node-revoke", "request_id": "a" * 32, "name": "node-01"}),
+    (wire.WorkerHoldIntent, {"type": "worker", "request_id": "b" * 32, "name": "node-01", "hold": "drain"}),
+    (wire.Reply, {"ok": True, "node": {"name": "node-01", "node_id": "n0123abcd", "key": "k" * 32,
+                                       "redis_user": "node-01", "redis_password": "p" * 16}, "tasks": [1, 2]}),
+    (wire.Sealed, {"node": "node-01", "seq": 5, "body": '{"type": "bye", "worker": "node-01"}', "mac": "c" * 64}),
+    (wire.SleepOrder, {"order": "sleep", "node": "node-01", "seq": 1796535843235, "idle": 600.5}),
 ]
 
 
@@ -74,6 +89,14 @@ def test_every_message_round_trips(kind, doc):
         assert wire.parse_intent(message.to_json()) == message
     if kind in wire.Event.__args__:
         assert wire.parse_event(message.to_json()) == message
+
+
+def test_every_message_class_has_an_example():
+    """A message class added to the wire without an example here would go untested."""
+    nested = {wire.Box, wire.Capabilities, wire.Output, wire.Usage, wire.RenderOptions, wire.NodeGrant}
+    classes = {c for c in map(wire.__dict__.get, wire.__all__)
+               if isinstance(c, type) and issubclass(c, wire.Message) and c is not wire.Message}
+    assert classes - nested - {kind for kind, _ in EXAMPLES} == set()
 
 
 def test_a_task_order_names_its_paths_and_keys_from_checked_values():
@@ -149,7 +172,7 @@ BAD = [
     (wire.Heartbeat, BEAT, "attempts", list(range(1, 18)), "heartbeat: attempts: [1,2,3"),
     (wire.Heartbeat, BEAT, "seq", -1, "heartbeat: seq: -1 should be greater than or equal to 0"),
     (wire.Heartbeat, BEAT, "capabilities.cores", 0, "heartbeat: capabilities.cores: 0 should be greater"),
-    (wire.Heartbeat, BEAT, "state", "asleep", "heartbeat: state: 'asleep' should be 'idle', 'busy' or 'stopping'"),
+    (wire.Heartbeat, BEAT, "state", "napping", "heartbeat: state: 'napping' should be 'idle', 'busy', 'stopping' or 'asleep'"),
     (wire.Progress, EXAMPLES[12][1], "attempt_id", 1e30, "event progress: attempt_id: 1e+30 should be a valid integer"),
     (wire.Progress, EXAMPLES[12][1], "progress", "abc", "event progress: progress: 'abc' should be a valid number"),
     (wire.Progress, EXAMPLES[12][1], "progress", 1.5, "event progress: progress: 1.5 should be less than or equal"),
@@ -162,6 +185,32 @@ BAD = [
     (wire.Failed, EXAMPLES[14][1], "error", "e" * 4001, "event failed: error: 'eeee"),
     (wire.Failed, EXAMPLES[14][1], "bad_tiles", [4096], "event failed: bad_tiles.0: 4096 should be less than 4096"),
     (wire.Bye, EXAMPLES[17][1], "worker", "a" * 65, "event bye: worker: 'aaaa"),
+    (wire.SetIntent, EXAMPLES[19][1], "max_workers", 10_001, "intent set: max_workers: 10001 should be less than"),
+    (wire.SetIntent, EXAMPLES[19][1], "timeout", 0, "intent set: timeout: 0 should be greater than or equal to 1"),
+    (wire.SetIntent, EXAMPLES[19][1], "retries", 101, "intent set: retries: 101 should be less than or equal to 100"),
+    (wire.SetIntent, EXAMPLES[19][1], "pool", "../x", "intent set: pool: '../x' should match pattern"),
+    (wire.TaskIntent, EXAMPLES[20][1], "action", "eat", "intent task: action: 'eat' should be 'kill', 'retry' or"),
+    (wire.TaskIntent, EXAMPLES[20][1], "tasks", [-1], "intent task: tasks.0: -1 should be greater than or equal"),
+    (wire.TaskIntent, EXAMPLES[20][1], "tasks", list(range(10_001)), "intent task: tasks: [0,1,2"),
+    (wire.TaskIntent, EXAMPLES[21][1], "frames", "x" * 4097, "intent task: frames: 'xxxx"),
+    (wire.DeleteIntent, EXAMPLES[22][1], "job", "../x", "intent delete: job: '../x' should match pattern"),
+    (wire.DeleteIntent, EXAMPLES[22][1], "cancel", "yes", "intent delete: cancel: 'yes' should be a valid boolean"),
+    (wire.ArchiveIntent, EXAMPLES[23][1], "job", "ZZZZ", "intent archive: job: 'ZZZZ' should match pattern"),
+    (wire.NodeAddIntent, EXAMPLES[24][1], "name", "../evil", "intent node-add: name: '../evil' should match pattern"),
+    (wire.NodeAddIntent, EXAMPLES[24][1], "tags", ["t"] * 33, 'intent node-add: tags: ["t","t"'),
+    (wire.NodeRevokeIntent, EXAMPLES[25][1], "name", "a" * 65, "intent node-revoke: name: 'aaaa"),
+    (wire.WorkerHoldIntent, EXAMPLES[26][1], "hold", "sleep", "intent worker: hold: 'sleep' should be 'drain', "),
+    (wire.Reply, EXAMPLES[27][1], "node.node_id", "../x", "reply: node.node_id: '../x' should match pattern"),
+    (wire.Reply, EXAMPLES[27][1], "node.redis_password", "short", "reply: node.redis_password: 'short' should have at"),
+    (wire.Reply, EXAMPLES[27][1], "priority", 101, "reply: priority: 101 should be less than or equal to 100"),
+    (wire.Sealed, EXAMPLES[28][1], "seq", 0, "sealed message: seq: 0 should be greater than or equal to 1"),
+    (wire.Sealed, EXAMPLES[28][1], "seq", 2**63, "sealed message: seq: 9223372036854775808 should be less than"),
+    (wire.Sealed, EXAMPLES[28][1], "mac", "../x", "sealed message: mac: '../x' should match pattern"),
+    (wire.Sealed, EXAMPLES[28][1], "node", "../x", "sealed message: node: '../x' should match pattern"),
+    (wire.SleepOrder, EXAMPLES[29][1], "order", "task", "sleep order: order: 'task' should be 'sleep'"),
+    (wire.SleepOrder, EXAMPLES[29][1], "node", "../x", "sleep order: node: '../x' should match pattern"),
+    (wire.SleepOrder, EXAMPLES[29][1], "seq", 0, "sleep order: seq: 0 should be greater than or equal to 1"),
+    (wire.SleepOrder, EXAMPLES[29][1], "idle", 1e10, "sleep order: idle: 10000000000.0 should be less than"),
 ]
 
 

@@ -82,6 +82,32 @@ def _job_session(settings, job: str):
     return reader
 
 
+def _idle_report(settings, json_: bool) -> None:
+    from renderfarm.idlepower import idle_report
+
+    reader = _read(settings)
+    rows = []
+    if reader is not None:
+        with reader as session:
+            rows = idle_report(session)
+    if json_:
+        print_json({"idle": rows})
+        return
+    if not rows:
+        out().print("no idle power counted yet (a site counts once farm.toml gives it idle_watts)")
+        return
+    from rich.table import Table
+
+    table = Table(box=None, header_style="bold")
+    for col in ("SITE", "IDLE h", "IDLE kWh", "IDLE COST", "ASLEEP h", "ASLEEP kWh", "SAVED kWh", "SAVED COST"):
+        table.add_column(col, justify="left" if col == "SITE" else "right")
+    for r in rows:
+        table.add_row(r["site"], f"{r['idle_hours']:.2f}", f"{r['idle_kwh']:.3f}", f"{r['idle_cost']:.4g} {r['currency']}".strip(),
+                      f"{r['asleep_hours']:.2f}", f"{r['asleep_kwh']:.3f}", f"{r['saved_kwh']:.3f}",
+                      f"{r['saved_cost']:.4g} {r['currency']}".strip())
+    out().print(table)
+
+
 def submit(
     scene: Annotated[str, typer.Argument(help="The scene file to render, or an OpenJD job template (.yaml, .json) or job bundle directory.", show_default=False)],
     param: Annotated[Optional[list[str]], typer.Option("-p", "--param", help="An OpenJD job parameter's value, NAME=VALUE; repeat for several.")] = None,
@@ -496,15 +522,18 @@ def log(
 
 
 def report(
-    job: JobArg,
+    job: Annotated[Optional[str], typer.Argument(help="Job id, or a unique prefix of one (none: the farm's idle power per site).", show_default=False)] = None,
     png: Annotated[Optional[str], typer.Option("--png", help="Also draw a chart: cost per frame by site, and the running total.")] = None,
     json_: JsonOpt = False,
 ) -> None:
-    """What a job cost: time, energy, money and CO2 per frame, per site, per worker and in total."""
+    """What a job cost: time, energy, money and CO2 per frame, per site, per worker and in total.
+    Without a job: what idle nodes drew per site, and what sleeping them (FARM_SLEEP_AFTER) saved."""
     from renderfarm.report import job_report
     from renderfarm.status import resolve_job
 
     settings = _settings()
+    if job is None:
+        return _idle_report(settings, json_)
     with _job_session(settings, job) as session:
         result = job_report(session, resolve_job(session, job), settings.sites)
     if png is not None:

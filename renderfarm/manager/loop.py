@@ -23,6 +23,7 @@ from renderfarm.manager.nodebook import AclWatch, NodeBook, restore_all, restore
 from renderfarm.manager.notifier import Notifier
 from renderfarm.manager.planner import PLAN_EVERY, plan_deadlines
 from renderfarm.manager.reconcile import SWEEP_EVERY, Reconciler
+from renderfarm.manager.sleeper import Sleeper
 from renderfarm.manager.sweep import AttemptSweep
 from renderfarm.manager.removal import RETENTION_EVERY, Purger, apply_retention
 from renderfarm.manager.sitewatch import SitesWatch
@@ -78,9 +79,11 @@ class Manager:
         self.fair = FairShare()
         self.inbox = Inbox(self)
         self.book = NodeBook()
+        self.sleeper = Sleeper()  # idle nodes told to sleep, woken for work (FARM_SLEEP_AFTER)
         self.acl = AclWatch()
         self.s3_refusals = S3Watch(settings)
         self.sites_watch = SitesWatch(settings)
+        self._prices: dict[tuple[str, int], int] = {}  # (site, minute) -> its ranking price then
         self._next_acl_watch = 0.0
         self.sealer = OrderSealer(self.storage)
         self.notifier = Notifier(settings, self.engine, self.clock)
@@ -144,6 +147,7 @@ class Manager:
             self.r = r
         with session_scope(self.engine) as session:
             restore_all(session, self.settings, self.r, self.book)
+            self.sleeper.load(session, self)
         streams.ensure_groups(self.r, self.book.streams())
 
     def restore_users(self) -> None:
@@ -253,6 +257,7 @@ class Manager:
             self.s3_refusals.record(self.r, self.book, self.clock.now(), self._s3_keys)
             if (changed := self.sites_watch.changed(self.settings)) is not None:
                 self.settings = changed  # new prices and bands: plan again with them
+                self._prices.clear()
                 self._next_plan = 0.0
         self.delete_doomed(idle=not entries)
         self.notifier.pump()  # never waits on a webhook: the senders are threads of their own
@@ -272,7 +277,9 @@ class Manager:
         # worker came or changed, an intent arrived), and every DISPATCH_EVERY all the same.
         if self.clock.monotonic() >= self._next_dispatch:
             self._next_dispatch = self.clock.monotonic() + DISPATCH_EVERY
+            self.sleeper.watch(self)  # a node back from sleep takes work in this round
             handed = self.dispatch()
+            self.sleeper.step(self)
         return bool(entries) or handed > 0
 
     def apply(self, entries: list[Entry]) -> list:
@@ -334,6 +341,7 @@ class Manager:
     def _after_commit(self, batch: Batch) -> None:
         for worker in batch.left_workers:
             queues.withdraw_queue(self.r, worker)
+            self.sleeper.forget(worker)
             node = self.book.get(worker)
             if node is not None and node.hold == HOLD_DRAIN:  # its drain ended with it (lifecycle.worker_offline)
                 node.hold = None
@@ -466,7 +474,9 @@ class Manager:
 
     def _reap(self, session, now: float, batch: Batch) -> None:
         known = session.execute(
-            select(Worker.name, Worker.last_seen).where(Worker.state != WorkerState.OFFLINE.value)
+            # An asleep worker beats no more: it is not gone (renderfarm.manager.sleeper).
+            select(Worker.name, Worker.last_seen).where(
+                Worker.state.not_in([WorkerState.OFFLINE.value, WorkerState.ASLEEP.value]))
         ).all()
         for name, last_seen in known:
             if name in self.live:
@@ -496,30 +506,42 @@ class Manager:
             self.refresh_jobs(session, batch.jobs, now)
         self._after_commit(batch)
 
-    def _view(self, beat: Heartbeat) -> WorkerView:
+    def _view(self, beat: Heartbeat, now: float) -> WorkerView:
         """The scheduler's view of a node: its pool, site and tags as enrolled (not as it says),
-        its renderers and resources as it advertises them."""
-        from renderfarm.errors import ConfigError
-
+        its renderers and resources as it advertises them, its site's price now."""
         node = self.book.get(beat.name)
         pool, site = (node.pool, node.site) if node else (beat.pool, beat.site)
-        try:
-            price = self.settings.site(site).ranking_price
-        except ConfigError:
-            price = 0
+        price = self._price(site, now)
         caps = beat.capabilities.model_dump(mode="json", exclude_none=True) if beat.capabilities else {}
         if node is not None:
             caps["tags"] = sorted(set(node.tags) | {t for t in caps.get("tags", ()) if t == "gpu"})
         return worker_view(beat.name, pool, site, caps or None, price)
 
+    def _price(self, site: str, now: float) -> int:
+        """A site's price for ranking its workers: the band's in force now, where it has bands
+        (bands start on whole minutes: kept a minute)."""
+        from renderfarm.errors import ConfigError
+
+        key = (site, int(now // 60))
+        price = self._prices.get(key)
+        if price is None:
+            try:
+                price = self.settings.site(site).ranking_price_at(now)
+            except ConfigError:
+                price = 0
+            if len(self._prices) > 1000:
+                self._prices.clear()
+            self._prices[key] = price
+        return price
+
     def _held(self, name: str) -> bool:
         node = self.book.get(name)
-        return node is not None and node.hold is not None
+        return (node is not None and node.hold is not None) or self.sleeper.holds(name)
 
     def plan(self) -> None:
         """Plan the jobs with a deadline: when and where each renders (renderfarm.power)."""
         now = self.clock.now()
-        views = [self._view(beat) for name, beat in self.live.items() if name in self._written_at
+        views = [self._view(beat, now) for name, beat in self.live.items() if name in self._written_at
                  and not self._held(name)]
         with session_scope(self.engine) as session:
             self._measuring = plan_deadlines(session, self.settings, views, now) > 0
@@ -539,8 +561,9 @@ class Manager:
 
     def dispatch(self) -> int:
         """Fill every live worker's queue; returns how many attempts were handed out."""
+        now = self.clock.now()
         views = [
-            self._view(beat) for name, beat in self.live.items()
+            self._view(beat, now) for name, beat in self.live.items()
             if beat.state != WorkerState.STOPPING.value and name in self._written_at and not self._held(name)
         ]
         if not views:
@@ -548,7 +571,6 @@ class Manager:
         if self.clock.monotonic() >= self._next_rebalance:
             self._next_rebalance = self.clock.monotonic() + REBALANCE_EVERY
             self.make_way()
-        now = self.clock.now()
         with session_scope(self.engine) as session:
             handouts = plan_handouts(session, views, self.fair, now=now)
         queues.enqueue_attempts(self.r, self.sealer.seal(handouts, self.book, now))

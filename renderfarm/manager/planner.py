@@ -14,7 +14,7 @@ from renderfarm.capabilities import wants_scripts
 from renderfarm.errors import ConfigError
 from renderfarm.manager.dispatch import required_tags
 from renderfarm.models import TASK_FINAL, Attempt, AttemptState, Job, JobState, Task
-from renderfarm.power import Capacity, plan_job
+from renderfarm.power import Booked, Capacity, book, plan_job
 from renderfarm.scheduling import can_run
 from renderfarm.sites import Site
 
@@ -34,8 +34,10 @@ def plan_deadlines(session: Session, settings: Settings, workers: list[WorkerVie
     """Plan every queued or running job with a deadline, in the caller's transaction; returns
     how many are still being timed (planned again as soon as a task of theirs ends)."""
     measuring = 0
+    booked: Booked = {}  # the earliest deadline plans first, and the later plans count what it holds
     jobs = session.scalars(select(Job).where(
-        Job.deadline.is_not(None), Job.state.in_([JobState.QUEUED.value, JobState.RUNNING.value]))).all()
+        Job.deadline.is_not(None), Job.state.in_([JobState.QUEUED.value, JobState.RUNNING.value]))
+        .order_by(Job.deadline, Job.submitted_at)).all()
     for job in jobs:
         left = session.scalar(select(func.count()).select_from(Task).where(
             Task.job_id == job.id, Task.state.not_in([s.value for s in TASK_FINAL])))
@@ -48,8 +50,9 @@ def plan_deadlines(session: Session, settings: Settings, workers: list[WorkerVie
         needs = (job.pool, job.site, job.renderer, required_tags(job.requires), job.renderer_version,
                  wants_scripts(job.render_options))
         per_site = Counter(w.site for w in workers if can_run(w, *needs))
-        plan = plan_job(left, float(measured), [Capacity(_site(settings, name), n) for name, n in per_site.items()],
-                        now, job.deadline, job.prefer)
+        capacities = [Capacity(_site(settings, name), n) for name, n in per_site.items()]
+        plan = plan_job(left, float(measured), capacities, now, job.deadline, job.prefer, booked)
+        book(booked, plan, left)
         _keep(job, plan.start if plan.holds(now) else None, plan.site, plan.reason or None)
     return measuring
 

@@ -10,7 +10,7 @@ value) and one `to_json()`. Both ends of every hop use the same class.
                                         NodeRevokeIntent, WorkerHoldIntent: parse_intent()
     reply list       manager -> CLI     Reply (with a NodeGrant for an enrolled node)
     node's queue     manager -> node    TaskOrder (an OpenJD task's: OpenJDTask,
-                                        its inputs: OpenJDInput), Sealed with the node's key
+                                        its inputs: OpenJDInput), SleepOrder, Sealed with the node's key
     node's heartbeat node -> manager    Heartbeat, Sealed
     node's events    node -> manager    Started, Progress, Done, Failed, Released, Refused, Bye,
                                         Sealed: parse_event()
@@ -58,14 +58,16 @@ from renderfarm.wire.intents import (
 )
 from renderfarm.wire.orders import Box, OpenJDInput, OpenJDTask, TaskOrder
 from renderfarm.wire.sealed import Sealed
+from renderfarm.wire.sleep import SleepOrder
 from renderfarm.wire.submission import JobSpec, OpenJDSpec, OpenJDSubmitIntent, RenderOptions, SubmitIntent
 
 __all__ = [
     "ArchiveIntent", "AttemptEvent", "Box", "Bye", "CancelIntent", "Capabilities", "DeadLetter", "DeleteIntent",
     "Done", "Event", "Failed",
     "Heartbeat", "Intent", "JobSpec", "Limits", "Message", "NodeAddIntent", "NodeGrant", "NodeRevokeIntent",
-    "OpenJDInput", "OpenJDSpec", "OpenJDSubmitIntent", "OpenJDTask", "Output", "PriorityIntent", "Progress", "Refused", "Released", "RenderOptions", "Reply", "ResumeIntent",
-    "RetryIntent", "Sealed", "SetIntent", "Started", "SubmitIntent",
+    "OpenJDInput", "OpenJDSpec", "OpenJDSubmitIntent", "OpenJDTask", "Output", "PriorityIntent", "Progress", "Refused",
+    "Released", "RenderOptions", "Reply", "ResumeIntent", "RetryIntent", "Sealed", "SetIntent", "SleepOrder", "Started",
+    "SubmitIntent",
     "SuspendIntent", "TaskIntent", "TaskOrder", "Usage", "VerbIntent", "WireError", "WorkerHoldIntent", "parse_event",
     "parse_intent",
 ]

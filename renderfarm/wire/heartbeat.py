@@ -35,6 +35,7 @@ class Capabilities(Message):
     scratch_gib: Annotated[float, Field(ge=0, le=1e9)] | None = None
     attributes: Annotated[dict[Annotated[str, Field(pattern=ATTRIBUTE)],
                                Annotated[tuple[Short, ...], Field(max_length=32)]], Field(max_length=32)] = {}
+    mac: Annotated[str, Field(pattern=r"^[0-9a-f]{2}(?::[0-9a-f]{2}){5}$")] | None = None  # to wake it by
 
 
 class Heartbeat(Message):
@@ -53,7 +54,7 @@ class Heartbeat(Message):
     cores: Annotated[int, Field(ge=1, le=65536)] = 1
     version: Short = ""
     uptime: Annotated[float, Field(ge=0, le=1e9)] = 0.0  # seconds since the worker started
-    state: Literal["idle", "busy", "stopping"] = "idle"
+    state: Literal["idle", "busy", "stopping", "asleep"] = "idle"
     task: Annotated[str, Field(pattern=r"^[0-9a-f]{4,16}:[0-9]{1,10}$")] | None = None
     attempts: Annotated[tuple[Id, ...], Field(max_length=16)] = ()
     ttl: Annotated[float, Field(ge=1, le=3600)] = 30.0

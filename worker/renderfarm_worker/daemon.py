@@ -195,6 +195,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _serve(args: argparse.Namespace, settings, blender_found) -> int:
+    from renderfarm.wake import own_mac
     from renderfarm_worker.capabilities import check_render_account, detect
     from renderfarm_worker.runtime import WorkerRuntime, install
 
@@ -209,9 +210,13 @@ def _serve(args: argparse.Namespace, settings, blender_found) -> int:
     given = args.tags if args.tags is not None else os.environ.get("FARM_WORKER_TAGS") or None
     tags = check_tags(given, "tag") if given is not None else credentials.tags
     blender = blender_found.result()
+    capabilities = detect(settings, tags, blender, scratch)
+    mac = own_mac(settings.worker_mac)  # where the manager's magic packet wakes it (FARM_SLEEP_AFTER)
+    if mac:
+        capabilities["mac"] = mac
     rt = WorkerRuntime(settings=settings, credentials=credentials, pool=pool, scratch=scratch, r=r, site=site,
                        watts=args.watts, watts_per_core=args.watts_per_core,
-                       capabilities=detect(settings, tags, blender, scratch), blender=blender)
+                       capabilities=capabilities, blender=blender)
     install(rt)
     open_connections(r, REDIS_CONNECTIONS)
     if not credentials.s3_access_key:  # a node's own identity may not even ask for the bucket

@@ -135,6 +135,8 @@ class WorkerRuntime:
     session: RendererSession | None = None  # the warm renderer of the job last rendered
     stopping: bool = False  # SIGTERM seen: take no new work
     turned_away: bool = False  # the farm refuses this node's credentials (revoked): it ends at once
+    asleep: bool = False  # told to sleep and slept (renderfarm_worker.sleep), not woken to work yet
+    sleep_seq: int = 0  # the newest sleep order obeyed
     _stop_reason: str | None = None
     _next_lease_check: float = 0.0
     _hand_back: bool = False
@@ -176,17 +178,25 @@ class WorkerRuntime:
 
         return Sealed.seal(message, node=self.name, seq=self.sequence.next(), key=self.credentials.key).to_json()
 
+    def unseal(self, raw: object, what: str):
+        """(the seal, the message it holds) of an order in a queued job's argument, sealed by the
+        manager with this node's key, for this node. WireError says what is wrong."""
+        from renderfarm.wire import Sealed, WireError
+
+        if not isinstance(raw, str):
+            raise WireError(f"{what}: a {type(raw).__name__}, not a sealed order")
+        sealed = Sealed.parse(raw)
+        if sealed.node != self.name:
+            raise WireError(f"{what}: sealed for {sealed.node!r}, not for this node")
+        return sealed, sealed.check(self.credentials.key)
+
     def open_order(self, raw: object, rq_id: str | None):
         """The task order in a queued job's argument: sealed by the manager with this node's key,
         for this node, under the RQ id the manager gave it. WireError says what is wrong."""
-        from renderfarm.wire import Sealed, TaskOrder, WireError
+        from renderfarm.wire import TaskOrder, WireError
 
-        if not isinstance(raw, str):
-            raise WireError(f"task order: a {type(raw).__name__}, not a sealed order")
-        sealed = Sealed.parse(raw)
-        if sealed.node != self.name:
-            raise WireError(f"task order: sealed for {sealed.node!r}, not for this node")
-        order = TaskOrder.parse(sealed.check(self.credentials.key))
+        sealed, body = self.unseal(raw, "task order")
+        order = TaskOrder.parse(body)
         if order.node != self.name or sealed.seq != order.attempt_id:
             raise WireError(f"task order: the order of attempt {order.attempt_id} for {order.node!r} is not this seal's")
         if rq_id is not None and rq_id != queues.rq_job_id(self.credentials.node_id, order.attempt_id):
@@ -198,6 +208,7 @@ class WorkerRuntime:
     def begin(self, lease: Lease) -> None:
         with self._lock:
             self.lease = lease
+            self.asleep = False
             self.holding[lease.attempt_id] = None
             self._stop_reason = None
             self._hand_back = False
@@ -370,6 +381,8 @@ class WorkerRuntime:
             seq = self._beats
         if self.stopping:
             state = WorkerState.STOPPING
+        elif self.asleep and not lease:
+            state = WorkerState.ASLEEP
         else:
             state = WorkerState.BUSY if lease else WorkerState.IDLE
         return Heartbeat(
@@ -391,10 +404,16 @@ class WorkerRuntime:
     def start_heartbeat(self) -> None:
         import redis
 
+        from renderfarm_worker.sleep import ResumeWatch
+
         interval = max(0.5, self.heartbeat_ttl / 3)
+        resume = ResumeWatch()
 
         def run() -> None:
             while not self._stop_beating.wait(interval):
+                if resume.resumed() and self.asleep:
+                    log.info("woke from sleep")
+                    self.asleep = False
                 try:
                     self.beat()
                     self.check_lease()

@@ -50,6 +50,22 @@ def render_task(raw: str) -> dict:
         rt.end()
 
 
+def sleep_node(raw: str) -> dict:
+    """Obey the manager's sleep order: run this node's sleep command (renderfarm_worker.sleep)."""
+    from rq import get_current_job
+
+    from renderfarm_worker.sleep import go_to_sleep, open_sleep_order
+
+    rt = runtime.current()
+    job = get_current_job()
+    try:
+        order = open_sleep_order(rt, raw, job.id if job is not None else None)
+    except WireError as e:
+        rt.refuse(job.id if job is not None else "?", str(e), raw)
+        return {"refused": True}
+    return go_to_sleep(rt, order)
+
+
 def _render(rt: runtime.WorkerRuntime, order: TaskOrder) -> dict:
     started = StartedEvent(rt, order.attempt_id)
     meter = Meter(rt)

@@ -84,8 +84,7 @@ def _render(rt: runtime.WorkerRuntime, order: TaskOrder) -> dict:
             elif (openjd := getattr(order, "openjd", None)) is not None:
                 from renderfarm_worker.openjd_render import render_openjd
 
-                outputs = [o.wire() for o in render_openjd(rt, order, openjd.model_dump(mode="json"), workdir,
-                                                             attempt_log)]
+                outputs = [o.wire() for o in render_openjd(rt, order, openjd, workdir, attempt_log)]
             else:
                 files = meter.watch(Render(rt, order, workdir, attempt_log)).run()
         except Interrupted as e:

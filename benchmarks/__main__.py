@@ -30,6 +30,7 @@ BENCHMARKS = {
     "status": "farm status and farm jobs at 100,000 tasks, SQLite and PostgreSQL",
     "submit": "a 100,000-frame submit against RQ's enqueue_many",
     "dispatch": "null-renderer tasks per second against raw RQ workers",
+    "openjd": "per-task time of OpenJD /bin/true tasks against null-renderer tasks",
     "efficiency": "16 builtin frames on the farm against 2 bare renders",
     "scale": "200 simulated workers against one manager",
     "region_cost": "a region of a builtin frame against the whole frame",

@@ -67,7 +67,30 @@ def parse_capabilities(raw: Any) -> dict[str, Any] | None:
         caps["gpu"] = raw["gpu"][:128]
     if raw.get("scripts") is True:
         caps["scripts"] = True
+    for key in ("os_family", "cpu_arch"):
+        if isinstance(raw.get(key), str):
+            caps[key] = raw[key][:32]
+    for key in ("gpus", "scratch_gib"):
+        if isinstance(raw.get(key), (int, float)) and not isinstance(raw.get(key), bool):
+            caps[key] = raw[key]
+    attributes = raw.get("attributes")
+    if isinstance(attributes, dict):
+        caps["attributes"] = {str(k)[:128]: [str(v)[:64] for v in vs[:32]]
+                              for k, vs in list(attributes.items())[:32] if isinstance(vs, (list, tuple))}
     return caps
+
+
+def openjd_capabilities(caps: dict[str, Any]) -> tuple[tuple, tuple]:
+    """A worker's capabilities in OpenJD's names, (amounts, attributes), for host requirements:
+    memory in MiB and scratch disk in GiB, as the specification counts them."""
+    amounts = {"amount.worker.vcpu": caps.get("cores"), "amount.worker.gpu": caps.get("gpus"),
+               "amount.worker.memory": caps["memory_gib"] * 1024 if "memory_gib" in caps else None,
+               "amount.worker.disk.scratch": caps.get("scratch_gib")}
+    attributes = {name: (caps[key],) for name, key in (("attr.worker.os.family", "os_family"),
+                                                        ("attr.worker.cpu.arch", "cpu_arch")) if key in caps}
+    attributes.update({k: tuple(v) for k, v in caps.get("attributes", {}).items()})
+    return (tuple(sorted((k, float(v)) for k, v in amounts.items() if v is not None)),
+            tuple(sorted(attributes.items())))
 
 
 def wants_scripts(render_options: Any) -> bool:
@@ -85,10 +108,11 @@ def worker_view(name: str, pool: str, site: str, capabilities: Any, price: int =
     """The scheduler's view of a worker from what it advertised."""
     caps = parse_capabilities(capabilities) or {}
     renderers = caps.get("renderers")
+    amounts, attributes = openjd_capabilities(caps)
     return WorkerView(
         name, pool, site, price, frozenset(caps.get("tags", ())),
         frozenset(renderers) if renderers is not None else None,
-        tuple(sorted(renderers.items())) if renderers else (), caps.get("scripts", False),
+        tuple(sorted(renderers.items())) if renderers else (), caps.get("scripts", False), amounts, attributes,
     )
 
 

@@ -249,6 +249,12 @@ def submit(settings: Settings, sub: Submission, *, request_id: str | None = None
             storage.put_file(key, scene, sha256=sha)
     # Our own hash of our own pack: the fields the parse above could not know yet.
     intent = SubmitIntent(request_id=request_id, job=spec.model_copy(update={"scene_key": key, "scene_sha256": sha}))
+    return hand_over(settings, r, intent)
+
+
+def hand_over(settings: Settings, r, intent) -> str:
+    """Send a submit intent and wait for the manager's answer; returns the job's id."""
+    request_id = intent.request_id
     streams.send_intent(r, intent)
     try:
         reply = streams.await_reply(r, request_id, settings_wait(settings))

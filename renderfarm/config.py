@@ -60,6 +60,11 @@ class Settings:
     allow_commands: bool = False
     # Whether this worker takes jobs that let a .blend's auto-run scripts run (`--allow-scripts`).
     allow_scripts: bool = False
+    # Whether this worker runs OpenJD tasks (the programs a job template names).
+    allow_openjd: bool = False
+    # The custom OpenJD attributes this worker advertises for host requirements, e.g.
+    # "attr.studio.dcc=maya,nuke attr.studio.site=lon" (FARM_OPENJD_ATTRIBUTES).
+    openjd_attributes: str | None = None
     # The unprivileged user renders run as when the worker is root (FARM_RENDER_USER).
     render_user: str | None = None
     # The Blender this worker renders with (default: `blender` on PATH).
@@ -144,6 +149,8 @@ _ENV = {
     "shutdown_grace": "FARM_SHUTDOWN_GRACE",
     "allow_commands": "FARM_ALLOW_COMMANDS",
     "allow_scripts": "FARM_ALLOW_SCRIPTS",
+    "allow_openjd": "FARM_ALLOW_OPENJD",
+    "openjd_attributes": "FARM_OPENJD_ATTRIBUTES",
     "render_user": "FARM_RENDER_USER",
     "blender": "FARM_BLENDER",
     "render_threads": "FARM_RENDER_THREADS",

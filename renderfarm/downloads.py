@@ -1,6 +1,7 @@
-"""Downloading a job's outputs: the frames (or kept tiles) the database says the job has, each
-checked against the SHA-256 recorded with it, written under a temporary name and renamed, and
-never outside the destination. Whatever else lies under the job's keys is reported, not fetched."""
+"""Downloading a job's outputs: the frames (or kept tiles) the database says the job has, or an
+OpenJD job's files (by their relative paths), each checked against the SHA-256 recorded with it,
+written under a temporary name and renamed, and never outside the destination. Whatever else
+lies under the job's keys is reported, not fetched."""
 
 from __future__ import annotations
 
@@ -37,6 +38,7 @@ class Output:
 
     key: str
     name: str
+    sha256: str | None = None  # as the database recorded it when it was committed (OpenJD files)
 
 
 @dataclass
@@ -83,6 +85,26 @@ def job_outputs(job: Job, *, tiles: bool = False, leaving: list[int] = ()) -> li
     return [Output(key, key.removeprefix(prefix)) for key in keys]
 
 
+def openjd_outputs(settings: Settings, job_id: str) -> list[Output]:
+    """An OpenJD job's committed files, named by their paths relative to the session's params/
+    folder (where two steps wrote one path, the later commit's), as the database records them."""
+    from sqlalchemy import select
+
+    from renderfarm.db import session_scope
+    from renderfarm.models import JobOutput
+    from renderfarm.status import reader_engine
+
+    engine = reader_engine(settings)
+    try:
+        with session_scope(engine) as session:
+            rows = session.execute(select(JobOutput.path, JobOutput.key, JobOutput.sha256)
+                                   .where(JobOutput.job_id == job_id)
+                                   .order_by(JobOutput.committed_at, JobOutput.id)).all()
+    finally:
+        engine.dispose()
+    return list({path: Output(key, path, sha256) for path, key, sha256 in rows}.values())
+
+
 def read_job(settings: Settings, job_id: str) -> tuple[Job, list[int]]:
     """The job's row, and the frames of its tasks skipped (`farm task skip`): never rendered."""
     from sqlalchemy import select
@@ -120,9 +142,14 @@ def download(
     from renderfarm.storage import open_storage
 
     job, not_rendered = read_job(settings, job_id)
-    outputs = job_outputs(job, tiles=tiles, leaving=not_rendered)
+    if job.openjd_template and not tiles:  # its files, by their paths (see openjd_outputs)
+        from renderfarm.manager.openjd_outputs import outputs_prefix
+
+        outputs, not_rendered, prefix = openjd_outputs(settings, job.id), [], outputs_prefix(job.id)
+    else:
+        outputs = job_outputs(job, tiles=tiles, leaving=not_rendered)
+        prefix = output_prefix(job.id, tiles=tiles)
     storage = open_storage(settings)
-    prefix = output_prefix(job.id, tiles=tiles)
     listing = retrying(f"list {prefix}", lambda: list(storage.list(prefix)), within=DOWNLOAD_RETRY)
     stored = {o.key: o for o in listing}
     wanted = {out.key for out in outputs}
@@ -151,11 +178,12 @@ def _fetch(storage: Storage, out: Output, dest: Path, listed: ObjectInfo) -> Pat
     """One output into `dest`, intact, or an error saying why not."""
     from renderfarm.storage.base import sha256_file
 
-    target = _target(dest, out.name)
+    target = _target(dest, out.name, depth=OPENJD_DEPTH if out.sha256 else 2)
     try:
         if _is_file(target) and target.stat().st_size == listed.size:
             info = retrying(f"head {out.key}", lambda: storage.head(out.key), within=DOWNLOAD_RETRY)
-            if info is not None and info.sha256 and sha256_file(target) == info.sha256:
+            if info is not None and info.sha256 and out.sha256 in (None, info.sha256) \
+                    and sha256_file(target) == info.sha256:
                 return target
         tmp = target.parent / f".{target.name}.{secrets.token_hex(4)}.part"
         os.close(os.open(tmp, _NEW_FILE, 0o666))
@@ -170,6 +198,9 @@ def _fetch(storage: Storage, out: Output, dest: Path, listed: ObjectInfo) -> Pat
         if digest != info.sha256:
             raise VerificationError(f"SHA-256 {digest[:16]}... does not match the {info.sha256[:16]}... "
                                     f"recorded with {out.key}: not kept")
+        if out.sha256 is not None and digest != out.sha256:
+            raise VerificationError(f"SHA-256 {digest[:16]}... does not match the {out.sha256[:16]}... "
+                                    f"the farm recorded for {out.name}: not kept")
         os.replace(tmp, target)
     except OSError as e:
         raise InputError(f"cannot write {target} ({e.strerror})") from None
@@ -178,10 +209,14 @@ def _fetch(storage: Storage, out: Output, dest: Path, listed: ObjectInfo) -> Pat
     return target
 
 
-def _target(dest: Path, name: str) -> Path:
-    """Where `name` goes below `dest`; its folder (a tile's frame) made, and never a link out."""
+OPENJD_DEPTH = 16  # parts of an OpenJD file's path (renderfarm.wire.base.OUTPUT_PATH_DEPTH)
+
+
+def _target(dest: Path, name: str, depth: int = 2) -> Path:
+    """Where `name` goes below `dest`; its folders (a tile's frame, an OpenJD file's) made, at
+    most `depth` parts, and never a link out."""
     parts = name.split("/")
-    if any(p in ("", ".", "..") or "\x00" in p or "\\" in p for p in parts) or len(parts) > 2:
+    if any(p in ("", ".", "..") or "\x00" in p or "\\" in p for p in parts) or len(parts) > depth:
         raise InputError(f"{name!r} is not a file name to write below {dest}")
     folder = dest
     for part in parts[:-1]:

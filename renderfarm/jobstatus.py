@@ -9,7 +9,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from renderfarm.capabilities import wants_scripts
-from renderfarm.scheduling import WorkerView, unschedulable
+from renderfarm.scheduling import WorkerView, step_hosts, unschedulable
 from renderfarm.sites import PICO
 from renderfarm.states import JOB_FINAL, JobState, TaskState
 
@@ -17,7 +17,7 @@ JOB_COLUMNS = (
     "id", "name", "owner", "state", "priority", "pool", "renderer", "frames", "frame_count", "task_count", "chunk",
     "width", "height", "submitted_at", "started_at", "finished_at", "error", "site", "requires",
     "renderer_version", "after", "frame_by_frame", "render_options", "timeout", "max_workers", "max_attempts",
-    "archived_at", "deadline", "plan_start", "plan_note",
+    "archived_at", "deadline", "plan_start", "plan_note", "openjd_steps",
 )
 WORKER_COLUMNS = ("name", "pool", "site", "capabilities")  # of the workers not offline
 MISSING = "missing"  # the state shown for an --after job that is no longer in the database
@@ -112,7 +112,8 @@ def summarize(job: Mapping[str, Any], state_rows: Iterable[tuple], costs: Mappin
     waiting = counts[TaskState.PENDING.value] + counts[TaskState.QUEUED.value]
     if workers is not None and waiting and job["state"] in (JobState.QUEUED.value, JobState.RUNNING.value):
         why = unschedulable(workers, job["pool"], job.get("site"), job["renderer"], frozenset(requires),
-                            job.get("renderer_version"), wants_scripts(job.get("render_options")))
+                            job.get("renderer_version"), wants_scripts(job.get("render_options")),
+                            step_hosts(job.get("openjd_steps")))
     return JobStatus(
         id=job["id"], name=job["name"], owner=job["owner"], state=job["state"], priority=job["priority"],
         pool=job["pool"], renderer=job["renderer"], frames_spec=job["frames"], frames=job["frame_count"],
@@ -147,3 +148,4 @@ def _after_fields(job: Mapping[str, Any], after_state: str | None) -> dict[str, 
     if state in final or state == MISSING:
         fields["blocked"] = f"{after} {'no longer exists' if state == MISSING else state}"
     return fields
+

@@ -73,6 +73,8 @@ def create_job(session: Session, job: Job, plans: list[TaskPlan]) -> None:
             "tile": p.tile,
             "weight": p.share,
             "rank": p.rank,
+            "step": p.step,
+            "parameters": p.parameters,
             # A frame's assembly waits until all its tiles are committed.
             "state": (TaskState.WAITING if p.kind == TaskKind.ASSEMBLE.value else TaskState.PENDING).value,
             "attempts": 0,
@@ -124,12 +126,14 @@ def start_attempt(session: Session, attempt: Attempt, now: float) -> bool:
     return True
 
 
-def note_progress(session: Session, attempt: Attempt, progress: float) -> None:
+def note_progress(session: Session, attempt: Attempt, progress: float, status: str | None = None) -> None:
     if attempt.state != AttemptState.RUNNING.value:
         return
     task = session.get(Task, attempt.task_id)
     if _is_current(task, attempt):
-        task.progress = max(0.0, min(1.0, progress))
+        task.progress = attempt.progress = max(0.0, min(1.0, progress))
+        if status is not None:
+            attempt.status_text = status[:256]
 
 
 def receive_done(session: Session, attempt: Attempt, now: float, started_at: float | None) -> bool:

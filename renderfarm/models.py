@@ -62,6 +62,10 @@ class JobBase(SQLModel):
     renderer_version: str | None = Field(default=None, max_length=32)  # e.g. "3.4": only workers with it
     render_options: str | None = Field(default=None, sa_type=Text)  # JSON: samples, allow_scripts
     notify: str | None = Field(default=None, max_length=2048)  # a webhook URL of its own (--notify)
+    # An OpenJD job: its template and job parameter values (JSON: {"template", "job_parameters"}),
+    # and each step's dependencies and host requirements (JSON: {step: {"after", "host"}}).
+    openjd_template: str | None = Field(default=None, sa_type=Text)
+    openjd_steps: str | None = Field(default=None, sa_type=Text)
 
 
 class Job(JobBase, table=True):
@@ -112,6 +116,9 @@ class Task(SQLModel, table=True):
     started_at: float | None = None
     finished_at: float | None = None
     error: str | None = Field(default=None, max_length=4096)
+    # An OpenJD task: its step, and its task parameter values (JSON: {NAME: {"type", "value"}}).
+    step: str | None = Field(default=None, max_length=64)
+    parameters: str | None = Field(default=None, sa_type=Text)
 
 
 class Attempt(SQLModel, table=True):
@@ -143,6 +150,29 @@ class Attempt(SQLModel, table=True):
     cost_pico: int = Field(default=0, sa_type=BigInteger)
     currency: str = Field(default="", max_length=8)
     co2_ng: int = Field(default=0, sa_type=BigInteger)
+    # What it last reported of its progress (0..1) and status text (an OpenJD action's
+    # openjd_progress and openjd_status lines): kept once the task is done.
+    progress: float | None = None
+    status_text: str | None = Field(default=None, max_length=256)
+
+
+class JobOutput(SQLModel, table=True):
+    """One file an OpenJD task wrote, verified and promoted: its path relative to the session's
+    params/ folder (as `farm download` writes it below its destination, and as a dependent step's
+    task finds it in its own session), its step and committed key, size and SHA-256."""
+
+    __tablename__ = "outputs"
+    __table_args__ = (UniqueConstraint("job_id", "step", "path", name="uq_outputs_job_step_path"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    job_id: str = Field(foreign_key="jobs.id", max_length=16, index=True)
+    task_id: int = Field(foreign_key="tasks.id", index=True)
+    step: str = Field(max_length=64)
+    path: str = Field(max_length=512)
+    key: str = Field(max_length=1024)
+    size: int = Field(sa_type=BigInteger)
+    sha256: str = Field(max_length=64)
+    committed_at: float
 
 
 class Worker(SQLModel, table=True):

@@ -26,6 +26,8 @@ class TaskPlan:
     tile: int | None = None
     weight: float | None = None  # its share of the job's frames; None: its frame count
     rank: int = 1  # 0: renders before the rest of the job (the first, middle and last frames)
+    step: str | None = None  # an OpenJD task's step...
+    parameters: str | None = None  # ...and its task parameter values (JSON)
 
     @property
     def spec(self) -> str:

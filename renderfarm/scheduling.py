@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from functools import lru_cache
 
 
 @dataclass(frozen=True)
@@ -18,9 +19,62 @@ class WorkerView:
     renderers: frozenset[str] | None = None  # the renderers it has; None: it did not say (any)
     versions: tuple[tuple[str, str], ...] = ()  # (renderer, version) for those it gave a version of
     scripts: bool = False  # it lets a scene's scripts run (FARM_ALLOW_SCRIPTS=1)
+    # OpenJD capabilities: amounts (`amount.worker.vcpu` -> 16) and attributes
+    # (`attr.worker.os.family` -> ("linux",)), from what it advertised.
+    amounts: tuple[tuple[str, float], ...] = ()
+    attributes: tuple[tuple[str, tuple[str, ...]], ...] = ()
 
     def version_of(self, renderer: str) -> str | None:
         return dict(self.versions).get(renderer)
+
+
+@dataclass(frozen=True)
+class HostNeeds:
+    """An OpenJD step's host requirements: amounts within [min, max], attributes with any (or
+    all) of their values. A worker that did not advertise a capability does not meet it."""
+
+    amounts: tuple[tuple[str, float | None, float | None], ...] = ()  # (name, min, max)
+    attributes: tuple[tuple[str, tuple[str, ...], bool], ...] = ()  # (name, values, all of them)
+
+    def unmet(self, worker: WorkerView) -> str | None:
+        """The first requirement `worker` does not meet, in words; None when it meets them all."""
+        have = dict(worker.amounts)
+        for name, low, high in self.amounts:
+            value = have.get(name)
+            if value is None or (low is not None and value < low) or (high is not None and value > high):
+                bounds = " and ".join(b for b in (low is not None and f">= {low:g}", high is not None
+                                                   and f"<= {high:g}") if b)
+                return f"{name} {bounds}"
+        attrs = {k: {v.lower() for v in vs} for k, vs in worker.attributes}
+        for name, values, all_of in self.attributes:
+            got = attrs.get(name, set())
+            wanted = {v.lower() for v in values}
+            if (wanted > got) if all_of else not (wanted & got):
+                return f"{name} {'all of' if all_of else 'one of'} {', '.join(values)}"
+        return None
+
+    def to_dict(self) -> dict:
+        return {"amounts": [list(a) for a in self.amounts], "attributes": [[n, list(v), a] for n, v, a in self.attributes]}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> HostNeeds:
+        return cls(tuple((str(n), low, high) for n, low, high in d.get("amounts", ())),
+                   tuple((str(n), tuple(v), bool(a)) for n, v, a in d.get("attributes", ())))
+
+
+@lru_cache(maxsize=256)
+def step_hosts(openjd_steps: str | None) -> dict[str, HostNeeds]:
+    """An OpenJD job's host requirements by step, from the JSON its row keeps (`{step: {"after":
+    [...], "host": {...}}}`); empty for other jobs. Cached: do not change what it returns."""
+    if not openjd_steps:
+        return {}
+    import json
+
+    try:
+        steps = json.loads(openjd_steps)
+    except ValueError:
+        return {}
+    return {name: HostNeeds.from_dict(step["host"]) for name, step in steps.items() if step.get("host")}
 
 
 @dataclass(frozen=True)
@@ -43,6 +97,7 @@ class Candidate:
     renderer: str | None = None  # the renderer its job needs
     renderer_version: str | None = None  # and the version of it ("3.4": any 3.4.x)
     scripts: bool = False  # its job lets the scene's scripts run (`--allow-scripts`)
+    host: HostNeeds | None = None  # an OpenJD step's host requirements
 
 
 def pick_task(
@@ -73,7 +128,7 @@ def pick_task(
     holders = holders or {}
 
     def allowed(c: Candidate) -> bool:
-        if not can_run(worker, c.pool, c.site, c.renderer, c.requires, c.renderer_version, c.scripts):
+        if not can_run(worker, c.pool, c.site, c.renderer, c.requires, c.renderer_version, c.scripts, c.host):
             return False
         if c.cheapest and idle_price is not None and worker.price > idle_price:
             return False
@@ -94,7 +149,7 @@ def pick_task(
 
 
 def can_run(worker: WorkerView, pool: str, site: str | None, renderer: str | None, requires: frozenset[str],
-            version: str | None = None, scripts: bool = False) -> bool:
+            version: str | None = None, scripts: bool = False, host: HostNeeds | None = None) -> bool:
     """Whether `worker` may ever take a task of a job with these needs (whatever else it is doing)."""
     return (
         worker.pool == pool
@@ -103,6 +158,7 @@ def can_run(worker: WorkerView, pool: str, site: str | None, renderer: str | Non
         and (renderer is None or worker.renderers is None or renderer in worker.renderers)
         and (version is None or renderer is None or version_matches(worker.version_of(renderer), version))
         and (not scripts or worker.scripts)
+        and (host is None or host.unmet(worker) is None)
     )
 
 
@@ -113,10 +169,16 @@ def version_matches(have: str | None, need: str) -> bool:
 
 
 def unschedulable(workers: Iterable[WorkerView], pool: str, site: str | None, renderer: str | None,
-                  requires: frozenset[str], version: str | None = None, scripts: bool = False) -> str | None:
+                  requires: frozenset[str], version: str | None = None, scripts: bool = False,
+                  hosts: Mapping[str, HostNeeds] | None = None) -> str | None:
     """Why no live worker could run a job with these needs, or None if one could. The reason names
-    the first need that rules the last candidates out, so it says what to fix."""
+    the first need that rules the last candidates out, so it says what to fix. `hosts`: an OpenJD
+    job's host requirements by step; a step no live worker meets makes the job unschedulable."""
     workers = list(workers)
+    for step, host in (hosts or {}).items():
+        able = [w for w in workers if can_run(w, pool, site, renderer, requires, version, scripts)]
+        if able and not any(host.unmet(w) is None for w in able):
+            return f"step {step!r}: no live worker of pool {pool!r} has {host.unmet(able[0])}"
     if any(can_run(w, pool, site, renderer, requires, version, scripts) for w in workers):
         return None
     if not workers:
@@ -132,6 +194,9 @@ def unschedulable(workers: Iterable[WorkerView], pool: str, site: str | None, re
         return f"no live worker of pool {pool!r} has tag(s) {', '.join(sorted(requires))}"
     equipped = [w for w in tagged if renderer is None or w.renderers is None or renderer in w.renderers]
     if not equipped:
+        if renderer == "openjd":
+            return (f"no live worker of pool {pool!r} with the needed tags runs OpenJD tasks "
+                    f"(a node opts in with FARM_ALLOW_OPENJD=1)")
         return f"no live worker of pool {pool!r} with the needed tags has the {renderer} renderer"
     versioned = [w for w in equipped if can_run(w, pool, site, renderer, requires, version)]
     if not versioned:

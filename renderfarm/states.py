@@ -39,6 +39,7 @@ class TaskKind(str, Enum):
     RENDER = "render"  # a chunk of whole frames
     TILE = "tile"  # one tile of one frame
     ASSEMBLE = "assemble"  # stitching one frame's committed tiles
+    OPENJD = "openjd"  # one task of an OpenJD step: its parameter values, run in an OpenJD session
 
 
 class WorkerState(str, Enum):

@@ -5,6 +5,7 @@ Reads go straight to the database (never through the manager) and work with the 
 
 from __future__ import annotations
 
+import json
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -127,11 +128,16 @@ class TaskRow:
     column: int | None = None  # and its column and row in the grid
     row: int | None = None
     region: dict[str, int] | None = None  # the pixels it produces: x, y, width, height
+    step: str | None = None  # an OpenJD task's step, its task parameters ({NAME: {type, value}})...
+    parameters: dict[str, Any] | None = None
+    status_text: str | None = None  # ...its latest attempt's openjd_status text...
+    outputs: list[dict[str, Any]] | None = None  # ...and its committed files: path, key, size, sha256
 
     def to_json(self) -> dict[str, Any]:
-        """Every field; a tiled job's tasks also carry their column, row and region."""
+        """Every field; a tiled job's tasks also carry their column, row and region, an OpenJD
+        job's their step, status text and output files."""
         doc = asdict(self)
-        for key in ("column", "row", "region"):
+        for key in ("column", "row", "region", "step", "parameters", "status_text", "outputs"):
             if doc[key] is None:
                 del doc[key]
         return doc
@@ -162,7 +168,8 @@ def list_tasks(session: Session, job: Job, state: str | None = None, limit: int 
     tasks = session.scalars(query).all()
     by_task: dict[int, list[dict[str, Any]]] = {}
     columns = (Attempt.task_id, Attempt.number, Attempt.worker, Attempt.state, Attempt.queued_at,
-               Attempt.started_at, Attempt.finished_at, Attempt.error, Attempt.log_key)
+               Attempt.started_at, Attempt.finished_at, Attempt.error, Attempt.log_key, Attempt.progress,
+               Attempt.status_text)
     if state or limit:  # a few tasks of a big job (`farm top` shows a page): only their attempts
         ids = [t.id for t in tasks]
         wheres = [Attempt.task_id.in_(ids[i : i + 500]) for i in range(0, len(ids), 500)]
@@ -173,15 +180,35 @@ def list_tasks(session: Session, job: Job, state: str | None = None, limit: int 
             by_task.setdefault(row.task_id, []).append(
                 {"number": row.number, "worker": row.worker, "state": row.state, "queued_at": row.queued_at,
                  "started_at": row.started_at, "finished_at": row.finished_at, "error": row.error,
-                 "log_key": row.log_key}
+                 "log_key": row.log_key,
+                 **({"progress": row.progress} if row.progress is not None else {}),
+                 **({"status_text": row.status_text} if row.status_text is not None else {})}
             )
     tiles = _job_tiles(job)
+    files = _openjd_files(session, job, [t.id for t in tasks]) if job.openjd_template else {}
     return [
         TaskRow(f"{job.id}:{t.index}", t.index, t.frames, t.state, t.worker, t.progress,
                 by_task.get(t.id, []), t.started_at, t.finished_at, t.error, t.kind, t.tile,
-                **_placement(job, t, tiles))
+                **_placement(job, t, tiles),
+                **({"step": t.step, "parameters": json.loads(t.parameters or "{}"), "status_text": next((a["status_text"] for a in reversed(by_task.get(t.id, []))
+                                                         if "status_text" in a), None),
+                    "outputs": files.get(t.id, [])} if job.openjd_template else {}))
         for t in tasks
     ]
+
+
+def _openjd_files(session: Session, job: Job, task_ids: list[int]) -> dict[int, list[dict[str, Any]]]:
+    """The committed files of these tasks of an OpenJD job, by task."""
+    from renderfarm.models import JobOutput
+
+    files: dict[int, list[dict[str, Any]]] = {}
+    for start in range(0, len(task_ids), 500):
+        for row in session.scalars(select(JobOutput).where(
+                JobOutput.job_id == job.id, JobOutput.task_id.in_(task_ids[start:start + 500]))
+                .order_by(JobOutput.path)):
+            files.setdefault(row.task_id, []).append(
+                {"path": row.path, "key": row.key, "size": row.size, "sha256": row.sha256})
+    return files
 
 
 def _job_tiles(job: Job) -> list:

@@ -17,7 +17,8 @@ from renderfarm.models import Attempt, Job, Task, Worker
 from renderfarm.planning import plan_tasks
 from renderfarm.status import SchemaMissing, job_status, list_tasks, resolve_job
 
-TABLES = {"alembic_version", "attempts", "idle_power", "jobs", "nodes", "notifications", "purges", "tasks", "workers"}
+TABLES = {"alembic_version", "attempts", "idle_power", "jobs", "nodes", "notifications", "outputs", "purges",
+          "tasks", "workers"}
 SHA = "ab" * 32
 
 
@@ -128,7 +129,7 @@ def test_upgrade_creates_schema_and_is_idempotent(database_url):
     engine = make_engine(database_url, writer=True)
     try:
         assert current_revision(engine) is None
-        assert head_revision() == "0016"
+        assert head_revision() == "0018"
         upgrade(engine)
         assert current_revision(engine) == head_revision()
         assert set(inspect(engine).get_table_names()) == TABLES
@@ -138,7 +139,7 @@ def test_upgrade_creates_schema_and_is_idempotent(database_url):
         assert set(inspect(engine).get_table_names()) == TABLES
         assert snapshot(engine, "job00001")[0] == "queued"
         with engine.connect() as conn:
-            assert conn.execute(text("SELECT version_num FROM alembic_version")).scalars().all() == ["0016"]
+            assert conn.execute(text("SELECT version_num FROM alembic_version")).scalars().all() == ["0018"]
     finally:
         engine.dispose()
 

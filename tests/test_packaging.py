@@ -71,7 +71,8 @@ def test_the_wheels_carry_what_a_machine_without_a_checkout_needs(dist):
     deploy = {f"renderfarm_worker/deploy/{p.name}" for p in DEPLOY.iterdir()}
     assert deploy <= wheel_names(dist, "renderfarm_worker")
     meta = wheel_text(dist, "renderfarm_worker", "METADATA")
-    assert re.findall(r"^Requires-Dist: (.+)$", meta, re.MULTILINE) == ["renderfarm"]
+    assert re.findall(r"^Requires-Dist: (.+)$", meta, re.MULTILINE) == [
+        "openjd-sessions<0.15,>=0.14", "renderfarm"]
     scripts = wheel_text(dist, "renderfarm_worker", "entry_points.txt")
     assert "farm-worker = renderfarm_worker.daemon:main" in scripts
     scripts = wheel_text(dist, "renderfarm_cli", "entry_points.txt")

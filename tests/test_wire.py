@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 
 import pytest
+from openjdkit import TWO_STEPS
 
 from renderfarm import wire
 from renderfarm.errors import FrameSpecError, InputError
@@ -36,6 +37,15 @@ BEAT = {
     "capabilities": {"renderers": {"builtin": "0.1.0", "blender": "3.4.1"}, "tags": ["gpu"], "cores": 32,
                      "memory_gib": 125.5, "gpu": "NVIDIA A40"},
 }
+
+OPENJD_SPEC = {"name": "two-steps", "owner": "ana", "template": TWO_STEPS, "parameters": {"Quality": "4"},
+               "priority": 60, "max_attempts": 3, "suspended": False, "max_workers": 4}
+OPENJD_INPUT = {"path": "FramesDir/frames/f.0001.png", "key": "jobs/1a2b3c4d/outputs/Render/FramesDir/f.0001.png",
+                "url": "http://127.0.0.1:8333/farm/jobs/1a2b3c4d/outputs/x?X-Amz-Signature=ab", "size": 1234,
+                "sha256": SHA}
+OPENJD_TASK = {"template": TWO_STEPS, "job_parameters": {"Frames": "1-25", "Quality": "4"}, "step": "Sheet",
+               "task_parameters": {"Page": {"type": "INT", "value": "3"}, "Side": {"type": "STRING", "value": "left"}},
+               "inputs": [OPENJD_INPUT]}
 
 EXAMPLES = [
     (wire.JobSpec, SPEC),
@@ -77,6 +87,12 @@ EXAMPLES = [
                                        "redis_user": "node-01", "redis_password": "p" * 16}, "tasks": [1, 2]}),
     (wire.Sealed, {"node": "node-01", "seq": 5, "body": '{"type": "bye", "worker": "node-01"}', "mac": "c" * 64}),
     (wire.SleepOrder, {"order": "sleep", "node": "node-01", "seq": 1796535843235, "idle": 600.5}),
+    (wire.OpenJDSpec, OPENJD_SPEC),
+    (wire.OpenJDSubmitIntent, {"type": "submit_openjd", "request_id": "c" * 32, "job": OPENJD_SPEC}),
+    (wire.OpenJDInput, OPENJD_INPUT),
+    (wire.OpenJDTask, OPENJD_TASK),
+    (wire.TaskOrder, {**ORDER, "kind": "openjd", "region": None, "renderer": "openjd", "frames": [3],
+                      "openjd": OPENJD_TASK}),
 ]
 
 
@@ -211,6 +227,11 @@ BAD = [
     (wire.SleepOrder, EXAMPLES[29][1], "node", "../x", "sleep order: node: '../x' should match pattern"),
     (wire.SleepOrder, EXAMPLES[29][1], "seq", 0, "sleep order: seq: 0 should be greater than or equal to 1"),
     (wire.SleepOrder, EXAMPLES[29][1], "idle", 1e10, "sleep order: idle: 10000000000.0 should be less than"),
+    (wire.OpenJDSpec, OPENJD_SPEC, "priority", 101, "submission: priority: 101 should be less than or equal to 100"),
+    (wire.OpenJDInput, OPENJD_INPUT, "path", "../x.png", "openjd input: path: "),
+    (wire.OpenJDInput, OPENJD_INPUT, "sha256", "z" * 64, "openjd input: sha256: "),
+    (wire.OpenJDTask, OPENJD_TASK, "step", "", "openjd task: step: '' should have at least 1 character"),
+    (wire.OpenJDTask, OPENJD_TASK, "task_parameters.Page.type", "BOOL", "openjd task: task_parameters.Page.type: "),
 ]
 
 
@@ -281,3 +302,14 @@ def test_the_cli_and_the_manager_share_one_submission_check():
     assert "JobSpec.parse" in inspect.getsource(client.check_submission)
     assert not hasattr(submission, "render_options") and "InputError(f\"resolution" not in inspect.getsource(submission)
     assert not hasattr(client, "check_chunk") and not hasattr(client, "check_priority")
+
+
+@pytest.mark.parametrize(("name", "value", "says"), [
+    ("Quality", "11", "parameter: Value (11) for parameter Quality must be at most 10."),
+    ("Nope", "1", "parameter: Job parameter values provided for parameters that are not defined in the template: Nope"),
+])
+def test_an_openjd_parameter_outside_the_template_is_one_input_error(name, value, says):
+    """The template's own checks (openjd-model's) run in the same parse, at both ends."""
+    with pytest.raises(InputError) as refused:
+        wire.OpenJDSpec.parse(json.dumps({**OPENJD_SPEC, "parameters": {name: value}}))
+    assert str(refused.value) == says

@@ -109,7 +109,8 @@ def _idle_report(settings, json_: bool) -> None:
 
 
 def submit(
-    scene: Annotated[str, typer.Argument(help="The scene file to render.", show_default=False)],
+    scene: Annotated[str, typer.Argument(help="The scene file to render, or an OpenJD job template (.yaml, .json) or job bundle directory.", show_default=False)],
+    param: Annotated[Optional[list[str]], typer.Option("-p", "--param", help="An OpenJD job parameter's value, NAME=VALUE; repeat for several.")] = None,
     frames: Annotated[Optional[str], typer.Option(help="Frames to render, e.g. 1-100, 1-100x2, 1,5,10-20 (default: the scene's own range).")] = None,
     chunk: Annotated[str, typer.Option(help="Frames per task.")] = "1",
     renderer: Annotated[Optional[str], typer.Option(help="Renderer: builtin, blender, null (draws nothing: measures the farm) or command (default: blender for a .blend, else builtin).")] = None,
@@ -138,19 +139,45 @@ def submit(
     wait: Annotated[bool, typer.Option("--wait", help="Wait for the job to finish, showing progress.")] = False,
     json_: JsonOpt = False,
 ) -> None:
-    """Submit a shot: split its frames into tasks and queue them on the farm."""
-    from renderfarm.client import Submission
-    from renderfarm.client import submit as submit_shot
+    """Submit a shot: split its frames into tasks and queue them on the farm. An OpenJD job
+    template or bundle becomes one task per task of each of its steps."""
+    from renderfarm.errors import InputError
+    from renderfarm.openjd import is_template_path
 
     settings = _settings()
-    sub = Submission(scene=scene, frames=frames, chunk=chunk, renderer=renderer, priority=priority, pool=pool,
-                     name=name, timeout=timeout, tiles=tiles, tile_size=tile_size, format=format_,
-                     keep_tiles=keep_tiles, max_workers=max_workers, after=after, first_last=first_last,
-                     frame_by_frame=frame_by_frame, site=site, prefer=prefer, deadline=deadline,
-                     requires=tuple(require or ()), resolution=resolution, samples=samples,
-                     allow_scripts=allow_scripts, renderer_version=blender_version,
-                     notify=notify)
-    job_id = submit_shot(settings, sub, request_id=request_id, warn=note)
+    if is_template_path(Path(scene)):
+        from renderfarm.jobtemplates import TemplateSubmission, submit_template
+
+        scene_only = {"--frames": frames, "--renderer": renderer, "--tiles": tiles, "--tile-size": tile_size,
+                      "--resolution": resolution, "--samples": samples, "--blender-version": blender_version,
+                      "--frame-by-frame": frame_by_frame or None, "--first-last": first_last or None,
+                      "--keep-tiles": keep_tiles or None, "--allow-scripts": allow_scripts or None,
+                      "--chunk": None if chunk == "1" else chunk, "--format": None if format_ == "png" else format_}
+        given = next((flag for flag, value in scene_only.items() if value is not None), None)
+        if given is not None:
+            raise InputError(f"{given.lstrip('-')}: an OpenJD template's steps say what to run; {given} is for scenes")
+        job_id = submit_template(settings, TemplateSubmission(
+            Path(scene), tuple(param or ()), priority=priority, pool=pool, name=name, timeout=timeout,
+            max_workers=max_workers, after=after, site=site, prefer=prefer, deadline=deadline,
+            requires=tuple(require or ()), notify=notify), request_id=request_id, warn=note)
+    else:
+        if param:
+            raise InputError("param: -p NAME=VALUE is for OpenJD job templates and bundles")
+        from renderfarm.client import Submission
+        from renderfarm.client import submit as submit_shot
+
+        sub = Submission(scene=scene, frames=frames, chunk=chunk, renderer=renderer, priority=priority, pool=pool,
+                         name=name, timeout=timeout, tiles=tiles, tile_size=tile_size, format=format_,
+                         keep_tiles=keep_tiles, max_workers=max_workers, after=after, first_last=first_last,
+                         frame_by_frame=frame_by_frame, site=site, prefer=prefer, deadline=deadline,
+                         requires=tuple(require or ()), resolution=resolution, samples=samples,
+                         allow_scripts=allow_scripts, renderer_version=blender_version,
+                         notify=notify)
+        job_id = submit_shot(settings, sub, request_id=request_id, warn=note)
+    _report_submitted(settings, job_id, wait, json_)
+
+
+def _report_submitted(settings, job_id: str, wait: bool, json_: bool) -> None:
     status = _status_of(settings, job_id)
     if wait:
         from renderfarm_cli.progress import follow_job
@@ -362,17 +389,22 @@ def tasks(
         return
     from rich.table import Table
 
-    tiled = any(t.kind != "render" for t in rows)  # a tile or an assembly: say which, and where
+    tiled = any(t.kind in ("tile", "assemble") for t in rows)  # a tile or an assembly: say which, and where
+    openjd = any(t.step is not None for t in rows)  # an OpenJD task: its step, and its status text
     table = Table(box=None, header_style="bold")
-    for col in ("TASK", *(("KIND",) if tiled else ()), "FRAMES", *(("REGION",) if tiled else ()),
-                "STATE", "WORKER", "ATTEMPTS", "TIME", "ERROR"):
+    for col in ("TASK", *(("KIND",) if tiled else ()), *(("STEP",) if openjd else ()),
+                "PARAMETERS" if openjd else "FRAMES",
+                *(("REGION",) if tiled else ()), "STATE", "WORKER", "ATTEMPTS", "TIME",
+                *(("STATUS",) if openjd else ()), "ERROR"):
         table.add_column(col)
     for t in rows:
         took = (t.finished_at - t.started_at) if t.finished_at and t.started_at else None
         tries = ", ".join(f"{a['number']}:{a['worker']}:{a['state']}" for a in t.attempts) or "-"
         placed = ((t.what(),), (t.region_text(),)) if tiled else ((), ())
-        table.add_row(t.id, *placed[0], t.frames, *placed[1], state_text(t.state), t.worker or "-", tries,
-                      duration(took), (t.error or "")[:60])
+        step = ((t.step or "-",), ((t.status_text or "")[:40],)) if openjd else ((), ())
+        what = " ".join(f"{k}={v['value']}" for k, v in (t.parameters or {}).items()) or t.frames
+        table.add_row(t.id, *placed[0], *step[0], what if openjd else t.frames, *placed[1], state_text(t.state), t.worker or "-",
+                      tries, duration(took), *step[1], (t.error or "")[:60])
     out().print(table if rows else "no tasks")
 
 
@@ -409,8 +441,9 @@ def download(
     dest: Annotated[str, typer.Argument(help="Directory to put the frames in.", show_default=False)],
     tiles: Annotated[bool, typer.Option("--tiles", help="Download the job's kept tiles (submitted with --keep-tiles) instead, as DEST/NAME.FRAME/TILE.EXT.")] = False,
 ) -> None:
-    """Download a job's finished frames into DEST, each checked against its SHA-256. Exits 0
-    only when every frame arrived intact; anything else stored beside them is skipped."""
+    """Download a job's finished frames into DEST, each checked against its SHA-256 (an OpenJD
+    job's output files, as DEST/<their path>). Exits 0 only when every one arrived intact;
+    anything else stored beside them is skipped."""
     from renderfarm.downloads import download as fetch
     from renderfarm.errors import InputError, NotFoundError, VerificationError
     from renderfarm.status import resolve_job
@@ -419,10 +452,10 @@ def download(
     settings = _settings()
     with _job_session(settings, job) as session:
         found = resolve_job(session, job)
-        job_id, tiled, kept = found.id, bool(found.tiles), found.keep_tiles
+        job_id, tiled, kept, openjd = found.id, bool(found.tiles), found.keep_tiles, bool(found.openjd_template)
     if tiles and not tiled:
         raise InputError(f"tiles: job {job_id} is not tiled (it was submitted without --tiles or --tile-size)")
-    what, unit = ("tiles", "tile") if tiles else ("frames", "frame")
+    what, unit = ("tiles", "tile") if tiles else ("files", "file") if openjd else ("frames", "frame")
     progress: dict[str, Progress] = {}
 
     def on_progress(i: int, total: int, name: str) -> None:

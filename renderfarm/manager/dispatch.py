@@ -23,7 +23,7 @@ from renderfarm.models import (
     TaskKind,
     TaskState,
 )
-from renderfarm.scheduling import Candidate, WorkerView, pick_task
+from renderfarm.scheduling import Candidate, WorkerView, pick_task, step_hosts
 
 if TYPE_CHECKING:
     from sqlmodel import Session
@@ -138,7 +138,17 @@ def _queue_attempts(session: Session, chosen: list[tuple[str, Candidate]], now: 
                                                                          flush=False))
               for worker, c in chosen]
     session.flush()
-    return [Handout(attempt.worker, task_order(job, task, attempt), job.timeout) for job, task, attempt in queued]
+    return [Handout(attempt.worker, task_order(job, task, attempt, inputs=_inputs(session, job, task)),
+                    job.timeout) for job, task, attempt in queued]
+
+
+def _inputs(session: Session, job: Job, task: Task) -> tuple:
+    """An OpenJD task's inputs: the files of the steps its step depends on (none for others)."""
+    if task.kind != TaskKind.OPENJD.value:
+        return ()
+    from renderfarm.manager.openjd_outputs import task_inputs
+
+    return task_inputs(session, job, task)
 
 
 URL_LIFETIME = 24 * 3600  # seconds a presigned URL in a task order works (it may wait in a queue)
@@ -174,6 +184,12 @@ class OrderSealer:
                 continue  # revoked meanwhile: the reaper takes its attempts back
             order = h.order
             urls = {"scene_url": self.url(order.scene_key, now)}
+            if order.openjd is not None and order.openjd.inputs:
+                inputs = order.openjd.inputs
+                input_urls = [self.url(i.key, now) for i in inputs]  # reused across dependents
+                if all(input_urls):
+                    urls["openjd"] = order.openjd.model_copy(update={"inputs": tuple(
+                        i.model_copy(update={"url": url}) for i, url in zip(inputs, input_urls))})
             if order.tile_keys:
                 tile_urls = [self.storage.presigned_get(k, URL_LIFETIME) for k in order.tile_keys]
                 if all(tile_urls):
@@ -192,7 +208,7 @@ def runnable_jobs(session: Session, now: float | None = None) -> list[tuple]:
     query = (
         select(Job.id, Job.priority, Job.submitted_at, Job.pool, Job.max_workers, Job.after, Job.site, Job.prefer,
                Job.requires, Job.renderer, Job.renderer_version, Job.render_options, Job.plan_site,
-               Job.frame_by_frame)
+               Job.frame_by_frame, Job.openjd_steps)
         .where(Job.state.in_([JobState.QUEUED.value, JobState.RUNNING.value]))
     )
     if now is not None:
@@ -212,18 +228,20 @@ def runnable_jobs(session: Session, now: float | None = None) -> list[tuple]:
 
 def pending_tasks(session: Session, job, wanted: int) -> list[tuple]:
     """The first `wanted` pending tasks of a runnable job that may start now (by rank, then
-    index), as (id, index, attempts, rank): all of them, or for a job that follows another frame
-    by frame, those whose frames are there in it."""
+    index), as (id, index, attempts, rank, step): all of them; for a job that follows another
+    frame by frame, those whose frames are there in it; for an OpenJD job, those of the steps
+    whose dependencies are done."""
     if job.frame_by_frame and job.after:
         from renderfarm.manager.framedeps import ready_pending
 
         return ready_pending(session, job.id, job.after, wanted)
-    return session.execute(
-        select(Task.id, Task.index, Task.attempts, Task.rank)
-        .where(Task.job_id == job.id, Task.state == TaskState.PENDING.value)
-        .order_by(Task.rank, Task.index)
-        .limit(wanted)
-    ).all()
+    query = (select(Task.id, Task.index, Task.attempts, Task.rank, Task.step)
+             .where(Task.job_id == job.id, Task.state == TaskState.PENDING.value))
+    if job.openjd_steps:
+        from renderfarm.manager.stepdeps import ready_steps
+
+        query = query.where(Task.step.in_(ready_steps(session, job.id, job.openjd_steps)))
+    return session.execute(query.order_by(Task.rank, Task.index).limit(wanted)).all()
 
 
 def runnable_candidates(session: Session, wanted: int, now: float | None = None) -> list[Candidate]:
@@ -244,7 +262,8 @@ def runnable_candidates(session: Session, wanted: int, now: float | None = None)
     rows: list[tuple] = []
     for job in jobs:
         tasks = pending_tasks(session, job, wanted)
-        rows += [(t.id, job, t.index, t.attempts, t.rank) for t in tasks]
+        hosts = step_hosts(job.openjd_steps)
+        rows += [(t.id, job, t.index, t.attempts, t.rank, hosts.get(getattr(t, "step", None))) for t in tasks]
     failed_on: dict[int, set[str]] = {}
     retried = [r[0] for r in rows if r[3] > 0]
     for start in range(0, len(retried), 500):
@@ -258,8 +277,8 @@ def runnable_candidates(session: Session, wanted: int, now: float | None = None)
         Candidate(task_id, job.id, index, job.priority, job.submitted_at, job.pool,
                   frozenset(failed_on.get(task_id, ())), frozenset(blocked.get(job.id, ())), rank, job.max_workers,
                   job.plan_site or job.site, job.prefer == "cheapest", required_tags(job.requires), job.renderer,
-                  job.renderer_version, wants_scripts(job.render_options))
-        for task_id, job, index, _attempts, rank in rows
+                  job.renderer_version, wants_scripts(job.render_options), host)
+        for task_id, job, index, _attempts, rank, host in rows
     ]
 
 
@@ -287,22 +306,29 @@ def outranked_prefetches(session: Session, now: float | None = None) -> list[Att
     return [a for a, priority, pool in rows if priority < waiting.get(pool, -1)]
 
 
-def task_order(job: Job, task: Task, attempt: Attempt) -> TaskOrder:
-    """What a worker receives for one attempt: ids and plain values only, never secrets."""
+def task_order(job: Job, task: Task, attempt: Attempt, *, inputs: tuple = ()) -> TaskOrder:
+    """What a worker receives for one attempt: ids and plain values only, never secrets; an
+    OpenJD task's `inputs` (OpenJDInput) go in its openjd part."""
     from renderfarm.wire import Box, RenderOptions, TaskOrder
 
-    region = grid = None
+    region = grid = openjd = None
     tile_keys: tuple[str, ...] = ()
     if task.kind == TaskKind.TILE.value:
         t = job_tiles(job)[task.tile]
         region = Box(x=t.x, y=t.y, width=t.width, height=t.height)
     elif task.kind == TaskKind.ASSEMBLE.value:
         grid, tile_keys = job.tiles, tuple(frame_tile_keys(job, task.first_frame))
+    elif task.kind == TaskKind.OPENJD.value:
+        from renderfarm.manager.stepdeps import openjd_task
+
+        openjd = openjd_task(job, task)
+        if inputs:
+            openjd = openjd.model_copy(update={"inputs": tuple(inputs)})
     return TaskOrder(
         kind=task.kind, attempt_id=attempt.id, attempt=attempt.number, task_id=task.id, task_index=task.index,
         node=attempt.worker, job_id=job.id, name=job.name, renderer=job.renderer, scene_key=job.scene_key,
         scene_sha256=job.scene_sha256, frames=tuple(parse_frames(task.frames)), format=job.output_format,
-        width=job.width, height=job.height, timeout=float(job.timeout), region=region, grid=grid,
-        tile_keys=tile_keys, renderer_version=job.renderer_version,
+        width=job.width or 1, height=job.height or 1, timeout=float(job.timeout), region=region, grid=grid,
+        tile_keys=tile_keys, openjd=openjd, renderer_version=job.renderer_version,
         options=RenderOptions(**json.loads(job.render_options)) if job.render_options else None,
     )

@@ -15,7 +15,7 @@ from renderfarm import lifecycle
 from renderfarm.errors import RenderFarmError, StorageError, VerificationError
 from renderfarm.manager.expected import expected_outputs, frame_tile_keys
 from renderfarm.manager.removal import apply_archive, apply_delete
-from renderfarm.manager.submission import submit
+from renderfarm.manager.submission import submit, submit_openjd
 from renderfarm.manager.verbs import apply_hold, apply_task_verb, apply_verb
 from renderfarm.models import Attempt, Job, Task, TaskKind
 from renderfarm.wire import (
@@ -26,6 +26,7 @@ from renderfarm.wire import (
     Failed,
     NodeAddIntent,
     NodeRevokeIntent,
+    OpenJDSubmitIntent,
     Progress,
     Released,
     Reply,
@@ -57,6 +58,7 @@ class Promotion:
     final_keys: list[str]
     leftovers: list[str] | None = None
     error: Exception | None = None
+    committed: list = field(default_factory=list)  # an OpenJD task's files (openjd_outputs.Committed)
 
 
 @dataclass
@@ -111,6 +113,9 @@ def apply_intent(session: Session, settings: Settings, r, intent: Intent, batch:
         if isinstance(intent, SubmitIntent):
             job_id, created = submit(session, settings, intent, now)
             reply = Reply(ok=True, job_id=job_id, changed=created)
+        elif isinstance(intent, OpenJDSubmitIntent):
+            job_id, created = submit_openjd(session, settings, intent, now)
+            reply = Reply(ok=True, job_id=job_id, changed=created)
         elif isinstance(intent, NodeAddIntent):
             reply = nodebook.enroll(session, settings, r, book, intent, now)
         elif isinstance(intent, NodeRevokeIntent):
@@ -157,7 +162,7 @@ def apply_event(session: Session, settings: Settings, storage: Storage, event: E
     if isinstance(event, Started):
         lifecycle.start_attempt(session, attempt, now - event.elapsed)
     elif isinstance(event, Progress):
-        lifecycle.note_progress(session, attempt, event.progress)
+        lifecycle.note_progress(session, attempt, event.progress, event.status)
     elif isinstance(event, Done):
         attempt_done(session, storage, attempt, event.outputs, event.log_key, now, batch, started_at)
     elif isinstance(event, Failed):
@@ -179,8 +184,6 @@ def apply_event(session: Session, settings: Settings, storage: Storage, event: E
 def attempt_done(session: Session, storage: Storage, attempt: Attempt, outputs: tuple[Output, ...] | list[Output],
                  log_key: str | None, now: float, batch: Batch, started_at: float | None = None) -> None:
     """An attempt says it rendered everything: verify, promote, commit the task, exactly once."""
-    from renderfarm.manager.verify import verify_and_promote
-
     ahead = batch.promotion(attempt.id, take=True)
     if not lifecycle.receive_done(session, attempt, now, started_at):
         if ahead is not None and ahead.error is None and not lifecycle.task_done(session, attempt):
@@ -192,11 +195,11 @@ def attempt_done(session: Session, storage: Storage, attempt: Attempt, outputs: 
     task = session.get(Task, attempt.task_id)
     try:
         if ahead is None:
-            leftovers = verify_and_promote(storage, list(outputs), **_where(job, task, attempt))
+            leftovers, committed = _verify(storage, list(outputs), _where(job, task, attempt))
         elif ahead.error is not None:
             raise ahead.error
         else:
-            leftovers = ahead.leftovers
+            leftovers, committed = ahead.leftovers, ahead.committed
     except StorageError as e:
         if e.transient:
             raise
@@ -207,7 +210,10 @@ def attempt_done(session: Session, storage: Storage, attempt: Attempt, outputs: 
         _reject(session, attempt, job, task, now, log_key, e)
         batch.release([attempt])
         return
-    lifecycle.complete_attempt(session, attempt, now, log_key)
+    if lifecycle.complete_attempt(session, attempt, now, log_key) and task.kind == TaskKind.OPENJD.value:
+        from renderfarm.manager.openjd_outputs import record
+
+        record(session, job.id, task, committed, now)
     if task.kind == TaskKind.ASSEMBLE.value and not job.keep_tiles:
         # Only now that the frame is committed are its tiles of no further use.
         batch.delete_keys += frame_tile_keys(job, task.first_frame)
@@ -216,10 +222,34 @@ def attempt_done(session: Session, storage: Storage, attempt: Attempt, outputs: 
 
 
 def _where(job: Job, task: Task, attempt: Attempt) -> dict:
-    """What verify_and_promote needs to know of an attempt, as plain values."""
+    """What verify_and_promote (or, for an OpenJD task, verify_and_promote_files) needs to know
+    of an attempt, as plain values."""
+    if task.kind == TaskKind.OPENJD.value:
+        return {"node": attempt.worker, "job_id": job.id, "task_index": task.index, "attempt": attempt.number,
+                "step": task.step}
     return {"node": attempt.worker, "job_id": job.id, "task_index": task.index, "attempt": attempt.number,
             "name": job.name,
             "expected": expected_outputs(job, task), "fmt": job.output_format}
+
+
+def _verify(storage: Storage, outputs: list[Output], where: dict) -> tuple[list[str], list]:
+    """Verify and promote an attempt's outputs: its attempt's own copies to delete once it is
+    committed, and (an OpenJD task's) the files committed, to record."""
+    from renderfarm.manager.verify import verify_and_promote
+
+    if "step" in where:
+        from renderfarm.manager.openjd_outputs import verify_and_promote_files
+
+        return verify_and_promote_files(storage, outputs, **where)
+    return verify_and_promote(storage, outputs, **where), []
+
+
+def _final_keys(where: dict, outputs: list[Output]) -> list[str]:
+    if "step" in where:
+        from renderfarm.manager.openjd_outputs import final_keys
+
+        return final_keys(where["job_id"], where["step"], outputs)
+    return [e.final_key for e in where["expected"]]
 
 
 def _record_usage(session: Session, settings: Settings, attempt: Attempt, usage: Usage, now: float) -> None:
@@ -269,8 +299,6 @@ def promote_ahead(session: Session, storage: Storage, events: list[Event], batch
     its done event waits for the outcome (`batch.promotion`)."""
     from concurrent.futures import ThreadPoolExecutor
 
-    from renderfarm.manager.verify import verify_and_promote
-
     calls = {}
     for event in events:
         if not isinstance(event, Done) or event.attempt_id in calls:
@@ -283,9 +311,10 @@ def promote_ahead(session: Session, storage: Storage, events: list[Event], batch
         outputs = list(event.outputs)
 
         def call(where=where, outputs=outputs) -> Promotion:
-            keys = [e.final_key for e in where["expected"]]
+            keys = _final_keys(where, outputs)
             try:
-                return Promotion(keys, leftovers=verify_and_promote(storage, outputs, **where))
+                leftovers, committed = _verify(storage, outputs, where)
+                return Promotion(keys, leftovers=leftovers, committed=committed)
             except (StorageError, VerificationError) as e:
                 return Promotion(keys, error=e)
 

@@ -18,7 +18,7 @@ from sqlalchemy import delete, select, update
 from renderfarm import lifecycle
 from renderfarm.db import session_scope
 from renderfarm.errors import InputError, NotFoundError
-from renderfarm.models import JOB_FINAL, Attempt, Job, Purge, Task
+from renderfarm.models import JOB_FINAL, Attempt, Job, JobOutput, Purge, Task
 from renderfarm.storage.keys import frames_prefix, job_prefix, node_prefix
 from renderfarm.wire import ArchiveIntent, DeleteIntent, Reply
 
@@ -133,6 +133,7 @@ def _delete_rows(session: Session, job_id: str) -> None:
     """The job's attempts, tasks and row (children first: foreign keys). Its webhook
     notifications stay: they are the record of what was said, and have no foreign key."""
     session.flush()
+    session.execute(delete(JobOutput).where(JobOutput.job_id == job_id))
     session.execute(delete(Attempt).where(Attempt.job_id == job_id))
     session.execute(delete(Task).where(Task.job_id == job_id))
     session.execute(delete(Job).where(Job.id == job_id))

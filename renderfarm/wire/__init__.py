@@ -3,12 +3,14 @@ checks every field's type, range and length (raising a WireError that names the 
 value) and one `to_json()`. Both ends of every hop use the same class.
 
     hop                                 messages
-    control stream   CLI -> manager     SubmitIntent (a JobSpec), CancelIntent, SuspendIntent,
+    control stream   CLI -> manager     SubmitIntent (a JobSpec), OpenJDSubmitIntent (an
+                                        OpenJDSpec), CancelIntent, SuspendIntent,
                                         ResumeIntent, RetryIntent, PriorityIntent, SetIntent, TaskIntent,
                                         DeleteIntent, ArchiveIntent, NodeAddIntent,
                                         NodeRevokeIntent, WorkerHoldIntent: parse_intent()
     reply list       manager -> CLI     Reply (with a NodeGrant for an enrolled node)
-    node's queue     manager -> node    TaskOrder, SleepOrder, Sealed with the node's key
+    node's queue     manager -> node    TaskOrder (an OpenJD task's: OpenJDTask,
+                                        its inputs: OpenJDInput), SleepOrder, Sealed with the node's key
     node's heartbeat node -> manager    Heartbeat, Sealed
     node's events    node -> manager    Started, Progress, Done, Failed, Released, Refused, Bye,
                                         Sealed: parse_event()
@@ -54,17 +56,18 @@ from renderfarm.wire.intents import (
     WorkerHoldIntent,
     parse_intent,
 )
-from renderfarm.wire.orders import Box, TaskOrder
+from renderfarm.wire.orders import Box, OpenJDInput, OpenJDTask, TaskOrder
 from renderfarm.wire.sealed import Sealed
 from renderfarm.wire.sleep import SleepOrder
-from renderfarm.wire.submission import JobSpec, RenderOptions, SubmitIntent
+from renderfarm.wire.submission import JobSpec, OpenJDSpec, OpenJDSubmitIntent, RenderOptions, SubmitIntent
 
 __all__ = [
     "ArchiveIntent", "AttemptEvent", "Box", "Bye", "CancelIntent", "Capabilities", "DeadLetter", "DeleteIntent",
     "Done", "Event", "Failed",
     "Heartbeat", "Intent", "JobSpec", "Limits", "Message", "NodeAddIntent", "NodeGrant", "NodeRevokeIntent",
-    "Output", "PriorityIntent", "Progress", "Refused", "Released", "RenderOptions", "Reply", "ResumeIntent",
-    "RetryIntent", "Sealed", "SetIntent", "SleepOrder", "Started", "SubmitIntent",
+    "OpenJDInput", "OpenJDSpec", "OpenJDSubmitIntent", "OpenJDTask", "Output", "PriorityIntent", "Progress", "Refused",
+    "Released", "RenderOptions", "Reply", "ResumeIntent", "RetryIntent", "Sealed", "SetIntent", "SleepOrder", "Started",
+    "SubmitIntent",
     "SuspendIntent", "TaskIntent", "TaskOrder", "Usage", "VerbIntent", "WireError", "WorkerHoldIntent", "parse_event",
     "parse_intent",
 ]

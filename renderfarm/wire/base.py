@@ -50,6 +50,32 @@ def _safe_key(key: str) -> str:
 
 # Storage keys a message names: letters, digits, '.', '_', '-' and '/', no '.' or '..' part.
 StorageKey = Annotated[str, Field(max_length=512, pattern=r"^[A-Za-z0-9._/-]+$"), AfterValidator(_safe_key)]
+OUTPUT_PATH_MAX = 400  # characters of a file's path relative to its session's params/ folder
+OUTPUT_PATH_DEPTH = 16  # folders deep, the file itself included
+_PATH_PART = re.compile(r"^[A-Za-z0-9._+@=,-]{1,200}$")
+
+
+def check_relative_path(path: str) -> str:
+    """`path` if it is a plain relative path (see RelativePath); ValueError saying why not."""
+    if len(path) > OUTPUT_PATH_MAX:
+        raise ValueError(f"{shown(path, 60)} is {len(path)} characters long, over {OUTPUT_PATH_MAX}")
+    if path.startswith("/") or "\\" in path:
+        raise ValueError(f"{shown(path, 60)} is not a relative path ('/' first, or a backslash)")
+    parts = path.split("/")
+    if len(parts) > OUTPUT_PATH_DEPTH:
+        raise ValueError(f"{shown(path, 60)} is {len(parts)} parts deep, over {OUTPUT_PATH_DEPTH}")
+    bad = next((p for p in parts if not _PATH_PART.match(p) or p in (".", "..")), None)
+    if bad is not None:
+        raise ValueError(f"{shown(path, 60)} is not a relative path ({shown(bad, 40)}: an empty, '.' "
+                         "or '..' part, or a character other than letters, digits and ._+@=,-)")
+    return path
+
+
+# A file's path relative to an OpenJD session's params/ folder (`OutputDir/renders/f.0001.png`):
+# it becomes part of storage keys and of paths below a download's destination, so it is plain:
+# no absolute path, no '.' or '..' part, no backslash, no space, bounded.
+RelativePath = Annotated[str, Field(min_length=1, max_length=OUTPUT_PATH_MAX), AfterValidator(check_relative_path)]
+
 # Free text (an error, a reason): bounded.
 Text = Annotated[str, Field(max_length=4000)]
 

@@ -5,12 +5,26 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
-from renderfarm.wire.base import TASK_FRAMES_CAP, Frame, Id, Message, Sha256, ShortSlug, StorageKey, Text, \
-    WorkerName, union_parser
+from renderfarm.wire.base import (
+    TASK_FRAMES_CAP,
+    Frame,
+    Id,
+    Message,
+    RelativePath,
+    Sha256,
+    ShortSlug,
+    StorageKey,
+    Text,
+    WorkerName,
+    union_parser,
+)
 from renderfarm.wire.deadletter import RAW_KEPT
 
+STATUS_MAX = 200  # characters of an openjd_status text kept
+# A status text shown beside a task's progress: one line of printable text, bounded.
+StatusText = Annotated[str, Field(max_length=STATUS_MAX, pattern=r"^[^\x00-\x1f\x7f]*$")]
 Seconds = Annotated[float, Field(ge=0, le=1e7)]  # 115 days: no attempt runs longer
 Watts = Annotated[float, Field(gt=0, le=1e6)]
 
@@ -27,13 +41,21 @@ class Usage(Message):
 
 
 class Output(Message):
-    """One file an attempt wrote, at its attempt's key for the frame (the manager derives it)."""
+    """One file an attempt wrote: a frame, at its attempt's key for the frame (the manager derives
+    it), or an OpenJD task's file, at `<attempt prefix>outputs/<path>`; exactly one of the two."""
 
     what = "output"
-    frame: Frame
+    frame: Frame | None = None
+    path: RelativePath | None = None  # relative to the session's params/ folder
     sha256: Sha256
     size: Annotated[int, Field(ge=1, le=2**40)]
     etag: Annotated[str, Field(pattern=r'^[\x21-\x7e]{1,128}$')] | None = None  # storage's version tag
+
+    @model_validator(mode="after")
+    def _one_of(self) -> Output:
+        if (self.frame is None) == (self.path is None):
+            raise ValueError("output: names a frame or a path, exactly one of the two")
+        return self
 
 
 class Started(Message):
@@ -54,6 +76,7 @@ class Progress(Message):
     worker: WorkerName
     attempt_id: Id
     progress: Annotated[float, Field(ge=0, le=1)]
+    status: StatusText | None = None  # an OpenJD action's latest openjd_status line
 
 
 class Done(Message):
@@ -63,7 +86,9 @@ class Done(Message):
     type: Literal["done"] = "done"
     worker: WorkerName
     attempt_id: Id
-    outputs: Annotated[tuple[Output, ...], Field(min_length=1, max_length=TASK_FRAMES_CAP)]
+    # An OpenJD task may write nothing the manager checks (its outputs are files under PATH
+    # parameters); a render task without its frames fails verification (expected_outputs).
+    outputs: Annotated[tuple[Output, ...], Field(max_length=TASK_FRAMES_CAP)]
     log_key: StorageKey | None = None
     usage: Usage
 

@@ -10,6 +10,7 @@ from pydantic import Field
 
 from renderfarm.wire.base import INT64, Id, Message, ShortSlug, Tag, WorkerName
 
+ATTRIBUTE = r"^(?:[A-Za-z_][A-Za-z0-9_-]{0,63}:)?attr\.[A-Za-z_][A-Za-z0-9_.-]{0,99}$"  # OpenJD's names
 Short = Annotated[str, Field(max_length=64, pattern=r"^[^\x00-\x1f\x7f]*$")]
 
 
@@ -26,6 +27,14 @@ class Capabilities(Message):
     memory_gib: Annotated[float, Field(ge=0, le=1e6)] | None = None
     gpu: Annotated[str, Field(max_length=128)] | None = None
     scripts: Literal[True] | None = None  # it lets a scene's scripts run (FARM_ALLOW_SCRIPTS=1)
+    # What OpenJD host requirements match: its OS family, CPU architecture, GPU count, scratch
+    # disk, and custom attributes (`attr.studio.dcc` -> ("maya", "nuke")).
+    os_family: Literal["linux", "windows", "macos"] | None = None
+    cpu_arch: Literal["x86_64", "arm64"] | None = None
+    gpus: Annotated[int, Field(ge=0, le=1024)] | None = None
+    scratch_gib: Annotated[float, Field(ge=0, le=1e9)] | None = None
+    attributes: Annotated[dict[Annotated[str, Field(pattern=ATTRIBUTE)],
+                               Annotated[tuple[Short, ...], Field(max_length=32)]], Field(max_length=32)] = {}
     mac: Annotated[str, Field(pattern=r"^[0-9a-f]{2}(?::[0-9a-f]{2}){5}$")] | None = None  # to wake it by
 
 

@@ -21,7 +21,7 @@ from renderfarm.wire.base import (
     WireError,
     union_parser,
 )
-from renderfarm.wire.submission import MAX_TIMEOUT, SubmitIntent
+from renderfarm.wire.submission import MAX_TIMEOUT, OpenJDSubmitIntent, SubmitIntent
 
 
 class CancelIntent(Message):
@@ -175,13 +175,13 @@ class WorkerHoldIntent(Message):
     hold: Literal["drain", "disable", "enable"]
 
 
-Intent = (SubmitIntent | CancelIntent | SuspendIntent | ResumeIntent | RetryIntent | PriorityIntent | SetIntent
+Intent = (SubmitIntent | OpenJDSubmitIntent | CancelIntent | SuspendIntent | ResumeIntent | RetryIntent | PriorityIntent | SetIntent
           | TaskIntent | DeleteIntent | ArchiveIntent | NodeAddIntent | NodeRevokeIntent | WorkerHoldIntent)
 VerbIntent = CancelIntent | SuspendIntent | ResumeIntent | RetryIntent | PriorityIntent | SetIntent
 INTENT_MAX_BYTES = SubmitIntent.MAX_BYTES
 
 parse_intent = union_parser(
-    "intent", (SubmitIntent, CancelIntent, SuspendIntent, ResumeIntent, RetryIntent, PriorityIntent, SetIntent,
+    "intent", (SubmitIntent, OpenJDSubmitIntent, CancelIntent, SuspendIntent, ResumeIntent, RetryIntent, PriorityIntent, SetIntent,
                TaskIntent, DeleteIntent, ArchiveIntent, NodeAddIntent, NodeRevokeIntent, WorkerHoldIntent),
     INTENT_MAX_BYTES,
 )

@@ -5,7 +5,7 @@ any path or key from it (ids are numbers, names are slugs, keys sit under the jo
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Annotated, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 from pydantic import Field, model_validator
 
@@ -16,13 +16,22 @@ from renderfarm.wire.base import (
     JobId,
     Message,
     NodeName,
+    RelativePath,
     Sha256,
     Slug,
     StorageKey,
     Url,
     WireError,
 )
-from renderfarm.wire.submission import MAX_SIZE, MAX_TIMEOUT, SCENE_KEY, VERSION, RenderOptions
+from renderfarm.wire.submission import (
+    MAX_SIZE,
+    MAX_TIMEOUT,
+    SCENE_KEY,
+    VERSION,
+    ParameterName,
+    ParameterText,
+    RenderOptions,
+)
 
 if TYPE_CHECKING:
     from renderfarm.renderers.registry import Region
@@ -38,14 +47,53 @@ class Box(Message):
     height: Annotated[int, Field(ge=1, le=MAX_SIZE)]
 
 
+class TaskParameter(Message):
+    """One task parameter's value as OpenJD types it: `{"type": "CHUNK[INT]", "value": "1-9"}`."""
+
+    what = "task parameter"
+    type: Literal["INT", "FLOAT", "STRING", "PATH", "CHUNK[INT]"]
+    value: ParameterText
+
+
+INPUTS_CAP = 1000  # files one OpenJD task's order may carry (its dependencies' outputs)
+
+
+class OpenJDInput(Message):
+    """One file an OpenJD task finds in its session before it runs, at `path` under the session's
+    params/ folder: an output of a step it depends on (or, later, an asset reference), read from
+    `url` (presigned: a node holds no standing read access to other jobs' keys) or from `key`."""
+
+    what = "openjd input"
+    path: RelativePath
+    key: StorageKey
+    url: Url | None = None
+    size: Annotated[int, Field(ge=0, le=2**40)]
+    sha256: Sha256
+
+
+class OpenJDTask(Message):
+    """What an OpenJD task runs: the job template as submitted, every job parameter's value (the
+    template's defaults filled in), the step's name and this task's parameter values."""
+
+    what = "openjd task"
+    template: dict[str, Any]
+    job_parameters: Annotated[dict[ParameterName, ParameterText], Field(max_length=256)] = {}
+    step: Annotated[str, Field(min_length=1, max_length=64)]
+    task_parameters: Annotated[dict[ParameterName, TaskParameter], Field(max_length=64)] = {}
+    # The files it finds in its session before it runs (None: none; left out of its JSON).
+    inputs: Annotated[tuple[OpenJDInput, ...], Field(max_length=INPUTS_CAP)] | None = None
+
+
 class TaskOrder(Message):
     """One attempt of one task, as a worker receives it."""
 
     what = "task order"
-    MAX_BYTES = 512 * 1024  # an assembly of 4,096 tiles names each tile's key
+    # An assembly of 4,096 tiles names each tile's key; an OpenJD task its inputs (a key and a
+    # presigned URL each).
+    MAX_BYTES = 2 * 1024 * 1024
 
     v: Literal[2] = 2
-    kind: Literal["render", "tile", "assemble"] = "render"
+    kind: Literal["render", "tile", "assemble", "openjd"] = "render"
     attempt_id: Id
     attempt: Annotated[int, Field(ge=1, le=1_000_000)]
     task_id: Id
@@ -68,6 +116,7 @@ class TaskOrder(Message):
     tile_urls: Annotated[tuple[Url, ...], Field(max_length=4096)] = ()  # presigned, one per tile key
     renderer_version: Annotated[str, Field(pattern=VERSION)] | None = None
     options: RenderOptions | None = None
+    openjd: OpenJDTask | None = None  # an OpenJD task's template, step and parameters
 
     @model_validator(mode="after")
     def _consistent(self) -> TaskOrder:
@@ -93,6 +142,14 @@ class TaskOrder(Message):
                 raise WireError("task order: an assembly names a URL for each of its tiles, or none")
         elif self.grid is not None or self.tile_keys or self.tile_urls:
             raise WireError(f"task order: a {self.kind} task has no tiles to assemble")
+        if self.openjd is not None:
+            prefix = f"jobs/{self.job_id}/"
+            outside = next((i.key for i in (self.openjd.inputs or ()) if not i.key.startswith(prefix)), None)
+            if outside is not None:
+                raise WireError(f"task order: input key {outside[:100]!r} is outside {prefix}")
+        if (self.kind == "openjd") != (self.openjd is not None):
+            raise WireError(f"task order: a {self.kind} task {'needs' if self.kind == 'openjd' else 'has no'} "
+                            "openjd part")
         return self
 
     @property

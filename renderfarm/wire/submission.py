@@ -7,7 +7,7 @@ renderer takes."""
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, Field, ValidationInfo, model_validator
 
@@ -152,3 +152,63 @@ class SubmitIntent(Message):
     type: Literal["submit"] = "submit"
     request_id: RequestId
     job: JobSpec
+
+
+# OpenJD parameter names (`[A-Za-z_][A-Za-z0-9_]*`, at most 64) and their values as text.
+ParameterName = Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")]
+ParameterText = Annotated[str, Field(max_length=4096)]
+
+
+class OpenJDSpec(Message):
+    """An Open Job Description job as submitted: the template (a JSON object, bounded), its
+    parameter values, and the farm's own settings (the `deadline:*` values of a bundle mapped
+    onto them already). The parse checks the template with openjd-model and expands it against
+    the farm's task cap, at both ends."""
+
+    what = "submission"
+    MAX_BYTES = 120 * 1024  # inside its intent's 128 KiB; the template alone is bounded at 96 KiB
+
+    name: Slug
+    owner: ShortSlug
+    source: Annotated[str, Field(min_length=1, max_length=255, pattern=r"^[^\x00-\x1f\x7f/]+$")] = "template"
+    template: dict[str, Any]
+    parameters: Annotated[dict[ParameterName, ParameterText], Field(max_length=256)] = {}
+    priority: Annotated[int, Field(ge=0, le=100)] = 50
+    pool: ShortSlug = "default"
+    timeout: Annotated[float, Field(ge=1, le=MAX_TIMEOUT)] | None = None
+    max_attempts: Annotated[int, Field(ge=1, le=100)] | None = None  # deadline:maxRetriesPerTask + 1
+    max_failed_tasks: Annotated[int, Field(ge=0, le=10**9)] | None = None  # deadline:maxFailedTasksCount
+    suspended: bool = False  # deadline:targetTaskRunStatus SUSPENDED: created suspended
+    max_workers: Annotated[int, Field(ge=1, le=MAX_WORKERS_CAP)] | None = None
+    after: JobId | None = None
+    site: ShortSlug | None = None
+    prefer: Literal["cheapest", "greenest", "fastest"] | None = None
+    deadline: Annotated[float, Field(ge=0, le=2**33)] | None = None
+    requires: Annotated[tuple[Tag, ...], Field(max_length=32)] = ()
+    notify: WebhookUrl | None = None
+
+    @model_validator(mode="after")
+    def _fits_the_farm(self, info: ValidationInfo) -> OpenJDSpec:
+        self.expansion(limits_of(info))
+        return self
+
+    def expansion(self, limits: Limits):
+        """The template checked and expanded (renderfarm.openjd.Expansion); InputError names the
+        bad field."""
+        from renderfarm.openjd import expand
+
+        if self.site is not None and limits.sites is not None and self.site not in limits.sites:
+            raise InputError(f"site: {self.site!r} is not a configured site ({', '.join(sorted(limits.sites))})")
+        return expand(self.template, dict(self.parameters), limits.max_tasks)
+
+
+class OpenJDSubmitIntent(Message):
+    """`farm submit TEMPLATE|BUNDLE/`: create this OpenJD job (idempotent by request id, as a
+    submit is)."""
+
+    what = "intent submit"
+    MAX_BYTES = 128 * 1024  # the template is bounded at 96 KiB of JSON (renderfarm.openjd)
+
+    type: Literal["submit_openjd"] = "submit_openjd"
+    request_id: RequestId
+    job: OpenJDSpec

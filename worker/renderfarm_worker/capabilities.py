@@ -22,13 +22,17 @@ if TYPE_CHECKING:
 log = logging.getLogger("renderfarm.worker")
 
 
-def detect(settings: Settings, tags: tuple[str, ...], blender: Blender | None = None) -> dict[str, Any]:
+def detect(settings: Settings, tags: tuple[str, ...], blender: Blender | None = None,
+           scratch: Path | None = None) -> dict[str, Any]:
     renderers = {"builtin": __version__, "null": __version__}
     if settings.allow_commands:
         renderers["command"] = f"python {platform.python_version()}"
+    if settings.allow_openjd:
+        renderers["openjd"] = "2023-09"  # the specification revision it runs
     if blender is not None:
         renderers["blender"] = blender.version
-    gpu = _gpu()
+    gpu, gpus = _gpu()
+    free = scratch_gib(scratch) if scratch is not None else None
     return {
         "renderers": renderers,
         "cores": os.cpu_count() or 1,
@@ -37,7 +41,44 @@ def detect(settings: Settings, tags: tuple[str, ...], blender: Blender | None = 
         **({"paths": {"blender": blender.path}} if blender is not None else {}),
         "tags": tuple(sorted(set(tags) | ({"gpu"} if gpu else set()))),
         **({"scripts": True} if settings.allow_scripts else {}),
+        **_platform(), "gpus": gpus,
+        **({"scratch_gib": free} if free is not None else {}),
+        **({"attributes": attributes} if (attributes := parse_attributes(settings.openjd_attributes)) else {}),
     }
+
+
+def parse_attributes(text: str | None) -> dict[str, tuple[str, ...]]:
+    """FARM_OPENJD_ATTRIBUTES ("attr.studio.dcc=maya,nuke attr.studio.site=lon") as the custom
+    attributes this worker advertises; ConfigError names a malformed one."""
+    import re
+
+    from renderfarm.errors import ConfigError
+
+    attributes: dict[str, tuple[str, ...]] = {}
+    for item in (text or "").split():
+        m = re.fullmatch(r"((?:[A-Za-z_][A-Za-z0-9_-]{0,63}:)?attr\.[A-Za-z_][A-Za-z0-9_.-]{0,99})=([^=]+)", item)
+        if m is None:
+            raise ConfigError(f"FARM_OPENJD_ATTRIBUTES: {item[:60]!r} is not attr.NAME=VALUE[,VALUE...]")
+        attributes[m.group(1)] = tuple(v for v in m.group(2).split(",") if v)[:32]
+    return attributes
+
+
+def scratch_gib(scratch: Path) -> float | None:
+    """The free space of the scratch directory's disk at start, in GiB (OpenJD's
+    amount.worker.disk.scratch); None if no folder on its way exists or can be read."""
+    for folder in (scratch, *scratch.parents):
+        try:
+            return round(shutil.disk_usage(folder).free / 2**30, 1)
+        except OSError:
+            continue
+    return None
+
+
+def _platform() -> dict[str, str]:
+    """Its OS family and CPU architecture in OpenJD's words (attr.worker.os.family, .cpu.arch)."""
+    family = {"Linux": "linux", "Windows": "windows", "Darwin": "macos"}.get(platform.system())
+    arch = {"x86_64": "x86_64", "amd64": "x86_64", "aarch64": "arm64", "arm64": "arm64"}.get(platform.machine().lower())
+    return {**({"os_family": family} if family else {}), **({"cpu_arch": arch} if arch else {})}
 
 
 def check_render_account(settings: Settings, scratch: Path) -> None:
@@ -67,16 +108,16 @@ def find_worker_blender(settings: Settings) -> Blender | None:
         return None
 
 
-def _gpu() -> str | None:
-    """The first NVIDIA GPU's name, if `nvidia-smi` finds one."""
+def _gpu() -> tuple[str | None, int]:
+    """The first NVIDIA GPU's name, if `nvidia-smi` finds one, and how many it finds."""
     smi = shutil.which("nvidia-smi")
     if smi is None:
-        return None
+        return None, 0
     try:
         out = subprocess.run([smi, "-L"], capture_output=True, text=True, timeout=5).stdout
     except (OSError, subprocess.TimeoutExpired):
-        return None
-    first = next((line for line in out.splitlines() if line.startswith("GPU ")), None)
-    if first is None:
-        return None
-    return first.split(":", 1)[-1].split("(UUID")[0].strip() or "GPU"
+        return None, 0
+    found = [line for line in out.splitlines() if line.startswith("GPU ")]
+    if not found:
+        return None, 0
+    return found[0].split(":", 1)[-1].split("(UUID")[0].strip() or "GPU", len(found)

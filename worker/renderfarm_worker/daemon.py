@@ -19,6 +19,7 @@ from renderfarm.keys import queue_name
 from renderfarm.nodes import SECRET_VARS, TURNED_AWAY_EXIT
 from renderfarm.planning import slug
 from renderfarm.redisconn import connect
+from renderfarm_worker import openjd_render
 
 log = logging.getLogger("renderfarm.worker")
 
@@ -209,7 +210,7 @@ def _serve(args: argparse.Namespace, settings, blender_found) -> int:
     given = args.tags if args.tags is not None else os.environ.get("FARM_WORKER_TAGS") or None
     tags = check_tags(given, "tag") if given is not None else credentials.tags
     blender = blender_found.result()
-    capabilities = detect(settings, tags, blender)
+    capabilities = detect(settings, tags, blender, scratch)
     mac = own_mac(settings.worker_mac)  # where the manager's magic packet wakes it (FARM_SLEEP_AFTER)
     if mac:
         capabilities["mac"] = mac
@@ -231,6 +232,7 @@ def _serve(args: argparse.Namespace, settings, blender_found) -> int:
         rt.stop_heartbeat()
         rt.render_io.shutdown(wait=False, cancel_futures=True)
         rt.close_session()
+        openjd_render.close(rt)
         from renderfarm import presence
 
         try:

@@ -25,6 +25,7 @@ from renderfarm.renderers.session import RendererSession
 from renderfarm.states import WorkerState
 from renderfarm.storage import open_storage
 from renderfarm.storage.retry import retrying
+from renderfarm_worker import openjd_render
 
 if TYPE_CHECKING:
     from redis import Redis
@@ -417,6 +418,7 @@ class WorkerRuntime:
                     self.beat()
                     self.check_lease()
                     self.close_session(idle_for=SESSION_IDLE)  # an idle renderer gives its memory back
+                    openjd_render.close_idle(self, SESSION_IDLE)
                 except redis.AuthenticationError as e:
                     self.turn_away(e)
                     return

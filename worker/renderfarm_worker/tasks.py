@@ -81,6 +81,10 @@ def _render(rt: runtime.WorkerRuntime, order: TaskOrder) -> dict:
                 from renderfarm_worker.assembly import assemble
 
                 outputs = assemble(rt, order, workdir, attempt_log)
+            elif (openjd := getattr(order, "openjd", None)) is not None:
+                from renderfarm_worker.openjd_render import render_openjd
+
+                outputs = [o.wire() for o in render_openjd(rt, order, openjd, workdir, attempt_log)]
             else:
                 files = meter.watch(Render(rt, order, workdir, attempt_log)).run()
         except Interrupted as e:
@@ -91,7 +95,7 @@ def _render(rt: runtime.WorkerRuntime, order: TaskOrder) -> dict:
             return {"ok": False}
         finally:
             started.cancel()
-        if order.kind != "assemble":
+        if order.kind != "assemble" and getattr(order, "openjd", None) is None:
             # The renderer is done: checking and uploading its files, the log and the done event
             # go on in the background while the next task renders.
             rt.finisher.submit(lambda: finish(rt, order, files, workdir, attempt_log, meter))

@@ -1,0 +1,95 @@
+"""Staging an OpenJD task's inputs on a worker: each file its order names (an output of a step
+it depends on, rendered here or on any other worker) downloaded to the same relative path under
+its session's params/ folder, checked against its SHA-256, written under a temporary name and
+renamed, and never outside params/ (no '..' part reaches here: the order's parse refuses one; a
+link in the way is refused too)."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import secrets
+import stat
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from renderfarm.errors import RenderError
+
+if TYPE_CHECKING:
+    from renderfarm.wire import OpenJDInput
+    from renderfarm_worker.attemptlog import AttemptLog
+    from renderfarm_worker.runtime import WorkerRuntime
+
+
+def stager(rt: WorkerRuntime, inputs: Sequence[OpenJDInput], attempt_log: AttemptLog) -> Callable[[Path], None]:
+    """The `stage_inputs(params_dir)` hook of OpenJDRunner.run_task for these inputs."""
+
+    def stage(params_dir: Path) -> None:
+        fetched = kept = 0
+        for item in inputs:
+            rt.raise_if_stopped()
+            target = target_of(params_dir, item.path)
+            if _intact(target, item.size, item.sha256):
+                kept += 1  # staged for an earlier task of this warm session
+                continue
+            _fetch(rt, item, target)
+            fetched += 1
+        attempt_log.note(f"inputs: {fetched} fetched, {kept} already in the session")
+
+    return stage
+
+
+def target_of(params_dir: Path, relative: str) -> Path:
+    """Where `relative` goes under `params_dir`, its folders made; a link or a file where a
+    folder should be is refused (nothing is ever written through a link)."""
+    parts = relative.split("/")
+    if any(p in ("", ".", "..") or "\\" in p or "\x00" in p for p in parts):
+        raise RenderError(f"input {relative[:200]!r} is not a relative path")
+    folder = params_dir
+    for part in parts[:-1]:
+        folder = folder / part
+        try:
+            folder.mkdir(exist_ok=True)
+            mode = folder.lstat().st_mode
+        except OSError as e:
+            raise RenderError(f"input {relative}: cannot create {folder} ({e.strerror})") from None
+        if not stat.S_ISDIR(mode):
+            raise RenderError(f"input {relative}: {folder} is not a folder (a link?)")
+    return folder / parts[-1]
+
+
+def _intact(path: Path, size: int, sha256: str) -> bool:
+    try:
+        st = path.lstat()
+    except FileNotFoundError:
+        return False
+    if not stat.S_ISREG(st.st_mode) or st.st_size != size:
+        return False
+    return _sha256(path) == sha256
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        while chunk := f.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _fetch(rt: WorkerRuntime, item: OpenJDInput, target: Path) -> None:
+    tmp = target.parent / f".{target.name}.{secrets.token_hex(4)}.part"
+    try:
+        os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644))
+        rt.download(item.key, tmp, item.url)
+        digest = _sha256(tmp)
+        if digest != item.sha256 or tmp.stat().st_size != item.size:
+            raise RenderError(f"input {item.path}: downloaded {tmp.stat().st_size} bytes with SHA-256 "
+                              f"{digest[:16]}..., expected {item.size} with {item.sha256[:16]}...")
+        if target.is_symlink():
+            target.unlink()
+        os.replace(tmp, target)
+    except OSError as e:
+        raise RenderError(f"input {item.path}: cannot write {target} ({e.strerror or e})") from None
+    finally:
+        tmp.unlink(missing_ok=True)

@@ -1,0 +1,131 @@
+"""Where an OpenJD session's files live on a worker: the local path of each PATH job parameter,
+the path mapping rules from the submitter's paths to those, and the files a task wrote.
+
+A warm session owns one directory under the runner's root (see openjd_runner's docstring):
+
+    <session dir>/params/<Name>            a PATH parameter whose value names no file or folder ('.')
+    <session dir>/params/<Name>/<leaf>     any other PATH parameter: <leaf> is the last component of
+                                           the submitted value (`renders`, `scene.ma`), so a program
+                                           that reads a file's extension still sees it
+
+Paths relative to `params/` (`OutputDir/renders/f.0001.png`) are what the farm stores and
+downloads: they name the parameter first, so two parameters never collide, and a dependent step's
+session finds an earlier step's outputs at the same relative path under its own `params/`.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath, PureWindowsPath
+
+PARAMS = "params"
+FILE_STATE = tuple[int, int, int]  # (size, mtime_ns, inode): a file rewritten in place changes one
+
+
+@dataclass(frozen=True)
+class PathParameter:
+    """One PATH job parameter as this worker sees it."""
+
+    name: str
+    submitted: str  # the value as submitted (the artist's path, or a relative one)
+    local: Path  # where it lives in this session
+    data_flow: str  # NONE, IN, OUT or INOUT
+    object_type: str | None  # FILE, DIRECTORY or None (not said)
+
+    @property
+    def writes(self) -> bool:
+        """Files written under it are the task's outputs."""
+        return self.data_flow in ("OUT", "INOUT")
+
+
+def submitted_path(value: str) -> PurePosixPath | PureWindowsPath:
+    """The submitted value as a path of the submitter's own OS (a drive letter or a backslash
+    says Windows)."""
+    windows = PureWindowsPath(value)
+    if windows.drive or ("\\" in value and "/" not in value):
+        return windows
+    return PurePosixPath(value)
+
+
+def local_path(params_dir: Path, name: str, value: str) -> Path:
+    """The local path of PATH parameter `name` whose submitted value is `value`."""
+    leaf = submitted_path(value).name
+    if leaf in ("", ".", ".."):
+        return params_dir / name
+    return params_dir / name / leaf
+
+
+def path_parameters(template, values: dict[str, str], params_dir: Path) -> list[PathParameter]:
+    """The PATH parameters of the decoded `template`, with `values` (every parameter's value,
+    defaults applied) placed under `params_dir`."""
+    found = []
+    for definition in template.parameterDefinitions or []:
+        if str(getattr(definition.type, "value", definition.type)) != "PATH":
+            continue
+        name = str(definition.name)
+        value = values.get(name, "")
+        flow = getattr(definition, "dataFlow", None)
+        kind = getattr(definition, "objectType", None)
+        found.append(PathParameter(
+            name=name, submitted=value, local=local_path(params_dir, name, value),
+            data_flow=str(getattr(flow, "value", flow) or "NONE"),
+            object_type=str(getattr(kind, "value", kind)) if kind is not None else None,
+        ))
+    return found
+
+
+def make_room(parameters: list[PathParameter]) -> None:
+    """Create the folders a task expects to find: each parameter's own folder, and the local path
+    itself for a DIRECTORY the task writes to (a tool may refuse to write into a missing one)."""
+    for parameter in parameters:
+        folder = parameter.local if parameter.local.name == parameter.name else parameter.local.parent
+        folder.mkdir(parents=True, exist_ok=True)
+        if parameter.writes and parameter.object_type == "DIRECTORY":
+            parameter.local.mkdir(parents=True, exist_ok=True)
+
+
+def mapping_rules(parameters: list[PathParameter], session_dir: Path) -> list:
+    """Path mapping rules from each absolute submitted path to its local path, so a scene that
+    names the artist's paths finds them here. A rule whose source holds this session's own
+    folder is left out: it would remap the local paths themselves."""
+    from openjd.sessions import PathFormat, PathMappingRule
+
+    rules = []
+    for parameter in parameters:
+        source = submitted_path(parameter.submitted)
+        if not source.is_absolute():
+            continue
+        posix = isinstance(source, PurePosixPath)
+        if posix and (source == PurePosixPath(session_dir) or source in PurePosixPath(session_dir).parents):
+            continue
+        rules.append(PathMappingRule(
+            source_path_format=PathFormat.POSIX if posix else PathFormat.WINDOWS,
+            source_path=source, destination_path=parameter.local,
+        ))
+    return rules
+
+
+def snapshot(params_dir: Path, parameters: list[PathParameter]) -> dict[str, FILE_STATE]:
+    """Every file under the parameters a task writes to, by its path relative to `params_dir`."""
+    files: dict[str, FILE_STATE] = {}
+    for parameter in parameters:
+        if not parameter.writes:
+            continue
+        top = params_dir / parameter.name
+        for folder, _dirs, names in os.walk(top):
+            for name in names:
+                path = Path(folder, name)
+                try:
+                    st = path.lstat()
+                except FileNotFoundError:
+                    continue
+                if path.is_symlink():  # a link could point anywhere on the worker: never an output
+                    continue
+                files[path.relative_to(params_dir).as_posix()] = (st.st_size, st.st_mtime_ns, st.st_ino)
+    return files
+
+
+def written(before: dict[str, FILE_STATE], after: dict[str, FILE_STATE]) -> list[str]:
+    """The files that are new or changed between two snapshots, sorted."""
+    return sorted(path for path, state in after.items() if before.get(path) != state)

@@ -78,6 +78,10 @@ def test_a_job_due_tomorrow_waits_for_the_cheap_band_and_then_renders_only_there
     with session_scope(farm.manager.engine) as s:
         shown = job_status(s, s.get(Job, job.id), now=farm.clock.now())
     assert shown.held_until == MIDNIGHT and shown.plan == job.plan_note
+    # farm top's jobs table and status line, from the same row:
+    from renderfarm_cli.top_view import job_state, job_story
+
+    assert job_state(shown) == "held" and job_story(shown) == job.plan_note
     # Held: nothing new is handed out all afternoon.
     handed = len(farm.attempts())
     for _ in range(3):

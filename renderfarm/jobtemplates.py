@@ -56,10 +56,19 @@ def check_template_submission(settings: Settings, sub: TemplateSubmission,
                               warn: Callable[[str], None] = lambda _: None) -> OpenJDSpec:
     """The submission as the manager will parse it, with the farm's caps: the template checked by
     openjd-model and expanded. Raises InputError naming the bad field in one line."""
+    return _checked(settings, sub, warn)[0]
+
+
+def _checked(settings: Settings, sub: TemplateSubmission, warn: Callable[[str], None]):
+    """The submission checked, and the files it brings (renderfarm.openjd_assets.Gathered)."""
+    from renderfarm.openjd_assets import describe, gather
     from renderfarm.wire import Limits, OpenJDSpec
 
     bundle = read_bundle(Path(sub.path), sub.params)
     farm, values = farm_values(bundle.values)
+    base = Path(sub.path) if Path(sub.path).is_dir() else Path(sub.path).parent
+    gathered = gather(bundle.template, values, bundle.asset_references, base.absolute(), Limits.of(settings))
+    assets, mappings = describe(gathered)
     if farm.ignored:
         warn(f"ignored: {', '.join(farm.ignored)} (the farm has no such setting)")
     name = sub.name or str(bundle.template.get("name") or Path(sub.path).stem)
@@ -84,26 +93,29 @@ def check_template_submission(settings: Settings, sub: TemplateSubmission,
         "deadline": _deadline(sub.deadline),
         "requires": list(check_tags(sub.requires)),
         "notify": sub.notify,
+        "assets": [a.model_dump() for a in assets] or None,
+        "mappings": [m.model_dump() for m in mappings] or None,
     }
     doc = {k: v for k, v in doc.items() if v is not None}
     try:
         text = json.dumps(doc, allow_nan=False)
     except (TypeError, ValueError) as e:
         raise InputError(f"template: holds a value JSON cannot carry ({e})") from None
-    return OpenJDSpec.parse(text, limits=Limits.of(settings))
+    return OpenJDSpec.parse(text, limits=Limits.of(settings)), gathered
 
 
 def submit_template(settings: Settings, sub: TemplateSubmission, *, request_id: str | None = None,
                     warn: Callable[[str], None] = lambda _: None) -> str:
     """Check the template, upload it (once per content), hand it to the manager; returns the job
     id once the manager has committed the job. The same `request_id` never makes a second job."""
+    from renderfarm.openjd_assets import upload
     from renderfarm.storage import open_storage
     from renderfarm.wire import OpenJDSubmitIntent
 
     request_id = request_id or new_request_id()
     if not re.fullmatch(r"[0-9a-f]{32}", request_id):
         raise InputError(f"request-id: {request_id[:40]!r} is not 32 hex digits (as `farm submit` printed it)")
-    spec = check_template_submission(settings, sub, warn)
+    spec, gathered = _checked(settings, sub, warn)
     if sub.after is not None:
         after, state = resolve_job(settings, sub.after)
         if state in ("failed", "cancelled"):
@@ -120,4 +132,5 @@ def submit_template(settings: Settings, sub: TemplateSubmission, *, request_id: 
             path = Path(folder) / "template.json"
             path.write_bytes(canonical(spec.template))
             storage.put_file(key, path, sha256=sha)
+    upload(storage, gathered, spec.assets)
     return hand_over(settings, r, OpenJDSubmitIntent(request_id=request_id, job=spec))

@@ -179,7 +179,7 @@ def bundle_values(doc: Any) -> dict[str, str]:
 
 def asset_references(doc: Any) -> dict[str, Any]:
     """A bundle's asset_references document, checked for shape: input files and directories,
-    output directories, referenced paths (uploading them is not built yet)."""
+    output directories, referenced paths (renderfarm.openjd_assets uploads the inputs)."""
     refs = doc.get("assetReferences") if isinstance(doc, dict) else None
     if not isinstance(refs, dict):
         raise InputError("asset_references: assetReferences: missing, or not a mapping")

@@ -6,6 +6,7 @@ shape Deadline Cloud's submitters write is accepted, its deadline:* values the j
 from __future__ import annotations
 
 import copy
+import hashlib
 import json
 import subprocess
 import time
@@ -97,6 +98,7 @@ def test_a_bundle_as_deadline_submitters_write_it_is_accepted_with_its_farm_sett
     write(bundle / "parameter_values.yaml", {"parameterValues": [
         {"name": "deadline:priority", "value": 80}, {"name": "deadline:maxRetriesPerTask", "value": 4},
         {"name": "deadline:targetTaskRunStatus", "value": "READY"}, {"name": "Frames", "value": "1-50"}]})
+    (tmp_path / "tex.png").write_bytes(b"texture")  # uploaded at submit: it must exist
     write(bundle / "asset_references.yaml", {"assetReferences": {
         "inputs": {"filenames": [str(tmp_path / "tex.png")], "directories": []},
         "outputs": {"directories": [str(tmp_path / "out")]}, "referencedPaths": []}})
@@ -112,6 +114,12 @@ def test_a_bundle_as_deadline_submitters_write_it_is_accepted_with_its_farm_sett
     assert f"submitted job {job.id} (15 frames in 15 tasks)" in proc.stdout
     # The template is in storage, content-addressed like a scene.
     assert farm.manager.storage.head(job.scene_key) is not None
+    # So is the asset reference, recorded with the job at its place in the session.
+    digest = hashlib.sha256(b"texture").hexdigest()
+    assert farm.manager.storage.head(f"assets/{digest}") is not None
+    stored = json.loads(job.openjd_template)
+    assert stored["assets"] == [{"path": "asset-roots/0/tex.png", "size": 7, "sha256": digest}]
+    assert stored["mappings"] == [{"source": str(tmp_path), "path": "asset-roots/0"}]
 
 
 def test_scene_options_and_parameters_do_not_cross(farm, tmp_path: Path) -> None:

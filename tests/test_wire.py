@@ -90,6 +90,8 @@ EXAMPLES = [
     (wire.OpenJDSpec, OPENJD_SPEC),
     (wire.OpenJDSubmitIntent, {"type": "submit_openjd", "request_id": "c" * 32, "job": OPENJD_SPEC}),
     (wire.OpenJDInput, OPENJD_INPUT),
+    (wire.OpenJDAsset, {"path": "asset-roots/0/tex/wood.png", "size": 9, "sha256": SHA}),
+    (wire.OpenJDPathMapping, {"source": "/mnt/shows/sh010/tex", "path": "asset-roots/0"}),
     (wire.OpenJDTask, OPENJD_TASK),
     (wire.TaskOrder, {**ORDER, "kind": "openjd", "region": None, "renderer": "openjd", "frames": [3],
                       "openjd": OPENJD_TASK}),

@@ -180,12 +180,19 @@ def step_outputs(session: Session, job_id: str, steps: list[str]) -> list:
 
 
 def task_inputs(session: Session, job: Job, task: Task) -> tuple[OpenJDInput, ...]:
-    """What a task of an OpenJD step finds in its session before it runs: every file of the steps
-    its step depends on (their URLs are added when the order is sealed)."""
+    """What a task of an OpenJD step finds in its session before it runs: the files the job
+    brought from the artist's disk (renderfarm.openjd_assets), then every file of the steps its
+    step depends on, which win over an asset at the same path (their URLs are added when the
+    order is sealed)."""
     import json
 
+    from renderfarm.manager.stepdeps import _template
     from renderfarm.wire import OpenJDInput
 
+    assets = _template(job.openjd_template).get("assets", []) if job.openjd_template else []
     after = json.loads(job.openjd_steps or "{}").get(task.step, {}).get("after", [])
-    return tuple(OpenJDInput(path=row.path, key=row.key, size=row.size, sha256=row.sha256)
-                 for row in step_outputs(session, job.id, list(after)))
+    found = {a["path"]: OpenJDInput(path=a["path"], key=f"assets/{a['sha256']}", size=a["size"],
+                                    sha256=a["sha256"]) for a in assets}
+    for row in step_outputs(session, job.id, list(after)):
+        found[row.path] = OpenJDInput(path=row.path, key=row.key, size=row.size, sha256=row.sha256)
+    return tuple(found.values())

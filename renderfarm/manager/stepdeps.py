@@ -42,9 +42,10 @@ def _template(openjd_template: str) -> dict:
 def openjd_task(job: Job, task: Task) -> OpenJDTask:
     """The OpenJD part of a task's order: the template as submitted, the job's parameter values,
     the task's step and its parameter values."""
-    from renderfarm.wire.orders import OpenJDTask, TaskParameter
+    from renderfarm.wire.orders import OpenJDPathMapping, OpenJDTask, TaskParameter
 
     stored = _template(job.openjd_template)
     parameters = {name: TaskParameter(**p) for name, p in json.loads(task.parameters or "{}").items()}
+    mappings = tuple(OpenJDPathMapping(**m) for m in stored.get("mappings", ())) or None
     return OpenJDTask(template=stored["template"], job_parameters=stored["job_parameters"], step=task.step,
-                      task_parameters=parameters)
+                      task_parameters=parameters, mappings=mappings)

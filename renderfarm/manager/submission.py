@@ -113,7 +113,10 @@ def submit_openjd(session: Session, settings: Settings, intent: OpenJDSubmitInte
         max_workers=spec.max_workers, after=spec.after, site=spec.site, prefer=spec.prefer, deadline=spec.deadline,
         requires=",".join(spec.requires) or None, notify=spec.notify, submitted_at=now,
         openjd_template=json.dumps({"template": json.loads(canonical(spec.template)),
-                                    "job_parameters": expansion.job_parameters}, sort_keys=True),
+                                    "job_parameters": expansion.job_parameters,
+                                    **({"assets": [a.model_dump() for a in spec.assets],
+                                        "mappings": [m.model_dump() for m in spec.mappings]}
+                                       if spec.assets else {})}, sort_keys=True),
         openjd_steps=expansion.steps_json(),
     )
     lifecycle.create_job(session, job, plans)

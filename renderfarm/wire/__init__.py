@@ -59,13 +59,22 @@ from renderfarm.wire.intents import (
 from renderfarm.wire.orders import Box, OpenJDInput, OpenJDTask, TaskOrder
 from renderfarm.wire.sealed import Sealed
 from renderfarm.wire.sleep import SleepOrder
-from renderfarm.wire.submission import JobSpec, OpenJDSpec, OpenJDSubmitIntent, RenderOptions, SubmitIntent
+from renderfarm.wire.submission import (
+    JobSpec,
+    OpenJDAsset,
+    OpenJDPathMapping,
+    OpenJDSpec,
+    OpenJDSubmitIntent,
+    RenderOptions,
+    SubmitIntent,
+)
 
 __all__ = [
     "ArchiveIntent", "AttemptEvent", "Box", "Bye", "CancelIntent", "Capabilities", "DeadLetter", "DeleteIntent",
     "Done", "Event", "Failed",
     "Heartbeat", "Intent", "JobSpec", "Limits", "Message", "NodeAddIntent", "NodeGrant", "NodeRevokeIntent",
-    "OpenJDInput", "OpenJDSpec", "OpenJDSubmitIntent", "OpenJDTask", "Output", "PriorityIntent", "Progress", "Refused",
+    "OpenJDAsset", "OpenJDInput", "OpenJDPathMapping", "OpenJDSpec", "OpenJDSubmitIntent", "OpenJDTask",
+    "Output", "PriorityIntent", "Progress", "Refused",
     "Released", "RenderOptions", "Reply", "ResumeIntent", "RetryIntent", "Sealed", "SetIntent", "SleepOrder", "Started",
     "SubmitIntent",
     "SuspendIntent", "TaskIntent", "TaskOrder", "Usage", "VerbIntent", "WireError", "WorkerHoldIntent", "parse_event",

@@ -28,6 +28,7 @@ from renderfarm.wire.submission import (
     MAX_TIMEOUT,
     SCENE_KEY,
     VERSION,
+    OpenJDPathMapping,
     ParameterName,
     ParameterText,
     RenderOptions,
@@ -60,8 +61,9 @@ INPUTS_CAP = 1000  # files one OpenJD task's order may carry (its dependencies' 
 
 class OpenJDInput(Message):
     """One file an OpenJD task finds in its session before it runs, at `path` under the session's
-    params/ folder: an output of a step it depends on (or, later, an asset reference), read from
-    `url` (presigned: a node holds no standing read access to other jobs' keys) or from `key`."""
+    params/ folder: an output of a step it depends on (under `jobs/<job>/`), or a file the job
+    brought from the artist's disk (`assets/<its sha256>`), read from `url` (presigned: a node
+    holds no standing read access to other jobs' keys) or from `key`."""
 
     what = "openjd input"
     path: RelativePath
@@ -82,6 +84,8 @@ class OpenJDTask(Message):
     task_parameters: Annotated[dict[ParameterName, TaskParameter], Field(max_length=64)] = {}
     # The files it finds in its session before it runs (None: none; left out of its JSON).
     inputs: Annotated[tuple[OpenJDInput, ...], Field(max_length=INPUTS_CAP)] | None = None
+    # Folders of the artist's disk its session holds (asset references): path mapping rules.
+    mappings: Annotated[tuple[OpenJDPathMapping, ...], Field(max_length=64)] | None = None
 
 
 class TaskOrder(Message):
@@ -144,9 +148,11 @@ class TaskOrder(Message):
             raise WireError(f"task order: a {self.kind} task has no tiles to assemble")
         if self.openjd is not None:
             prefix = f"jobs/{self.job_id}/"
-            outside = next((i.key for i in (self.openjd.inputs or ()) if not i.key.startswith(prefix)), None)
+            outside = next((i.key for i in (self.openjd.inputs or ()) if not i.key.startswith(prefix)
+                            and i.key != f"assets/{i.sha256}"), None)
             if outside is not None:
-                raise WireError(f"task order: input key {outside[:100]!r} is outside {prefix}")
+                raise WireError(f"task order: input key {outside[:100]!r} is outside {prefix} and is not "
+                                "the key of its asset")
         if (self.kind == "openjd") != (self.openjd is not None):
             raise WireError(f"task order: a {self.kind} task {'needs' if self.kind == 'openjd' else 'has no'} "
                             "openjd part")

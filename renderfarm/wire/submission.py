@@ -19,6 +19,7 @@ from renderfarm.wire.base import (
     JobId,
     Limits,
     Message,
+    RelativePath,
     RequestId,
     Sha256,
     ShortSlug,
@@ -159,6 +160,34 @@ ParameterName = Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")]
 ParameterText = Annotated[str, Field(max_length=4096)]
 
 
+# An absolute path on the artist's machine (POSIX or Windows), as a path mapping rule's source.
+SourcePath = Annotated[str, Field(min_length=1, max_length=1024, pattern=r"^(?:/|[A-Za-z]:[\\/]|\\\\)[^\x00-\x1f\x7f]*$")]
+ASSETS_CAP = 500  # files an OpenJD job may bring (IN paths and asset references), within its order's inputs
+
+
+class OpenJDAsset(Message):
+    """A file the artist's disk had at submit, uploaded content-addressed (`assets/<sha256>`): a
+    session finds it at `path` under its params/ folder before each task."""
+
+    what = "openjd asset"
+    path: RelativePath
+    size: Annotated[int, Field(ge=0, le=2**40)]
+    sha256: Sha256
+
+    @property
+    def key(self) -> str:
+        return f"assets/{self.sha256}"
+
+
+class OpenJDPathMapping(Message):
+    """A folder of the artist's disk (`source`) and where a session holds it (`path`, under its
+    params/ folder): a path mapping rule of the session."""
+
+    what = "openjd path mapping"
+    source: SourcePath
+    path: RelativePath
+
+
 class OpenJDSpec(Message):
     """An Open Job Description job as submitted: the template (a JSON object, bounded), its
     parameter values, and the farm's own settings (the `deadline:*` values of a bundle mapped
@@ -186,6 +215,10 @@ class OpenJDSpec(Message):
     deadline: Annotated[float, Field(ge=0, le=2**33)] | None = None
     requires: Annotated[tuple[Tag, ...], Field(max_length=32)] = ()
     notify: WebhookUrl | None = None
+    # Files of IN/INOUT PATH parameters and of the bundle's asset references, and the folders of
+    # the artist's disk they came from (asset references outside any PATH parameter).
+    assets: Annotated[tuple[OpenJDAsset, ...], Field(max_length=ASSETS_CAP)] = ()
+    mappings: Annotated[tuple[OpenJDPathMapping, ...], Field(max_length=64)] = ()
 
     @model_validator(mode="after")
     def _fits_the_farm(self, info: ValidationInfo) -> OpenJDSpec:

@@ -85,15 +85,22 @@ def make_room(parameters: list[PathParameter]) -> None:
             parameter.local.mkdir(parents=True, exist_ok=True)
 
 
-def mapping_rules(parameters: list[PathParameter], session_dir: Path) -> list:
+def mapping_rules(parameters: list[PathParameter], session_dir: Path,
+                  folders: tuple[tuple[str, str], ...] = ()) -> list:
     """Path mapping rules from each absolute submitted path to its local path, so a scene that
-    names the artist's paths finds them here. A rule whose source holds this session's own
-    folder is left out: it would remap the local paths themselves."""
+    names the artist's paths finds them here; and from each folder of the artist's disk the job
+    brought (`folders`: (source, path under params/), its asset references) to its local folder,
+    made here. A rule whose source holds this session's own folder is left out: it would remap
+    the local paths themselves."""
     from openjd.sessions import PathFormat, PathMappingRule
 
     rules = []
-    for parameter in parameters:
-        source = submitted_path(parameter.submitted)
+    params_dir = session_dir / PARAMS
+    for text, relative in folders:
+        (params_dir / relative).mkdir(parents=True, exist_ok=True)
+    brought = [(text, params_dir / relative) for text, relative in folders]
+    for text, local in [(p.submitted, p.local) for p in parameters] + brought:
+        source = submitted_path(text)
         if not source.is_absolute():
             continue
         posix = isinstance(source, PurePosixPath)
@@ -101,7 +108,7 @@ def mapping_rules(parameters: list[PathParameter], session_dir: Path) -> list:
             continue
         rules.append(PathMappingRule(
             source_path_format=PathFormat.POSIX if posix else PathFormat.WINDOWS,
-            source_path=source, destination_path=parameter.local,
+            source_path=source, destination_path=local,
         ))
     return rules
 

@@ -233,7 +233,7 @@ class OpenJDRunner:
             job = openjd_task.create_job(job_template, values)
             session = Session(
                 session_id=sid, job_parameter_values=values, job_name=str(job.job.name),
-                path_mapping_rules=layout.mapping_rules(parameters, folder) or None,
+                path_mapping_rules=layout.mapping_rules(parameters, folder, order.mappings) or None,
                 callback=self._callback, os_env_vars={procs.SESSION_MARKER: sid, **python_env()},
                 session_root_directory=folder, revision_extensions=openjd_task.extensions(job_template))
         except Exception:

@@ -32,6 +32,8 @@ class OpenJDOrder:
     job_parameters: dict[str, str]
     step: str
     task_parameters: dict[str, tuple[str, str]]  # name -> (type, value)
+    # (absolute folder of the artist's disk, its path under params/): asset references' rules
+    mappings: tuple[tuple[str, str], ...] = ()
 
     @classmethod
     def parse(cls, raw: object) -> OpenJDOrder:
@@ -55,7 +57,13 @@ class OpenJDOrder:
             if kind not in TASK_PARAMETER_TYPES or not isinstance(value, str):
                 raise OpenJDOrderError(f"openjd.task_parameters.{name}: bad type or value: {spec!r}")
             parsed[str(name)] = (kind, value)
-        return cls(template, dict(job_parameters), step, parsed)
+        mappings = raw.get("mappings") or ()
+        if not isinstance(mappings, (list, tuple)) or not all(
+                isinstance(m, dict) and isinstance(m.get("source"), str) and isinstance(m.get("path"), str)
+                for m in mappings):
+            raise OpenJDOrderError("openjd.mappings: expected a list of {source, path}")
+        return cls(template, dict(job_parameters), step, parsed,
+                   tuple((m["source"], m["path"]) for m in mappings))
 
 
 @dataclass(frozen=True)

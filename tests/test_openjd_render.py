@@ -77,6 +77,18 @@ def test_a_worker_that_did_not_opt_in_refuses_openjd_tasks(worker, tmp_path):
         attempt(worker(), tmp_path, 1)
 
 
+def test_a_worker_with_a_render_user_neither_offers_nor_runs_openjd_tasks(worker, tmp_path):
+    """openjd-sessions cannot run a template's programs as our render account yet: a worker told
+    to isolate its renders runs none, rather than run them as itself (the node's own user)."""
+    from renderfarm_worker.capabilities import detect
+
+    rt = worker(FARM_ALLOW_OPENJD="1", FARM_RENDER_USER="nobody")
+    assert "openjd" not in detect(rt.settings, ())["renderers"]
+    assert "openjd" in detect(worker(FARM_ALLOW_OPENJD="1").settings, ())["renderers"]
+    with pytest.raises(RenderError, match="cannot run as the render user"):
+        attempt(rt, tmp_path, 1)
+
+
 def test_outputs_are_uploaded_under_the_attempt_with_their_relative_paths(worker, tmp_path):
     rt = worker(FARM_ALLOW_OPENJD="1")
     for frame in (1, 2):

@@ -27,7 +27,12 @@ def detect(settings: Settings, tags: tuple[str, ...], blender: Blender | None = 
     renderers = {"builtin": __version__, "null": __version__}
     if settings.allow_commands:
         renderers["command"] = f"python {platform.python_version()}"
-    if settings.allow_openjd:
+    if settings.allow_openjd and settings.render_user:
+        # openjd-sessions switches users through sudo, which our render account does not set up:
+        # rather than run a template's programs as the worker's own user, this worker takes none.
+        log.warning("FARM_ALLOW_OPENJD is ignored with FARM_RENDER_USER: OpenJD tasks cannot run as "
+                    "the render user yet, so this worker takes none")
+    elif settings.allow_openjd:
         renderers["openjd"] = "2023-09"  # the specification revision it runs
     if blender is not None:
         renderers["blender"] = blender.version

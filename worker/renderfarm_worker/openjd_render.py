@@ -85,6 +85,9 @@ def render_openjd(rt: WorkerRuntime, order: TaskOrder, openjd, workdir: Path,
 
     if not getattr(rt.settings, "allow_openjd", False):
         raise RenderError("OpenJD tasks are not allowed on this worker (set FARM_ALLOW_OPENJD=1)")
+    if rt.settings.render_user:
+        raise RenderError("OpenJD tasks cannot run as the render user (FARM_RENDER_USER) yet; this worker "
+                          "takes none")
     inputs = getattr(openjd, "inputs", None) or ()
     try:
         task = OpenJDOrder.parse(openjd.model_dump() if hasattr(openjd, "model_dump") else openjd)

@@ -211,8 +211,10 @@ def test_formatters():
     assert [short_count(n) for n in (0, 9999, 10_000, 123_456)] == ["0", "9999", "10k", "123k"]
     assert [short_duration(s) for s in (None, 0.4, 59, 60, 599, 600, 3599, 3600, 35_999, 36_000, 359_999, 400_000, 9e6)] == [
         "-", "0s", "59s", "1m00s", "9m59s", "10m", "59m", "1h00m", "9h59m", "10h", "99h", "4d", "99d+"]
-    assert [money(v) for v in (0, 0.0123456, 0.5, 12.345678, 1234.5, 12345.6, 999_999.4, 1_234_567, 0.00001234)] == [
-        "0", "0.0123", "0.5000", "12.346", "1234.5", "12346", "999999", "1235k", "1e-05"]
+    # Money's decimals, never a float's exponent: 4 below 1 (as `farm status`), cents from 1 up.
+    assert [money(v) for v in (0, 0.0123456, 0.5, 0.99999, 12.345678, 1234.56, 12345.6, 999_999.4, 1_234_567,
+                               8e-05, 0.00001234)] == [
+        "0", "0.0123", "0.5000", "1.00", "12.35", "1235", "12346", "999999", "1235k", "0.0001", "<.0001"]
     # No price anywhere (the local farm's default) is no cost at all; several currencies do not add up.
     assert [cost_text(c) for c in ({}, {"": 0.0}, {"EUR": 0.0}, {"EUR": 0.0123}, {"EUR": 1.0, "CNY": 7.0})] == [
         "-", "-", "0", "0.0123", "mixed"]

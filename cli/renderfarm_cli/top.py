@@ -122,6 +122,8 @@ def _job_screens():
             self.only_failed = False
             self.reading = False  # not `loading`: that is Textual's, and covers the screen with a spinner
             self.next_read = 0.0  # monotonic time before which a timer tick reads nothing
+            self.message = None  # (when, text): a verb's answer, kept over reloads as on the jobs screen
+            self.read_at = "-"  # when the list was last read
 
         def compose(self) -> ComposeResult:
             yield Static(f" tasks of job {self.job_id}", id="title", classes="title")
@@ -160,9 +162,22 @@ def _job_screens():
             self.query_one("#tasks", DataTable).sync([(t.id, task_cells(t, now)) for t in rows])
             which = "failed task(s)" if self.only_failed else "task(s)"
             self.query_one("#title", Static).update(f" {len(rows)} {which} of job {self.job_id}")
-            self.query_one("#status", Static).update(
-                styled(f" read {time.strftime('%H:%M:%S')} · Enter or l opens a task's log · k kill, r retry, s skip it",
-                       "dim"))
+            self.read_at = time.strftime("%H:%M:%S")
+            self.show_status()
+
+        def say(self, message: str, *, error: bool = False) -> None:
+            self.message = (time.monotonic(), styled(" " + message, "error" if error else "ok"))
+            self.show_status()
+
+        def show_status(self) -> None:
+            """A verb's answer for MESSAGE_SECONDS (a reload must not wipe a refusal at once), else
+            when the list was read and the keys."""
+            if self.message and time.monotonic() - self.message[0] < MESSAGE_SECONDS:
+                text = self.message[1]
+            else:
+                text = styled(f" read {self.read_at} · Enter or l opens a task's log · "
+                              "k kill, r retry, s skip it", "dim")
+            self.query_one("#status", Static).update(text)
 
         def on_data_table_row_selected(self, event: DataTable.RowSelected) -> None:
             key = event.data_table.id_at(event.cursor_row)
@@ -183,20 +198,20 @@ def _job_screens():
             key = self.query_one("#tasks", DataTable).selected_id()
             if key is None:
                 return
-            self.query_one("#status", Static).update(styled(f" task {key}: {action}…", "dim"))
+            self.message = (time.monotonic(), styled(f" task {key}: {action}…", "dim"))
+            self.show_status()
             self.run_worker(self._send_task(action, key), group="verbs")
 
         async def _send_task(self, action: str, key: str) -> None:
             from renderfarm.client import task_verb
 
-            status = self.query_one("#status", Static)
             try:
                 await asyncio.to_thread(task_verb, self.dashboard.settings, action, [key])
             except Exception as e:
-                status.update(styled(" " + error_text(e), "error"))
+                self.say(error_text(e), error=True)
                 return
+            self.say(f"task {key}: {action} applied")
             await self.reload()
-            status.update(styled(f" task {key}: {action} applied", "ok"))
 
     return JobTasks, TaskLog
 

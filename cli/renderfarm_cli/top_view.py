@@ -74,13 +74,18 @@ def short_duration(seconds: float | None) -> str:
 
 
 def money(value: float, width: int = 6) -> str:
-    """An amount in at most `width` characters, as many decimals as fit: 0.0123, 12.35, 12346,
-    1.2M; amounts too small to show in that many are shown as 1e-05."""
+    """An amount of a currency in at most `width` characters, with the decimals money needs: below
+    1 as `farm status` shows it (0.0123, 0.0001 at 4 decimals), from 1 up in cents (12.35), whole
+    once the cents do not fit (12346), then in k and M (1235k); an amount too small for the
+    decimals that fit is `<.0001`, never 1e-05."""
     if value == 0:
         return "0"
-    if abs(value) < 10 ** -(width - 3):
-        return f"{value:.0e}"
-    for decimals in range(width - 2, -1, -1):
+    decimals = width - 2
+    if value < 0.5 * 10**-decimals:
+        return "<" + f"{10**-decimals:.{decimals}f}"[1:]
+    if round(value, decimals) < 1:
+        return f"{value:.{decimals}f}"
+    for decimals in (2, 0):
         text = f"{value:.{decimals}f}"
         if len(text) <= width:
             return text

@@ -1,5 +1,6 @@
 """A worker whose scratch disk is full or read-only: each task it takes fails, visibly, and goes to
-the other worker; once the disk is mended it takes work again (a real 5 MB tmpfs; needs root)."""
+the other worker; once the disk is mended it takes work again, of a job already running (a real
+5 MB tmpfs; needs root)."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from livefarm import BOUNCING, LiveFarm, report
 pytestmark = pytest.mark.slow
 
 NODE = "bad-disk-node"
+STEADY = "steady"  # the other worker's name and tag: a job requiring it is not NODE's to take
 ERRORS = {"full": "No space left on device", "read-only": "Read-only file system"}
 
 
@@ -53,34 +55,44 @@ def disk(request, tmp_path):
         subprocess.run(["umount", "-l", str(mount)], check=False)
 
 
-@pytest.fixture()
-def farm(tmp_path, disk):
-    """A farm of one worker, and a second one (NODE) started on the tmpfs, which then goes bad."""
-    f = LiveFarm(tmp_path, workers=1)
-    f.up()
-    log = (tmp_path / f"{NODE}.log").open("wb")
+def start_node(f: LiveFarm, folder, name: str, *args: str, scratch=None) -> tuple[subprocess.Popen, object]:
+    """A worker enrolled with `farm node add NAME ARGS` and started, beating and known to the
+    manager (its row written, so it is handed tasks); the process and its open log."""
     from nodekit import cli_node
 
+    from renderfarm import presence
     from renderfarm.localfarm.services import node_env
 
-    argv = [*cli_node(f.env, NODE, tmp_path), "--scratch", str(disk.mount)]
+    log = (folder / f"{name}.log").open("wb")
+    argv = cli_node(f.env, name, folder, *args) + (["--scratch", str(scratch)] if scratch else [])
     node = subprocess.Popen(argv, env=node_env(f.env), stdout=log, stderr=subprocess.STDOUT)
-    try:
-        r = f.redis()
-        from renderfarm import presence
+    r = f.redis()
+    wait_for(lambda: name in presence.live_workers(r), 30, f"{name} to beat")
+    wait_for(lambda: f.query("select 1 from workers where name = ?", name), 30, f"the manager to see {name}")
+    return node, log
 
-        wait_for(lambda: NODE in presence.live_workers(r), 30, f"{NODE} to beat")
-        # Known to the manager (its row written) before a job comes, so it is handed tasks.
-        wait_for(lambda: f.query("select 1 from workers where name = ?", NODE), 30, f"the manager to see {NODE}")
+
+@pytest.fixture()
+def farm(tmp_path, disk):
+    """A farm of two enrolled workers: STEADY (tagged so) and NODE (untagged), started on the
+    tmpfs, which then goes bad."""
+    f = LiveFarm(tmp_path, workers=0)
+    f.up()
+    started = []
+    try:
+        started.append(start_node(f, tmp_path, STEADY, "--tag", STEADY))
+        started.append(start_node(f, tmp_path, NODE, scratch=disk.mount))
         disk.spoil()
         yield f
     finally:
-        node.send_signal(signal.SIGTERM)
-        try:
-            node.wait(60)
-        except subprocess.TimeoutExpired:
-            node.kill()
-        log.close()
+        for node, log in started:
+            node.send_signal(signal.SIGTERM)
+        for node, log in started:
+            try:
+                node.wait(60)
+            except subprocess.TimeoutExpired:
+                node.kill()
+            log.close()
         f.down()
 
 
@@ -100,10 +112,24 @@ def test_a_bad_scratch_disk_fails_each_task_over_and_the_worker_works_again_once
         others = [b for b in attempts if b["task"] == a["task"] and b["worker"] != NODE]
         assert [b["state"] for b in others] == ["done"], [dict(b) for b in others]
 
+    # Mended mid-job: a long job that at first only the STEADY worker may render (NODE, still on
+    # its bad disk, takes none of it, so it is not blocklisted for it); once it renders, the disk
+    # is mended and the job opened to any worker; NODE then renders some of it while it runs.
+    long = farm.submit(BOUNCING, "--frames", "1-200", "--name", "long", "--require", STEADY)
+    wait_for(lambda: any(a["state"] in ("running", "done") for a in farm.attempts(long)), 120,
+             f"the long job to render on {STEADY}")
+    assert not [a for a in farm.attempts(long) if a["worker"] == NODE]
     disk.mend()
-    second = farm.submit(BOUNCING, "--frames", "1-6", "--name", "mended")
-    assert farm.wait_job(second, timeout=120) == "done"
-    farm.check_frames(second, "mended", list(range(1, 7)), (640, 360))
-    rendered = [a for a in farm.attempts(second) if a["worker"] == NODE]
-    assert rendered and all(a["state"] == "done" for a in rendered), [dict(a) for a in rendered]
-    report(f"scratch disk: {disk.how}", failed_over=len(took), rendered_after_mending=len(rendered))
+    run_farm("set", long, "--any-worker", env=farm.env)
+
+    def rendered() -> list:
+        return [a for a in farm.attempts(long) if a["worker"] == NODE and a["state"] == "done"]
+
+    wait_for(rendered, 120, f"{NODE} to render a task of the running job once mended")
+    assert farm.job_state(long) == "running", "the long job ended before NODE rendered any of it"
+    took_after = [a for a in farm.attempts(long) if a["worker"] == NODE]
+    assert all(a["state"] in ("queued", "running", "done") for a in took_after), [
+        dict(a) for a in took_after]
+    run_farm("cancel", long, env=farm.env)
+    assert farm.wait_job(long, timeout=120) == "cancelled"
+    report(f"scratch disk: {disk.how}", failed_over=len(took), rendered_after_mending=len(rendered()))

@@ -21,6 +21,7 @@ are not posted; the report counts them."""
 
 from __future__ import annotations
 
+import hashlib
 import itertools
 import json
 import re
@@ -56,7 +57,10 @@ pytestmark = pytest.mark.slow
 
 EXAMPLES_RUN = 45  # hypothesis examples, each a batch of 45 to 60 entries: 2,025 at least
 BATCH = (45, 60)
-ANSWER_GUARD = 4.0  # seconds: twice the 2 s target, as a guard; the figure is reported
+ANSWER_TARGET = 2.0  # seconds: the manager answers a submit intent within this (issue 15.2)
+# The whole `farm submit` command: it takes 2-4 s just to start (imports, a storage client) on a
+# loaded 2-core machine while the manager answers in 0.01-0.02 s, so only a generous bound here.
+COMMAND_GUARD = 30.0
 EVENT_NODES = ("fze-1", "fze-2")
 BEAT_POOL = 16  # nodes per pool of beating nodes: beats past that in one batch are not posted
 WAIT = 60.0  # seconds for the farm to take in what was posted (it takes well under one)
@@ -346,6 +350,36 @@ def fuzz(poster: Poster, real: Real) -> None:
 # -- the farm -----------------------------------------------------------------------------------
 
 
+def submit_answered(farm: LiveFarm, r, name: str) -> tuple[str, float]:
+    """A normal submission of the same small job as `timed_submit`'s (its scene already stored),
+    handed to the manager as `farm submit` hands it: its id, and how long the manager took to
+    answer the intent (from posting it to its reply, as `answered` measures)."""
+    import tempfile
+    from pathlib import Path
+
+    from renderfarm.client import Submission, check_submission
+    from renderfarm.renderers.registry import get_renderer
+    from renderfarm.storage.keys import scene_key
+
+    settings = farm.settings()
+    sub = Submission(scene=EXAMPLES / "orbit.toml", renderer="null", frames="1-4", name=name)
+    spec = check_submission(settings, sub)
+    with tempfile.TemporaryDirectory(prefix="fuzz-submit-") as packing:
+        scene = get_renderer(spec.renderer).package(sub.scene, Path(packing),
+                                                    wire.Limits.of(settings))
+        sha = hashlib.sha256(scene.read_bytes()).hexdigest()
+        key = scene_key(sha, scene.suffix.lower())
+    assert farm.storage().head(key) is not None, "the submits before the fuzz stored the scene"
+    intent = wire.SubmitIntent(request_id=f"{now_us():032x}",
+                               job=spec.model_copy(update={"scene_key": key, "scene_sha256": sha}))
+    t0 = time.monotonic()
+    streams.send_intent(r, intent)
+    reply = streams.await_reply(r, intent.request_id, WAIT)
+    answer_s = time.monotonic() - t0
+    assert reply.ok, reply
+    return str(reply.job_id), answer_s
+
+
 def timed_submit(farm: LiveFarm, name: str) -> tuple[str, float]:
     """A normal `farm submit --json` of a small job: its id, and how long the command took."""
     t0 = time.monotonic()
@@ -471,21 +505,26 @@ def test_fuzzed_entries_are_dead_lettered_and_the_farm_renders_on(tmp_path):
         wait_for(lambda: sorted(presence.live_workers(r)) == list(real.workers), 30,
                  "only the real workers to beat")
         intent_s = answered(r)
-        job, answer_s = timed_submit(farm, "after")
-        assert farm.wait_job(job, 60) == "done"
-        farm.check_frames(job, "after", [1, 2, 3, 4], (320, 180))
-        print(f"\n[figures] submit answered in {answer_s:.2f} s "
-              f"(before fuzzing {answer_before_s:.2f} s)")
+        job, submit_s = submit_answered(farm, r, "after")
+        cli_job, command_s = timed_submit(farm, "after-cli")
+        for done, name in ((job, "after"), (cli_job, "after-cli")):
+            assert farm.wait_job(done, 60) == "done"
+            farm.check_frames(done, name, [1, 2, 3, 4], (320, 180))
+        print(f"\n[figures] submit intent answered in {submit_s:.3f} s; `farm submit` took "
+              f"{command_s:.2f} s (before fuzzing {answer_before_s:.2f} s)")
         report("fuzz", entries=posted, distinct=len(poster.distinct),
                **{f"posted_{k}": v for k, v in expected.posted.items()},
                **{f"valid_{k}": v for k, v in expected.valid.items()}, skipped=expected.skipped,
                dead_letters=want.total(), fuzz_s=fuzz_s, settle_s=settle_s,
-               submit_answered_s=answer_s, submit_before_fuzz_s=answer_before_s,
+               submit_intent_answered_s=submit_s, submit_command_s=command_s,
+               submit_command_before_fuzz_s=answer_before_s,
                intent_answered_s=intent_s, intent_before_fuzz_s=intent_before_s)
-        # The manager answers as at once as before; the command's own start (a second or more on
-        # a loaded machine, as the submit before the fuzz shows) may take longer than the guard.
-        assert intent_s < ANSWER_GUARD, f"the manager answered an intent in {intent_s:.2f} s"
-        guard = max(ANSWER_GUARD, 2 * answer_before_s)
-        assert answer_s < guard, f"submit answered in {answer_s:.2f} s (guard {guard:.1f} s)"
+        # Issue 15.2's "a normal submit is answered in under 2 s" is the manager's answer: the
+        # time from the submit intent being posted to its reply. The command around it spends
+        # 2-4 s starting on a loaded 2-core machine (as the submit before the fuzz shows), which
+        # says nothing about the farm, so it only gets a generous bound.
+        assert submit_s < ANSWER_TARGET, f"the manager answered a submit in {submit_s:.2f} s"
+        assert intent_s < ANSWER_TARGET, f"the manager answered an intent in {intent_s:.2f} s"
+        assert command_s < COMMAND_GUARD, f"`farm submit` took {command_s:.2f} s"
     finally:
         farm.down()

@@ -88,11 +88,13 @@ def is_template_path(path: Path) -> bool:
     directory, a YAML file, or a JSON file that names its `specificationVersion` (our own scenes
     may be JSON too)."""
     suffix = path.suffix.lower()
-    if path.is_dir() or suffix in (".yaml", ".yml"):
+    if suffix in (".yaml", ".yml"):
         return True
-    if suffix != ".json" or not path.is_file():
-        return False
-    try:
+    try:  # a name too long or unreadable is no template: the scene's own checks say what is wrong
+        if path.is_dir():
+            return True
+        if suffix != ".json" or not path.is_file():
+            return False
         doc = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return False

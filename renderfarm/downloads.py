@@ -178,7 +178,7 @@ def _fetch(storage: Storage, out: Output, dest: Path, listed: ObjectInfo) -> Pat
     """One output into `dest`, intact, or an error saying why not."""
     from renderfarm.storage.base import sha256_file
 
-    target = _target(dest, out.name, depth=OPENJD_DEPTH if out.sha256 else 2)
+    target = target_below(dest, out.name, depth=OPENJD_DEPTH if out.sha256 else 2)
     try:
         if _is_file(target) and target.stat().st_size == listed.size:
             info = retrying(f"head {out.key}", lambda: storage.head(out.key), within=DOWNLOAD_RETRY)
@@ -212,9 +212,10 @@ def _fetch(storage: Storage, out: Output, dest: Path, listed: ObjectInfo) -> Pat
 OPENJD_DEPTH = 16  # parts of an OpenJD file's path (renderfarm.wire.base.OUTPUT_PATH_DEPTH)
 
 
-def _target(dest: Path, name: str, depth: int = 2) -> Path:
+def target_below(dest: Path, name: str, depth: int = 2) -> Path:
     """Where `name` goes below `dest`; its folders (a tile's frame, an OpenJD file's) made, at
-    most `depth` parts, and never a link out."""
+    most `depth` parts, and never a link out (a download here; a worker placing an OpenJD task's
+    inputs in its session too)."""
     parts = name.split("/")
     if any(p in ("", ".", "..") or "\x00" in p or "\\" in p for p in parts) or len(parts) > depth:
         raise InputError(f"{name!r} is not a file name to write below {dest}")

@@ -172,5 +172,5 @@ def test_an_input_is_placed_below_params_and_never_through_a_link(tmp_path: Path
     (params / "Linked").symlink_to(tmp_path)
     with pytest.raises(RenderError, match="not a folder"):
         target_of(params, "Linked/f.png")
-    with pytest.raises(RenderError, match="not a relative path"):
+    with pytest.raises(RenderError, match="is not a file name to write below"):
         target_of(params, "../f.png")

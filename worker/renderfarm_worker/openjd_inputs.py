@@ -43,20 +43,13 @@ def stager(rt: WorkerRuntime, inputs: Sequence[OpenJDInput], attempt_log: Attemp
 def target_of(params_dir: Path, relative: str) -> Path:
     """Where `relative` goes under `params_dir`, its folders made; a link or a file where a
     folder should be is refused (nothing is ever written through a link)."""
-    parts = relative.split("/")
-    if any(p in ("", ".", "..") or "\\" in p or "\x00" in p for p in parts):
-        raise RenderError(f"input {relative[:200]!r} is not a relative path")
-    folder = params_dir
-    for part in parts[:-1]:
-        folder = folder / part
-        try:
-            folder.mkdir(exist_ok=True)
-            mode = folder.lstat().st_mode
-        except OSError as e:
-            raise RenderError(f"input {relative}: cannot create {folder} ({e.strerror})") from None
-        if not stat.S_ISDIR(mode):
-            raise RenderError(f"input {relative}: {folder} is not a folder (a link?)")
-    return folder / parts[-1]
+    from renderfarm.downloads import OPENJD_DEPTH, target_below
+    from renderfarm.errors import InputError
+
+    try:
+        return target_below(params_dir, relative, depth=OPENJD_DEPTH)
+    except InputError as e:
+        raise RenderError(f"input {relative[:200]!r}: {e}") from None
 
 
 def _intact(path: Path, size: int, sha256: str) -> bool:

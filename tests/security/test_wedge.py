@@ -77,8 +77,17 @@ def test_hostile_entries_are_refused_while_a_job_renders_on(farm):
     assert cli.returncode != 0 and "Traceback" not in cli.stderr
     assert len(cli.stderr.strip().splitlines()) == 1 and HUGE in cli.stderr, cli.stderr
 
+    def all_came() -> bool:
+        came = _letters(farm)
+        if not any(x["source"] == keys.heartbeat_key(node.name) for x in came):
+            # The real worker beats under the same key: its next beat can replace the bad one
+            # before a loaded manager reads it. The bad beat is set again until it is seen (its
+            # dead letter is written once per worker, however often it comes).
+            _post_heartbeat(as_node, node)
+        return len(came) >= len(expected) + 1
+
     try:
-        wait_for(lambda: len(_letters(farm)) >= len(expected) + 1, 30, "every entry's dead letter")
+        wait_for(all_came, 60, "every entry's dead letter", interval=1.0)
     except AssertionError:
         pass  # the assertion below shows what came
     everything = _letters(farm)

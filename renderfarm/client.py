@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import getpass
-import hashlib
 import json
 import math
 import os
@@ -22,6 +21,7 @@ from renderfarm.errors import FarmNotRunningError, InputError, NotFoundError, Re
 from renderfarm.planning import PRIORITY_DEFAULT, slug
 from renderfarm.redisconn import NOT_RUNNING_HINT, connect
 from renderfarm.renderers.registry import check_scene_path, get_renderer
+from renderfarm.storage.base import sha256_file
 from renderfarm.storage.keys import scene_key
 
 if TYPE_CHECKING:
@@ -243,7 +243,7 @@ def submit(settings: Settings, sub: Submission, *, request_id: str | None = None
     storage = open_storage(settings)
     with tempfile.TemporaryDirectory(prefix="farm-submit-") as packing:
         scene = get_renderer(spec.renderer).package(Path(sub.scene), Path(packing), Limits.of(settings))
-        sha = _sha256(scene)
+        sha = sha256_file(scene)
         key = scene_key(sha, scene.suffix.lower())
         if storage.head(key) is None:
             storage.put_file(key, scene, sha256=sha)
@@ -272,14 +272,6 @@ def hand_over(settings: Settings, r, intent) -> str:
 def settings_wait(settings: Settings) -> float:
     """How long the CLI waits for the manager's answer to an intent (FARM_SUBMIT_WAIT)."""
     return settings.submit_wait
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        while block := f.read(1 << 20):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def resolve_job_id(settings: Settings, ref: str) -> str:

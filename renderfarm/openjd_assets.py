@@ -16,13 +16,13 @@ Where a session holds them (paths relative to its params/ folder, as the worker 
 
 from __future__ import annotations
 
-import hashlib
 import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from renderfarm.errors import InputError, shown
+from renderfarm.storage.base import sha256_file
 
 if TYPE_CHECKING:
     from renderfarm.renderers.limits import RenderLimits
@@ -122,19 +122,11 @@ def _check_caps(files: dict[Path, str], limits: RenderLimits) -> None:
                          f"{size_text(limits.max_unpacked_bytes)} ({raise_hint('max_unpacked_bytes')})")
 
 
-def sha256_of(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        while chunk := f.read(1 << 20):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def describe(gathered: Gathered) -> tuple[tuple[OpenJDAsset, ...], tuple[OpenJDPathMapping, ...]]:
     """The job's record of what it brings: each file's path in the session, size and SHA-256."""
     from renderfarm.wire import OpenJDAsset, OpenJDPathMapping
 
-    assets = tuple(OpenJDAsset(path=at, size=path.stat().st_size, sha256=sha256_of(path))
+    assets = tuple(OpenJDAsset(path=at, size=path.stat().st_size, sha256=sha256_file(path))
                    for path, at in gathered.files)
     return assets, tuple(OpenJDPathMapping(source=s, path=p) for s, p in gathered.mappings)
 

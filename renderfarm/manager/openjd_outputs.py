@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from renderfarm.errors import StorageError, VerificationError
+from renderfarm.storage.base import sha256_file
 from renderfarm.storage.keys import attempt_prefix, job_prefix
 
 if TYPE_CHECKING:
@@ -105,7 +106,7 @@ def _check(storage: Storage, out: Output, key: str, local: Path) -> None:
     size = local.stat().st_size
     if size == 0:
         raise VerificationError(f"{what}: empty file")
-    if size != out.size or _sha256(local) != out.sha256:
+    if size != out.size or sha256_file(local) != out.sha256:
         raise VerificationError(f"{what}: {size} bytes do not match the reported size or SHA-256")
     kind = IMAGE_SUFFIXES.get(local.suffix)
     if kind is not None and size <= DECODE_MAX:
@@ -139,14 +140,6 @@ def _promote(storage: Storage, out: Output, key: str, local: Path) -> None:
         if e.transient:
             raise
         raise VerificationError(f"output {out.path}: cannot be committed to {key} ({e})") from None
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        while chunk := f.read(1 << 20):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def record(session: Session, job_id: str, task: Task, committed: list[Committed], now: float) -> None:

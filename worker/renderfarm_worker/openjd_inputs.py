@@ -6,7 +6,6 @@ link in the way is refused too)."""
 
 from __future__ import annotations
 
-import hashlib
 import os
 import secrets
 import stat
@@ -15,6 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from renderfarm.errors import RenderError
+from renderfarm.storage.base import sha256_file
 
 if TYPE_CHECKING:
     from renderfarm.wire import OpenJDInput
@@ -59,15 +59,7 @@ def _intact(path: Path, size: int, sha256: str) -> bool:
         return False
     if not stat.S_ISREG(st.st_mode) or st.st_size != size:
         return False
-    return _sha256(path) == sha256
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        while chunk := f.read(1 << 20):
-            digest.update(chunk)
-    return digest.hexdigest()
+    return sha256_file(path) == sha256
 
 
 def _fetch(rt: WorkerRuntime, item: OpenJDInput, target: Path) -> None:
@@ -75,7 +67,7 @@ def _fetch(rt: WorkerRuntime, item: OpenJDInput, target: Path) -> None:
     try:
         os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644))
         rt.download(item.key, tmp, item.url)
-        digest = _sha256(tmp)
+        digest = sha256_file(tmp)
         if digest != item.sha256 or tmp.stat().st_size != item.size:
             raise RenderError(f"input {item.path}: downloaded {tmp.stat().st_size} bytes with SHA-256 "
                               f"{digest[:16]}..., expected {item.size} with {item.sha256[:16]}...")

@@ -159,6 +159,22 @@ def test_no_port_is_another_servers_grpc_port(tmp_path):
     assert local["valkey_port"] == 31001 and local["weed_master"] == 31003  # the others are kept
 
 
+def test_chosen_ports_lie_outside_the_kernels_ephemeral_range(tmp_path):
+    """A port from the ephemeral range can be taken by any outgoing connection between our choice
+    and the server's bind: CI's SeaweedFS once failed to start, "port 54111 for Filer is not
+    available". Fresh ports, and their gRPC twins, come from outside that range."""
+    from renderfarm.config import load_settings
+    from renderfarm.localfarm import LocalFarm, services
+
+    low, high = services.ephemeral_range()
+    state = tmp_path / "state"
+    state.mkdir()
+    local = LocalFarm(load_settings(farm_env(state), cwd=tmp_path))._local_settings({"valkey", "seaweedfs"}, "127.0.0.1")
+    ports = [v for k, v in local.items() if k.endswith("_port") or k.startswith("weed_")]
+    assert len(ports) == 6 and len(set(ports)) == 6, local
+    assert not [p for p in ports for q in (p, p + 10000) if low <= q <= high], (low, high, local)
+
+
 @pytest.mark.parametrize(
     ("listen", "message"),
     [

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import random
 import shutil
 import signal
 import socket
@@ -60,10 +61,31 @@ def port_free(port: int, host: str = LOOPBACK) -> bool:
     return True
 
 
+def ephemeral_range() -> tuple[int, int]:
+    """The ports the kernel hands out to outgoing connections (Linux: 32768-60999 by default)."""
+    try:
+        low, high = map(int, Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split())
+    except (OSError, ValueError):
+        return 32768, 60999
+    return low, high
+
+
 def free_ports(count: int, host: str = "127.0.0.1", avoid: set[int] | None = None) -> list[int]:
-    """`count` distinct free TCP ports (never 6379), from the kernel's ephemeral choice."""
-    ports: list[int] = []
+    """`count` distinct free TCP ports (never 6379), each with its gRPC twin (+10000) free too.
+    They lie outside the kernel's ephemeral range: a port from that range can be taken between
+    our choice and the server's bind by any outgoing connection on this machine (CI saw SeaweedFS's
+    filer lose its port that way). Where no such port is left, the kernel's own choice serves."""
+    low, high = ephemeral_range()
+    pool = [p for p in range(10000, 65536 - 10000)
+            if not (low <= p <= high or low <= p + 10000 <= high)]
+    random.shuffle(pool)
     avoid = set(avoid or ()) | {6379}
+    ports: list[int] = []
+    for port in pool:
+        if len(ports) == count:
+            return ports
+        if port not in avoid and port_free(port, host) and port_free(port + 10000, host):
+            ports.append(port)
     while len(ports) < count:
         with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
             s.bind((host, 0))

@@ -35,10 +35,9 @@ from renderfarm.webhooks import EventKind
 if TYPE_CHECKING:
     from sqlmodel import Session
 
+    from renderfarm.planning import TaskPlan
     from renderfarm.sites import Usage
     from renderfarm.wire import Heartbeat
-
-    from renderfarm.planning import TaskPlan
 
 _INSERT_BATCH = 5000
 log = logging.getLogger("renderfarm.lifecycle")
@@ -304,29 +303,67 @@ def _end_unfinished(session: Session, attempt: Attempt, now: float, why: str, st
         task.progress = 0.0
 
 
-def refresh_job(session: Session, job: Job, now: float) -> None:
-    """Finish a job whose tasks are all final: done, or failed naming its failed tasks."""
-    if job.state not in (JobState.QUEUED.value, JobState.RUNNING.value):
-        return
+def refresh_job(session: Session, job: Job, now: float) -> list[Attempt]:
+    """Finish a job whose tasks are all final: done, or failed naming its failed tasks. A job
+    whose failed tasks reached its limit (`max_failed_tasks`) fails at once, its unfinished tasks
+    cancelled; returns their live attempts, for the caller to take back from their workers."""
+    if job.state not in (JobState.QUEUED.value, JobState.RUNNING.value, JobState.SUSPENDED.value):
+        return []
+    if job.max_failed_tasks is not None:
+        failed = session.scalar(select(func.count()).select_from(Task).where(
+            Task.job_id == job.id, Task.state == TaskState.FAILED.value))
+        if failed >= max(1, job.max_failed_tasks):
+            return _fail_at_limit(session, job, failed, now)
+    if job.state == JobState.SUSPENDED.value:
+        return []
     # One index probe while any task is unfinished (a 100,000-task job is asked after every batch).
     unfinished = [s.value for s in TaskState if s not in TASK_FINAL]
     if session.scalar(select(Task.id).where(Task.job_id == job.id, Task.state.in_(unfinished)).limit(1)) is not None:
-        return
+        return []
     failed = task_counts(session, job.id).get(TaskState.FAILED.value, 0)
     job.finished_at = now
     job.started_at = job.started_at or now
     if failed:
-        indexes = session.scalars(
-            select(Task.index).where(Task.job_id == job.id, Task.state == TaskState.FAILED.value)
-            .order_by(Task.index).limit(20)
-        ).all()
-        more = f" and {failed - len(indexes)} more" if failed > len(indexes) else ""
         _change(job, JobState.FAILED)
-        job.error = f"{failed} task{'s' if failed != 1 else ''} failed: " + ", ".join(f"{job.id}:{i}" for i in indexes) + more
+        job.error = _failed_tasks(session, job, failed)
         outbox.record_job_event(session, job, EventKind.JOB_FAILED, now)
     else:
         _change(job, JobState.DONE)
         outbox.record_job_event(session, job, EventKind.JOB_DONE, now)
+    return []
+
+
+def _fail_at_limit(session: Session, job: Job, failed: int, now: float) -> list[Attempt]:
+    """The job's failed tasks reached its limit: it fails, and its unfinished tasks are cancelled
+    with their live attempts (returned: the caller takes them back)."""
+    live = _live_attempts(session, job.id)
+    why = f"job failed: {failed} of its tasks failed (its limit is {job.max_failed_tasks})"
+    for attempt in live:
+        _change(attempt, AttemptState.CANCELLED)
+        attempt.finished_at = now
+        attempt.error = why
+        _set_worker_task(session, attempt.worker, None)
+    cancelled = session.execute(
+        update(Task).where(Task.job_id == job.id, Task.state.not_in([s.value for s in TASK_FINAL]))
+        .values(state=TaskState.CANCELLED.value, finished_at=now, progress=0.0)
+    ).rowcount
+    _change(job, JobState.FAILED)
+    job.finished_at = now
+    job.started_at = job.started_at or now
+    job.error = (f"{_failed_tasks(session, job, failed)}; the limit is {job.max_failed_tasks} failed tasks, so "
+                 f"{cancelled} unfinished task{'s were' if cancelled != 1 else ' was'} cancelled")
+    outbox.record_job_event(session, job, EventKind.JOB_FAILED, now)
+    return live
+
+
+def _failed_tasks(session: Session, job: Job, failed: int) -> str:
+    """`3 tasks failed: 7f3a:1, 7f3a:4, 7f3a:9` (the first 20 named)."""
+    indexes = session.scalars(
+        select(Task.index).where(Task.job_id == job.id, Task.state == TaskState.FAILED.value)
+        .order_by(Task.index).limit(20)
+    ).all()
+    more = f" and {failed - len(indexes)} more" if failed > len(indexes) else ""
+    return f"{failed} task{'s' if failed != 1 else ''} failed: " + ", ".join(f"{job.id}:{i}" for i in indexes) + more
 
 
 def task_counts(session: Session, job_id: str) -> dict[str, int]:
@@ -460,6 +497,9 @@ def retry_job(session: Session, job: Job, *, everything: bool) -> int:
     each with its full number of attempts; returns how many tasks go back to pending."""
     states = [TaskState.FAILED.value] + ([TaskState.DONE.value, TaskState.CANCELLED.value, TaskState.SKIPPED.value]
                                          if everything else [])
+    if job.state == JobState.FAILED.value and job.max_failed_tasks is not None:
+        # The tasks cancelled when its failed tasks reached its limit render again too.
+        states.append(TaskState.CANCELLED.value)
     tasks = session.scalars(select(Task).where(Task.job_id == job.id, Task.state.in_(states))).all()
     retry_tasks(session, job, list(tasks), reopen=everything)
     return len(tasks)

@@ -41,6 +41,9 @@ class JobBase(SQLModel):
     height: int
     output_format: str = Field(default="png", max_length=16)
     max_attempts: int = 3
+    # The job fails once this many of its tasks have failed for good, its unfinished tasks
+    # cancelled (an OpenJD bundle's deadline:maxFailedTasksCount; 0 counts as 1). None: no limit.
+    max_failed_tasks: int | None = None
     timeout: float = 3600.0
     tiles: str | None = Field(default=None, max_length=32)  # the tile grid ("3x2", "100px"), if tiled
     tile_count: int = 0  # tiles per frame (0: not tiled)

@@ -40,7 +40,7 @@ class FarmValues:
 
     priority: int | None = None
     max_attempts: int | None = None  # deadline:maxRetriesPerTask + 1
-    max_failed_tasks: int | None = None  # deadline:maxFailedTasksCount (kept; not enforced yet)
+    max_failed_tasks: int | None = None  # deadline:maxFailedTasksCount
     suspended: bool = False  # deadline:targetTaskRunStatus SUSPENDED
     max_workers: int | None = None  # deadline:maxWorkerCount
     ignored: tuple[str, ...] = ()  # deadline:* names the farm has no setting for

@@ -129,7 +129,7 @@ def test_upgrade_creates_schema_and_is_idempotent(database_url):
     engine = make_engine(database_url, writer=True)
     try:
         assert current_revision(engine) is None
-        assert head_revision() == "0018"
+        assert head_revision() == "0019"
         upgrade(engine)
         assert current_revision(engine) == head_revision()
         assert set(inspect(engine).get_table_names()) == TABLES
@@ -139,7 +139,7 @@ def test_upgrade_creates_schema_and_is_idempotent(database_url):
         assert set(inspect(engine).get_table_names()) == TABLES
         assert snapshot(engine, "job00001")[0] == "queued"
         with engine.connect() as conn:
-            assert conn.execute(text("SELECT version_num FROM alembic_version")).scalars().all() == ["0018"]
+            assert conn.execute(text("SELECT version_num FROM alembic_version")).scalars().all() == ["0019"]
     finally:
         engine.dispose()
 

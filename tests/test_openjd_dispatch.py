@@ -139,3 +139,34 @@ def test_deadline_settings_reach_the_job(farm: SteppedFarm) -> None:
         job = s.get(Job, job_id)
         assert (job.priority, job.max_attempts, job.max_workers, job.state) == (70, 6, 2, "suspended")
     assert farm.attempts() == []  # suspended: nothing starts until it is resumed
+
+
+def test_a_job_fails_once_its_failed_tasks_reach_its_limit_and_its_other_tasks_are_not_run(
+        farm: SteppedFarm) -> None:
+    from renderfarm.wire import RetryIntent
+
+    nodes = {"a": OPENJD_NODE, "b": OPENJD_NODE}
+    beat(farm, nodes)
+    # deadline:maxRetriesPerTask 0 and deadline:maxFailedTasksCount 2: the second failed task fails the job.
+    job_id = submit(farm, max_attempts=1, max_failed_tasks=2)
+    beat(farm, nodes)
+    first, second, third = (a for a, _, _ in farm.attempts(AttemptState.QUEUED))
+    farm.fail(first)  # one task failed for good: under the limit, the job goes on
+    beat(farm, nodes)
+    assert farm.job_state() == "running" and farm.attempts(AttemptState.QUEUED)[-1][0] == third
+    farm.fail(second)
+    with session_scope(farm.manager.engine) as s:
+        job = s.get(Job, job_id)
+        assert (job.state, job.error) == ("failed", f"2 tasks failed: {job_id}:0, {job_id}:1; the limit is 2 failed "
+                                                    "tasks, so 11 unfinished tasks were cancelled")
+        assert s.get(Attempt, third).state == "cancelled"
+    assert farm.tasks() == {0: "failed", 1: "failed", **{i: "cancelled" for i in range(2, 13)}}
+    # The queued one was taken back from its node's queue (the test's nodes take none from theirs).
+    assert third not in {o["attempt_id"] for w in nodes for o in queued_orders(farm, w)}
+    farm.manager.clock.advance(10)
+    beat(farm, nodes)
+    assert farm.attempts(AttemptState.QUEUED) == []  # nothing more is handed out
+    # `farm retry` renders the failed tasks and the ones the limit cancelled.
+    assert farm.ask(RetryIntent(request_id=farm.request_id(), job=job_id)).ok
+    beat(farm, nodes)
+    assert farm.job_state() == "running" and set(farm.tasks().values()) == {"pending", "queued"}

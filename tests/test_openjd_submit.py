@@ -97,7 +97,8 @@ def test_a_bundle_as_deadline_submitters_write_it_is_accepted_with_its_farm_sett
     write(bundle / "template.json", TWO_STEPS)
     write(bundle / "parameter_values.yaml", {"parameterValues": [
         {"name": "deadline:priority", "value": 80}, {"name": "deadline:maxRetriesPerTask", "value": 4},
-        {"name": "deadline:targetTaskRunStatus", "value": "READY"}, {"name": "Frames", "value": "1-50"}]})
+        {"name": "deadline:targetTaskRunStatus", "value": "READY"}, {"name": "deadline:maxFailedTasksCount", "value": 7},
+        {"name": "Frames", "value": "1-50"}]})
     (tmp_path / "tex.png").write_bytes(b"texture")  # uploaded at submit: it must exist
     write(bundle / "asset_references.yaml", {"assetReferences": {
         "inputs": {"filenames": [str(tmp_path / "tex.png")], "directories": []},
@@ -107,8 +108,8 @@ def test_a_bundle_as_deadline_submitters_write_it_is_accepted_with_its_farm_sett
     with session_scope(farm.manager.engine) as s:
         job = s.scalars(select(Job)).one()
         steps = s.execute(select(Task.step, func.count()).group_by(Task.step).order_by(Task.step)).all()
-        assert (job.name, job.priority, job.max_attempts, job.state, job.scene_name) == (
-            "sheet", 80, 5, "queued", "template.json")
+        assert (job.name, job.priority, job.max_attempts, job.max_failed_tasks, job.state, job.scene_name) == (
+            "sheet", 80, 5, 7, "queued", "template.json")
         assert json.loads(job.openjd_template)["job_parameters"] == {"Frames": "1-50", "Quality": "5"}
     assert [tuple(r) for r in steps] == [("Render", 5), ("Sheet", 10)]
     assert f"submitted job {job.id} (15 frames in 15 tasks)" in proc.stdout

@@ -136,7 +136,7 @@ class Inbox:
             promote_ahead(session, self.m.storage, events, out.batch)
             for entry, message in ready:
                 self._apply(session, entry, message, now, out)
-            self.m.refresh_jobs(session, out.batch.jobs, now)
+            self.m.refresh_jobs(session, out.batch, now)
             self._save_nodes(session)
         return out
 
@@ -152,7 +152,7 @@ class Inbox:
                         preload(session, [message])
                         promote_ahead(session, self.m.storage, [message], one.batch)
                     self._apply(session, entry, message, now, one)
-                    self.m.refresh_jobs(session, one.batch.jobs, now)
+                    self.m.refresh_jobs(session, one.batch, now)
                     self._save_nodes(session)
             except redis.RedisError:
                 raise

@@ -23,10 +23,11 @@ from renderfarm.manager.nodebook import AclWatch, NodeBook, restore_all, restore
 from renderfarm.manager.notifier import Notifier
 from renderfarm.manager.planner import PLAN_EVERY, plan_deadlines
 from renderfarm.manager.reconcile import SWEEP_EVERY, Reconciler
-from renderfarm.manager.sleeper import Sleeper
-from renderfarm.manager.sweep import AttemptSweep
 from renderfarm.manager.removal import RETENTION_EVERY, Purger, apply_retention
 from renderfarm.manager.sitewatch import SitesWatch
+from renderfarm.manager.sleeper import Sleeper
+from renderfarm.manager.sweep import AttemptSweep
+from renderfarm.manager.verbs import _take_back
 from renderfarm.models import HOLD_DRAIN, Job, Node, Worker, WorkerState
 from renderfarm.redisconn import connect
 from renderfarm.scheduling import WorkerView
@@ -378,15 +379,19 @@ class Manager:
         except StorageError as e:  # only copies of committed frames: leaving them costs space
             log.warning("could not delete %d promoted attempt copies: %s", len(keys), e)
 
-    def refresh_jobs(self, session, job_ids: set[str], now: float) -> None:
-        """Finish the jobs whose tasks are all final (in the caller's transaction)."""
-        for job_id in job_ids:
+    def refresh_jobs(self, session, batch: Batch, now: float) -> None:
+        """Finish the jobs whose tasks are all final, and fail those whose failed tasks reached
+        their limit, taking back their live attempts (in the caller's transaction)."""
+        for job_id in list(batch.jobs):
             job = session.get(Job, job_id)
             if job is not None:
                 before = job.state
-                lifecycle.refresh_job(session, job, now)
+                live = lifecycle.refresh_job(session, job, now)
+                if live:
+                    _take_back(self.r, self.book, live, revoke_running=True)
+                    batch.release(live)
                 if job.state != before:
-                    log.info("job %s %s", job.id, job.state)
+                    log.info("job %s %s%s", job.id, job.state, f" ({job.error})" if job.error else "")
 
     # -- workers --------------------------------------------------------------------------
 
@@ -428,7 +433,7 @@ class Manager:
                 self._next_reap = self.clock.monotonic() + REAP_EVERY
                 self._reap(session, now, batch)
             self.book.save(session, due, beats=True)
-            self.refresh_jobs(session, batch.jobs, now)
+            self.refresh_jobs(session, batch, now)
         self._after_commit(batch)
 
     def _check_beats(self, raw: dict[str, bytes]) -> tuple[dict[str, Heartbeat], dict[str, int], list[BadBeat]]:
@@ -503,7 +508,7 @@ class Manager:
                 log.warning("reconciliation postponed: storage unreachable (%s)", e)
                 session.rollback()
                 return
-            self.refresh_jobs(session, batch.jobs, now)
+            self.refresh_jobs(session, batch, now)
         self._after_commit(batch)
 
     def _view(self, beat: Heartbeat, now: float) -> WorkerView:

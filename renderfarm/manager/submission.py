@@ -109,6 +109,7 @@ def submit_openjd(session: Session, settings: Settings, intent: OpenJDSubmitInte
         scene_name=spec.source, scene_key=scene_key(sha, ".json"), scene_sha256=sha,
         frames=f"0-{len(plans) - 1}", frame_count=len(plans), chunk=1, priority=spec.priority, pool=spec.pool,
         width=0, height=0, max_attempts=spec.max_attempts or settings.max_attempts,
+        max_failed_tasks=spec.max_failed_tasks,
         timeout=settings.task_timeout if spec.timeout is None else spec.timeout,
         max_workers=spec.max_workers, after=spec.after, site=spec.site, prefer=spec.prefer, deadline=spec.deadline,
         requires=",".join(spec.requires) or None, notify=spec.notify, submitted_at=now,

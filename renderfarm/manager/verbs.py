@@ -204,11 +204,12 @@ def apply_hold(session: Session, r: Redis, intent: WorkerHoldIntent, batch: Batc
 def _take_back(r: Redis, book: NodeBook, attempts: list[Attempt], *, revoke_running: bool) -> list[Attempt]:
     """Withdraw queued attempts from their workers' queues and, if asked, revoke running ones'
     leases (their renders stop within a second or two). Returns the attempts taken back; a
-    queued one its worker took meanwhile runs on like a running one."""
+    queued one its worker took meanwhile runs on like a running one. An attempt cancelled
+    already (a cancelled or failed job's) may have been queued: it leaves its queue too."""
     taken, revoke = [], []
     for attempt in attempts:
         rq_id = book.rq_id(attempt.worker, attempt.id)
-        if attempt.state == AttemptState.QUEUED.value and queues.withdraw_attempt(r, attempt.worker, rq_id):
+        if attempt.state != AttemptState.RUNNING.value and queues.withdraw_attempt(r, attempt.worker, rq_id):
             taken.append(attempt)
         elif revoke_running:
             revoke.append((attempt.task_id, attempt.id))

@@ -280,6 +280,28 @@ def expand(template: dict[str, Any], values: dict[str, str], max_tasks: int) -> 
     return Expansion(job.name, {k: str(v.value) for k, v in resolved.items()}, steps)
 
 
+def check_inputs(expansion: Expansion, template: dict[str, Any], assets: int, cap: int) -> None:
+    """Refuse a job whose tasks of some step would need more inputs than a task's order carries
+    (`cap`): each finds the `assets` the job brings and every file of the steps its step depends
+    on (renderfarm.manager.openjd_outputs.task_inputs). Tasks write files only under PATH
+    parameters whose dataFlow is OUT or INOUT; where the job has one, each task of a step
+    depended on is counted as one file at least. InputError names the step and the count."""
+    writes = any(isinstance(d, dict) and d.get("type") == "PATH" and d.get("dataFlow") in ("OUT", "INOUT")
+                 for d in template.get("parameterDefinitions") or ())
+    tasks = {s.name: len(s.tasks) for s in expansion.steps}
+    for step in expansion.steps:
+        upstream = sum(tasks[name] for name in step.after) if writes else 0
+        if assets + upstream <= cap:
+            continue
+        parts = [f"{assets:,} file{'s' if assets != 1 else ''} the job brings"] if assets else []
+        if upstream:
+            names = ", ".join(repr(name) for name in step.after)
+            parts.append(f"a file from each of the {upstream:,} tasks of step{'s' if len(step.after) > 1 else ''} "
+                         f"{names}")
+        raise InputError(f"template: step {step.name!r} would need {assets + upstream:,} inputs per task "
+                         f"({' and '.join(parts)}), over the {cap:,} a task may carry")
+
+
 def host_needs(step: Any) -> HostNeeds | None:
     """A step's hostRequirements as the scheduler matches them against workers."""
     req = step.hostRequirements

@@ -139,3 +139,28 @@ def test_a_worker_advertises_custom_attributes_that_host_requirements_match() ->
         "attr.studio.dcc one of houdini")
     with pytest.raises(ConfigError, match=r"^FARM_OPENJD_ATTRIBUTES: 'dcc=maya' is not attr.NAME=VALUE"):
         parse_attributes("dcc=maya")
+
+
+def writing(template: dict) -> dict:
+    """`template` with a PATH parameter its tasks write under (dataFlow OUT)."""
+    t = copy.deepcopy(template)
+    t["parameterDefinitions"].append({"name": "OutDir", "type": "PATH", "dataFlow": "OUT", "default": "out"})
+    return t
+
+
+def test_a_step_whose_tasks_would_need_more_inputs_than_an_order_carries_is_refused() -> None:
+    from renderfarm.openjd import check_inputs
+
+    # Frames 1-10000 in chunks of 10: 1,000 Render tasks, each Sheet task handed a file of each.
+    at_cap = expand(writing(TWO_STEPS), {"Frames": "1-10000"}, 10_000)
+    check_inputs(at_cap, writing(TWO_STEPS), 0, 1000)
+    with pytest.raises(InputError, match=r"^template: step 'Sheet' would need 1,003 inputs per task \(3 files "
+                                         r"the job brings and a file from each of the 1,000 tasks of step "
+                                         r"'Render'\), over the 1,000 a task may carry$"):
+        check_inputs(at_cap, writing(TWO_STEPS), 3, 1000)
+    over = expand(writing(TWO_STEPS), {"Frames": "1-10010"}, 10_000)
+    with pytest.raises(InputError, match=r"^template: step 'Sheet' would need 1,001 inputs per task \(a file "
+                                         r"from each of the 1,001 tasks of step 'Render'\)"):
+        check_inputs(over, writing(TWO_STEPS), 0, 1000)
+    # Tasks that write under no OUT parameter hand their dependents nothing but the job's files.
+    check_inputs(expand(TWO_STEPS, {"Frames": "1-10010"}, 10_000), TWO_STEPS, 500, 1000)

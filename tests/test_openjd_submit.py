@@ -80,6 +80,11 @@ def broken(change) -> dict:
      "parameter: Job parameter values provided for parameters that are not defined in the template: Colour"),
     (TWO_STEPS, ("-p", "Quality=11"), "parameter: Value (11) for parameter Quality must be at most 10."),
     (TWO_STEPS, ("-p", "Quality"), "parameter: 'Quality' is not NAME=VALUE"),
+    # Each Sheet task would be handed a file of each of 1,001 Render tasks: more than its order carries.
+    (broken(lambda t: t["parameterDefinitions"].append({"name": "OutDir", "type": "PATH", "dataFlow": "OUT",
+                                                        "default": "out"})), ("-p", "Frames=1-10010"),
+     "template: step 'Sheet' would need 1,001 inputs per task (a file from each of the 1,001 tasks of step "
+     "'Render'), over the 1,000 a task may carry"),
 ])
 def test_a_bad_template_or_value_is_one_line_exit_1_and_nothing_queued(farm, tmp_path: Path, template, args,
                                                                         line) -> None:

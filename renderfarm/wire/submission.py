@@ -228,11 +228,14 @@ class OpenJDSpec(Message):
     def expansion(self, limits: Limits):
         """The template checked and expanded (renderfarm.openjd.Expansion); InputError names the
         bad field."""
-        from renderfarm.openjd import expand
+        from renderfarm.openjd import check_inputs, expand
+        from renderfarm.wire.orders import INPUTS_CAP
 
         if self.site is not None and limits.sites is not None and self.site not in limits.sites:
             raise InputError(f"site: {self.site!r} is not a configured site ({', '.join(sorted(limits.sites))})")
-        return expand(self.template, dict(self.parameters), limits.max_tasks)
+        expansion = expand(self.template, dict(self.parameters), limits.max_tasks)
+        check_inputs(expansion, self.template, len(self.assets), INPUTS_CAP)
+        return expansion
 
 
 class OpenJDSubmitIntent(Message):

@@ -17,10 +17,24 @@ JOB_COLUMNS = (
     "id", "name", "owner", "state", "priority", "pool", "renderer", "frames", "frame_count", "task_count", "chunk",
     "width", "height", "submitted_at", "started_at", "finished_at", "error", "site", "requires",
     "renderer_version", "after", "frame_by_frame", "render_options", "timeout", "max_workers", "max_attempts",
-    "archived_at", "deadline", "plan_start", "plan_note", "openjd_steps",
+    "archived_at", "deadline", "plan_start", "plan_note", "openjd_steps", "max_failed_tasks",
 )
 WORKER_COLUMNS = ("name", "pool", "site", "capabilities")  # of the workers not offline
 MISSING = "missing"  # the state shown for an --after job that is no longer in the database
+
+
+@dataclass(frozen=True)
+class StepStatus:
+    """One step of an OpenJD job: its tasks by state, its progress and what it waits for."""
+
+    name: str
+    tasks: int
+    done: int
+    progress: float  # 0..1, counting partly run tasks
+    counts: dict[str, int] = field(default_factory=dict)  # its tasks by state (those it has)
+    after: list[str] = field(default_factory=list)  # the steps it depends on
+    waiting_on: list[str] = field(default_factory=list)  # those of them not done yet
+    status: str | None = None  # the newest openjd_status text of its running tasks
 
 
 @dataclass(frozen=True)
@@ -63,10 +77,12 @@ class JobStatus:
     timeout: float | None = None  # seconds a task may render (`farm set --timeout`)
     max_workers: int | None = None  # at most this many workers at once
     retries: int | None = None  # times a failed task is tried again
+    max_failed_tasks: int | None = None  # the job fails once this many tasks have failed (deadline:maxFailedTasksCount)
     archived_at: float | None = None  # when it was archived (`farm archive`, retention): hidden by default
     deadline: float | None = None  # epoch seconds it must be done by (`--deadline`)
     held_until: float | None = None  # its deadline plan holds it for a cheaper (greener) band until then
     plan: str | None = None  # that plan in one line: what it waits for, or that it is late
+    steps: list[StepStatus] = field(default_factory=list)  # an OpenJD job's steps, in dependency order
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -124,10 +140,41 @@ def summarize(job: Mapping[str, Any], state_rows: Iterable[tuple], costs: Mappin
         requires=requires, site=job.get("site"), unschedulable=why, renderer_version=job.get("renderer_version"),
         timeout=job.get("timeout"), max_workers=job.get("max_workers"), archived_at=job.get("archived_at"),
         retries=job["max_attempts"] - 1 if job.get("max_attempts") is not None else None,
-        deadline=job.get("deadline"), plan=job.get("plan_note"),
+        max_failed_tasks=job.get("max_failed_tasks"), deadline=job.get("deadline"), plan=job.get("plan_note"),
         held_until=job.get("plan_start") if (job.get("plan_start") or 0) > now else None,
         **_after_fields(job, after_state),
     )
+
+
+def summarize_steps(openjd_steps: str | None, rows: Iterable[tuple], texts: Iterable[tuple]) -> list[StepStatus]:
+    """An OpenJD job's steps from its `openjd_steps` (JSON: {step: {"after"}}), its tasks grouped
+    by step and state as (step, state, count, sum of progress, lowest task index), and the status
+    texts of its running attempts as (step, text), newest first. Steps come in task order, which
+    is dependency order (renderfarm.openjd.expand)."""
+    import json
+
+    deps = json.loads(openjd_steps) if openjd_steps else {}
+    counts: dict[str, dict[str, int]] = {}
+    partial: dict[str, float] = {}
+    first: dict[str, int] = {}
+    for step, state, n, progress, low in rows:
+        counts.setdefault(step, {})[state] = int(n)
+        if state == TaskState.RUNNING.value:
+            partial[step] = float(progress)
+        first[step] = min(first.get(step, int(low)), int(low))
+    newest: dict[str, str] = {}
+    for step, text in texts:
+        newest.setdefault(step, text)
+    order = [s.value for s in TaskState]
+    steps = []
+    for name in sorted(counts, key=lambda n: first[n]):
+        by_state = {k: counts[name][k] for k in order if counts[name].get(k)}
+        tasks, done = sum(by_state.values()), by_state.get(TaskState.DONE.value, 0)
+        after = list(deps.get(name, {}).get("after", []))
+        waiting = [a for a in after if a in counts and counts[a].get(TaskState.DONE.value, 0) < sum(counts[a].values())]
+        steps.append(StepStatus(name, tasks, done, round(min((done + partial.get(name, 0.0)) / max(tasks, 1), 1.0), 4),
+                                by_state, after, waiting, newest.get(name)))
+    return steps
 
 
 def _after_fields(job: Mapping[str, Any], after_state: str | None) -> dict[str, Any]:

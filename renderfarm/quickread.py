@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 from renderfarm.errors import NotFoundError, RenderFarmError, SchemaMissing
-from renderfarm.jobstatus import JOB_COLUMNS, WORKER_COLUMNS, JobStatus, summarize
+from renderfarm.jobstatus import JOB_COLUMNS, WORKER_COLUMNS, JobStatus, summarize, summarize_steps
 
 if TYPE_CHECKING:
     from renderfarm.config import Settings
@@ -18,6 +18,15 @@ _JOB_SQL = "SELECT " + ", ".join(f'"{c}"' for c in JOB_COLUMNS) + " FROM jobs"
 _STATES_SQL = (
     "SELECT state, count(*), coalesce(sum(CASE WHEN kind != 'tile' THEN frame_count ELSE 0 END), 0), "
     "coalesce(sum(weight), 0.0), coalesce(sum(weight * progress), 0.0) FROM tasks WHERE job_id = ? GROUP BY state"
+)
+# An OpenJD job's tasks by step and state, and its running attempts' openjd_status texts.
+_STEPS_SQL = (
+    'SELECT step, state, count(*), coalesce(sum(progress), 0.0), min("index") FROM tasks '
+    "WHERE job_id = ? AND step IS NOT NULL GROUP BY step, state"
+)
+_STEP_TEXTS_SQL = (
+    "SELECT t.step, a.status_text FROM attempts a JOIN tasks t ON t.id = a.task_id "
+    "WHERE a.job_id = ? AND a.state = 'running' AND a.status_text IS NOT NULL ORDER BY a.id DESC"
 )
 _STATE_SQL = "SELECT state FROM jobs WHERE id = ?"
 _WORKERS_SQL = "SELECT " + ", ".join(WORKER_COLUMNS) + " FROM workers WHERE state != 'offline'"
@@ -98,7 +107,13 @@ class QuickReader:
         if job["after"]:
             found = self._rows(_STATE_SQL, job["after"])
             after_state = found[0][0] if found else None
-        return summarize(job, self._rows(_STATES_SQL, job["id"]), costs, now, workers, after_state)
+        status = summarize(job, self._rows(_STATES_SQL, job["id"]), costs, now, workers, after_state)
+        if not job["openjd_steps"]:
+            return status
+        from dataclasses import replace
+
+        return replace(status, steps=summarize_steps(job["openjd_steps"], self._rows(_STEPS_SQL, job["id"]),
+                                                     self._rows(_STEP_TEXTS_SQL, job["id"])))
 
     def live_workers(self) -> list:
         """The scheduler's view of every worker not offline, as the manager last recorded it."""

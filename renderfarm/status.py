@@ -6,17 +6,18 @@ Reads go straight to the database (never through the manager) and work with the 
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import case, func, select
 
 from renderfarm.capabilities import parse_capabilities, worker_view
 from renderfarm.errors import InputError, NotFoundError, SchemaMissing
-from renderfarm.jobstatus import JOB_COLUMNS, JobStatus, summarize
+from renderfarm.jobstatus import JOB_COLUMNS, JobStatus, summarize, summarize_steps
 from renderfarm.models import (
     ATTEMPT_ACTIVE,
     Attempt,
+    AttemptState,
     Job,
     JobState,
     Node,
@@ -90,8 +91,23 @@ def job_status(session: Session, job: Job, now: float | None = None, workers: li
     ).all()
     workers = live_worker_views(session) if workers is None else workers
     after_state = session.scalar(select(Job.state).where(Job.id == job.after)) if job.after else None
-    return summarize({c: getattr(job, c) for c in JOB_COLUMNS}, rows, job_costs(session, job.id), now, workers,
-                     after_state)
+    status = summarize({c: getattr(job, c) for c in JOB_COLUMNS}, rows, job_costs(session, job.id), now, workers,
+                       after_state)
+    return replace(status, steps=_steps(session, job)) if job.openjd_steps else status
+
+
+def _steps(session: Session, job: Job) -> list:
+    """An OpenJD job's steps (renderfarm.jobstatus.summarize_steps)."""
+    rows = session.execute(
+        select(Task.step, Task.state, func.count(), func.coalesce(func.sum(Task.progress), 0.0), func.min(Task.index))
+        .where(Task.job_id == job.id, Task.step.is_not(None)).group_by(Task.step, Task.state)
+    ).all()
+    texts = session.execute(
+        select(Task.step, Attempt.status_text).join(Task, Task.id == Attempt.task_id)
+        .where(Attempt.job_id == job.id, Attempt.state == AttemptState.RUNNING.value, Attempt.status_text.is_not(None))
+        .order_by(Attempt.id.desc())
+    ).all()
+    return summarize_steps(job.openjd_steps, rows, texts)
 
 
 def live_worker_views(session: Session) -> list[WorkerView]:

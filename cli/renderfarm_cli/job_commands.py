@@ -301,11 +301,19 @@ def status(
     renderer = s.renderer + (f" {s.renderer_version}" if s.renderer_version else "")
     out().print(f"[bold]job {s.id}[/] {s.name} ({s.owner}), priority {s.priority}, pool {s.pool}, renderer {renderer}")
     out().print("  state     ", state_text(s.state), sep="")
-    out().print(f"  frames    {s.frames_spec} = {counted(s.frames, 'frame')} in {counted(s.tasks, 'task')} "
-                f"of up to {s.chunk}, {s.width}x{s.height}")
-    out().print(f"  progress  {s.progress:.1%}  ({s.frames_done}/{counted(s.frames, 'frame')} done)")
+    if s.steps:  # an OpenJD job: steps and tasks, not frames
+        out().print(f"  steps     {counted(len(s.steps), 'step')}, {counted(s.tasks, 'task')}")
+        out().print(f"  progress  {s.progress:.1%}  ({s.frames_done}/{counted(s.tasks, 'task')} done)")
+    else:
+        out().print(f"  frames    {s.frames_spec} = {counted(s.frames, 'frame')} in {counted(s.tasks, 'task')} "
+                    f"of up to {s.chunk}, {s.width}x{s.height}")
+        out().print(f"  progress  {s.progress:.1%}  ({s.frames_done}/{counted(s.frames, 'frame')} done)")
     counts = ", ".join(f"{n} {state}" for state, n in s.counts.items() if n)
     out().print(f"  tasks     {counts or 'none'}")
+    for step in s.steps:
+        from rich.markup import escape
+
+        out().print(f"  step      {escape(step_line(step))}")
     out().print(f"  elapsed   {duration(s.elapsed)}   ETA {duration(s.eta)}")
     if after_line(s):
         from rich.markup import escape
@@ -330,6 +338,18 @@ def status(
         out().print(f"  cost      {so_far} so far, {projected} projected")
     if s.error:
         out().print(f"  error     [error]{s.error}[/]")
+
+
+def step_line(step) -> str:
+    """`Sheet: 4/10 tasks done, 2 running, 4 pending (52.0%); waits for Render; status: page 5`"""
+    others = ", ".join(f"{n} {state}" for state, n in step.counts.items() if state != "done")
+    text = f"{step.name}: {step.done}/{counted(step.tasks, 'task')} done{', ' + others if others else ''} " \
+           f"({step.progress:.1%})"
+    if step.waiting_on:
+        text += f"; waits for {', '.join(step.waiting_on)}"
+    if step.status:
+        text += f"; status: {step.status}"
+    return text
 
 
 def _farm_status(settings, json_: bool) -> None:

@@ -77,15 +77,18 @@ def test_a_worker_that_did_not_opt_in_refuses_openjd_tasks(worker, tmp_path):
         attempt(worker(), tmp_path, 1)
 
 
-def test_a_worker_with_a_render_user_neither_offers_nor_runs_openjd_tasks(worker, tmp_path):
-    """openjd-sessions cannot run a template's programs as our render account yet: a worker told
-    to isolate its renders runs none, rather than run them as itself (the node's own user)."""
+def test_a_worker_whose_render_user_cannot_run_openjd_actions_neither_offers_nor_runs_them(worker, tmp_path):
+    """openjd-sessions runs an action as another user with `sudo -u USER -i`: with a render user
+    whose login shell is nologin (nobody's), or without sudo, a worker told to isolate its renders
+    runs none, rather than run them as itself (the node's own user). The render user's side is
+    tests/security/test_openjd_render_user.py."""
     from renderfarm_worker.capabilities import detect
 
     rt = worker(FARM_ALLOW_OPENJD="1", FARM_RENDER_USER="nobody")
     assert "openjd" not in detect(rt.settings, ())["renderers"]
     assert "openjd" in detect(worker(FARM_ALLOW_OPENJD="1").settings, ())["renderers"]
-    with pytest.raises(RenderError, match="cannot run as the render user"):
+    with pytest.raises(RenderError, match=r"^FARM_ALLOW_OPENJD with FARM_RENDER_USER=nobody.*: this worker takes no "
+                                          r"OpenJD tasks$"):
         attempt(rt, tmp_path, 1)
 
 

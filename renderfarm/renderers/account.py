@@ -15,6 +15,11 @@ credentials file, a process still running) can make the worker read or upload an
         attempt-N/         root, 0710 group: render.log (0600) is the worker's
           out/  tmp/       the render user's, 0700; out/ is root's again once the render ends
       session/             the render user's: a warm session's working directory
+      openjd/              root, 0710 group
+        <session>/         root, 0710 group: one warm OpenJD session (see the worker's openjd_runner)
+          params/          root, 0710 group: inputs the worker staged are readable, never writable
+            <OUT param>/   the render user's: the files a task writes there are its outputs
+          <working dir>/   root, group of the render user, 0770 (openjd-sessions makes it)
 """
 
 from __future__ import annotations

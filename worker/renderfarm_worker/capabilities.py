@@ -4,6 +4,7 @@ a scene's scripts run; and the render user it renders as, checked at start."""
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import platform
@@ -27,13 +28,12 @@ def detect(settings: Settings, tags: tuple[str, ...], blender: Blender | None = 
     renderers = {"builtin": __version__, "null": __version__}
     if settings.allow_commands:
         renderers["command"] = f"python {platform.python_version()}"
-    if settings.allow_openjd and settings.render_user:
-        # openjd-sessions switches users through sudo, which our render account does not set up:
-        # rather than run a template's programs as the worker's own user, this worker takes none.
-        log.warning("FARM_ALLOW_OPENJD is ignored with FARM_RENDER_USER: OpenJD tasks cannot run as "
-                    "the render user yet, so this worker takes none")
-    elif settings.allow_openjd:
-        renderers["openjd"] = "2023-09"  # the specification revision it runs
+    if settings.allow_openjd:
+        refusal = openjd_refusal(settings.render_user)
+        if refusal is None:
+            renderers["openjd"] = "2023-09"  # the specification revision it runs
+        else:
+            log.warning("%s: this worker takes no OpenJD tasks", refusal)
     if blender is not None:
         renderers["blender"] = blender.version
     gpu, gpus = _gpu()
@@ -50,6 +50,42 @@ def detect(settings: Settings, tags: tuple[str, ...], blender: Blender | None = 
         **({"scratch_gib": free} if free is not None else {}),
         **({"attributes": attributes} if (attributes := parse_attributes(settings.openjd_attributes)) else {}),
     }
+
+
+@functools.lru_cache(maxsize=4)
+def openjd_refusal(render_user: str | None) -> str | None:
+    """Why OpenJD tasks cannot run as `render_user` on this node, or None when they can (or there
+    is no render user). openjd-sessions runs an action as another user with `sudo -u USER -i
+    setsid -w SCRIPT` (its _subprocess.py) and finds the action's process group as sudo's only
+    child: the user's login shell must exec that command, as bash does (dash forks it, and then
+    cancel can signal nothing). One probe, the same command, says whether all of that holds."""
+    if not render_user:
+        return None
+    what = f"FARM_ALLOW_OPENJD with FARM_RENDER_USER={render_user}"
+    sudo, setsid = shutil.which("sudo"), shutil.which("setsid")
+    if sudo is None:
+        return f"{what} needs sudo (openjd-sessions switches users with it; apt-get install sudo)"
+    if setsid is None:
+        return f"{what} needs setsid (util-linux)"
+    try:  # the probe reads its own /proc stat: "pid (cat) state ppid pgrp ..."
+        proc = subprocess.Popen([sudo, "-n", "-u", render_user, "-i", setsid, "-w", "cat", "/proc/self/stat"],
+                                stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                text=True, cwd="/", start_new_session=True)
+        out, err = proc.communicate(timeout=30)
+    except (OSError, subprocess.TimeoutExpired) as e:
+        return f"{what}: sudo -u {render_user} -i failed ({e})"
+    import pwd
+
+    shell = pwd.getpwnam(render_user).pw_shell
+    fields = out.rsplit(")", 1)[-1].split()
+    if proc.returncode != 0 or len(fields) < 3:
+        last = (out.strip().splitlines() or err.strip().splitlines() or ["no output"])[-1]
+        return (f"{what}: `sudo -u {render_user} -i` exited {proc.returncode} ({last[:200]}); its login "
+                f"shell is {shell} (usermod -s /bin/bash {render_user})")
+    if fields[1] != str(proc.pid) or fields[2] == str(proc.pid):
+        return (f"{what} needs a login shell that execs its command ({render_user}'s is {shell}; "
+                f"usermod -s /bin/bash {render_user}), or cancel cannot reach the action")
+    return None
 
 
 def parse_attributes(text: str | None) -> dict[str, tuple[str, ...]]:

@@ -33,7 +33,7 @@ def stager(rt: WorkerRuntime, inputs: Sequence[OpenJDInput], attempt_log: Attemp
             if _intact(target, item.size, item.sha256):
                 kept += 1  # staged for an earlier task of this warm session
                 continue
-            _fetch(rt, item, target)
+            _fetch(rt, item, params_dir, target)
             fetched += 1
         attempt_log.note(f"inputs: {fetched} fetched, {kept} already in the session")
 
@@ -62,8 +62,13 @@ def _intact(path: Path, size: int, sha256: str) -> bool:
     return sha256_file(path) == sha256
 
 
-def _fetch(rt: WorkerRuntime, item: OpenJDInput, target: Path) -> None:
-    tmp = target.parent / f".{target.name}.{secrets.token_hex(4)}.part"
+def _fetch(rt: WorkerRuntime, item: OpenJDInput, params_dir: Path, target: Path) -> None:
+    """Downloaded into the session's own folder (the worker's alone), checked, then renamed into
+    its folder below params/, opened part by part without following a link: a folder the render
+    user writes may be swapped for a link at any moment (see openjd_layout.open_folder)."""
+    from renderfarm_worker.openjd_layout import open_folder
+
+    tmp = params_dir.parent / f".input-{secrets.token_hex(8)}.part"
     try:
         os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644))
         rt.download(item.key, tmp, item.url)
@@ -71,9 +76,12 @@ def _fetch(rt: WorkerRuntime, item: OpenJDInput, target: Path) -> None:
         if digest != item.sha256 or tmp.stat().st_size != item.size:
             raise RenderError(f"input {item.path}: downloaded {tmp.stat().st_size} bytes with SHA-256 "
                               f"{digest[:16]}..., expected {item.size} with {item.sha256[:16]}...")
-        if target.is_symlink():
-            target.unlink()
-        os.replace(tmp, target)
+        os.chmod(tmp, 0o644)
+        folder = open_folder(params_dir, target.relative_to(params_dir).parts[:-1], make=True)
+        try:
+            os.replace(tmp, target.name, dst_dir_fd=folder)
+        finally:
+            os.close(folder)
     except OSError as e:
         raise RenderError(f"input {item.path}: cannot write {target} ({e.strerror or e})") from None
     finally:

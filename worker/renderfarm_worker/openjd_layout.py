@@ -16,8 +16,13 @@ session finds an earlier step's outputs at the same relative path under its own 
 from __future__ import annotations
 
 import os
+import stat
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath, PureWindowsPath
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from renderfarm.renderers.account import RenderAccount
 
 PARAMS = "params"
 FILE_STATE = tuple[int, int, int]  # (size, mtime_ns, inode): a file rewritten in place changes one
@@ -136,3 +141,60 @@ def snapshot(params_dir: Path, parameters: list[PathParameter]) -> dict[str, FIL
 def written(before: dict[str, FILE_STATE], after: dict[str, FILE_STATE]) -> list[str]:
     """The files that are new or changed between two snapshots, sorted."""
     return sorted(path for path, state in after.items() if before.get(path) != state)
+
+
+def open_to(account: RenderAccount, session_dir: Path, parameters: list[PathParameter]) -> None:
+    """Let the render user through to a session's folder: it passes the session's folder and
+    `params/` (and lists neither), reads what the worker puts there, and writes only the folders of
+    the parameters a task writes to (and, through its group, the working directory openjd-sessions
+    makes): nothing else of the worker's."""
+    (session_dir / PARAMS).mkdir(exist_ok=True)  # a template without PATH parameters has none yet
+    for folder in (session_dir.parent.parent, session_dir.parent, session_dir, session_dir / PARAMS):
+        account.pass_through(folder)  # the worker's scratch, its openjd/ folder, the session's
+    for parameter in parameters:
+        if parameter.writes:
+            account.give(session_dir / PARAMS / parameter.name)
+            if parameter.local.name != parameter.name and parameter.object_type == "DIRECTORY":
+                account.give(parameter.local)
+
+
+def open_folder(top: Path, parts: list[str] | tuple[str, ...], *, make: bool = False) -> int:
+    """A descriptor of the folder `top/parts...`, each part opened below the last without following
+    a link (made first, with `make`): a folder the render user may write can be swapped for a link
+    at any moment, and nothing the worker reads or writes may go through one. OSError otherwise."""
+    fd = os.open(top, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
+    try:
+        for part in parts:
+            if part in ("", ".", "..") or "/" in part:
+                raise OSError(22, f"{part!r} is not a folder name")
+            if make:
+                try:
+                    os.mkdir(part, 0o755, dir_fd=fd)
+                except FileExistsError:
+                    pass
+            below = os.open(part, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=fd)
+            os.close(fd)
+            fd = below
+        return fd
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+def copy_out(params_dir: Path, relative: str, target: Path) -> None:
+    """Copy the output `relative` (below `params_dir`) to `target`, the worker's own: a plain file
+    reached without following a link, or OSError."""
+    import shutil
+
+    *folders, name = relative.split("/")
+    folder = open_folder(params_dir, folders)
+    try:
+        fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK, dir_fd=folder)
+    finally:
+        os.close(folder)
+    with os.fdopen(fd, "rb") as source:
+        if not stat.S_ISREG(os.fstat(source.fileno()).st_mode):
+            raise OSError(21, f"{relative} is not a plain file")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        with open(target, "wb") as copy:
+            shutil.copyfileobj(source, copy)

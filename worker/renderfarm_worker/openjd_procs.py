@@ -9,8 +9,8 @@ than the highest" would not do. A leftover that took the pid of a process that e
 action is missed there and found by the session's full scan when the session ends.
 
 Linux only (it reads /proc); elsewhere nothing is found and openjd-sessions' own kill is all.
-Processes of another user (an action run as the render user through sudo) cannot be read, so
-they are not found either.
+Processes of other users are passed over, but those of the `uids` a caller names (the render
+user's, whose actions run through sudo: the worker is root then, and reads their environments).
 """
 
 from __future__ import annotations
@@ -31,24 +31,26 @@ def pids() -> list[int]:
         return []
 
 
-def marked(name: str, value: str, old: frozenset[int] = frozenset()) -> list[tuple[int, int]]:
-    """(pid, parent pid) of every readable process, but those in `old`, whose environment has
-    `name`=`value`."""
-    return _scan(name, value, old)[0]
+def marked(name: str, value: str, old: frozenset[int] = frozenset(),
+           uids: frozenset[int] = frozenset()) -> list[tuple[int, int]]:
+    """(pid, parent pid) of every process of ours (or of `uids`), but those in `old`, whose
+    environment has `name`=`value`."""
+    return _scan(name, value, old, uids)[0]
 
 
-def _scan(name: str, value: str, old: frozenset[int]) -> tuple[list[tuple[int, int]], set[int]]:
+def _scan(name: str, value: str, old: frozenset[int],
+          uids: frozenset[int] = frozenset()) -> tuple[list[tuple[int, int]], set[int]]:
     """What `marked` finds, and the processes of ours it could not read, or that read as having
     no environment at all: one in the middle of an exec does (1 scan in 100 missed one here), so
     they are worth another look."""
     needle = f"\0{name}={value}\0".encode()
     found, unread = [], set()
-    uid = os.getuid()
+    uids = uids | {os.getuid()}
     for pid in pids():
         if pid in old or pid == os.getpid():
             continue
         try:
-            if os.stat(f"/proc/{pid}").st_uid != uid:  # another user's: unreadable anyway
+            if os.stat(f"/proc/{pid}").st_uid not in uids:  # another user's: none of ours
                 continue
             stat = Path(f"/proc/{pid}/stat").read_text()
         except OSError:  # gone
@@ -67,13 +69,14 @@ def _scan(name: str, value: str, old: frozenset[int]) -> tuple[list[tuple[int, i
     return found, unread
 
 
-def kill_marked(name: str, value: str, old: frozenset[int] = frozenset()) -> list[int]:
+def kill_marked(name: str, value: str, old: frozenset[int] = frozenset(),
+                uids: frozenset[int] = frozenset()) -> list[int]:
     """SIGKILL every process, but those in `old`, marked `name`=`value`; their pids. It looks again
     while a look finds something, or a process without an environment it has not seen before."""
     killed: list[int] = []
     doubted: set[int] = set()
     for _ in range(20):
-        found, unread = _scan(name, value, old)
+        found, unread = _scan(name, value, old, uids)
         unsure = bool(unread - doubted)
         doubted |= unread
         found = [pid for pid, _parent in found if pid not in killed]
@@ -94,8 +97,8 @@ class ActionTree:
     (a child of ours); once the leader is gone, whatever still carries the action's marker is
     only keeping the action's output open, and openjd-sessions would wait 5 s for it."""
 
-    def __init__(self, value: str) -> None:
-        self.value = value
+    def __init__(self, value: str, uids: frozenset[int] = frozenset()) -> None:
+        self.value, self.uids = value, uids
         self.leader: int | None = None
         self.old = frozenset(pids())  # made before the action starts
 
@@ -103,7 +106,7 @@ class ActionTree:
         """True when the leader has ended and marked processes remain."""
         if self.leader is not None and _running(self.leader):
             return False
-        procs = marked(ACTION_MARKER, self.value, self.old)
+        procs = marked(ACTION_MARKER, self.value, self.old, self.uids)
         leaders = [pid for pid, parent in procs if parent == os.getpid()]
         if leaders:
             self.leader = leaders[0]
@@ -111,7 +114,7 @@ class ActionTree:
         return bool(procs) and self.leader is not None
 
     def kill(self) -> list[int]:
-        return kill_marked(ACTION_MARKER, self.value, self.old)
+        return kill_marked(ACTION_MARKER, self.value, self.old, self.uids)
 
 
 def _running(pid: int) -> bool:

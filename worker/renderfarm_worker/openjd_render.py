@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import shutil
 import threading
 import time
 from dataclasses import dataclass
@@ -48,13 +47,14 @@ class OpenJDOutput:
 
 def runner_of(rt: WorkerRuntime) -> OpenJDRunner:
     from renderfarm_worker.openjd_runner import OpenJDRunner
+    from renderfarm_worker.render import account_of
 
     with _runners_lock:
         runner = _runners.get(rt.name)
         if runner is None:
             root = rt.scratch / "openjd"
             root.mkdir(parents=True, exist_ok=True)
-            runner = _runners[rt.name] = OpenJDRunner(root)
+            runner = _runners[rt.name] = OpenJDRunner(root, account_of(rt.settings.render_user))
         return runner
 
 
@@ -80,14 +80,18 @@ def render_openjd(rt: WorkerRuntime, order: TaskOrder, openjd, workdir: Path,
     when it fails (its openjd_fail line, its exit code, its timeout) and Interrupted when the
     worker was told to stop it."""
     from renderfarm_worker.openjd_inputs import stager
+    from renderfarm_worker.openjd_layout import copy_out
     from renderfarm_worker.openjd_task import OpenJDOrder, OpenJDOrderError, Outcome
     from renderfarm_worker.render import LiveLog
 
     if not getattr(rt.settings, "allow_openjd", False):
         raise RenderError("OpenJD tasks are not allowed on this worker (set FARM_ALLOW_OPENJD=1)")
-    if rt.settings.render_user:
-        raise RenderError("OpenJD tasks cannot run as the render user (FARM_RENDER_USER) yet; this worker "
-                          "takes none")
+    if rt.settings.render_user:  # as the render user, through sudo: refused where that cannot work
+        from renderfarm_worker.capabilities import openjd_refusal
+
+        refusal = openjd_refusal(rt.settings.render_user)
+        if refusal is not None:
+            raise RenderError(f"{refusal}: this worker takes no OpenJD tasks")
     inputs = getattr(openjd, "inputs", None) or ()
     try:
         task = OpenJDOrder.parse(openjd.model_dump() if hasattr(openjd, "model_dump") else openjd)
@@ -118,8 +122,10 @@ def render_openjd(rt: WorkerRuntime, order: TaskOrder, openjd, workdir: Path,
     copies = []
     for relative in result.outputs:  # copied: the session's next task may write the same names
         target = out / relative
-        target.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(result.output_root / relative, target)
+        try:  # never through a link: the render user may have swapped one in since the snapshot
+            copy_out(result.output_root, relative, target)
+        except OSError as e:
+            raise RenderError(f"output {relative}: cannot read it ({e.strerror or e})") from None
         copies.append((relative, target))
     return [upload(rt, order, relative, path) for relative, path in copies]
 

@@ -19,6 +19,12 @@ Directories (the runner's root is a folder of the worker's scratch dir):
 A task's outputs are the files created or changed during its action under the PATH parameters
 whose dataFlow is OUT or INOUT, listed relative to `params/` (`OutputDir/renders/f.0001.png`).
 
+With a render user (the worker is root, FARM_RENDER_USER), every action runs as that user
+through openjd-sessions' own `sudo -u USER -i setsid -w` (see capabilities.openjd_refusal for what
+that needs); it may write only the working directory and the folders of the parameters a task
+writes to (openjd_layout.open_to), and the worker reads its outputs and places its inputs without
+following a link (openjd_layout.open_folder).
+
 Every line openjd-sessions logs for the session (action output, banners, signals sent) goes to
 the task's `on_log`; `openjd_progress` and `openjd_status` go to `on_progress` and `on_status`.
 
@@ -40,12 +46,15 @@ import time
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 from renderfarm_worker import openjd_layout as layout
 from renderfarm_worker import openjd_procs as procs
 from renderfarm_worker import openjd_task
 from renderfarm_worker.openjd_task import OpenJDOrder, OpenJDOrderError, Outcome, TaskResult
+
+if TYPE_CHECKING:
+    from renderfarm.renderers.account import RenderAccount
 
 log = logging.getLogger("renderfarm.worker.openjd")
 
@@ -105,8 +114,9 @@ class _Lines(logging.Handler):
 class OpenJDRunner:
     """The OpenJD side of one worker: at most one warm session, one task at a time."""
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, account: RenderAccount | None = None) -> None:
         self.root = root
+        self.account = account  # the render user actions run as (through sudo), if any
         self._lock = threading.Lock()  # held by whoever drives the session (a task, a close)
         self._warm: _Warm | None = None
         self._listener = _Listener(_to_worker_log)
@@ -228,6 +238,8 @@ class OpenJDRunner:
             parameters = layout.path_parameters(
                 job_template, {k: str(v.value) for k, v in values.items()}, folder / layout.PARAMS)
             layout.make_room(parameters)
+            if self.account is not None:
+                layout.open_to(self.account, folder, parameters)
             for parameter in parameters:
                 values[parameter.name] = openjd_task.parameter_value("PATH", str(parameter.local))
             job = openjd_task.create_job(job_template, values)
@@ -235,7 +247,8 @@ class OpenJDRunner:
                 session_id=sid, job_parameter_values=values, job_name=str(job.job.name),
                 path_mapping_rules=layout.mapping_rules(parameters, folder, order.mappings) or None,
                 callback=self._callback, os_env_vars={procs.SESSION_MARKER: sid, **python_env()},
-                session_root_directory=folder, revision_extensions=openjd_task.extensions(job_template))
+                session_root_directory=folder, revision_extensions=openjd_task.extensions(job_template),
+                user=self._session_user())
         except Exception:
             LOG.removeHandler(self._handler)
             shutil.rmtree(folder, ignore_errors=True)
@@ -284,9 +297,11 @@ class OpenJDRunner:
             self._warm = None
             warm.session.cleanup()
             LOG.removeHandler(self._handler)
-            killed = procs.kill_marked(procs.SESSION_MARKER, warm.id)
+            killed = procs.kill_marked(procs.SESSION_MARKER, warm.id, uids=self._uids())
             if killed:
                 log.warning("openjd session %s left processes %s running: killed", warm.id, killed)
+            if self.account is not None:  # nothing of the render user's outlives its session
+                self.account.sweep()
             shutil.rmtree(warm.folder, ignore_errors=True)
 
     def _act(self, start: Callable[[dict], None], should_stop, *, cancelable: bool = True,
@@ -298,7 +313,7 @@ class OpenJDRunner:
             return openjd_task.canceled_before_start()
         warm = self._warm
         warm.actions += 1
-        tree = procs.ActionTree(f"{warm.id}.{warm.actions}")
+        tree = procs.ActionTree(f"{warm.id}.{warm.actions}", uids=self._uids())
         self._done.clear()
         self._listener.progress = self._listener.status = None
         start({procs.ACTION_MARKER: tree.value})
@@ -316,6 +331,22 @@ class OpenJDRunner:
         if watch and (killed := tree.kill()):
             self._listener.on_log(f"killed {killed}: still running after the action ended")
         return warm.session.action_status
+
+    def _session_user(self):
+        """openjd-sessions' PosixSessionUser for the render user: it runs each action with `sudo -u
+        USER -i setsid -w`, and gives the session's working directory and embedded files to the
+        user's group (root:GROUP, 0770 and 0660). None: actions run as the worker's own user."""
+        if self.account is None:
+            return None
+        import grp
+
+        from openjd.sessions import PosixSessionUser
+
+        return PosixSessionUser(self.account.name, group=grp.getgrgid(self.account.gid).gr_name)
+
+    def _uids(self) -> frozenset[int]:
+        """Whose processes may carry this runner's markers: the worker's, and the render user's."""
+        return frozenset({self.account.uid}) if self.account is not None else frozenset()
 
     def _callback(self, session_id: str, status) -> None:
         from openjd.sessions import ActionState

@@ -89,6 +89,9 @@ class Settings:
     # How old an object under an attempt prefix must be before the manager's sweep may delete it
     # (when no attempt needs it: renderfarm.manager.sweep), in seconds.
     sweep_grace: float = 3600.0
+    # Processes the manager checks attempts' outputs in (None: one per core beyond two, at most 4;
+    # 0: threads of its own process): renderfarm.manager.verifier.
+    verify_processes: int | None = None
     # The most a worker's scene cache (downloaded and unpacked scenes) keeps, in GB (10**9 bytes):
     # beyond it the least recently used scenes are evicted, never the one in use.
     scene_cache_gb: float = 20.0
@@ -166,6 +169,7 @@ _ENV = {
     "webhook_timeout": "FARM_WEBHOOK_TIMEOUT",
     "webhook_tries": "FARM_WEBHOOK_TRIES",
     "sweep_grace": "FARM_SWEEP_GRACE",
+    "verify_processes": "FARM_VERIFY_PROCESSES",
     "scene_cache_gb": "FARM_SCENE_CACHE_GB",
     "retention_days": "FARM_RETENTION_DAYS",
     "sleep_after": "FARM_SLEEP_AFTER",
@@ -352,6 +356,8 @@ def _coerce(values: dict[str, object], sources: dict[str, str]) -> dict[str, obj
         kind = types[key]
         if kind in ("float", "int"):
             out[key] = _number(key, value, kind, sources[key])
+        elif kind == "int | None":
+            out[key] = None if value in ("", None) else _number(key, value, "int", sources[key])
         elif kind == "bool":
             out[key] = _boolean(key, value, sources[key])
         else:
@@ -421,6 +427,8 @@ def _check(s: Settings) -> None:
             raise bad("webhook_url", str(e).removeprefix("webhook_url: ")) from None
     if not 0 < s.webhook_timeout <= 300:
         raise bad("webhook_timeout", f"{s.webhook_timeout:g} must be more than 0 seconds and at most 300")
+    if s.verify_processes is not None and not 0 <= s.verify_processes <= 64:
+        raise bad("verify_processes", f"{s.verify_processes} must be 0 to 64")
     if not 1 <= s.webhook_tries <= 100:
         raise bad("webhook_tries", f"{s.webhook_tries} must be 1 to 100")
     if s.sweep_grace < 60:

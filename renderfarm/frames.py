@@ -13,7 +13,8 @@ because a spec we cannot explain to a user is one we should not render.
 
 Specs are checked and counted from their parts before anything is expanded,
 so `1-100000000000` costs nothing to refuse. Only then does fileseq expand the
-checked parts (it would accept descending ranges and expand up to its own
+checked parts of a spec of several (one part is a plain range, expanded here: the manager
+expands a task's frames for each order it sends) (it would accept descending ranges and expand up to its own
 10M-frame limit before anyone could count).
 """
 
@@ -61,6 +62,9 @@ def parse_frames(spec: str, *, max_frames: int = MAX_FRAMES) -> list[int]:
         raise FrameSpecError(
             f"frames: {_shown(spec)} has {total:,} frames, over the limit of {max_frames:,}"
         )
+    if len(parts) == 1:  # a task's chunk, most often: one part is a range, with nothing to dedupe
+        first, last, step = parts[0]
+        return list(range(first, last + 1, step))
     import fileseq  # imported here: the CLI checks and counts specs without it
 
     # Only parts our own checks accepted reach fileseq, in a canonical form it reads the same way.

@@ -240,6 +240,9 @@ class S3Watch:
         counts: Counter[Refusal] = Counter()
         for source, at, lines in scans:
             for line in lines.splitlines(keepends=True):
+                if b'" 403 ' not in line and b"attempted key" not in line:  # a request served, as most are
+                    at += len(line)
+                    continue
                 parsed = parse_line(line)
                 if isinstance(parsed, UnknownKey):
                     pending = [*pending, parsed.access_key][-PENDING_KEPT:]

@@ -133,7 +133,7 @@ class Inbox:
         with session_scope(self.m.engine) as session:
             events = [m for e, m in ready if not e.is_control]
             preload(session, events)
-            promote_ahead(session, self.m.storage, events, out.batch)
+            promote_ahead(session, self.m.verifier, events, out.batch)
             for entry, message in ready:
                 self._apply(session, entry, message, now, out)
             self.m.refresh_jobs(session, out.batch, now)
@@ -150,7 +150,7 @@ class Inbox:
                 with session_scope(self.m.engine) as session:
                     if not entry.is_control:
                         preload(session, [message])
-                        promote_ahead(session, self.m.storage, [message], one.batch)
+                        promote_ahead(session, self.m.verifier, [message], one.batch)
                     self._apply(session, entry, message, now, one)
                     self.m.refresh_jobs(session, one.batch, now)
                     self._save_nodes(session)

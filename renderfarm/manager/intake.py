@@ -43,11 +43,11 @@ if TYPE_CHECKING:
 
     from renderfarm.config import Settings
     from renderfarm.manager.nodebook import NodeBook
+    from renderfarm.manager.verifier import Verifier
     from renderfarm.storage import Storage
     from renderfarm.wire import Event, Intent, Output, Usage
 
 log = logging.getLogger(__name__)
-PROMOTE_THREADS = 16  # storage requests in flight at once for a batch's done events
 
 
 @dataclass(frozen=True)
@@ -290,41 +290,34 @@ def may_meet_storage(event: Event, batch: Batch) -> bool:
     return ahead is None or (isinstance(ahead.error, StorageError) and ahead.error.transient)
 
 
-def promote_ahead(session: Session, storage: Storage, events: list[Event], batch: Batch) -> None:
+def promote_ahead(session: Session, verifier: Verifier | Storage, events: list[Event], batch: Batch) -> None:
     """Start verifying and promoting the outputs of every done event in a batch at once, before
-    applying the events one by one: each promotion waits on storage (a conditional copy per
-    frame), and doing them together, while the events before them are applied, rather than in
-    turn is what lets one manager keep up with a big farm. Only an attempt that is its task's
-    live attempt when the batch starts is promoted (as applying its event alone would); applying
-    its done event waits for the outcome (`batch.promotion`)."""
-    from concurrent.futures import ThreadPoolExecutor
+    applying the events one by one: each promotion waits on storage (a read back and a write
+    per frame), and doing them together, while the events before them are applied, rather than
+    in turn is what lets one manager keep up with a big farm (renderfarm.manager.verifier says
+    where they run). Only an attempt that is its task's live attempt when the batch starts is
+    promoted (as applying its event alone would); applying its done event waits for the
+    outcome (`batch.promotion`)."""
+    from renderfarm.manager.verifier import Verifier
 
-    calls = {}
+    work: dict[int, tuple[dict, list[Output]]] = {}
     for event in events:
-        if not isinstance(event, Done) or event.attempt_id in calls:
+        if not isinstance(event, Done) or event.attempt_id in work:
             continue
         attempt = session.get(Attempt, event.attempt_id)
         if attempt is None or attempt.worker != event.worker or not lifecycle.may_promote(session, attempt):
             continue
-        # Plain values only: the call runs in another thread while this one uses the session.
-        where = _where(session.get(Job, attempt.job_id), session.get(Task, attempt.task_id), attempt)
-        outputs = list(event.outputs)
-
-        def call(where=where, outputs=outputs) -> Promotion:
-            keys = _final_keys(where, outputs)
-            try:
-                leftovers, committed = _verify(storage, outputs, where)
-                return Promotion(keys, leftovers=leftovers, committed=committed)
-            except (StorageError, VerificationError) as e:
-                return Promotion(keys, error=e)
-
-        calls[attempt.id] = call
-    if not calls:
+        # Plain values only: the check runs in another thread or process while this one uses the session.
+        work[attempt.id] = (_where(session.get(Job, attempt.job_id), session.get(Task, attempt.task_id), attempt),
+                            list(event.outputs))
+    if not work:
         return
-    global _AHEAD
-    if _AHEAD is None:
-        _AHEAD = ThreadPoolExecutor(max_workers=PROMOTE_THREADS, thread_name_prefix="promote-ahead")
-    batch.promoted = {attempt_id: _AHEAD.submit(call) for attempt_id, call in calls.items()}
+    if not isinstance(verifier, Verifier):
+        global _THREADS
+        if _THREADS is None or _THREADS.storage is not verifier:
+            _THREADS = Verifier(verifier)
+        verifier = _THREADS
+    batch.promoted = verifier.submit(work)
 
 
-_AHEAD = None
+_THREADS = None  # a Verifier of the storage last given instead of one (a test's)

@@ -27,6 +27,7 @@ from renderfarm.manager.removal import RETENTION_EVERY, Purger, apply_retention
 from renderfarm.manager.sitewatch import SitesWatch
 from renderfarm.manager.sleeper import Sleeper
 from renderfarm.manager.sweep import AttemptSweep
+from renderfarm.manager.verifier import Verifier, default_processes
 from renderfarm.manager.verbs import _take_back
 from renderfarm.models import HOLD_DRAIN, Job, Node, Worker, WorkerState
 from renderfarm.redisconn import connect
@@ -65,12 +66,16 @@ QUIET_EVENTS = (Started, Progress)  # events that neither free a slot nor make w
 class Manager:
     """One manager process. `run()` blocks until `stop` is set."""
 
-    def __init__(self, settings: Settings, *, poll_ms: int = 200, clock: Clock | None = None) -> None:
+    def __init__(self, settings: Settings, *, poll_ms: int = 200, clock: Clock | None = None,
+                 verify_processes: int | None = None) -> None:
         self.settings = settings
         self.poll_ms = poll_ms
         self.clock = clock or Clock()
         self.engine = make_engine(settings.database_url, writer=True)
         self.storage = open_storage(settings)
+        if verify_processes is None:  # a manager built in another program (a test's) checks in threads by default
+            verify_processes = settings.verify_processes or 0
+        self.verifier = Verifier(self.storage, settings, verify_processes)
         self.r = None
         self.lock: LeaderLock | None = None
         self.live: dict[str, Heartbeat] = {}
@@ -109,6 +114,8 @@ class Manager:
         self._roster: dict[str, object] = {}  # each live worker's state, as dispatch last saw it
         self._doomed: list[str] = []  # storage keys to delete in bulk
         self._deleted_at = 0.0
+        self._deleter = None  # the thread that deletes them, started with the first delete
+        self._deleting = None  # the delete in flight (a Future)
         self._next_renew = 0.0
         self._redis_failed = False  # since the last time the nodes' users were checked
         self._in_flight: list[tuple[str, str]] = []  # (stream, id) of the entries being applied
@@ -131,6 +138,7 @@ class Manager:
         finally:
             self.notifier.close(wait=1.0)
             self.purger.close()
+            self.verifier.close()
             try:
                 self.delete_doomed(now=True)
                 self.lock.release()
@@ -368,16 +376,26 @@ class Manager:
     def delete_doomed(self, *, now: bool = False, idle: bool = False) -> None:
         """Delete promoted attempts' copies (and assembled frames' tiles) in bulk, a request per
         thousand keys at most every few seconds (every second while idle) rather than one per
-        task."""
+        task, in a thread of its own: the loop never waits on it. With `now`, here and at once
+        (after the one in flight)."""
+        if self._deleting is not None:
+            if not (now or self._deleting.done()):
+                return
+            self._deleting.result()
+            self._deleting = None
         due = self._deleted_at + (DELETE_IDLE_EVERY if idle else DELETE_EVERY)
         if not self._doomed or (not now and len(self._doomed) < 1000 and self.clock.monotonic() < due):
             return
         keys, self._doomed = self._doomed, []
         self._deleted_at = self.clock.monotonic()
-        try:
-            self.storage.delete(keys)
-        except StorageError as e:  # only copies of committed frames: leaving them costs space
-            log.warning("could not delete %d promoted attempt copies: %s", len(keys), e)
+        if now:
+            _delete_copies(self.storage, keys)
+            return
+        if self._deleter is None:
+            from concurrent.futures import ThreadPoolExecutor
+
+            self._deleter = ThreadPoolExecutor(max_workers=1, thread_name_prefix="delete-copies")
+        self._deleting = self._deleter.submit(_delete_copies, self.storage, keys)
 
     def refresh_jobs(self, session, batch: Batch, now: float) -> None:
         """Finish the jobs whose tasks are all final, and fail those whose failed tasks reached
@@ -582,6 +600,13 @@ class Manager:
         return len(handouts)
 
 
+def _delete_copies(storage, keys: list[str]) -> None:
+    try:
+        storage.delete(keys)
+    except StorageError as e:  # only copies of committed frames: leaving them costs space (the sweep finds them)
+        log.warning("could not delete %d promoted attempt copies: %s", len(keys), e)
+
+
 def run_manager(settings: Settings, stop: threading.Event | None = None) -> None:
     """Run a manager until SIGTERM/SIGINT (or `stop`)."""
     import signal
@@ -590,4 +615,5 @@ def run_manager(settings: Settings, stop: threading.Event | None = None) -> None
     if threading.current_thread() is threading.main_thread():
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, lambda *_: stop.set())
-    Manager(settings).run(stop)
+    processes = settings.verify_processes
+    Manager(settings, verify_processes=default_processes() if processes is None else processes).run(stop)

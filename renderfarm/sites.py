@@ -81,6 +81,10 @@ class Site:
         local = datetime.fromtimestamp(at, self.zone)
         return local.hour * 60 + local.minute
 
+    def local_minutes(self, at: float) -> int:
+        """Whole minutes of the site's local time since the epoch at `at`: one number per band minute."""
+        return int((at + datetime.fromtimestamp(at, self.zone).utcoffset().total_seconds()) // 60)
+
     def price_at(self, at: float) -> int:
         """The price per kWh in force at epoch second `at` (millionths of `currency`)."""
         return _in_force(self.price_bands, self.local_minute(at), self.price_micros) if self.price_bands \

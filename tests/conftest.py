@@ -13,8 +13,8 @@ import subprocess
 import sys
 import tempfile
 import time
-from contextlib import contextmanager
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -249,6 +249,66 @@ def farm_processes(state_dir: Path) -> list[str]:
         if marker in cmdline or f"FARM_STATE_DIR={marker}".encode() in environ:
             found.append(f"{proc.name} {cmdline}")
     return found
+
+
+@dataclass
+class LocalFarm:
+    """A local farm a test started with `farm up -d`: its folder and the environment of its CLI."""
+
+    root: Path
+    env: dict[str, str]
+
+    @property
+    def state(self) -> Path:
+        return Path(self.env["FARM_STATE_DIR"])
+
+    @property
+    def bin(self) -> Path:
+        """A folder on the workers' PATH: a test puts there the commands its jobs run."""
+        return self.root / "bin"
+
+    def down(self) -> None:
+        run_farm("down", env=self.env, check=False, timeout=120)
+        assert not farm_processes(self.state)
+
+
+SHARED_FARMS = ("openjd_farm",)  # session fixtures that stop after the last test that uses them
+_shared_up: dict[str, LocalFarm] = {}
+_last_users: dict[str, str] = {}  # fixture -> the node id of the last test that asks for it
+
+
+@pytest.fixture(scope="session")
+def openjd_farm(tmp_path_factory) -> Iterator[LocalFarm]:
+    """One local farm of one worker that runs OpenJD jobs (heartbeat TTL 3 s), shared by the test
+    modules that ask for it: started by the first of their tests, stopped after the last (see
+    pytest_runtest_teardown), so it neither starts once per module nor idles through the rest."""
+    root = tmp_path_factory.mktemp("openjd-farm-shared")
+    state = root / "state"
+    state.mkdir(mode=0o700)
+    (root / "bin").mkdir()
+    env = farm_env(state, FARM_ALLOW_OPENJD="1", FARM_HEARTBEAT_TTL="3")
+    env["PATH"] = f"{root / 'bin'}{os.pathsep}{env.get('PATH', '')}"
+    run_farm("up", "-d", "-w", "1", env=env, timeout=180)
+    farm = _shared_up["openjd_farm"] = LocalFarm(root, env)
+    yield farm
+    if _shared_up.pop("openjd_farm", None) is not None:
+        farm.down()
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_collection_modifyitems(items) -> None:
+    for item in items:
+        for name in SHARED_FARMS:
+            if name in getattr(item, "fixturenames", ()):
+                _last_users[name] = item.nodeid
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_runtest_teardown(item, nextitem) -> None:
+    """After the last test that uses a shared farm (its own fixtures torn down), stop the farm."""
+    for name in SHARED_FARMS:
+        if _last_users.get(name) == item.nodeid and (farm := _shared_up.pop(name, None)) is not None:
+            farm.down()
 
 
 def wait_for(check, timeout: float, what: str, interval: float = 0.2):

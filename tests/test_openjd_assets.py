@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import hashlib
 import json
+import shlex
 import shutil
 import stat
 from pathlib import Path
 
 import pytest
 import yaml
-from conftest import farm_env, farm_processes, run_farm, wait_for
+from conftest import run_farm, wait_for
 
 from renderfarm.config import load_settings
 from renderfarm.errors import InputError
@@ -199,22 +200,15 @@ def dcc_bundle(bundle: Path, scene: Path) -> None:
 
 
 @pytest.fixture(scope="module")
-def farm(tmp_path_factory):
+def farm(openjd_farm, tmp_path_factory):
+    """The shared OpenJD farm, with the stand-in adaptor on its worker's PATH."""
     root = tmp_path_factory.mktemp("openjd-assets")
-    state = root / "state"
-    state.mkdir(mode=0o700)
-    bin_dir = root / "bin"  # the worker's PATH holds the stand-in adaptor
-    bin_dir.mkdir()
-    adaptor = bin_dir / "fake-adaptor"
-    adaptor.write_text(FAKE_ADAPTOR)
+    adaptor = openjd_farm.bin / "fake-adaptor"
+    shebang, rest = FAKE_ADAPTOR.split("\n", 1)
+    adaptor.write_text(f"{shebang}\nFAKE_ADAPTOR_TRIES={shlex.quote(str(root / 'frame-2-tries'))}\n{rest}")
     adaptor.chmod(adaptor.stat().st_mode | stat.S_IXUSR)
-    env = farm_env(state, FARM_ALLOW_OPENJD="1")
-    env["PATH"] = f"{bin_dir}:{env.get('PATH', '')}"
-    env["FAKE_ADAPTOR_TRIES"] = str(root / "frame-2-tries")
-    run_farm("up", "-d", "-w", "1", env=env, timeout=180)
-    yield root, env
-    run_farm("down", env=env, check=False, timeout=120)
-    assert not farm_processes(state)
+    yield root, openjd_farm.env
+    adaptor.unlink()
 
 
 def status(env: dict, job: str) -> dict:

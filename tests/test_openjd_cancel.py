@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import farm_env, farm_processes, run_farm, wait_for
+from conftest import run_farm, wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -45,16 +45,6 @@ QUICK = {
     "name": "quick",
     "steps": [{"name": "say", "script": {"actions": {"onRun": {"command": "/bin/echo", "args": ["after"]}}}}],
 }
-
-
-@pytest.fixture(scope="module")
-def farm(tmp_path_factory):
-    root = tmp_path_factory.mktemp("openjd-cancel")
-    env = farm_env(root / "state", FARM_ALLOW_OPENJD="1", FARM_HEARTBEAT_TTL="3")
-    run_farm("up", "-d", "-w", "1", env=env, timeout=180)
-    yield root, env
-    run_farm("down", env=env, check=False, timeout=120)
-    assert not farm_processes(root / "state")
 
 
 def submit(root: Path, env: dict, template: dict, *params: str) -> str:
@@ -92,18 +82,18 @@ def of_session(job: str) -> list[int]:
     return found
 
 
-def test_cancel_sends_sigterm_kills_after_the_notify_period_and_leaves_nothing_running(farm, tmp_path):
-    root, env = farm
+def test_cancel_sends_sigterm_kills_after_the_notify_period_and_leaves_nothing_running(openjd_farm, tmp_path):
+    env = openjd_farm.env
     marks = tmp_path / "marks"
     marks.mkdir()
-    job = submit(root, env, TEMPLATE, f"Marks={marks}")
+    job = submit(tmp_path, env, TEMPLATE, f"Marks={marks}")
     names = ("pid-action", "pid-child", "pid-setsid")
     wait_for(lambda: all((marks / n).exists() and (marks / n).read_text().strip() for n in names), 60,
              "the action to start")
     pids = {n: int((marks / n).read_text()) for n in names}
     assert all(alive(p) for p in pids.values()) and set(pids.values()) <= set(of_session(job))
 
-    sessions = root / "state" / "scratch"
+    sessions = openjd_farm.state / "scratch"
     assert list(sessions.glob(f"*/openjd/{job}-hold-*"))  # where the session's folder is
     asked = time.time()
     run_farm("cancel", job, env=env)
@@ -122,7 +112,7 @@ def test_cancel_sends_sigterm_kills_after_the_notify_period_and_leaves_nothing_r
              "every process and folder of the session to be gone")
     wait_for(lambda: state(env, job) == "cancelled", 30, "the job to be cancelled")
 
-    after = submit(root, env, QUICK)
+    after = submit(tmp_path, env, QUICK)
     wait_for(lambda: state(env, after) in ("done", "failed"), 60, "the next job")
     assert state(env, after) == "done"
     assert "after" in run_farm("log", f"{after}:0", env=env).stdout

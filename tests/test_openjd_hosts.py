@@ -12,7 +12,7 @@ import subprocess
 
 import pytest
 import yaml
-from conftest import farm_env, farm_processes, run_farm, wait_for
+from conftest import run_farm, wait_for
 
 TEMPLATE = {
     "specificationVersion": "jobtemplate-2023-09",
@@ -28,27 +28,17 @@ TEMPLATE = {
 WHY = "step 'render': no live worker of pool 'default' has attr.studio.dcc one of maya"
 
 
-@pytest.fixture(scope="module")
-def farm(tmp_path_factory):
-    root = tmp_path_factory.mktemp("openjd-hosts")
-    env = farm_env(root / "state", FARM_ALLOW_OPENJD="1", FARM_HEARTBEAT_TTL="3")
-    run_farm("up", "-d", "-w", "1", env=env, timeout=180)
-    yield root, env
-    run_farm("down", env=env, check=False, timeout=120)
-    assert not farm_processes(root / "state")
-
-
 def status(env: dict, job: str) -> dict:
     return json.loads(run_farm("status", job, "--json", env=env).stdout)
 
 
 @pytest.mark.slow
-def test_a_step_no_live_worker_meets_waits_until_a_worker_with_its_attribute_renders_it(farm):
+def test_a_step_no_live_worker_meets_waits_until_a_worker_with_its_attribute_renders_it(openjd_farm, tmp_path):
     from nodekit import cli_node
 
     from renderfarm.localfarm.services import node_env
 
-    root, env = farm
+    root, env = tmp_path, openjd_farm.env
     path = root / "maya.yaml"
     path.write_text(yaml.safe_dump(TEMPLATE))
     job = json.loads(run_farm("submit", str(path), "--json", env=env).stdout)["id"]

@@ -89,7 +89,7 @@ class Manager:
         self.acl = AclWatch()
         self.s3_refusals = S3Watch(settings)
         self.sites_watch = SitesWatch(settings)
-        self._prices: dict[tuple[str, int], int] = {}  # (site, minute) -> its ranking price then
+        self._prices: dict[tuple[str, int], int] = {}  # (site, its local minute) -> its ranking price then
         self._next_acl_watch = 0.0
         self.sealer = OrderSealer(self.storage)
         self.notifier = Notifier(settings, self.engine, self.clock)
@@ -542,16 +542,19 @@ class Manager:
 
     def _price(self, site: str, now: float) -> int:
         """A site's price for ranking its workers: the band's in force now, where it has bands
-        (bands start on whole minutes: kept a minute)."""
+        (bands start on whole minutes of the site's time zone: kept for that minute)."""
         from renderfarm.errors import ConfigError
 
-        key = (site, int(now // 60))
+        try:
+            known = self.settings.site(site)
+        except ConfigError:
+            return 0
+        if not known.price_bands:
+            return known.ranking_price
+        key = (site, known.local_minutes(now))
         price = self._prices.get(key)
         if price is None:
-            try:
-                price = self.settings.site(site).ranking_price_at(now)
-            except ConfigError:
-                price = 0
+            price = known.ranking_price_at(now)
             if len(self._prices) > 1000:
                 self._prices.clear()
             self._prices[key] = price

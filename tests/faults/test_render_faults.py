@@ -37,9 +37,10 @@ else:
 """
 
 
-@pytest.fixture()
-def farm(tmp_path):
-    f = LiveFarm(tmp_path)
+@pytest.fixture(scope="module")
+def farm(tmp_path_factory):
+    """One farm of two workers for both tests: each job fails or is retried on its own."""
+    f = LiveFarm(tmp_path_factory.mktemp("render-faults"))
     f.up()
     yield f
     f.down()

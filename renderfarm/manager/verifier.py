@@ -57,15 +57,13 @@ class Verifier:
         self.storage = storage
         self.settings = settings
         self.processes = processes if settings is not None else 0
-        self._threads: ThreadPoolExecutor | None = None
         self._pool = None  # a ProcessPoolExecutor, started with the first check
 
     def submit(self, work: dict[int, tuple[dict, list[Output]]]) -> dict[int, Future[Promotion]]:
         """Start settling each attempt's (where, outputs); its outcome to come, by attempt id."""
         if not self.processes:
-            if self._threads is None:
-                self._threads = ThreadPoolExecutor(max_workers=THREADS, thread_name_prefix="promote-ahead")
-            return {a: self._threads.submit(settle, self.storage, where, outputs) for a, (where, outputs) in work.items()}
+            threads = _shared_threads()
+            return {a: threads.submit(settle, self.storage, where, outputs) for a, (where, outputs) in work.items()}
         from concurrent.futures.process import BrokenProcessPool
 
         outcomes: dict[int, Future[Promotion]] = {a: Future() for a in work}
@@ -115,9 +113,18 @@ class Verifier:
         if self._pool is not None:
             self._pool.shutdown(wait=True, cancel_futures=True)
             self._pool = None
-        if self._threads is not None:
-            self._threads.shutdown(wait=True, cancel_futures=True)
-            self._threads = None
+
+
+_SHARED: ThreadPoolExecutor | None = None
+
+
+def _shared_threads() -> ThreadPoolExecutor:
+    """The threads every Verifier of this process without processes checks in (a test's process
+    builds many managers: one pool for all, as before there were processes)."""
+    global _SHARED
+    if _SHARED is None:
+        _SHARED = ThreadPoolExecutor(max_workers=THREADS, thread_name_prefix="promote-ahead")
+    return _SHARED
 
 
 def _failed(where: dict, outputs: list[Output], error: Exception) -> Promotion:

@@ -44,12 +44,17 @@ def farm(redis_url: str, tmp_path: Path):
         yield farm
 
 
-def status(farm: SteppedFarm, job_id: str, *args: str) -> str:
+def farm_cli(farm: SteppedFarm, *args: str) -> str:
+    """`farm ARGS` against the in-process farm (its manager counts as running); its stdout."""
     s = farm.manager.settings
     farm.manager.r.set(keys.MANAGER_LEADER, "in-process")
     env = farm_env(Path(s.state_dir), FARM_REDIS_URL=s.redis_url, FARM_DATABASE_URL=s.database_url,
                    FARM_STORAGE_URL=s.storage_url, COLUMNS="200")
-    return run_farm("status", job_id, *args, env=env).stdout
+    return run_farm(*args, env=env).stdout
+
+
+def status(farm: SteppedFarm, job_id: str, *args: str) -> str:
+    return farm_cli(farm, "status", job_id, *args)
 
 
 def test_farm_status_of_an_openjd_job_shows_its_steps_and_tasks(farm: SteppedFarm) -> None:
@@ -65,13 +70,15 @@ def test_farm_status_of_an_openjd_job_shows_its_steps_and_tasks(farm: SteppedFar
                                                      status="frame 12 of 17"))
     farm.manager.tick()
     text = status(farm, job_id)
-    lines = [line for line in text.splitlines() if line.startswith(("  steps", "  progress", "  tasks", "  step "))]
+    lines = [line for line in text.splitlines()
+             if line.startswith(("  steps", "  progress", "  tasks", "  step ", "  failures"))]
     assert lines == [
         "  steps     2 steps, 13 tasks",
         "  progress  11.5%  (1/13 tasks done)",
         "  tasks     10 pending, 1 queued, 1 running, 1 done",
         "  step      Render: 1/3 tasks done, 1 queued, 1 running (50.0%); status: frame 12 of 17",
         "  step      Sheet: 0/10 tasks done, 10 pending (0.0%); waits for Render",
+        "  failures  the job fails once 5 tasks have failed (0 so far)",  # its deadline:maxFailedTasksCount
     ]
     assert "frame" not in text.replace("frame 12 of 17", "")  # no frames, no 0x0 size
     doc = json.loads(status(farm, job_id, "--json"))
@@ -85,3 +92,28 @@ def test_farm_status_of_an_openjd_job_shows_its_steps_and_tasks(farm: SteppedFar
         13, 1, 1, "running", 5)
     with session_scope(farm.manager.engine) as s:  # the ORM's view agrees with the CLI's plain SQL
         assert [asdict(step) for step in job_status(s, s.get(Job, job_id)).steps] == doc["steps"]
+
+
+def test_farm_jobs_and_the_farms_status_count_an_openjd_jobs_steps_and_tasks_not_frames(farm: SteppedFarm) -> None:
+    beat(farm, {"a": OPENJD_NODE})
+    limited = submit(farm, max_failed_tasks=1)
+    plain = submit(farm, name="plain")  # no deadline:maxFailedTasksCount: no failures line
+    table = farm_cli(farm, "jobs").splitlines()
+    assert table[0].split() == ["JOB", "NAME", "OWNER", "STATE", "PRI", "FRAMES", "DONE", "ELAPSED", "ETA", "SUBMITTED"]
+    assert sorted(row.split()[:11] for row in table[1:]) == sorted([
+        [plain, "plain", "ana", "queued", "50", "2", "steps,", "13", "tasks", "0%", "-"],
+        [limited, "two", "ana", "queued", "50", "2", "steps,", "13", "tasks", "0%", "-"],
+    ])
+    listed = {doc["id"]: doc for doc in json.loads(farm_cli(farm, "jobs", "--json"))}
+    doc = listed[plain]  # the fields it always had, and its steps
+    assert (doc["frames"], doc["tasks"], doc["frames_done"], doc["width"], doc["height"]) == (13, 13, 0, 0, 0)
+    assert [(step["name"], step["tasks"], step["waiting_on"]) for step in doc["steps"]] == [
+        ("Render", 3, []), ("Sheet", 10, ["Render"])]
+    assert listed[limited]["max_failed_tasks"] == 1 and doc["max_failed_tasks"] is None
+    shown = farm_cli(farm, "status").splitlines()
+    assert sorted(line for line in shown if line.startswith("  ") and "ETA" in line) == sorted([
+        f"  {plain} plain: 0% of 2 steps, 13 tasks, queued, ETA -",
+        f"  {limited} two: 0% of 2 steps, 13 tasks, queued, ETA -",
+    ])
+    assert "  failures  the job fails once 1 task has failed (0 so far)" in status(farm, limited).splitlines()
+    assert "failures" not in status(farm, plain)

@@ -117,7 +117,7 @@ def test_a_bundle_as_deadline_submitters_write_it_is_accepted_with_its_farm_sett
             "sheet", 80, 5, 7, "queued", "template.json")
         assert json.loads(job.openjd_template)["job_parameters"] == {"Frames": "1-50", "Quality": "5"}
     assert [tuple(r) for r in steps] == [("Render", 5), ("Sheet", 10)]
-    assert f"submitted job {job.id} (15 frames in 15 tasks)" in proc.stdout
+    assert f"submitted job {job.id} (2 steps, 15 tasks)" in proc.stdout
     # The template is in storage, content-addressed like a scene.
     assert farm.manager.storage.head(job.scene_key) is not None
     # So is the asset reference, recorded with the job at its place in the session.

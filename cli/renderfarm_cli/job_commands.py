@@ -183,16 +183,21 @@ def _report_submitted(settings, job_id: str, wait: bool, json_: bool) -> None:
         from renderfarm_cli.progress import follow_job
 
         if not json_:
-            out().print(f"submitted job [bold]{job_id}[/] ({counted(status.frames, 'frame')} in "
-                        f"{counted(status.tasks, 'task')})")
+            out().print(f"submitted job [bold]{job_id}[/] ({work_text(status)})")
         status = follow_job(settings, job_id, f"job {job_id}")
     if json_:
         print_json(status.to_json())
     elif not wait:
-        out().print(f"submitted job [bold]{job_id}[/] ({counted(status.frames, 'frame')} in "
-                    f"{counted(status.tasks, 'task')})")
+        out().print(f"submitted job [bold]{job_id}[/] ({work_text(status)})")
     if wait and status.state != "done":
         raise typer.Exit(1)
+
+
+def work_text(s) -> str:
+    """What a job renders: `15 frames in 15 tasks`, or an OpenJD job's `2 steps, 13 tasks`."""
+    if s.steps:
+        return f"{counted(len(s.steps), 'step')}, {counted(s.tasks, 'task')}"
+    return f"{counted(s.frames, 'frame')} in {counted(s.tasks, 'task')}"
 
 
 def _status_of(settings, job_id: str):
@@ -249,7 +254,7 @@ def jobs(
         table.add_row(
             s.id, s.name, s.owner, state_text(shown_state(s)) + (" (archived)" if s.archived_at else ""),
             str(s.priority),
-            str(s.frames), f"{s.progress:.0%}",
+            work_text(s) if s.steps else str(s.frames), f"{s.progress:.0%}",
             duration(s.elapsed), duration(s.eta), age(s.submitted_at),
         )
     out().print(table if rows else "no jobs yet")
@@ -302,7 +307,7 @@ def status(
     out().print(f"[bold]job {s.id}[/] {s.name} ({s.owner}), priority {s.priority}, pool {s.pool}, renderer {renderer}")
     out().print("  state     ", state_text(s.state), sep="")
     if s.steps:  # an OpenJD job: steps and tasks, not frames
-        out().print(f"  steps     {counted(len(s.steps), 'step')}, {counted(s.tasks, 'task')}")
+        out().print(f"  steps     {work_text(s)}")
         out().print(f"  progress  {s.progress:.1%}  ({s.frames_done}/{counted(s.tasks, 'task')} done)")
     else:
         out().print(f"  frames    {s.frames_spec} = {counted(s.frames, 'frame')} in {counted(s.tasks, 'task')} "
@@ -321,6 +326,8 @@ def status(
         out().print(f"  after     {'[warn]' if s.blocked else ''}{escape(after_line(s))}{'[/]' if s.blocked else ''}")
     if s.requires:
         out().print(f"  requires  {', '.join(s.requires)}")
+    if s.max_failed_tasks is not None:
+        out().print(f"  failures  {failures_line(s)}")
     if s.unschedulable:
         from rich.markup import escape
 
@@ -338,6 +345,13 @@ def status(
         out().print(f"  cost      {so_far} so far, {projected} projected")
     if s.error:
         out().print(f"  error     [error]{s.error}[/]")
+
+
+def failures_line(s) -> str:
+    """`the job fails once 5 tasks have failed (1 so far)`: its deadline:maxFailedTasksCount."""
+    limit = max(1, s.max_failed_tasks)  # as the lifecycle counts it: a limit of 0 fails at the first
+    return f"the job fails once {counted(limit, 'task')} {'has' if limit == 1 else 'have'} failed " \
+           f"({s.counts.get('failed', 0)} so far)"
 
 
 def step_line(step) -> str:
@@ -389,7 +403,8 @@ def _farm_status(settings, json_: bool) -> None:
     out().print("jobs: " + ", ".join(f"{n} {state}" for state, n in doc["jobs"].items() if n) if jobs_ else "jobs: none")
     for j in active:
         why = f" ({after_line(j)})" if j.waiting_on else ""
-        out().print(f"  {j.id} {j.name}: {j.progress:.0%} of {counted(j.frames, 'frame')}, {shown_state(j)}, "
+        size = work_text(j) if j.steps else counted(j.frames, 'frame')
+        out().print(f"  {j.id} {j.name}: {j.progress:.0%} of {size}, {shown_state(j)}, "
                     f"ETA {duration(j.eta)}{why}", markup=False)
 
 

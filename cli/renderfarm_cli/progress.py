@@ -78,7 +78,7 @@ def follow_job(settings, job_id: str, title: str) -> JobStatus:
 
     def on_update(status: JobStatus) -> None:
         if "p" not in holder:
-            holder["p"] = Progress(title, status.frames, "frames").__enter__()
+            holder["p"] = Progress(title, status.frames, "tasks" if status.steps else "frames").__enter__()
         done = status.frames * status.progress
         final = status.state in ("done", "failed", "cancelled")
         holder["p"].update(done, job_detail(status), force=final)

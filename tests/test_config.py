@@ -292,6 +292,8 @@ def test_state_dir_in_the_state_dirs_own_toml_is_ignored(dirs) -> None:
             "heartbeat_ttl (from ./farm.toml): 0.5 must be at least 1 second",
         ),
         ({"FARM_MAX_TASKS": "0"}, "", "max_tasks (from env FARM_MAX_TASKS): 0 must be at least 1"),
+        ({"FARM_VERIFY_PROCESSES": "-1"}, "", "verify_processes (from env FARM_VERIFY_PROCESSES): -1 must be 0 to 64"),
+        ({"FARM_VERIFY_PROCESSES": "two"}, "", "verify_processes (from env FARM_VERIFY_PROCESSES): expected a whole number, got 'two'"),
         (
             {"FARM_MAX_ATTEMPTS": "-1"},
             "",
@@ -514,6 +516,7 @@ def test_effective_settings_never_show_a_password(dirs, monkeypatch) -> None:
         ("webhook_timeout", "5.0", "default"),
         ("webhook_tries", "8", "default"),
         ("sweep_grace", "3600.0", "default"),
+        ("verify_processes", "", "default"),
         ("scene_cache_gb", "20.0", "default"),
         ("retention_days", "0.0", "default"),
         ("sleep_after", "0.0", "default"),

@@ -15,6 +15,7 @@ import pytest
 from conftest import farm_env, farm_processes, run_farm
 from renderfarm_cli.top import farm_top
 from renderfarm_cli.top_view import (
+    cost_story,
     cost_text,
     job_columns,
     money,
@@ -22,12 +23,15 @@ from renderfarm_cli.top_view import (
     short_count,
     short_duration,
     sparkline,
+    summary_text,
     task_columns,
 )
 
 from renderfarm.client import Submission, submit
 from renderfarm.config import load_settings
+from renderfarm.dashboard import Snapshot, WorkerLine
 from renderfarm.db import session_scope
+from renderfarm.jobstatus import JobStatus
 from renderfarm.status import job_status, list_tasks, reader_engine, resolve_job
 
 SIZE = (80, 24)
@@ -215,21 +219,84 @@ def test_formatters():
     assert [money(v) for v in (0, 0.0123456, 0.5, 0.99999, 12.345678, 1234.56, 12345.6, 999_999.4, 1_234_567,
                                8e-05, 0.00001234)] == [
         "0", "0.0123", "0.5000", "1.00", "12.35", "1235", "12346", "999999", "1235k", "0.0001", "<.0001"]
-    # No price anywhere (the local farm's default) is no cost at all; several currencies do not add up.
-    assert [cost_text(c) for c in ({}, {"": 0.0}, {"EUR": 0.0}, {"EUR": 0.0123}, {"EUR": 1.0, "CNY": 7.0})] == [
-        "-", "-", "0", "0.0123", "mixed"]
+    # No price anywhere (the local farm's default) is no cost at all; an amount carries its currency,
+    # as in `farm report`; a longer code takes room from the amount; several currencies do not add up.
+    assert [cost_text(c) for c in ({}, {"": 0.0}, {"EUR": 0.0}, {"EUR": 0.0123}, {"CNY": 12.4}, {"CNY": 8e-05},
+                                   {"USDT": 0.0123}, {"": 0.0, "CNY": 1234.567}, {"EUR": 1.0, "CNY": 7.0})] == [
+        "-", "-", "0 EUR", "0.0123 EUR", "12.40 CNY", "0.0001 CNY", "0.012 USDT", "1235 CNY", "mixed"]
+    assert all(len(cost_text({"CNY": v})) <= 10 for v in (0.00001, 0.5, 99.99, 12345.6, 1e9))
+    # A job whose cell says `mixed` lists each currency on the status line; one currency needs no list.
+    assert cost_story(job_row("j1", cost={"EUR": 1.0, "CNY": 7.0, "": 0.0})) == "cost so far: 7.0000 CNY, 1.0000 EUR"
+    assert cost_story(job_row("j1", cost={"EUR": 1.0})) is None
+
+
+def job_row(job_id: str, **fields) -> JobStatus:
+    return JobStatus(id=job_id, name=f"shot_{job_id}", owner="o", state="running", priority=50, pool="default",
+                     renderer="builtin", frames_spec="1-4", frames=4, tasks=4, chunk=1, width=8, height=8,
+                     frames_done=1, progress=0.25, **fields)
+
+
+def worker_row(name: str, state: str) -> WorkerLine:
+    return WorkerLine(name, state, None, 1.0, "default", 0)
+
+
+# Two asleep (FARM_SLEEP_AFTER), one busy, one idle; the offline one is not counted at all.
+WORKERS = [worker_row("w1", "busy"), worker_row("w2", "idle"), worker_row("w3", "asleep"),
+           worker_row("w4", "asleep"), worker_row("w5", "offline")]
+
+
+def test_the_summary_counts_asleep_workers_apart():
+    """An asleep node takes no work until woken: the header says how many of the workers sleep."""
+    at = 1_800_000_000.0
+    clock = time.strftime("%H:%M:%S", time.localtime(at))
+    snap = Snapshot(taken_at=at, workers=WORKERS, farm_running=True, manager_running=True, queues={"w1": 1})
+    assert summary_text(snap).plain == f" farm running · 4 workers (2 asleep), 1 busy · 0 active jobs · 1 queued · {clock}"
+    awake = Snapshot(taken_at=at, workers=WORKERS[:2], farm_running=True, manager_running=True)
+    assert summary_text(awake).plain == f" farm running · 2 workers, 1 busy · 0 active jobs · {clock}"
+
+
+def test_top_shows_costs_with_their_currency_and_asleep_workers_apart(tmp_path):
+    """At 80 columns, with no farm: a job's cost cell carries its currency, a job spent in two
+    currencies says `mixed` and lists them on the status line when highlighted, and the summary
+    counts the asleep workers apart."""
+    settings = load_settings({"FARM_STATE_DIR": str(tmp_path / "state")}, cwd=tmp_path)
+    jobs_shown = [job_row("a0000001", cost={"CNY": 12.4}), job_row("b0000002", cost={"CNY": 7.0, "EUR": 1.0}),
+                  job_row("c0000003")]
+
+    async def drive() -> None:
+        app = farm_top(settings)
+        async with app.run_test(size=SIZE) as pilot:
+            farm = app.farm
+            await until(pilot, lambda: "farm is not running" in status_line(farm), 5, "the first reading")
+            farm.timer.pause()  # the rows below are the only ones shown
+            farm.snap = Snapshot(taken_at=time.time(), jobs=jobs_shown, workers=WORKERS, farm_running=True,
+                                 manager_running=True)
+            farm.show(farm.snap)
+            jobs = farm.query_one("#jobs")
+            await until(pilot, lambda: jobs.ids == ["a0000001", "b0000002", "c0000003"], 5, "the job rows")
+            assert [cell(jobs, j, "cost") for j in jobs.ids] == ["12.40 CNY", "mixed", "-"]
+            assert "· 4 workers (2 asleep), 1 busy ·" in str(farm.query_one("#summary").render())
+            await pilot.press("down")
+            assert jobs.selected_id() == "b0000002"
+            await until(pilot, lambda: "cost so far" in status_line(farm), 3, "the costs on the status line")
+            assert status_line(farm).strip() == "cost so far: 7.0000 CNY, 1.0000 EUR"
+            await pilot.press("q")
+        assert not app.is_running
+
+    asyncio.run(drive())
 
 
 def test_columns_fit_80_columns_and_names_take_what_is_left():
     """Each column's text plus one space, plus a scrollbar: exactly the screen's width. At 80 the
-    name gets 15 characters (the owner 6); on a wider screen the name takes most of the rest."""
+    name gets 11 characters (the owner 6, the cost with its currency 10); on a wider screen the
+    name takes most of the rest."""
     for width in (80, 100, 160):
         for columns in (job_columns(width), task_columns(width)):
             assert sum(w + 1 for _key, _label, w in columns) + 1 == width
     widths = {key: w for key, _label, w in job_columns(80)}
-    assert widths == {"id": 8, "name": 15, "owner": 6, "state": 9, "priority": 3, "progress": 9, "frames": 9,
-                      "eta": 5, "cost": 6}
-    assert {key: w for key, _label, w in job_columns(120) if key in ("name", "owner")} == {"name": 45, "owner": 16}
+    assert widths == {"id": 8, "name": 11, "owner": 6, "state": 9, "priority": 3, "progress": 9, "frames": 9,
+                      "eta": 5, "cost": 10}
+    assert {key: w for key, _label, w in job_columns(120) if key in ("name", "owner")} == {"name": 41, "owner": 16}
     assert {key: w for key, _label, w in task_columns(80)}["error"] == 25
 
 

@@ -152,11 +152,13 @@ def test_the_job_table_at_80_columns_shows_cost_and_gives_the_name_room(managed)
             header = next(line for line in lines if line.startswith(" JOB "))
             assert header.split() == ["JOB", "NAME", "OWNER", "STATE", "PRI", "PROGRESS", "FRAMES", "ETA", "COST"]
             row = next(line for line in lines if line.startswith(" a0000001 "))
-            # The name gets 15 characters, the owner 6.
-            assert row.startswith(" a0000001 lighting_sq010… wrang… running   50 ")
+            # The name gets 11 characters, the owner 6.
+            assert row.startswith(" a0000001 lighting_s… wrang… running   50 ")
             # 100 W for 7.2 s is 200 micro-kWh: 0.00008 CNY at 0.4 CNY per kWh, shown in the
-            # currency's units with farm status's 4 decimals (it used to read 8e-05).
-            assert row.split()[-1] == "0.0001"
+            # currency's units with farm status's 4 decimals (it used to read 8e-05), and with
+            # the currency as `farm report` shows it.
+            assert row.split()[-2:] == ["0.0001", "CNY"]
+            assert jobs.cell("a0000001", "cost").strip() == "0.0001 CNY"
             assert jobs.cell("c0000003", "cost") == "-"  # no price, no cost
             # A wider terminal gives the room to the name (and a little to the owner).
             await pilot.resize_terminal(120, 24)

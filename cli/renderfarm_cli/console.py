@@ -5,10 +5,8 @@ from __future__ import annotations
 import json
 import sys
 import time
-from typing import Any
-
 from functools import cache
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -32,6 +30,7 @@ STYLES = dict(
         "busy": "bold blue",
         "stopping": "yellow",
         "offline": "dim",
+        "asleep": "dim",  # FARM_SLEEP_AFTER: there, but takes no work until woken
         "missing": "red",
         "draining": "yellow",  # `farm worker drain`: finishing what it has
         "drained": "magenta",

@@ -17,6 +17,7 @@ from renderfarm_cli.top_dialogs import dialogs
 from renderfarm_cli.top_view import (
     WORKER_COLUMNS,
     activity_text,
+    cost_story,
     error_text,
     failures_text,
     job_cells,
@@ -324,6 +325,8 @@ def _farm_screen():
                 text = styled(" " + self.snap.notes[0], "warn")
             elif (job := self.highlighted()) is not None and (story := job_story(job)):
                 text = styled(" " + story, "warn")
+            elif (job := self.highlighted()) is not None and (spent := cost_story(job)):
+                text = styled(" " + spent, "dim")
             elif self.snap and not self.snap.jobs:
                 text = styled(" no jobs yet: `farm submit SCENE` queues one", "dim")
             else:

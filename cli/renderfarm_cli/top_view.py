@@ -18,6 +18,7 @@ SPARKS = "▁▂▃▄▅▆▇█"
 EIGHTHS = " ▏▎▍▌▋▊▉"
 BAR_WIDTH = 6
 JOB_BAR_WIDTH = 4  # the jobs table's bar: 80 columns leave no more
+COST_WIDTH = 10  # an amount in 6 characters, a space and a 3-letter currency code: `12.35 CNY`
 
 
 # -- formatting (plain text, testable without a terminal) ----------------------------------------
@@ -97,15 +98,26 @@ def money(value: float, width: int = 6) -> str:
     return "huge"
 
 
-def cost_text(cost: dict[str, float]) -> str:
-    """A job's cost so far for a narrow column: one amount, `-` where no site has a price (no
-    currency, nothing spent), `mixed` where it was spent in several currencies."""
+def cost_text(cost: dict[str, float], width: int = COST_WIDTH) -> str:
+    """A job's cost so far for a narrow column, with its currency as `farm report` shows it
+    (`12.35 CNY`): `-` where no site has a price (no currency, nothing spent), `mixed` where it was
+    spent in several currencies (which do not add up; `cost_story` lists them)."""
     priced = {c: v for c, v in cost.items() if c or v}
     if not priced:
         return "-"
     if len(priced) > 1:
         return "mixed"
-    return money(next(iter(priced.values())))
+    ((currency, value),) = priced.items()
+    return f"{money(value, max(4, width - 1 - len(currency)))} {currency}".strip()
+
+
+def cost_story(j) -> str | None:
+    """The highlighted job's cost in each currency, for the status line, where its cell can only
+    say `mixed` (None otherwise)."""
+    priced = {c: v for c, v in j.cost.items() if c or v}
+    if len(priced) < 2:
+        return None
+    return "cost so far: " + ", ".join(f"{v:.4f} {c}".strip() for c, v in sorted(priced.items()))
 
 
 def job_state(j) -> str:
@@ -188,8 +200,11 @@ def summary_text(snap: Snapshot) -> Text:
         text.append("farm running", style="bold green")
     live = [w for w in snap.workers if w.state not in ("offline", "missing")]
     busy = sum(1 for w in live if w.state == "busy")
+    # An asleep node (FARM_SLEEP_AFTER) is there but takes no work until woken: say how many.
+    asleep = sum(1 for w in live if w.state == "asleep")
     active = sum(1 for j in snap.jobs if j.state in ("queued", "running", "suspended"))
-    text.append(f" · {counted(len(live), 'worker')}, {busy} busy · {counted(active, 'active job')}")
+    text.append(f" · {counted(len(live), 'worker')}{f' ({asleep} asleep)' if asleep else ''}, {busy} busy"
+                f" · {counted(active, 'active job')}")
     if snap.queues is not None:
         text.append(f" · {sum(snap.queues.values())} queued")
     if snap.dead_letters:
@@ -245,7 +260,7 @@ MIN_FLEX = 10
 
 JOB_COLUMNS_SPEC = [("id", "JOB", 8), ("name", "NAME", None), ("owner", "OWNER", 6), ("state", "STATE", 9),
                     ("priority", "PRI", 3), ("progress", "PROGRESS", JOB_BAR_WIDTH + 5), ("frames", "FRAMES", 9),
-                    ("eta", "ETA", 5), ("cost", "COST", 6)]
+                    ("eta", "ETA", 5), ("cost", "COST", COST_WIDTH)]
 WORKER_COLUMNS = [("name", "WORKER", 18), ("state", "STATE", 8), ("task", "TASK", 13), ("beat", "BEAT", 5),
                   ("queued", "Q", 2), ("pool", "POOL", 10)]
 TASK_COLUMNS_SPEC = [("task", "TASK", 5), ("frames", "FRAMES", 13), ("state", "STATE", 9),

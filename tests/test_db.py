@@ -682,6 +682,7 @@ def test_a_batchs_done_events_are_promoted_together_and_a_cancelled_tasks_frames
 
     from renderfarm.config import Settings
     from renderfarm.manager.intake import Batch, apply_event, promote_ahead
+    from renderfarm.manager.verifier import Verifier
     from renderfarm.storage.files import FileStorage
     from renderfarm.storage.keys import attempt_prefix
     from renderfarm.wire import Done, Output, Usage
@@ -704,7 +705,7 @@ def test_a_batchs_done_events_are_promoted_together_and_a_cancelled_tasks_frames
     finals = [f"jobs/{job_id}/frames/orbit.{f:04d}.png" for f in (1, 2, 3)]
     with session_scope(engine) as s:
         batch = Batch()
-        promote_ahead(s, storage, entries, batch)
+        promote_ahead(s, Verifier(storage), entries, batch)
         # Every frame's copy starts before any event is applied; they finish side by side.
         assert sorted(batch.promoted) == sorted(attempts)
         assert all(batch.promotion(a).error is None for a in attempts)

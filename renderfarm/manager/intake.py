@@ -195,7 +195,9 @@ def attempt_done(session: Session, storage: Storage, attempt: Attempt, outputs: 
     task = session.get(Task, attempt.task_id)
     try:
         if ahead is None:
-            leftovers, committed = _verify(storage, list(outputs), _where(job, task, attempt))
+            from renderfarm.manager.verifier import verify
+
+            leftovers, committed = verify(storage, list(outputs), _where(job, task, attempt))
         elif ahead.error is not None:
             raise ahead.error
         else:
@@ -230,26 +232,6 @@ def _where(job: Job, task: Task, attempt: Attempt) -> dict:
     return {"node": attempt.worker, "job_id": job.id, "task_index": task.index, "attempt": attempt.number,
             "name": job.name,
             "expected": expected_outputs(job, task), "fmt": job.output_format}
-
-
-def _verify(storage: Storage, outputs: list[Output], where: dict) -> tuple[list[str], list]:
-    """Verify and promote an attempt's outputs: its attempt's own copies to delete once it is
-    committed, and (an OpenJD task's) the files committed, to record."""
-    from renderfarm.manager.verify import verify_and_promote
-
-    if "step" in where:
-        from renderfarm.manager.openjd_outputs import verify_and_promote_files
-
-        return verify_and_promote_files(storage, outputs, **where)
-    return verify_and_promote(storage, outputs, **where), []
-
-
-def _final_keys(where: dict, outputs: list[Output]) -> list[str]:
-    if "step" in where:
-        from renderfarm.manager.openjd_outputs import final_keys
-
-        return final_keys(where["job_id"], where["step"], outputs)
-    return [e.final_key for e in where["expected"]]
 
 
 def _record_usage(session: Session, settings: Settings, attempt: Attempt, usage: Usage, now: float) -> None:
@@ -290,7 +272,7 @@ def may_meet_storage(event: Event, batch: Batch) -> bool:
     return ahead is None or (isinstance(ahead.error, StorageError) and ahead.error.transient)
 
 
-def promote_ahead(session: Session, verifier: Verifier | Storage, events: list[Event], batch: Batch) -> None:
+def promote_ahead(session: Session, verifier: Verifier, events: list[Event], batch: Batch) -> None:
     """Start verifying and promoting the outputs of every done event in a batch at once, before
     applying the events one by one: each promotion waits on storage (a read back and a write
     per frame), and doing them together, while the events before them are applied, rather than
@@ -298,8 +280,6 @@ def promote_ahead(session: Session, verifier: Verifier | Storage, events: list[E
     where they run). Only an attempt that is its task's live attempt when the batch starts is
     promoted (as applying its event alone would); applying its done event waits for the
     outcome (`batch.promotion`)."""
-    from renderfarm.manager.verifier import Verifier
-
     work: dict[int, tuple[dict, list[Output]]] = {}
     for event in events:
         if not isinstance(event, Done) or event.attempt_id in work:
@@ -312,12 +292,6 @@ def promote_ahead(session: Session, verifier: Verifier | Storage, events: list[E
                             list(event.outputs))
     if not work:
         return
-    if not isinstance(verifier, Verifier):
-        global _THREADS
-        if _THREADS is None or _THREADS.storage is not verifier:
-            _THREADS = Verifier(verifier)
-        verifier = _THREADS
     batch.promoted = verifier.submit(work)
 
 
-_THREADS = None  # a Verifier of the storage last given instead of one (a test's)

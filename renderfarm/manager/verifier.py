@@ -38,13 +38,35 @@ def default_processes() -> int:
     return max(0, min(MAX_PROCESSES, (os.cpu_count() or 1) - 2))
 
 
+def verify(storage: Storage, outputs: list[Output], where: dict) -> tuple[list[str], list]:
+    """Verify and promote an attempt's outputs (`where`: intake._where's plain values): its
+    attempt's own copies to delete once it is committed, and (an OpenJD task's) the files
+    committed, to record."""
+    from renderfarm.manager.verify import verify_and_promote
+
+    if "step" in where:
+        from renderfarm.manager.openjd_outputs import verify_and_promote_files
+
+        return verify_and_promote_files(storage, outputs, **where)
+    return verify_and_promote(storage, outputs, **where), []
+
+
+def final_keys(where: dict, outputs: list[Output]) -> list[str]:
+    """Where an attempt's outputs are committed."""
+    if "step" in where:
+        from renderfarm.manager.openjd_outputs import final_keys as openjd_keys
+
+        return openjd_keys(where["job_id"], where["step"], outputs)
+    return [e.final_key for e in where["expected"]]
+
+
 def settle(storage: Storage, where: dict, outputs: list[Output]) -> Promotion:
     """Verify and promote one attempt's outputs; a storage or verification error is the outcome."""
-    from renderfarm.manager.intake import Promotion, _final_keys, _verify
+    from renderfarm.manager.intake import Promotion
 
-    keys = _final_keys(where, outputs)
+    keys = final_keys(where, outputs)
     try:
-        leftovers, committed = _verify(storage, outputs, where)
+        leftovers, committed = verify(storage, outputs, where)
         return Promotion(keys, leftovers=leftovers, committed=committed)
     except (StorageError, VerificationError) as e:
         return Promotion(keys, error=e)
@@ -128,9 +150,9 @@ def _shared_threads() -> ThreadPoolExecutor:
 
 
 def _failed(where: dict, outputs: list[Output], error: Exception) -> Promotion:
-    from renderfarm.manager.intake import Promotion, _final_keys
+    from renderfarm.manager.intake import Promotion
 
-    return Promotion(_final_keys(where, outputs), error=error)
+    return Promotion(final_keys(where, outputs), error=error)
 
 
 # -- in a checker process ----------------------------------------------------------------------

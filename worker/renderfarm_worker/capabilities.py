@@ -9,6 +9,7 @@ import logging
 import os
 import platform
 import shutil
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -71,8 +72,13 @@ def openjd_refusal(render_user: str | None) -> str | None:
         proc = subprocess.Popen([sudo, "-n", "-u", render_user, "-i", setsid, "-w", "cat", "/proc/self/stat"],
                                 stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                 text=True, cwd="/", start_new_session=True)
+    except OSError as e:
+        return f"{what}: sudo -u {render_user} -i failed ({e})"
+    try:
         out, err = proc.communicate(timeout=30)
-    except (OSError, subprocess.TimeoutExpired) as e:
+    except subprocess.TimeoutExpired as e:
+        os.killpg(proc.pid, signal.SIGKILL)  # its own session: sudo and whatever it started
+        proc.wait()
         return f"{what}: sudo -u {render_user} -i failed ({e})"
     import pwd
 

@@ -230,6 +230,16 @@ def farm_env(state_dir: Path, **extra: str) -> dict[str, str]:
     return env
 
 
+def running(pid: int) -> bool:
+    """Whether a process runs. A zombie does not: a killed renderer's orphaned child waits there
+    until init reaps it, which here takes a second or more (and longer on a loaded machine)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
 def farm_processes(state_dir: Path) -> list[str]:
     """Processes still running for a state directory: named in their command line, or carrying
     it as FARM_STATE_DIR in their environment (the manager and workers)."""

@@ -10,7 +10,7 @@ import sys
 import time
 
 import pytest
-from conftest import EXAMPLES, farm_env, farm_processes, run_farm, wait_for
+from conftest import EXAMPLES, farm_env, farm_processes, run_farm, running, wait_for
 
 from renderfarm.client import Submission, send_verb, submit
 from renderfarm.config import load_settings
@@ -83,7 +83,7 @@ def test_cancel_kills_running_renders_within_5s(farm):
     out = run_farm("cancel", job[:6], env=farm.env)
     applied = time.monotonic()  # the manager has answered: the rest is the renders stopping
     assert "cancelled" in out.stdout
-    wait_for(lambda: not any(os.path.exists(f"/proc/{p}") for p in pids), 20, "the renders to die")
+    wait_for(lambda: not any(map(running, pids)), 20, "the renders to die")
     took, killed = time.monotonic() - start, time.monotonic() - applied
     print(f"cancel killed the running renders in {took:.2f} s ({killed:.2f} s after the manager answered)")
     # `farm cancel` itself takes seconds to start on a loaded 2-core machine: the 5 s are the
@@ -242,7 +242,7 @@ def test_task_kill_frees_the_worker_in_seconds_and_task_skip_finishes_the_job_wi
     applied = time.monotonic()
     shown = ", ".join(f"{job}:{task}" for task in sorted(first))
     assert len(first) == 2 and f"task kill applied to {shown}" in out.stdout, (first, out.stdout)
-    wait_for(lambda: not any(os.path.exists(f"/proc/{p}") for p in pids), 20, "the killed renders to die")
+    wait_for(lambda: not any(map(running, pids)), 20, "the killed renders to die")
     took, freed = time.monotonic() - start, time.monotonic() - applied
     print(f"task kill freed both workers in {took:.2f} s ({freed:.2f} s after the manager answered)")
     assert freed < 5 and took < 15

@@ -9,7 +9,7 @@ import sys
 import time
 
 import pytest
-from conftest import wait_for
+from conftest import running, wait_for
 from livefarm import BOUNCING, LiveFarm, command_scene, report
 
 from renderfarm import keys
@@ -132,7 +132,7 @@ def _away_as_renders_finish(farm, tmp_path, service: str) -> tuple[str, float]:
     pid = farm.pids()[service]
     os.kill(pid, signal.SIGTERM)  # stopped: connections are refused
     stopped_at = time.time()
-    wait_for(lambda: not _running(pid), OUTAGE / 2, f"{service} to stop")
+    wait_for(lambda: not running(pid), OUTAGE / 2, f"{service} to stop")
     (marks / "go").write_text("")
     wait_for(lambda: len(list(marks.glob("rendered-*"))) >= 2, OUTAGE / 2, "the renders to finish")
     time.sleep(max(0.0, stopped_at + OUTAGE - time.time()))  # the outage lasts OUTAGE seconds
@@ -163,11 +163,3 @@ def test_storage_away_10s_during_uploads_commits_every_frame_once(farm, tmp_path
     _committed_once(farm, job, tmp_path / "marks")
     report("storage outage", outage_s=OUTAGE, total_s=time.time() - stopped_at)
 
-
-def _running(pid: int) -> bool:
-    """Whether a process runs (a zombie does not)."""
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return False

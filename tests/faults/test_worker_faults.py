@@ -7,7 +7,7 @@ import signal
 import time
 
 import pytest
-from conftest import wait_for
+from conftest import running, wait_for
 from livefarm import BOUNCING, HEARTBEAT_TTL, LiveFarm, command_scene, report
 
 pytestmark = pytest.mark.slow
@@ -32,7 +32,7 @@ def test_kill_9_mid_frame_hands_the_task_to_the_other_worker(farm):
     renderers = farm.children(pid)
     os.kill(pid, signal.SIGKILL)
     killed_at = time.time()
-    wait_for(lambda: not any(os.path.exists(f"/proc/{p}") for p in renderers), 10, "the dead worker's renderer to die")
+    wait_for(lambda: not any(map(running, renderers)), 10, "the dead worker's renderer to die")
 
     assert farm.wait_job(job) == "done"
     farm.check_frames(job, "shot", list(range(1, 25)), (640, 360))
@@ -119,7 +119,7 @@ def test_sigterm_hands_back_after_the_grace_period_and_second_sigterm_at_once(tm
         os.kill(farm.pids()[second], signal.SIGTERM)
         for name in (first, second):
             pid = farm.pids()[name]
-            wait_for(lambda: not os.path.exists(f"/proc/{pid}") or _zombie(pid), 30, f"{name} to exit")
+            wait_for(lambda: not running(pid), 30, f"{name} to exit")
         released = {a["task"]: a for a in farm.attempts(job) if a["number"] == 1}
         assert {a["state"] for a in released.values()} == {"lost"}, [dict(a) for a in released.values()]
         took = {a["worker"]: a["finished_at"] - a["started_at"] for a in released.values()}
@@ -133,10 +133,3 @@ def test_sigterm_hands_back_after_the_grace_period_and_second_sigterm_at_once(tm
     finally:
         farm.down()
 
-
-def _zombie(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] == "Z"
-    except OSError:
-        return True

@@ -27,8 +27,8 @@ from renderfarm.manager.removal import RETENTION_EVERY, Purger, apply_retention
 from renderfarm.manager.sitewatch import SitesWatch
 from renderfarm.manager.sleeper import Sleeper
 from renderfarm.manager.sweep import AttemptSweep
-from renderfarm.manager.verifier import Verifier, default_processes
 from renderfarm.manager.verbs import _take_back
+from renderfarm.manager.verifier import Verifier, default_processes
 from renderfarm.models import HOLD_DRAIN, Job, Node, Worker, WorkerState
 from renderfarm.redisconn import connect
 from renderfarm.scheduling import WorkerView
@@ -101,6 +101,9 @@ class Manager:
         self._beat_at: dict[str, float] = {}  # when the latest beat of each worker was first seen
         self._beat_seq: dict[str, int] = {}
         self._bad_beats: dict[str, float] = {}  # workers whose bad heartbeat is a dead letter: when seen
+        # Each node's heartbeat as last read and checked: (what it was checked with: the raw value,
+        # the node's key, site and pool), the beat, its sequence number.
+        self._beats_read: dict[str, tuple[tuple, Heartbeat, int]] = {}
         self._ttl: dict[str, float] = {}
         self._written_at: dict[str, float] = {}
         self._started = self.clock.now()
@@ -460,6 +463,11 @@ class Manager:
         live, seqs, bad = {}, {}, []
         for name, value in raw.items():
             node = self.book.get(name)
+            read = self._beats_read.get(name)
+            if read is not None and node is not None and read[0] == (value, node.key, node.site, node.pool) \
+                    and read[2] >= node.last_beat_seq:
+                live[name], seqs[name] = read[1], read[2]  # checked already: a node beats every few seconds
+                continue
             try:
                 sealed = Sealed.parse(value)
                 if sealed.node != name:
@@ -476,6 +484,9 @@ class Manager:
             if (beat.site, beat.pool) != (node.site, node.pool):  # where it was enrolled counts
                 beat = beat.model_copy(update={"site": node.site, "pool": node.pool})
             live[name], seqs[name] = beat, sealed.seq
+            self._beats_read[name] = ((value, node.key, node.site, node.pool), beat, sealed.seq)
+        for name in self._beats_read.keys() - raw.keys():
+            del self._beats_read[name]
         return live, seqs, bad
 
     def _put_aside(self, bad: list[BadBeat], now: float) -> None:

@@ -525,11 +525,18 @@ def test_s3_uploads_and_copies_go_as_plain_signed_requests_and_fall_back_to_boto
     def refused(**kwargs):
         raise AssertionError("boto3's own call was made")
 
-    # boto3's upload and copy refuse: the signed requests alone must do both.
+    def unsent(request):
+        raise AssertionError("botocore's send was called")
+
+    # boto3's upload, read and copy refuse, and so does botocore's send: the signed requests go
+    # alone, straight through the endpoint's connection pool.
     monkeypatch.setattr(storage._s3, "put_object", refused)
+    monkeypatch.setattr(storage._s3, "get_object", refused)
     monkeypatch.setattr(storage._s3, "copy_object", refused)
+    monkeypatch.setattr(storage._s3._endpoint.http_session, "send", unsent)
     etag = storage.put_file("a/f.bin", source, sha256=digest)
     storage.copy("a/f.bin", "b/f.bin", if_match=etag)
+    assert storage.get_tagged("b/f.bin") == (data, etag)
     monkeypatch.undo()
     raw = raw_s3(seaweed)
     for key in ("a/f.bin", "b/f.bin"):

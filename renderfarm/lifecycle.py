@@ -279,6 +279,16 @@ def fail_attempt(session: Session, attempt: Attempt, now: float, error: str, log
         _change(task, TaskState.PENDING)
 
 
+def fail_unsent(session: Session, task: Task, now: float, error: str) -> None:
+    """The task cannot be handed to any node as it stands (renderfarm.manager.dispatch): it fails
+    for good, without an attempt, as retrying could not help."""
+    task.failures += 1
+    task.error = error[:4000]
+    _change(task, TaskState.FAILED)
+    task.finished_at = now
+    outbox.record_task_failed(session, task, now)
+
+
 def lose_attempt(session: Session, attempt: Attempt, now: float, why: str) -> None:
     """The attempt's worker left or vanished: the task goes back to pending, not counted as a failure."""
     started = attempt.state == AttemptState.RUNNING.value

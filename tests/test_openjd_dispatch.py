@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 from nodekit import SteppedFarm, stepped_farm
-from openjdkit import OPENJD_NODE, TWO_STEPS, beat, finish, queued_orders, submit, with_host
+from openjdkit import OPENJD_NODE, TWO_STEPS, beat, finish, queued_orders, run, submit, with_host
 from sqlalchemy import select
 
 from renderfarm.db import session_scope
@@ -170,3 +170,56 @@ def test_a_job_fails_once_its_failed_tasks_reach_its_limit_and_its_other_tasks_a
     assert farm.ask(RetryIntent(request_id=farm.request_id(), job=job_id)).ok
     beat(farm, nodes)
     assert farm.job_state() == "running" and set(farm.tasks().values()) == {"pending", "queued"}
+
+
+def test_a_task_whose_dependencies_wrote_more_files_than_an_order_carries_fails_with_the_count(
+        farm: SteppedFarm) -> None:
+    """Submit checks one file per task depended on; each of these two wrote 501. The Gather task
+    would need 1,002 inputs: handed out, its node refused the order (over the 1,000 an order
+    carries) and the task was handed out again, forever. It fails at dispatch, naming the count."""
+    import hashlib
+
+    from renderfarm.storage.keys import attempt_prefix
+    from renderfarm.wire import Done, Output, Started, Usage
+
+    template = {
+        "specificationVersion": "jobtemplate-2023-09", "name": "Many files",
+        "steps": [
+            {"name": "Render", "parameterSpace": {"taskParameterDefinitions": [
+                {"name": "Part", "type": "INT", "range": [1, 2]}]}, "script": run("{{Task.Param.Part}}")},
+            {"name": "Gather", "dependencies": [{"dependsOn": "Render"}], "script": run("gather")},
+        ],
+    }
+    nodes = {"a": OPENJD_NODE, "b": OPENJD_NODE}
+    beat(farm, nodes)
+    job_id = submit(farm, template)
+    beat(farm, nodes)
+    renders = farm.attempts(AttemptState.QUEUED)
+    assert steps_of(farm, renders) == ["Render", "Render"]
+    for attempt_id, worker, _ in renders:
+        with session_scope(farm.manager.engine) as s:
+            attempt = s.get(Attempt, attempt_id)
+            prefix = attempt_prefix(worker, job_id, s.get(Task, attempt.task_id).index, attempt.number)
+        outputs = []
+        for i in range(501):
+            data, path = f"part of {attempt_id}: {i}\n".encode(), f"Out/{attempt_id}/{i:04d}.txt"
+            farm.manager.storage.put_bytes(f"{prefix}outputs/{path}", data)
+            outputs.append(Output(path=path, sha256=hashlib.sha256(data).hexdigest(), size=len(data)))
+        node = farm.nodes[worker]
+        node.post(farm.manager.r, Started(worker=worker, attempt_id=attempt_id, elapsed=0.1))
+        node.post(farm.manager.r, Done(worker=worker, attempt_id=attempt_id, outputs=tuple(outputs),
+                                       usage=Usage(wall=1.0)))
+        farm.manager.tick()
+    beat(farm, nodes)
+    assert farm.tasks() == {0: "done", 1: "done", 2: "failed"}
+    assert [a for a in farm.attempts() if a[0] not in {r[0] for r in renders}] == []  # never handed out
+    with session_scope(farm.manager.engine) as s:
+        gather = s.scalars(select(Task).where(Task.index == 2)).one()
+        job = s.get(Job, job_id)
+        assert gather.error == ("step 'Gather': this task would need 1,002 input files (the job's, and those the "
+                                "steps it depends on wrote), over the 1,000 a task may carry")
+        assert job.state == "failed"
+    farm.manager.clock.advance(10)
+    beat(farm, nodes)
+    assert farm.tasks()[2] == "failed"
+    assert {o["openjd"]["step"] for w in nodes for o in queued_orders(farm, w)} == {"Render"}  # no Gather order

@@ -92,9 +92,10 @@ class FairShare:
 
 
 def plan_handouts(session: Session, workers: list[WorkerView], fair: FairShare | None = None, *,
-                  now: float) -> list[Handout]:
+                  now: float, failed: set[str] | None = None) -> list[Handout]:
     """Create attempts for the free slots of `workers` (the live ones taking work), at the
-    manager's time `now`, in the caller's transaction."""
+    manager's time `now`, in the caller's transaction. A task that cannot be handed out at all
+    fails at once; its job's id goes in `failed`, for the caller to refresh the job."""
     fair = fair or FairShare()
     hands = Hands.load(session)
     free = {w.name: QUEUE_DEPTH - hands.per_worker[w.name] for w in workers if hands.per_worker[w.name] < QUEUE_DEPTH}
@@ -124,22 +125,37 @@ def plan_handouts(session: Session, workers: list[WorkerView], fair: FairShare |
             chosen.append((view.name, choice))
             hands.add(view.name, choice.job_id)
             fair.charge(choice.job_id)
-    return _queue_attempts(session, chosen, now)
+    return _queue_attempts(session, chosen, now, set() if failed is None else failed)
 
 
-def _queue_attempts(session: Session, chosen: list[tuple[str, Candidate]], now: float) -> list[Handout]:
+def _queue_attempts(session: Session, chosen: list[tuple[str, Candidate]], now: float,
+                    failed: set[str]) -> list[Handout]:
     """Create the chosen attempts: their tasks and jobs loaded in one query each, and one flush
-    for all of them (a flush per attempt costs more than the rest of dispatch)."""
+    for all of them (a flush per attempt costs more than the rest of dispatch). An OpenJD task
+    whose dependencies wrote more files than an order carries fails here, for good (the job was
+    checked at submit against one file per task depended on; a node would refuse the order, and
+    the task would be handed out again forever)."""
     if not chosen:
         return []
+    from renderfarm.wire.orders import INPUTS_CAP
+
     tasks = {t.id: t for t in session.scalars(select(Task).where(Task.id.in_([c.task_id for _, c in chosen])))}
     jobs = {j.id: j for j in session.scalars(select(Job).where(Job.id.in_({c.job_id for _, c in chosen})))}
-    queued = [(jobs[c.job_id], tasks[c.task_id], lifecycle.queue_attempt(session, tasks[c.task_id], worker, now,
-                                                                         flush=False))
-              for worker, c in chosen]
+    ready = []
+    with session.no_autoflush:  # an OpenJD task's inputs are a query: one flush for all the same
+        for worker, c in chosen:
+            job, task = jobs[c.job_id], tasks[c.task_id]
+            inputs = _inputs(session, job, task)
+            if len(inputs) > INPUTS_CAP:
+                lifecycle.fail_unsent(session, task, now, f"step {task.step!r}: this task would need {len(inputs):,} "
+                                      f"input files (the job's, and those the steps it depends on wrote), over the "
+                                      f"{INPUTS_CAP:,} a task may carry")
+                failed.add(job.id)
+                continue
+            ready.append((job, task, inputs, lifecycle.queue_attempt(session, task, worker, now, flush=False)))
     session.flush()
-    return [Handout(attempt.worker, task_order(job, task, attempt, inputs=_inputs(session, job, task)),
-                    job.timeout) for job, task, attempt in queued]
+    return [Handout(attempt.worker, task_order(job, task, attempt, inputs=inputs), job.timeout)
+            for job, task, inputs, attempt in ready]
 
 
 def _inputs(session: Session, job: Job, task: Task) -> tuple:

@@ -608,8 +608,12 @@ class Manager:
         if self.clock.monotonic() >= self._next_rebalance:
             self._next_rebalance = self.clock.monotonic() + REBALANCE_EVERY
             self.make_way()
+        batch = Batch()
         with session_scope(self.engine) as session:
-            handouts = plan_handouts(session, views, self.fair, now=now)
+            handouts = plan_handouts(session, views, self.fair, now=now, failed=batch.jobs)
+            self.refresh_jobs(session, batch, now)  # a task that could not be handed out failed
+        if batch.jobs:
+            self._after_commit(batch)
         queues.enqueue_attempts(self.r, self.sealer.seal(handouts, self.book, now))
         return len(handouts)
 

@@ -353,3 +353,26 @@ def test_a_replay_is_refused_by_a_manager_started_again(redis_url: str, tmp_path
     again.tick()
     assert [(d.worker, d.reason.split(" (")[0]) for d in letters(again)[before:]] == [("a2", "refused: a replayed event")]
     again.engine.dispose()
+
+
+def test_a_heartbeat_checked_once_is_not_trusted_under_a_new_key(redis_url: str, tmp_path: Path):
+    """The manager checks a node's heartbeat again only when its bytes change (200 nodes beat
+    every few seconds; checking every beat on every round cost the loop). What it remembers is
+    tied to the node's key: once the node is enrolled again (new credentials), the very same
+    bytes, still in Valkey or written back by whoever kept them, are refused."""
+    from nodekit import stepped_farm
+
+    from renderfarm.wire import NodeAddIntent
+
+    with stepped_farm(redis_url, tmp_path, ("a",)) as farm:
+        manager = farm.manager
+        farm.beat("a")
+        old = manager.r.get(keys.heartbeat_key("a"))
+        manager.tick()  # checked once, then remembered
+        assert "a" in manager.live
+        reply = farm.ask(NodeAddIntent(request_id=farm.request_id(), name="a"))
+        assert reply.ok, reply
+        manager.r.set(keys.heartbeat_key("a"), old, ex=30)
+        manager.tick()
+        assert "a" not in manager.live
+        assert manager.book.refused["a"] >= 1  # put aside as a dead letter, the node's

@@ -272,9 +272,7 @@ def fail_attempt(session: Session, attempt: Attempt, now: float, error: str, log
     task.error = error[:4000]
     task.progress = 0.0
     if task.failures >= max_attempts:
-        _change(task, TaskState.FAILED)
-        task.finished_at = now
-        outbox.record_task_failed(session, task, now)
+        _fail_for_good(session, task, now)
     else:
         _change(task, TaskState.PENDING)
 
@@ -284,6 +282,10 @@ def fail_unsent(session: Session, task: Task, now: float, error: str) -> None:
     for good, without an attempt, as retrying could not help."""
     task.failures += 1
     task.error = error[:4000]
+    _fail_for_good(session, task, now)
+
+
+def _fail_for_good(session: Session, task: Task, now: float) -> None:
     _change(task, TaskState.FAILED)
     task.finished_at = now
     outbox.record_task_failed(session, task, now)

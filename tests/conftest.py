@@ -233,11 +233,7 @@ def farm_env(state_dir: Path, **extra: str) -> dict[str, str]:
 def running(pid: int) -> bool:
     """Whether a process runs. A zombie does not: a killed renderer's orphaned child waits there
     until init reaps it, which here takes a second or more (and longer on a loaded machine)."""
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return False
+    return services.process_start_time(pid) is not None
 
 
 def farm_processes(state_dir: Path) -> list[str]:

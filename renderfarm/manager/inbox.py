@@ -16,7 +16,7 @@ import re
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from sqlalchemy import select
+from sqlalchemy import bindparam, select
 
 from renderfarm import keys
 from renderfarm.db import session_scope
@@ -217,18 +217,21 @@ def _lenient(raw: bytes | None) -> dict:
     return doc if isinstance(doc, dict) else {}
 
 
+_PRELOAD = (  # built once: building it cost more than running it
+    select(Attempt, Task, Job, Worker)
+    .join(Task, Task.id == Attempt.task_id)
+    .join(Job, Job.id == Attempt.job_id)
+    .outerjoin(Worker, Worker.name == Attempt.worker)
+    .where(Attempt.id.in_(bindparam("ids", expanding=True)))
+)
+
+
 def preload(session, events: list) -> None:
     """Load the attempts, tasks, jobs and workers a batch of events names, in one query, so that
     applying each event finds them in the session instead of querying one by one."""
     ids = {e.attempt_id for e in events if getattr(e, "attempt_id", None) is not None}
     if not ids:
         return
-    rows = session.execute(
-        select(Attempt, Task, Job, Worker)
-        .join(Task, Task.id == Attempt.task_id)
-        .join(Job, Job.id == Attempt.job_id)
-        .outerjoin(Worker, Worker.name == Attempt.worker)
-        .where(Attempt.id.in_(ids))
-    ).all()
+    rows = session.execute(_PRELOAD, {"ids": list(ids)}).all()
     # The session's identity map holds objects weakly: keep them for the batch's duration.
     session.info["preloaded"] = [obj for row in rows for obj in row if obj is not None]

@@ -36,25 +36,30 @@ def temporary_farm(workers: int, **env: str) -> Iterator[Settings]:
         shutil.rmtree(state, ignore_errors=True)
 
 
-def wait_for_job(settings: Settings, job_id: str, timeout: float = 3600) -> float:
+def wait_for_job(settings: Settings, job_id: str, timeout: float = 3600, poll: float = 0.2) -> float:
     """Poll the database until the job is finished; returns when it finished, by the manager's own
-    clock (time.time() on this machine). The manager records that time, so polling can be gentle:
-    a poll every 20 ms would take a few percent of a core from the renders being measured."""
-    from renderfarm.db import make_engine, session_scope
+    clock (time.time() on this machine). The figure is the manager's, so the poll only decides
+    how soon this returns, and it is kept cheap: on 2 cores the poller's CPU is taken from the
+    renders being measured. One connection, one query of three columns a poll (0.5 ms); the ORM
+    session of each poll before cost 1.4 ms, 90 ms of CPU over a 4-second job."""
+    from sqlalchemy import select
+
+    from renderfarm.db import make_engine
     from renderfarm.models import Job
 
     engine = make_engine(settings.database_url)
-    start = time.monotonic()
-    deadline = start + timeout
+    query = select(Job.state, Job.finished_at, Job.error).where(Job.id == job_id)
+    deadline = time.monotonic() + timeout
     try:
-        while time.monotonic() < deadline:
-            with session_scope(engine) as session:
-                job = session.get(Job, job_id)
-                if job is not None and job.state in ("done", "failed", "cancelled"):
-                    if job.state != "done":
-                        raise RuntimeError(f"job {job_id} ended {job.state}: {job.error}")
-                    return job.finished_at or time.time()
-            time.sleep(min(0.02 + (time.monotonic() - start) / 50, 0.25))
+        with engine.connect() as connection:
+            while time.monotonic() < deadline:
+                row = connection.execute(query).first()
+                connection.rollback()  # end the read, so that the next poll sees new commits
+                if row is not None and row.state in ("done", "failed", "cancelled"):
+                    if row.state != "done":
+                        raise RuntimeError(f"job {job_id} ended {row.state}: {row.error}")
+                    return row.finished_at or time.time()
+                time.sleep(poll)
     finally:
         engine.dispose()
     raise TimeoutError(f"job {job_id} did not finish within {timeout:g} s")

@@ -88,3 +88,34 @@ def test_times_are_the_managers_and_leases_go_when_attempts_end(redis_url: str, 
                    f"job {job_id}: queued -> running", f"attempt {second}: queued -> running",
                    f"attempt {second}: running -> failed"):
         assert change in changes, changes
+
+
+def test_a_beat_older_than_an_attempts_end_does_not_mark_its_task_taken_back(redis_url: str, tmp_path: Path):
+    """A worker's beat names the attempts it holds until its next beat (a third of its TTL
+    later). Read after the attempt's done event, that beat is old news, not a worker still
+    holding an ended attempt: its task's lease was marked taken back for a minute all the same
+    (a done job kept a lease key; seen in `test_finished_job`). A beat first seen after the end
+    still gets the stale worker told to stop."""
+    clock = SteppedClock(start=time.time() - AN_HOUR)
+    spec = SPEC.model_copy(update={"frames": "1"})
+    with stepped_farm(redis_url, tmp_path, ("a",), clock=clock) as farm:
+        r, node = farm.manager.r, farm.nodes["a"]
+        farm.submit(spec)
+        farm.beat()
+        (attempt,) = [a for a, _, _ in farm.attempts()]
+        task_id = row(farm, attempt)[0].task_id
+        node.beat(r, attempts=(attempt,), seq=1)  # rendering it: the beat the manager has read last
+        farm.manager.tick()
+        clock.advance(1)
+        farm.render(attempt)
+        assert row(farm, attempt)[0].state == "done" and r.get(keys.lease_key(task_id)) is None
+
+        clock.advance(5)  # a reconciliation sweep, before the worker's next beat
+        farm.manager.reconcile()
+        assert r.get(keys.lease_key(task_id)) is None
+
+        clock.advance(5)  # a new beat, first seen well after the end, still names it: stale
+        node.beat(r, attempts=(attempt,), seq=2)
+        farm.manager.tick()
+        farm.manager.reconcile()
+        assert r.get(keys.lease_key(task_id)) == b"0"  # taken back: its next lease check stops it

@@ -542,7 +542,7 @@ class Manager:
         now = self.clock.now()
         with session_scope(self.engine) as session:
             try:
-                self.reconciler.sweep(session, self.r, self.storage, self.live, batch, now, self.book)
+                self.reconciler.sweep(session, self.r, self.storage, self.live, batch, now, self.book, self._beat_at)
             except StorageError as e:
                 log.warning("reconciliation postponed: storage unreachable (%s)", e)
                 session.rollback()

@@ -28,6 +28,9 @@ if TYPE_CHECKING:
 log = logging.getLogger("renderfarm.manager")
 
 SWEEP_EVERY = 3.0  # seconds between reconciliation sweeps
+# How much later than it was written a beat may be first read (a busy round of the manager's):
+# a beat first seen less than this after an attempt ended may predate the end.
+BEAT_READ_LAG = 2.0
 
 
 class Reconciler:
@@ -37,15 +40,16 @@ class Reconciler:
         self.suspects: dict[int, float] = {}  # attempt id -> when first found missing
 
     def sweep(self, session: Session, r: Redis, storage: Storage, live: dict[str, Heartbeat], batch: Batch,
-              now: float, book: NodeBook) -> int:
-        """One sweep in the caller's transaction; returns how many attempts it resolved."""
+              now: float, book: NodeBook, beat_at: dict[str, float]) -> int:
+        """One sweep in the caller's transaction; returns how many attempts it resolved.
+        `beat_at`: when each live worker's latest beat was first seen, by the manager's clock."""
         rows = session.execute(
             select(Attempt, Task.index).join(Task, Task.id == Attempt.task_id)
             .where(Attempt.state.in_([s.value for s in ATTEMPT_ACTIVE]))
         ).all()
         active = {a.id for a, _ in rows}
         self.suspects = {a: t for a, t in self.suspects.items() if a in active}
-        self._stop_stale(session, r, live, active)
+        self._stop_stale(session, r, live, active, beat_at)
         if not rows:
             return 0
         pipe = r.pipeline(transaction=False)
@@ -79,15 +83,22 @@ class Reconciler:
             resolved += 1
         return resolved
 
-    def _stop_stale(self, session: Session, r: Redis, live: dict[str, Heartbeat], active: set[int]) -> None:
+    def _stop_stale(self, session: Session, r: Redis, live: dict[str, Heartbeat], active: set[int],
+                    beat_at: dict[str, float]) -> None:
         """A live worker still holding an attempt that has ended (its task done elsewhere, or it
         was declared lost while the worker was frozen) is told to stop: its task's lease, if no
-        attempt holds it any more, is marked taken back, which its next lease check sees."""
-        stale = {a for beat in live.values() for a in beat.attempts} - active
-        if not stale:
+        attempt holds it any more, is marked taken back, which its next lease check sees. Only a
+        beat first seen after the end says so: a worker names what it holds until its next beat,
+        so the beat read before its done event still names the attempt it has just finished."""
+        holder = {a: name for name, beat in live.items() for a in beat.attempts if a not in active}
+        if not holder:
             return
-        tasks = session.scalars(select(Attempt.task_id).where(Attempt.id.in_(stale))).all()
-        queues.mark_taken_back(r, list(tasks), ttl=max(60.0, 2 * max(b.ttl for b in live.values())))
+        ended = session.execute(select(Attempt.id, Attempt.task_id, Attempt.finished_at)
+                                .where(Attempt.id.in_(holder))).all()
+        tasks = [task for a, task, at in ended
+                 if at is None or at < beat_at.get(holder[a], float("inf")) - BEAT_READ_LAG]
+        if tasks:
+            queues.mark_taken_back(r, tasks, ttl=max(60.0, 2 * max(b.ttl for b in live.values())))
 
     def _resolve(self, session: Session, r: Redis, storage: Storage, attempt: Attempt, index: int,
                  batch: Batch, now: float, book: NodeBook) -> None:

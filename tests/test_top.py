@@ -9,6 +9,7 @@ import asyncio
 import json
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -17,6 +18,7 @@ from renderfarm_cli.top import farm_top
 from renderfarm_cli.top_view import (
     cost_story,
     cost_text,
+    job_cells,
     job_columns,
     money,
     progress_bar,
@@ -31,7 +33,7 @@ from renderfarm.client import Submission, submit
 from renderfarm.config import load_settings
 from renderfarm.dashboard import Snapshot, WorkerLine
 from renderfarm.db import session_scope
-from renderfarm.jobstatus import JobStatus
+from renderfarm.jobstatus import JobStatus, StepStatus
 from renderfarm.status import job_status, list_tasks, reader_engine, resolve_job
 
 SIZE = (80, 24)
@@ -234,6 +236,17 @@ def job_row(job_id: str, **fields) -> JobStatus:
     return JobStatus(id=job_id, name=f"shot_{job_id}", owner="o", state="running", priority=50, pool="default",
                      renderer="builtin", frames_spec="1-4", frames=4, tasks=4, chunk=1, width=8, height=8,
                      frames_done=1, progress=0.25, **fields)
+
+
+def test_an_openjd_job_counts_its_tasks_not_frames():
+    """An OpenJD job has steps and tasks, not frames: its FRAMES cell counts tasks and says so
+    (as `farm jobs` does), where it showed done frames against a frame count it does not have."""
+    frames = job_row("f0000001")
+    assert job_cells(frames)["frames"] == "1/4"
+    steps = [StepStatus("render", tasks=3, done=1, progress=0.5), StepStatus("encode", tasks=2, done=0, progress=0.0)]
+    openjd = replace(job_row("o0000002", counts={"done": 1, "running": 1, "pending": 3}, steps=steps),
+                     frames=1, tasks=5, frames_done=0)
+    assert job_cells(openjd)["frames"] == "1/5 tasks"
 
 
 def worker_row(name: str, state: str) -> WorkerLine:

@@ -404,8 +404,11 @@ def _farm_screen():
             job = self.selected()
             if job is None:
                 return
-            left = job.frames - job.frames_done
-            question = (f"Cancel job {job.id} ({job.name}, {job.owner}), {counted(left, 'frame')} not done?\n"
+            if job.steps:  # an OpenJD job has tasks, not frames
+                left = counted(job.tasks - job.counts.get("done", 0), "task")
+            else:
+                left = counted(job.frames - job.frames_done, "frame")
+            question = (f"Cancel job {job.id} ({job.name}, {job.owner}), {left} not done?\n"
                         "Queued work is dropped and running renders are killed.")
 
             def answered(yes: bool | None) -> None:

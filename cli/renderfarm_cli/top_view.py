@@ -150,7 +150,9 @@ def job_cells(j) -> dict[str, Any]:
     return {
         "id": j.id, "name": j.name, "owner": j.owner, "state": styled(state),
         "priority": str(j.priority), "progress": _bar_text(j.progress, j.state),
-        "frames": f"{short_count(j.frames_done)}/{short_count(j.frames)}",
+        # An OpenJD job has tasks, not frames (as in `farm jobs`): its count says so.
+        "frames": (f"{short_count(j.counts.get('done', 0))}/{short_count(j.tasks)} tasks" if j.steps
+                   else f"{short_count(j.frames_done)}/{short_count(j.frames)}"),
         # Only a running job's ETA means anything: a suspended one's would grow while it waits.
         "eta": short_duration(j.eta) if j.state == "running" and state == "running" else "-",
         "cost": cost_text(j.cost),

@@ -219,6 +219,7 @@ def _serve(args: argparse.Namespace, settings, blender_found) -> int:
                        capabilities=capabilities, blender=blender)
     install(rt)
     open_connections(r, REDIS_CONNECTIONS)
+    import renderfarm_worker.tasks  # noqa: F401  (RQ would import it at the first task, holding it up)
     if not credentials.s3_access_key:  # a node's own identity may not even ask for the bucket
         threading.Thread(target=_reach_storage, args=(rt,), name="storage-check", daemon=True).start()
     rt.start_heartbeat()

@@ -283,7 +283,8 @@ def busy_workers(session: Session, names: list[str] | None = None) -> set[str]:
 
 def list_workers(session: Session, live: dict[str, dict] | None = None) -> list[WorkerRow]:
     """Workers the database knows, with live heartbeat data from Redis when it is reachable. A
-    held worker that is there shows its hold: `draining`, `drained` or `disabled`."""
+    held worker that is there and awake shows its hold: `draining`, `drained` or `disabled`; an
+    asleep one shows `asleep` (its hold beside it, in `hold`)."""
     check_schema(session)
     rows = {w.name: w for w in session.scalars(select(Worker).order_by(Worker.name)).all()}
     holds = dict(session.execute(select(Node.name, Node.hold).where(Node.hold.is_not(None))).all())
@@ -303,7 +304,7 @@ def list_workers(session: Session, live: dict[str, dict] | None = None) -> list[
             state = WorkerState.ASLEEP.value  # the manager's word: told to sleep, not seen awake since
         elif state == WorkerState.ASLEEP.value:
             state = WorkerState.IDLE.value  # woken by the manager, its first task not taken yet
-        if name in holds and state not in (WorkerState.OFFLINE.value, "missing"):
+        if name in holds and state not in (WorkerState.OFFLINE.value, WorkerState.ASLEEP.value, "missing"):
             state = held_state(holds[name], busy=name in busy)
         out.append(
             WorkerRow(

@@ -123,6 +123,24 @@ def test_an_idle_node_sleeps_and_a_magic_packet_wakes_it_for_new_work(redis_url:
             assert {w for _a, w, _s in farm.attempts()} == {"a"}
 
 
+def test_a_held_node_that_sleeps_shows_asleep_with_its_hold_beside_it(redis_url: str, tmp_path: Path) -> None:
+    """`farm workers` showed a drained or disabled node that had gone to sleep as `drained` or
+    `disabled`, as if it were awake: its state is `asleep`, its hold in `hold`, and awake again
+    it shows its hold."""
+    from renderfarm.db import session_scope
+    from renderfarm.status import list_workers
+
+    clock, farm_ = sleepy_farm(redis_url, tmp_path, names=("a", "b"))
+    with farm_ as farm:
+        put_to_sleep(farm, clock, "a", "b")
+        assert farm.hold("a", "drain").ok and farm.hold("b", "disable").ok
+        with session_scope(farm.manager.engine) as s:
+            shown = {w.name: (w.state, w.hold) for w in list_workers(s, {n: {"state": "idle"} for n in "ab"})}
+        assert shown == {"a": ("asleep", "drain"), "b": ("asleep", "disable")}
+        beat(farm, "a", "b", state="idle")  # it woke by itself
+        assert farm.shown() == {"a": "drained", "b": "disabled"}
+
+
 def test_the_wake_command_runs_with_the_node_name_and_mac(redis_url: str, tmp_path: Path) -> None:
     record = tmp_path / "woken.txt"
     command = f"{sys.executable} -c 'import sys; open(sys.argv[1], \"a\").write(\" \".join(sys.argv[2:]))' " \

@@ -445,6 +445,8 @@ def tasks(
 
 def workers(json_: JsonOpt = False) -> None:
     """List workers: name, host, pid, pool, state, current task, last heartbeat, what each can do."""
+    from renderfarm.models import WorkerState
+    from renderfarm.states import HELD
     from renderfarm.status import list_workers
 
     settings = _settings()
@@ -466,7 +468,10 @@ def workers(json_: JsonOpt = False) -> None:
         table.add_column(col)
     now = time.time()
     for w in rows:
-        table.add_row(w.name, w.host, str(w.pid), w.pool, state_text(w.state), w.current_task or "-",
+        state = state_text(w.state)
+        if w.hold and w.state == WorkerState.ASLEEP.value:  # its hold holds when it wakes
+            state.append(f", {HELD[w.hold]}")
+        table.add_row(w.name, w.host, str(w.pid), w.pool, state, w.current_task or "-",
                       age(w.last_heartbeat, now), f"{w.cores} cores; {describe(w.capabilities)}")
     out().print(table if rows else "no workers yet")
 

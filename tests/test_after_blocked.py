@@ -7,7 +7,7 @@ import json
 import sys
 
 import pytest
-from conftest import EXAMPLES, farm_env, farm_processes, run_farm, wait_for
+from conftest import EXAMPLES, farm_env, farm_processes, run_farm, wait_job
 
 from renderfarm.client import Submission, submit
 from renderfarm.config import load_settings
@@ -43,7 +43,7 @@ def test_a_job_after_a_failed_one_is_blocked_until_that_one_is_retried_and_done(
         def status(job: str) -> dict:
             return json.loads(run_farm("status", job, "--json", env=env).stdout)
 
-        wait_for(lambda: status(parent)["state"] == "failed", 60, "the first job to fail")
+        wait_job(env, parent, ("failed",), 60)
         blocked = status(child)
         assert (blocked["state"], blocked["waiting_on"], blocked["blocked"]) == ("queued", parent, f"{parent} failed")
         assert blocked["counts"]["pending"] == 2
@@ -65,8 +65,8 @@ def test_a_job_after_a_failed_one_is_blocked_until_that_one_is_retried_and_done(
 
         fixed.touch()
         run_farm("retry", parent, env=env)
-        wait_for(lambda: status(child)["state"] == "done", 60, "the job after it to render")
-        wait_for(lambda: status(late_job)["state"] == "done", 60, "the job submitted after the failure to render")
+        wait_job(env, child, ("done",), 60)  # the job after it renders...
+        wait_job(env, late_job, ("done",), 60)  # ...and so does the one submitted after the failure
         first, second = status(parent), status(child)
         assert first["state"] == "done" and second["blocked"] is None and second["waiting_on"] is None
         attempts = [a for t in json.loads(run_farm("tasks", child, "--json", env=env).stdout) for a in t["attempts"]]

@@ -8,7 +8,7 @@ import json
 import sys
 
 import pytest
-from conftest import EXAMPLES, farm_env, farm_processes, run_farm, wait_for
+from conftest import EXAMPLES, farm_env, farm_processes, run_farm, wait_for, wait_job
 from PIL import Image
 
 from renderfarm.config import load_settings
@@ -59,7 +59,7 @@ def submit(env, scene, *args) -> str:
 
 
 def wait_done(env, job: str, timeout: float = 180) -> None:
-    wait_for(lambda: json.loads(run_farm("status", job, "--json", env=env).stdout)["state"] == "done", timeout, job)
+    assert wait_job(env, job, ("done", "failed", "cancelled"), timeout) == "done", run_farm("tasks", job, env=env).stdout
 
 
 def report(env, job: str) -> dict:

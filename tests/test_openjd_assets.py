@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import run_farm, wait_for
+from conftest import run_farm, wait_job
 
 from renderfarm.config import load_settings
 from renderfarm.errors import InputError
@@ -216,13 +216,8 @@ def status(env: dict, job: str) -> dict:
 
 
 def wait_done(env: dict, job: str) -> None:
-    def done() -> bool:
-        state = status(env, job)["state"]
-        assert state not in ("failed", "cancelled"), \
-            f"job {job} {state}: {run_farm('log', f'{job}:0', env=env, check=False).stdout[-3000:]}"
-        return state == "done"
-
-    wait_for(done, 180, f"job {job} done", interval=0.5)
+    state = wait_job(env, job, ("done", "failed", "cancelled"), 180)
+    assert state == "done", f"job {job} {state}: {run_farm('log', f'{job}:0', env=env, check=False).stdout[-3000:]}"
 
 
 @pytest.mark.slow

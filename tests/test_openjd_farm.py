@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import farm_env, farm_processes, run_farm, wait_for
+from conftest import farm_env, farm_processes, run_farm, wait_for, wait_job
 
 pytestmark = pytest.mark.slow
 
@@ -48,12 +48,8 @@ def tasks(env, job: str) -> list[dict]:
 
 
 def wait_done(env, job: str, timeout: float = 240) -> None:
-    def done() -> bool:
-        state = json.loads(run_farm("status", job, "--json", env=env).stdout)["state"]
-        assert state not in ("failed", "cancelled"), f"job {job} {state}: {tasks(env, job)}"
-        return state == "done"
-
-    wait_for(done, timeout, f"job {job} done", interval=0.5)
+    state = wait_job(env, job, ("done", "failed", "cancelled"), timeout)
+    assert state == "done", f"job {job} {state}: {tasks(env, job)}"
 
 
 def of_step(rows: list[dict], step: str) -> list[dict]:

@@ -12,7 +12,7 @@ import subprocess
 
 import pytest
 import yaml
-from conftest import run_farm, wait_for
+from conftest import run_farm, wait_for, wait_job
 
 TEMPLATE = {
     "specificationVersion": "jobtemplate-2023-09",
@@ -54,7 +54,7 @@ def test_a_step_no_live_worker_meets_waits_until_a_worker_with_its_attribute_ren
     node = subprocess.Popen(argv, env=node_env({**env, "FARM_OPENJD_ATTRIBUTES": "attr.studio.dcc=maya,nuke"}),
                             stdout=log, stderr=subprocess.STDOUT)
     try:
-        wait_for(lambda: status(env, job)["state"] in ("done", "failed", "cancelled"), 120, f"job {job}")
+        wait_job(env, job, ("done", "failed", "cancelled"), 120)
         final = status(env, job)
         assert (final["state"], final["unschedulable"]) == ("done", None), final
         tasks = json.loads(run_farm("tasks", job, "--json", env=env).stdout)

@@ -7,7 +7,7 @@ import json
 from contextlib import ExitStack
 
 import pytest
-from conftest import EXAMPLES, farm_env, farm_processes, postgres_schema, run_farm, wait_for
+from conftest import EXAMPLES, farm_env, farm_processes, postgres_schema, run_farm, wait_for, wait_job
 
 pytestmark = pytest.mark.slow
 
@@ -33,7 +33,8 @@ def status(env, job: str) -> dict:
 
 
 def wait_state(env, job: str, states: tuple[str, ...], timeout: float = 120) -> dict:
-    return wait_for(lambda: (s := status(env, job))["state"] in states and s, timeout, f"job {job} to be {states}")
+    wait_job(env, job, states, timeout)
+    return status(env, job)
 
 
 def test_render_status_and_verbs(farm):

@@ -7,7 +7,7 @@ import json
 
 import numpy as np
 import pytest
-from conftest import EXAMPLES, farm_env, farm_processes, run_farm, wait_for
+from conftest import EXAMPLES, farm_env, farm_processes, run_farm, wait_for, wait_job
 
 from renderfarm.config import load_settings
 from renderfarm.images import extension, read_pixels
@@ -33,11 +33,8 @@ def submit(env, *args) -> str:
 
 
 def wait_done(env, job_id: str) -> dict:
-    def finished():
-        status = json.loads(run_farm("status", job_id, "--json", env=env).stdout)
-        return status if status["state"] in ("done", "failed") else None
-
-    return wait_for(finished, 120, f"job {job_id}")
+    wait_job(env, job_id, ("done", "failed"), 120)
+    return json.loads(run_farm("status", job_id, "--json", env=env).stdout)
 
 
 def frame_pixels(root, env, job_id: str, name: str, frame: int, fmt: str):

@@ -10,7 +10,7 @@ import re
 import sqlite3
 
 import pytest
-from conftest import farm_env, farm_processes, run_farm, wait_for
+from conftest import farm_env, farm_processes, run_farm, wait_job
 from scenes import SceneSpec, build_scene, find_blender
 
 BLENDER = find_blender()
@@ -48,7 +48,7 @@ def test_a_blend_without_renderer_renders_with_blender(farm):
     root, env, scene = farm
     out = run_farm("submit", str(scene), "--frames", "1", "--json", env=env, timeout=120)
     job = json.loads(out.stdout)["id"]
-    wait_for(lambda: status_of(env, job)["state"] in ("done", "failed"), 240, "the job to finish")
+    wait_job(env, job, ("done", "failed"), 240)
     status = status_of(env, job)
     assert (status["state"], status["renderer"]) == ("done", "blender"), status
     # --renderer still overrides: the builtin renderer does not read .blend files.

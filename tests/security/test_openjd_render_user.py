@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import run_farm, wait_for
+from conftest import run_farm, wait_for, wait_job
 from nodekit import worker_env
 from test_openjd_cancel import NOTIFY, alive, of_session
 from test_openjd_cancel import TEMPLATE as STUBBORN
@@ -100,7 +100,7 @@ def test_an_openjd_action_runs_as_the_render_user_and_reaches_no_secret(farm, op
     worker = start(farm, "ojd", OPENJD_USER)
     credentials = farm.worker_argv("ojd")[-1].split("=", 1)[1]
     job = submit(farm, TEMPLATE, f"WorkerPid={worker.pid}", f"Credentials={credentials}")
-    wait_for(lambda: farm.status(job)["state"] in ("done", "failed"), 120, "the probe job")
+    wait_job(farm.env, job, ("done", "failed"), 120)
     assert farm.status(job)["state"] == "done", farm.worker_log("ojd")
 
     dest = tmp_path / "dest"
@@ -138,4 +138,4 @@ def test_cancel_kills_the_render_users_action_tree(farm, openjd_user):  # noqa: 
     sessions = farm.base / "scratch-ojd" / "openjd"
     wait_for(lambda: not any(alive(p) for p in pids.values()) and not of_session(job)
              and not list(sessions.glob(f"{job}-hold-*")), 15, "every process and folder of the session to be gone")
-    wait_for(lambda: farm.status(job)["state"] == "cancelled", 30, "the job to be cancelled")
+    wait_job(farm.env, job, ("cancelled",), 30)

@@ -8,7 +8,7 @@ import pickle
 import time
 
 import pytest
-from conftest import EXAMPLES, farm_env, farm_processes, run_farm, wait_for
+from conftest import EXAMPLES, farm_env, farm_processes, run_farm, wait_for, wait_job
 
 from renderfarm import keys, presence
 from renderfarm.config import load_settings
@@ -67,5 +67,5 @@ def test_hostile_jobs_are_refused_and_the_worker_renders_on(farm):
 
     # The worker is still alive and still renders.
     job = json.loads(run_farm("submit", str(EXAMPLES / "orbit.toml"), "--frames", "1-2", "--json", env=env).stdout)["id"]
-    wait_for(lambda: json.loads(run_farm("status", job, "--json", env=env).stdout)["state"] == "done", 60, "a render")
+    wait_job(env, job, ("done",), 60)  # a render
     assert worker in presence.live_workers(r)

@@ -21,7 +21,7 @@ from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
 import pytest
-from conftest import farm_env, farm_processes, run_farm, wait_for
+from conftest import farm_env, farm_processes, run_farm, wait_for, wait_job
 from nodekit import enrolled_worker_argv, worker_env
 
 from renderfarm.capabilities import parse_capabilities, wants_scripts, worker_view
@@ -368,14 +368,14 @@ def test_renderers_find_no_secret_and_scripts_run_only_where_allowed(farm):
                        "submitted with --allow-scripts; a node opts in with FARM_ALLOW_SCRIPTS=1)")
         shown = run_farm("status", jobs["blender"], env=farm.env).stdout
         assert "unschedulable" in shown and "FARM_ALLOW_SCRIPTS=1" in " ".join(shown.split())
-    wait_for(lambda: farm.status(jobs["command"])["state"] == "done", 120, "the command job")
+    wait_job(farm.env, jobs["command"], ("done",), 120)
     if BLENDER:
         assert farm.status(jobs["blender"])["state"] == "queued"
         plain.send_signal(signal.SIGTERM)
         plain.wait(60)
         farm.start_worker("scripted", f"--scratch={farm.base / 'scratch-scripted'}", FARM_ALLOW_SCRIPTS="1")
         farm.wait_live("scripted")
-        ended = wait_for(lambda: farm.status(jobs["blender"])["state"] in ("done", "failed"), 180, "the scripts job")
+        ended = wait_job(farm.env, jobs["blender"], ("done", "failed"), 180)
         assert farm.status(jobs["blender"])["state"] == "done", (ended, farm.worker_log("scripted"))
 
     # What each renderer saw: its worker's environment and every secret file were closed to it.

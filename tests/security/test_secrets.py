@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import EXAMPLES, farm_env, farm_processes, run_farm, wait_for
+from conftest import EXAMPLES, farm_env, farm_processes, run_farm, wait_job
 
 from renderfarm.config import load_settings
 from renderfarm.localfarm import services
@@ -59,7 +59,7 @@ def test_canary_secrets_appear_nowhere_they_should_not(farm):
     dump = json.loads(run_farm("submit", str(scene), "--renderer", "command", "--json", env=env).stdout)["id"]
     bad = run_farm("submit", str(EXAMPLES / "orbit.toml"), "--frames", "10-1", env=env, check=False)
     for j in (job, dump):
-        wait_for(lambda j=j: json.loads(run_farm("status", j, "--json", env=env).stdout)["state"] == "done", 90, j)
+        wait_job(env, j, ("done",), 90)
 
     # What users see.
     shown = [run_farm(*cmd, env=env) for cmd in (("config",), ("status",), ("jobs",), ("workers",), ("tasks", job))]

@@ -10,7 +10,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from conftest import BIN, EXAMPLES, farm_env, farm_processes, run_farm, wait_for
+from conftest import BIN, EXAMPLES, farm_env, farm_processes, run_farm, wait_job
 
 pytestmark = pytest.mark.slow
 
@@ -50,11 +50,8 @@ def test_submit_status_aws_cli_and_restart(farm, tmp_path):
     job_id = job["id"]
     assert job["frames"] == 24 and job["tasks"] == 6
 
-    def finished():
-        status = json.loads(run_farm("status", job_id[:5], "--json", env=env).stdout)
-        return status if status["state"] in ("done", "failed") else None
-
-    status = wait_for(finished, 120, f"job {job_id} to finish")
+    wait_job(env, job_id, ("done", "failed"), 120)
+    status = json.loads(run_farm("status", job_id[:5], "--json", env=env).stdout)
     assert status["state"] == "done", status
     assert (status["frames"], status["tasks"], status["frames_done"]) == (24, 6, 24)
     assert status["counts"]["done"] == 6

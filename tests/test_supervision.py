@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import EXAMPLES, farm_env, farm_processes, run_farm, wait_for
+from conftest import EXAMPLES, farm_env, farm_processes, run_farm, wait_for, wait_job
 
 from renderfarm import keys
 from renderfarm.localfarm import services
@@ -222,11 +222,7 @@ def test_killed_processes_come_back_with_their_data(tmp_path):
         sub = run_farm("submit", str(EXAMPLES / "orbit.toml"), "--frames", "1-2", "--json", env=env)
         job = json.loads(sub.stdout)["id"]
 
-        def finished():
-            doc = json.loads(run_farm("status", job, "--json", env=env).stdout)
-            return doc if doc["state"] in ("done", "failed") else None
-
-        assert wait_for(finished, 120, f"job {job} to finish")["state"] == "done"
+        assert wait_job(env, job, ("done", "failed"), 120) == "done"
         assert any(t["worker"] == worker for t in json.loads(run_farm("tasks", job, "--json", env=env).stdout))
     finally:
         run_farm("down", env=env, check=False, timeout=120)

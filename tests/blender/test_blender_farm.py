@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import farm_env, farm_processes, run_farm, wait_for
+from conftest import farm_env, farm_processes, run_farm, wait_for, wait_job
 from scenes import SceneSpec, build_scene, find_blender, render_reference
 
 from renderfarm.config import load_settings
@@ -61,11 +61,8 @@ def status_of(env, job_id: str) -> dict:
 
 
 def wait_done(env, job_id: str, timeout: float = 240) -> dict:
-    def finished():
-        status = status_of(env, job_id)
-        return status if status["state"] in ("done", "failed", "cancelled") else None
-
-    status = wait_for(finished, timeout, f"job {job_id}")
+    wait_job(env, job_id, ("done", "failed", "cancelled"), timeout)
+    status = status_of(env, job_id)
     assert status["state"] == "done", (status, logs_of(env, job_id))
     return status
 

@@ -181,6 +181,11 @@ def weed_argv(data_dir: Path, ports: dict[str, int], access_key: str, secret_key
     argv = [
         weed_binary(), *(WEED_S3_LOGGING if s3 else ()), "mini", f"-dir={data_dir / 'data'}", f"-ip={bind}", f"-ip.bind={bind}",
         "-webdav=false", "-admin.ui=false", "-master.telemetry=false",
+        # The volume server waits this long after its last heartbeat before it stops, so that a
+        # master elsewhere stops sending writers to it. Here the master is the same process, and
+        # `farm down` stops every client first (in-flight requests still finish): it only held
+        # every `farm down` up by a second.
+        "-volume.preStopSeconds=0",
     ]
     if s3:
         argv += [f"-s3.config={s3_config}", f"-bucket={bucket}", "-s3.port.iceberg=0", "-s3.port.lance=0"]

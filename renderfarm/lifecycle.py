@@ -437,10 +437,18 @@ def worker_asleep(session: Session, name: str) -> bool:
     return True
 
 
+def worker_waking(session: Session, name: str) -> None:
+    """The manager woke an asleep worker (a magic packet, the wake command): `waking` until it
+    is seen awake, or back to `asleep` if it is not within FARM_WAKE_TIMEOUT."""
+    worker = session.get(Worker, name)
+    if worker is not None and worker.state == WorkerState.ASLEEP.value:
+        _change(worker, WorkerState.WAKING)
+
+
 def worker_awake(session: Session, name: str) -> None:
     """A sleeping worker is back (or never slept): idle, or busy if it holds a task."""
     worker = session.get(Worker, name)
-    if worker is not None and worker.state == WorkerState.ASLEEP.value:
+    if worker is not None and worker.state in (WorkerState.ASLEEP.value, WorkerState.WAKING.value):
         _change(worker, WorkerState.BUSY if worker.current_task else WorkerState.IDLE)
 
 

@@ -48,6 +48,7 @@ class WorkerState(str, Enum):
     STOPPING = "stopping"
     OFFLINE = "offline"
     ASLEEP = "asleep"  # told to sleep by the manager (FARM_SLEEP_AFTER); woken when work for it comes
+    WAKING = "waking"  # asleep, and woken by the manager for work: not back yet (FARM_WAKE_TIMEOUT)
 
 
 class DeliveryState(str, Enum):

@@ -284,7 +284,7 @@ def busy_workers(session: Session, names: list[str] | None = None) -> set[str]:
 def list_workers(session: Session, live: dict[str, dict] | None = None) -> list[WorkerRow]:
     """Workers the database knows, with live heartbeat data from Redis when it is reachable. A
     held worker that is there and awake shows its hold: `draining`, `drained` or `disabled`; an
-    asleep one shows `asleep` (its hold beside it, in `hold`)."""
+    asleep one shows `asleep` or `waking` (its hold beside it, in `hold`)."""
     check_schema(session)
     rows = {w.name: w for w in session.scalars(select(Worker).order_by(Worker.name)).all()}
     holds = dict(session.execute(select(Node.name, Node.hold).where(Node.hold.is_not(None))).all())
@@ -298,13 +298,14 @@ def list_workers(session: Session, live: dict[str, dict] | None = None) -> list[
         if beat is not None:
             state = beat.get("state", state)
             task = beat.get("task", task)
-        elif live is not None and state not in (WorkerState.OFFLINE.value, WorkerState.ASLEEP.value):
+        elif live is not None and state not in (WorkerState.OFFLINE.value, WorkerState.ASLEEP.value, WorkerState.WAKING.value):
             state = "missing"  # no heartbeat: dead, or the manager has not noticed yet
-        if w is not None and w.state == WorkerState.ASLEEP.value:
-            state = WorkerState.ASLEEP.value  # the manager's word: told to sleep, not seen awake since
+        if w is not None and w.state in (WorkerState.ASLEEP.value, WorkerState.WAKING.value):
+            state = w.state  # the manager's word: told to sleep (and maybe woken), not seen awake since
         elif state == WorkerState.ASLEEP.value:
             state = WorkerState.IDLE.value  # woken by the manager, its first task not taken yet
-        if name in holds and state not in (WorkerState.OFFLINE.value, WorkerState.ASLEEP.value, "missing"):
+        if name in holds and state not in (WorkerState.OFFLINE.value, WorkerState.ASLEEP.value, WorkerState.WAKING.value,
+                                           "missing"):
             state = held_state(holds[name], busy=name in busy)
         out.append(
             WorkerRow(

@@ -109,6 +109,7 @@ def test_an_idle_node_sleeps_and_a_magic_packet_wakes_it_for_new_work(redis_url:
             assert farm.attempts() == []  # an asleep node is given nothing...
             packet, _ = udp.recvfrom(1024)  # ...but woken: six 0xFF, then its MAC 16 times
             assert packet == b"\xff" * 6 + bytes.fromhex("52540000000a") * 16
+            assert farm.shown()["a"] == "waking"  # woken, not back yet
             for _ in range(3):  # not woken again while it wakes
                 clock.advance(1)
                 farm.manager.tick()
@@ -164,6 +165,7 @@ def test_a_node_that_does_not_wake_is_reported_and_its_work_goes_to_another(redi
             farm.submit()  # six tasks: both are woken
             woken = {udp.recvfrom(1024)[0][-6:] for _ in range(2)}
             assert woken == {bytes.fromhex("52540000000a"), bytes.fromhex("52540000000b")}
+            assert farm.shown() == {"a": "waking", "b": "waking"}
             beat(farm, "b")  # b is back, a never comes
             while queued := farm.attempts(AttemptState.QUEUED):
                 for attempt_id, _w, _s in queued:
@@ -172,6 +174,7 @@ def test_a_node_that_does_not_wake_is_reported_and_its_work_goes_to_another(redi
             assert farm.job_state() == "done"
             assert {w for _a, w, _s in farm.attempts()} == {"b"}
             assert streams.dead_letters(farm.manager.r) == []
+            assert farm.shown() == {"a": "waking", "b": "idle"}
             clock.advance(120)
             farm.manager.tick()
             [(_id, letter)] = streams.dead_letters(farm.manager.r)
@@ -294,6 +297,15 @@ def test_a_restarted_manager_still_knows_the_asleep_node_and_wakes_it(redis_url:
                 farm.submit()
                 packet, _ = udp.recvfrom(1024)  # the MAC it advertised, from the database
                 assert packet == magic_packet(MACS["a"])
+                assert farm.shown()["a"] == "waking"
+                # Restarted while it wakes: still asleep to the new manager, which wakes it again.
+                farm.manager.engine.dispose()
+                farm.manager = in_process_manager(redis_url, tmp_path, clock, env)
+                assert farm.shown()["a"] == "asleep"
+                farm.manager.tick()
+                packet, _ = udp.recvfrom(1024)
+                assert packet == magic_packet(MACS["a"])
+                assert farm.shown()["a"] == "waking"
                 beat(farm, "a")
                 farm.render_all()
                 assert farm.job_state() == "done"

@@ -31,6 +31,7 @@ STYLES = dict(
         "stopping": "yellow",
         "offline": "dim",
         "asleep": "dim",  # FARM_SLEEP_AFTER: there, but takes no work until woken
+        "waking": "dim",  # woken for work, not back yet
         "missing": "red",
         "draining": "yellow",  # `farm worker drain`: finishing what it has
         "drained": "magenta",

@@ -203,7 +203,7 @@ def summary_text(snap: Snapshot) -> Text:
     live = [w for w in snap.workers if w.state not in ("offline", "missing")]
     busy = sum(1 for w in live if w.state == "busy")
     # An asleep node (FARM_SLEEP_AFTER) is there but takes no work until woken: say how many.
-    asleep = sum(1 for w in live if w.state == "asleep")
+    asleep = sum(1 for w in live if w.state in ("asleep", "waking"))
     active = sum(1 for j in snap.jobs if j.state in ("queued", "running", "suspended"))
     text.append(f" · {counted(len(live), 'worker')}{f' ({asleep} asleep)' if asleep else ''}, {busy} busy"
                 f" · {counted(active, 'active job')}")

@@ -521,7 +521,7 @@ class Manager:
         known = session.execute(
             # An asleep worker beats no more: it is not gone (renderfarm.manager.sleeper).
             select(Worker.name, Worker.last_seen).where(
-                Worker.state.not_in([WorkerState.OFFLINE.value, WorkerState.ASLEEP.value]))
+                Worker.state.not_in([WorkerState.OFFLINE.value, WorkerState.ASLEEP.value, WorkerState.WAKING.value]))
         ).all()
         for name, last_seen in known:
             if name in self.live:

@@ -74,13 +74,16 @@ class Sleeper:
         return name in self.sleeping
 
     def load(self, session: Session, manager: Manager) -> None:
-        """At the manager's start: the nodes the database says are asleep stay asleep."""
+        """At the manager's start: the nodes the database says are asleep stay asleep (one being
+        woken too: it is woken again if work still wants it)."""
         from renderfarm.capabilities import worker_view
 
-        for row in session.scalars(select(Worker).where(Worker.state == WorkerState.ASLEEP.value)):
+        for row in session.scalars(select(Worker).where(Worker.state.in_([WorkerState.ASLEEP.value,
+                                                                           WorkerState.WAKING.value]))):
             node = manager.book.get(row.name)
             if node is None:
                 continue
+            lifecycle.worker_asleep(session, row.name)
             view = worker_view(row.name, node.pool, node.site, _with_tags(row.capabilities, node.tags),
                                manager._price(node.site, manager.clock.now()))
             self.sleeping[row.name] = Sleep(row.name, view, _mac_of(row.capabilities), ASLEEP, manager.clock.now())
@@ -142,6 +145,7 @@ class Sleeper:
                 letters.append(DeadLetter(source="wake", entry=name, reason=reason, worker=name, at=now,
                                           deliveries=sleep.wakes))
                 self._enter(sleep, ASLEEP, manager, now)
+                lifecycle.worker_asleep(session, name)
         streams.post_dead_letters(manager.r, letters)
 
     def _enter(self, sleep: Sleep, state: str, manager: Manager, now: float) -> None:
@@ -230,11 +234,12 @@ class Sleeper:
             if choice is None:
                 continue
             candidates.remove(choice)
-            self._wake(manager, sleep, now, choice.job_id)
+            self._wake(session, manager, sleep, now, choice.job_id)
 
-    def _wake(self, manager: Manager, sleep: Sleep, now: float, job_id: str) -> None:
+    def _wake(self, session: Session, manager: Manager, sleep: Sleep, now: float, job_id: str) -> None:
         settings = manager.settings
         self._enter(sleep, WAKING, manager, now)
+        lifecycle.worker_waking(session, sleep.name)
         sleep.wakes += 1
         how = self._how(manager, sleep)
         log.info("waking worker %s for job %s (%s)", sleep.name, job_id, how)

@@ -35,8 +35,8 @@ def rq_job_id(node_id: str, attempt_id: int) -> str:
 
 def load_rq() -> None:
     """Import RQ now, in a process about to dispatch (the manager, once it leads). Imported at
-    the first dispatch instead, it held up the first job after a start by 20 ms; the command
-    line, which never dispatches, never pays for it."""
+    the first dispatch instead, it held up the first job after a start; the command line, which
+    never dispatches, never pays for it."""
     import rq.job  # noqa: F401
     import rq.queue  # noqa: F401
     import rq.serializers  # noqa: F401

@@ -469,7 +469,7 @@ def workers(json_: JsonOpt = False) -> None:
     now = time.time()
     for w in rows:
         state = state_text(w.state)
-        if w.hold and w.state == WorkerState.ASLEEP.value:  # its hold holds when it wakes
+        if w.hold and w.state in (WorkerState.ASLEEP.value, WorkerState.WAKING.value):  # its hold holds once awake
             state.append(f", {HELD[w.hold]}")
         table.add_row(w.name, w.host, str(w.pid), w.pool, state, w.current_task or "-",
                       age(w.last_heartbeat, now), f"{w.cores} cores; {describe(w.capabilities)}")

@@ -639,7 +639,7 @@ def _delete_copies(storage, keys: list[str]) -> None:
 def _load_job_modules() -> None:
     """Import now what a job's submission, dispatch and verification import where they need it
     (RQ, the renderers, the image checks), lazily so that the command line never pays for them:
-    left to the first job after a start, they held it up by about 40 ms of CPU."""
+    left to the first job after a start, they held up its dispatch."""
     import renderfarm.images  # noqa: F401
     import renderfarm.renderers.limits  # noqa: F401
     import renderfarm.renderers.registry  # noqa: F401

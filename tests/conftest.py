@@ -330,7 +330,9 @@ def wait_for(check, timeout: float, what: str, interval: float = 0.2):
 def job_state(env: dict[str, str], job: str, cwd: Path | None = None) -> str | None:
     """A job's state, read from its farm's database in this process: what a test polls while it
     waits. Polled with `farm status`, each look was a new Python process, about 0.3 s of CPU, and
-    back to back they took half of a 2-core machine from the farm under test."""
+    back to back they took half of a 2-core machine from the farm under test. It reads the farm's
+    settings here: a test whose farm.toml this process cannot read (a time zone only the farm's
+    own PYTHONTZPATH holds) polls its own way."""
     from sqlalchemy import select
 
     from renderfarm.db import make_engine

@@ -19,7 +19,7 @@ import zoneinfo
 from datetime import datetime, timezone
 
 import pytest
-from conftest import EXAMPLES, farm_env, farm_processes, run_farm, wait_for, wait_job
+from conftest import EXAMPLES, farm_env, farm_processes, run_farm, wait_for
 from sqlalchemy import select
 
 from renderfarm.config import load_settings
@@ -111,7 +111,7 @@ def test_a_cheapest_job_waits_for_the_cheap_band_and_is_priced_by_band(tmp_path)
         assert "held" in listed, listed
         assert held["frames_done"] < FRAMES
 
-        wait_job(env, job, ("done",), opens - time.time() + 120)
+        wait_for(lambda: status()["state"] == "done", opens - time.time() + 120, "the job to finish")
         with session_scope(engine) as s:
             rows = s.execute(select(Attempt, Task.index).join(Task, Task.id == Attempt.task_id)
                              .where(Attempt.job_id == held["id"])).all()

@@ -30,6 +30,7 @@ from renderfarm.models import (
     Worker,
     WorkerState,
 )
+from renderfarm.states import WORKER_SLEEPING
 from renderfarm.webhooks import EventKind
 
 if TYPE_CHECKING:
@@ -448,7 +449,7 @@ def worker_waking(session: Session, name: str) -> None:
 def worker_awake(session: Session, name: str) -> None:
     """A sleeping worker is back (or never slept): idle, or busy if it holds a task."""
     worker = session.get(Worker, name)
-    if worker is not None and worker.state in (WorkerState.ASLEEP.value, WorkerState.WAKING.value):
+    if worker is not None and worker.state in WORKER_SLEEPING:
         _change(worker, WorkerState.BUSY if worker.current_task else WorkerState.IDLE)
 
 

@@ -77,5 +77,7 @@ def held_state(hold: str | None, *, busy: bool) -> str:
 JOB_FINAL = {JobState.DONE, JobState.FAILED, JobState.CANCELLED}
 TASK_FINAL = {TaskState.DONE, TaskState.FAILED, TaskState.CANCELLED, TaskState.SKIPPED}
 ATTEMPT_ACTIVE = {AttemptState.QUEUED, AttemptState.RUNNING}
+# A worker the manager told to sleep and has not seen awake since: asleep, or being woken.
+WORKER_SLEEPING = (WorkerState.ASLEEP.value, WorkerState.WAKING.value)
 
 

@@ -29,6 +29,7 @@ from renderfarm.models import (
     held_state,
 )
 from renderfarm.scheduling import WorkerView
+from renderfarm.states import WORKER_SLEEPING
 
 if TYPE_CHECKING:
     from sqlalchemy.engine import Engine
@@ -298,14 +299,13 @@ def list_workers(session: Session, live: dict[str, dict] | None = None) -> list[
         if beat is not None:
             state = beat.get("state", state)
             task = beat.get("task", task)
-        elif live is not None and state not in (WorkerState.OFFLINE.value, WorkerState.ASLEEP.value, WorkerState.WAKING.value):
+        elif live is not None and state not in (WorkerState.OFFLINE.value, *WORKER_SLEEPING):
             state = "missing"  # no heartbeat: dead, or the manager has not noticed yet
-        if w is not None and w.state in (WorkerState.ASLEEP.value, WorkerState.WAKING.value):
+        if w is not None and w.state in WORKER_SLEEPING:
             state = w.state  # the manager's word: told to sleep (and maybe woken), not seen awake since
         elif state == WorkerState.ASLEEP.value:
             state = WorkerState.IDLE.value  # woken by the manager, its first task not taken yet
-        if name in holds and state not in (WorkerState.OFFLINE.value, WorkerState.ASLEEP.value, WorkerState.WAKING.value,
-                                           "missing"):
+        if name in holds and state not in (WorkerState.OFFLINE.value, *WORKER_SLEEPING, "missing"):
             state = held_state(holds[name], busy=name in busy)
         out.append(
             WorkerRow(

@@ -445,8 +445,7 @@ def tasks(
 
 def workers(json_: JsonOpt = False) -> None:
     """List workers: name, host, pid, pool, state, current task, last heartbeat, what each can do."""
-    from renderfarm.models import WorkerState
-    from renderfarm.states import HELD
+    from renderfarm.states import HELD, WORKER_SLEEPING
     from renderfarm.status import list_workers
 
     settings = _settings()
@@ -469,7 +468,7 @@ def workers(json_: JsonOpt = False) -> None:
     now = time.time()
     for w in rows:
         state = state_text(w.state)
-        if w.hold and w.state in (WorkerState.ASLEEP.value, WorkerState.WAKING.value):  # its hold holds once awake
+        if w.hold and w.state in WORKER_SLEEPING:  # its hold holds once awake
             state.append(f", {HELD[w.hold]}")
         table.add_row(w.name, w.host, str(w.pid), w.pool, state, w.current_task or "-",
                       age(w.last_heartbeat, now), f"{w.cores} cores; {describe(w.capabilities)}")

@@ -32,6 +32,7 @@ from renderfarm.manager.verifier import Verifier, default_processes
 from renderfarm.models import HOLD_DRAIN, Job, Node, Worker, WorkerState
 from renderfarm.redisconn import connect
 from renderfarm.scheduling import WorkerView
+from renderfarm.states import WORKER_SLEEPING
 from renderfarm.storage import open_storage
 from renderfarm.wire import DeadLetter, Heartbeat, Progress, Sealed, Started, WireError
 
@@ -521,7 +522,7 @@ class Manager:
         known = session.execute(
             # An asleep worker beats no more: it is not gone (renderfarm.manager.sleeper).
             select(Worker.name, Worker.last_seen).where(
-                Worker.state.not_in([WorkerState.OFFLINE.value, WorkerState.ASLEEP.value, WorkerState.WAKING.value]))
+                Worker.state.not_in([WorkerState.OFFLINE.value, *WORKER_SLEEPING]))
         ).all()
         for name, last_seen in known:
             if name in self.live:

@@ -27,6 +27,7 @@ from renderfarm import lifecycle, queues, streams
 from renderfarm.db import session_scope
 from renderfarm.idlepower import IdleMeter
 from renderfarm.models import ATTEMPT_ACTIVE, Attempt, Worker, WorkerState
+from renderfarm.states import WORKER_SLEEPING
 from renderfarm.wake import MAC, run_wake_command, send_magic_packet
 
 if TYPE_CHECKING:
@@ -78,8 +79,7 @@ class Sleeper:
         woken too: it is woken again if work still wants it)."""
         from renderfarm.capabilities import worker_view
 
-        for row in session.scalars(select(Worker).where(Worker.state.in_([WorkerState.ASLEEP.value,
-                                                                           WorkerState.WAKING.value]))):
+        for row in session.scalars(select(Worker).where(Worker.state.in_(WORKER_SLEEPING))):
             node = manager.book.get(row.name)
             if node is None:
                 continue

@@ -29,7 +29,8 @@ class Figure:
     def line(self) -> str:
         text = f"{self.what}: {_fmt(self.value)} {self.unit}"
         if self.baseline is not None:
-            text += f"; {self.baseline}: {_fmt(self.baseline_value)} {self.unit}; ratio {self.ratio:.2f}x"
+            ratio = f"{self.ratio:.2f}" if self.ratio >= 0.1 else f"{self.ratio:.3f}"  # a small share: 0.089, not 0.09
+            text += f"; {self.baseline}: {_fmt(self.baseline_value)} {self.unit}; ratio {ratio}x"
         if self.target:
             text += f" (target {self.target})"
         return text

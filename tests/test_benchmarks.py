@@ -65,3 +65,25 @@ def test_scale_runs_enrolled_simulated_nodes_against_a_manager():
     assert rate["what"] == "events applied per second, 4 simulated workers, 40 null tasks"
     assert rate["unit"] == "events/s" and rate["value"] > 0 and rate["ratio"] == rate["value"] / 1000
     assert 0 <= p50["value"] <= p99["value"] < 60 and p99["target"] == "under 2 s"
+
+
+BURN = "import time\nend = time.process_time() + {0}\nwhile time.process_time() < end: pass\n"
+
+
+def test_the_efficiency_cpu_figure_counts_the_farms_processes_and_not_their_renderers():
+    """benchmarks.efficiency.farm_cpu: the own CPU of this process's children alive now (the
+    farm's processes); a grandchild's (a renderer's) is not counted, even once its parent reaped it."""
+    from benchmarks.efficiency import farm_cpu
+
+    child_code = (BURN.format(0.3) + "import subprocess, sys\n"
+                  f"subprocess.run([sys.executable, '-c', {BURN.format(0.6)!r}], check=True)\n"
+                  "print('burnt', flush=True)\nsys.stdin.read()\n")
+    before = farm_cpu()
+    child = subprocess.Popen([sys.executable, "-c", child_code], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert child.stdout.readline().strip() == "burnt"
+        used = farm_cpu() - before
+    finally:
+        child.stdin.close()
+        child.wait(timeout=30)
+    assert 0.3 <= used < 0.8  # its own 0.3 s and its start; with the grandchild's 0.6 s it would be over 0.9

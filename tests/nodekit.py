@@ -265,6 +265,16 @@ class SteppedFarm:
         with session_scope(self.manager.engine) as s:
             return {w.name: w.state for w in list_workers(s, live)}
 
+    def cli(self, *args: str) -> str:
+        """`farm ARGS` against this farm (its manager counts as running); its stdout."""
+        from conftest import farm_env, run_farm
+
+        s = self.manager.settings
+        self.manager.r.set(keys.MANAGER_LEADER, "in-process")
+        env = farm_env(Path(s.state_dir), FARM_REDIS_URL=s.redis_url, FARM_DATABASE_URL=s.database_url,
+                       FARM_STORAGE_URL=s.storage_url, COLUMNS="200")
+        return run_farm(*args, env=env).stdout
+
     def job_state(self) -> str:
         with session_scope(self.manager.engine) as s:
             return s.scalars(select(Job.state)).one()

@@ -9,11 +9,9 @@ from dataclasses import asdict
 from pathlib import Path
 
 import pytest
-from conftest import farm_env, run_farm
 from nodekit import SteppedFarm, stepped_farm
 from openjdkit import OPENJD_NODE, beat, finish, submit
 
-from renderfarm import keys
 from renderfarm.db import session_scope
 from renderfarm.jobstatus import StepStatus, summarize_steps
 from renderfarm.models import AttemptState, Job
@@ -44,17 +42,8 @@ def farm(redis_url: str, tmp_path: Path):
         yield farm
 
 
-def farm_cli(farm: SteppedFarm, *args: str) -> str:
-    """`farm ARGS` against the in-process farm (its manager counts as running); its stdout."""
-    s = farm.manager.settings
-    farm.manager.r.set(keys.MANAGER_LEADER, "in-process")
-    env = farm_env(Path(s.state_dir), FARM_REDIS_URL=s.redis_url, FARM_DATABASE_URL=s.database_url,
-                   FARM_STORAGE_URL=s.storage_url, COLUMNS="200")
-    return run_farm(*args, env=env).stdout
-
-
 def status(farm: SteppedFarm, job_id: str, *args: str) -> str:
-    return farm_cli(farm, "status", job_id, *args)
+    return farm.cli("status", job_id, *args)
 
 
 def test_farm_status_of_an_openjd_job_shows_its_steps_and_tasks(farm: SteppedFarm) -> None:
@@ -98,19 +87,19 @@ def test_farm_jobs_and_the_farms_status_count_an_openjd_jobs_steps_and_tasks_not
     beat(farm, {"a": OPENJD_NODE})
     limited = submit(farm, max_failed_tasks=1)
     plain = submit(farm, name="plain")  # no deadline:maxFailedTasksCount: no failures line
-    table = farm_cli(farm, "jobs").splitlines()
+    table = farm.cli("jobs").splitlines()
     assert table[0].split() == ["JOB", "NAME", "OWNER", "STATE", "PRI", "FRAMES", "DONE", "ELAPSED", "ETA", "SUBMITTED"]
     assert sorted(row.split()[:11] for row in table[1:]) == sorted([
         [plain, "plain", "ana", "queued", "50", "2", "steps,", "13", "tasks", "0%", "-"],
         [limited, "two", "ana", "queued", "50", "2", "steps,", "13", "tasks", "0%", "-"],
     ])
-    listed = {doc["id"]: doc for doc in json.loads(farm_cli(farm, "jobs", "--json"))}
+    listed = {doc["id"]: doc for doc in json.loads(farm.cli("jobs", "--json"))}
     doc = listed[plain]  # the fields it always had, and its steps
     assert (doc["frames"], doc["tasks"], doc["frames_done"], doc["width"], doc["height"]) == (13, 13, 0, 0, 0)
     assert [(step["name"], step["tasks"], step["waiting_on"]) for step in doc["steps"]] == [
         ("Render", 3, []), ("Sheet", 10, ["Render"])]
     assert listed[limited]["max_failed_tasks"] == 1 and doc["max_failed_tasks"] is None
-    shown = farm_cli(farm, "status").splitlines()
+    shown = farm.cli("status").splitlines()
     assert sorted(line for line in shown if line.startswith("  ") and "ETA" in line) == sorted([
         f"  {plain} plain: 0% of 2 steps, 13 tasks, queued, ETA -",
         f"  {limited} two: 0% of 2 steps, 13 tasks, queued, ETA -",

@@ -138,6 +138,10 @@ def test_a_held_node_that_sleeps_shows_asleep_with_its_hold_beside_it(redis_url:
         with session_scope(farm.manager.engine) as s:
             shown = {w.name: (w.state, w.hold) for w in list_workers(s, {n: {"state": "idle"} for n in "ab"})}
         assert shown == {"a": ("asleep", "drain"), "b": ("asleep", "disable")}
+        table = farm.cli("workers").splitlines()  # and so does the table, in words
+        rows = {row.split()[0]: row for row in table[1:]}
+        assert rows.keys() == {"a", "b"}
+        assert "asleep, drained" in rows["a"] and "asleep, disabled" in rows["b"]
         beat(farm, "a", "b", state="idle")  # it woke by itself
         assert farm.shown() == {"a": "drained", "b": "disabled"}
 

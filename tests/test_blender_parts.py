@@ -219,3 +219,38 @@ def test_a_pack_over_the_caps_is_refused_while_it_is_packed(blend, tmp_path):
     assert list(tmp_path.iterdir()) == []  # nothing left half-packed
     packed = pack_scene(blend, tmp_path, Limits(max_pack_entries=3, max_unpacked_bytes=size + 10_000))
     assert len(zipfile.ZipFile(packed).namelist()) == 3
+
+
+def fake_blender(path: Path, version: str, runs: Path) -> None:
+    """An executable that answers `--version` as Blender does, and counts its runs."""
+    path.write_text(f"#!/bin/sh\necho run >> {runs}\necho 'Blender {version}'\necho 'build date: 2024-01-01'\n")
+    path.chmod(0o755)
+
+
+def test_a_blender_found_by_farm_up_is_not_run_again_unless_it_changed(tmp_path):
+    """`farm up` runs `blender --version` once and hands its finding to its workers
+    (FARM_BLENDER_PROBED): a worker takes the version without running Blender, only for the very
+    file found, unchanged; anything else (a Blender installed over it, another path, a record that
+    does not parse) is run again."""
+    from renderfarm.renderers.blender import find_blender, probe_record
+
+    runs = tmp_path / "runs"
+    blender = tmp_path / "blender"
+    fake_blender(blender, "3.4.1", runs)
+    env = {"FARM_BLENDER": str(blender)}
+    found = find_blender(env)
+    record = probe_record(found)
+    assert (found.version, runs.read_text().count("run")) == ("3.4.1", 1)
+    assert find_blender(env, probed=record).version == "3.4.1"
+    assert runs.read_text().count("run") == 1  # taken from the record
+
+    other = tmp_path / "other-blender"
+    fake_blender(other, "4.2.0", runs)
+    assert find_blender({"FARM_BLENDER": str(other)}, probed=record).version == "4.2.0"
+    for garbage in ("", "{", "[]", json.dumps({"path": str(blender)}), record.replace("3.4.1", "3.4; rm -rf /")):
+        assert find_blender(env, probed=garbage).version == "3.4.1"
+    assert runs.read_text().count("run") == 2 + 5
+
+    fake_blender(blender, "4.10.1", runs)  # installed over the one found (its size tells, whatever the clock)
+    assert find_blender(env, probed=record).version == "4.10.1"
+    assert runs.read_text().count("run") == 8

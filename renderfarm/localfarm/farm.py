@@ -18,8 +18,10 @@ import os
 import secrets
 import signal
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import Future
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -222,6 +224,10 @@ class LocalFarm:
         if settings.state_dir != self.state_dir:  # FARM_STATE_DIR changed under us: keep ours
             raise RenderFarmError(f"state directory moved from {self.state_dir} to {settings.state_dir}")
         logs = self.state_dir / "logs"
+        missing = [n for n in names if n not in running]
+        # `blender --version` takes a second of CPU: found once here, while the servers start, for
+        # every worker (each checks that it names the Blender it would find, unchanged).
+        blender = _in_thread(_probe_blender, settings) if missing else None
         if "valkey" in starting:
             on_step("valkey")
             self._start_valkey(local, logs, detach)
@@ -233,14 +239,14 @@ class LocalFarm:
             on_step("manager")
             manager = self._spawn("manager", "manager", [sys.executable, "-m", "renderfarm.manager"], env, logs, detach)
             self._wait_for_manager(settings, manager)
-        missing = [n for n in names if n not in running]
         if missing:
             on_step(f"{len(missing)} worker(s)")
+        probed = blender.result() if blender is not None else {}
         for name in missing:
             site = sites[names.index(name) % len(sites)] if sites else "local"  # spread over the sites in turn
             credentials = self._credentials(settings, name, site)
             argv = [sys.executable, "-m", "renderfarm_worker", f"--credentials={credentials}"]
-            self._spawn("worker", name, argv, services.node_env(env), logs, detach)
+            self._spawn("worker", name, argv, {**services.node_env(env), **probed}, logs, detach)
         self._wait_for_workers(settings, missing)
         return settings
 
@@ -388,6 +394,31 @@ class LocalFarm:
 def _s3_server(listen: str) -> str:
     """The process that serves S3 on `listen`: `weed mini` itself on loopback, else the gateway."""
     return "seaweedfs" if listen == services.LOOPBACK else GATEWAY
+
+
+def _probe_blender(settings: Settings) -> dict[str, str]:
+    """The environment that tells a local worker which Blender `farm up` found: none if none."""
+    from renderfarm.renderers.blender import PROBED_VAR, BlenderNotFound, find_blender, probe_record
+
+    try:
+        found = find_blender({"FARM_BLENDER": settings.blender or "", "PATH": os.environ.get("PATH", os.defpath)})
+    except (BlenderNotFound, OSError):  # each worker finds out again, and says why in its log
+        return {}
+    return {PROBED_VAR: probe_record(found)}
+
+
+def _in_thread(function, *args) -> Future:
+    """`function(*args)` run in a thread of its own, its result or error in the future returned."""
+    future: Future = Future()
+
+    def run() -> None:
+        try:
+            future.set_result(function(*args))
+        except BaseException as e:  # noqa: BLE001 (handed to whoever waits on it)
+            future.set_exception(e)
+
+    threading.Thread(target=run, name=function.__name__, daemon=True).start()
+    return future
 
 
 def _count_restarts(before: list[FarmProcess], started: list[FarmProcess]) -> None:

@@ -10,6 +10,7 @@ This module finds Blender and compares versions; it imports nothing heavy.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -73,16 +74,47 @@ def blender_version(output: str) -> str | None:
     return match.group(1) if match else None
 
 
-def find_blender(environ: Mapping[str, str]) -> Blender:
-    """This machine's Blender and its version; BlenderNotFound says why there is none."""
+def find_blender(environ: Mapping[str, str], probed: str | None = None) -> Blender:
+    """This machine's Blender and its version; BlenderNotFound says why there is none. `probed`:
+    what probe_record said of a Blender found just before (`farm up` finds it once for all its
+    workers): its version, if it names this very file, unchanged, without running it again."""
     path, source = locate_blender(environ)
     if path is None:
         raise BlenderNotFound(f"Blender not found: {source}; {INSTALL_HINT}")
+    known = _probed_version(probed, path)
+    if known is not None:
+        return Blender(path, known)
     code, output = run_version(path)
     version = blender_version(output)
     if code != 0 or version is None:
         raise BlenderNotFound(f"Blender at {path} (from {source}) does not run: `--version` exited {code}")
     return Blender(path, version)
+
+
+PROBED_VAR = "FARM_BLENDER_PROBED"  # a local farm's workers find the Blender `farm up` found in it
+
+
+def probe_record(blender: Blender) -> str:
+    """What find_blender may take from another process's finding: the file, its identity (device,
+    inode, size, change times: a Blender installed over it differs) and the version it reported."""
+    return json.dumps({"path": blender.path, "file": _identity(blender.path), "version": blender.version})
+
+
+def _probed_version(record: str | None, path: str) -> str | None:
+    if not record:
+        return None
+    try:
+        found = json.loads(record)
+        same = found["path"] == path and found["file"] == _identity(path)
+        version = found["version"]
+    except (ValueError, TypeError, KeyError, OSError):
+        return None
+    return version if same and isinstance(version, str) and _VERSION_SPEC.fullmatch(version) else None
+
+
+def _identity(path: str) -> list[int]:
+    st = os.stat(path)  # the file a link leads to: what runs
+    return [st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns]
 
 
 def check_version_spec(text: str, what: str = "blender-version") -> str:

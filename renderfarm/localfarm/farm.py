@@ -18,10 +18,9 @@ import os
 import secrets
 import signal
 import sys
-import threading
 import time
 from collections.abc import Callable, Iterator
-from concurrent.futures import Future
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -227,7 +226,11 @@ class LocalFarm:
         missing = [n for n in names if n not in running]
         # `blender --version` takes a second of CPU: found once here, while the servers start, for
         # every worker (each checks that it names the Blender it would find, unchanged).
-        blender = _in_thread(_probe_blender, settings) if missing else None
+        blender = None
+        if missing:
+            lookup = ThreadPoolExecutor(1, thread_name_prefix="find-blender")
+            blender = lookup.submit(_probe_blender, settings)
+            lookup.shutdown(wait=False)  # it runs on while the servers start
         if "valkey" in starting:
             on_step("valkey")
             self._start_valkey(local, logs, detach)
@@ -398,27 +401,13 @@ def _s3_server(listen: str) -> str:
 
 def _probe_blender(settings: Settings) -> dict[str, str]:
     """The environment that tells a local worker which Blender `farm up` found: none if none."""
-    from renderfarm.renderers.blender import PROBED_VAR, BlenderNotFound, find_blender, probe_record
+    from renderfarm.renderers.blender import PROBED_VAR, BlenderNotFound, find_configured_blender, probe_record
 
     try:
-        found = find_blender({"FARM_BLENDER": settings.blender or "", "PATH": os.environ.get("PATH", os.defpath)})
+        found = find_configured_blender(settings.blender)
     except (BlenderNotFound, OSError):  # each worker finds out again, and says why in its log
         return {}
     return {PROBED_VAR: probe_record(found)}
-
-
-def _in_thread(function, *args) -> Future:
-    """`function(*args)` run in a thread of its own, its result or error in the future returned."""
-    future: Future = Future()
-
-    def run() -> None:
-        try:
-            future.set_result(function(*args))
-        except BaseException as e:  # noqa: BLE001 (handed to whoever waits on it)
-            future.set_exception(e)
-
-    threading.Thread(target=run, name=function.__name__, daemon=True).start()
-    return future
 
 
 def _count_restarts(before: list[FarmProcess], started: list[FarmProcess]) -> None:

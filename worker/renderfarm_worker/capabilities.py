@@ -146,11 +146,10 @@ def check_render_account(settings: Settings, scratch: Path) -> None:
 def find_worker_blender(settings: Settings) -> Blender | None:
     """The Blender this worker renders with (FARM_BLENDER, or `blender` on PATH), or None, with
     the reason logged: a worker without Blender still renders everything else."""
-    from renderfarm.renderers.blender import PROBED_VAR, BlenderNotFound, find_blender
+    from renderfarm.renderers.blender import PROBED_VAR, BlenderNotFound, find_configured_blender
 
     try:
-        return find_blender({"FARM_BLENDER": settings.blender or "", "PATH": os.environ.get("PATH", os.defpath)},
-                            probed=os.environ.get(PROBED_VAR))
+        return find_configured_blender(settings.blender, probed=os.environ.get(PROBED_VAR))
     except BlenderNotFound as e:
         log.info("%s: this worker takes no Blender jobs", e)
         return None

@@ -91,6 +91,12 @@ def find_blender(environ: Mapping[str, str], probed: str | None = None) -> Blend
     return Blender(path, version)
 
 
+def find_configured_blender(configured: str | None, probed: str | None = None) -> Blender:
+    """find_blender for this process: the Blender FARM_BLENDER (the setting `configured`) names,
+    else the one on PATH."""
+    return find_blender({"FARM_BLENDER": configured or "", "PATH": os.environ.get("PATH", os.defpath)}, probed)
+
+
 PROBED_VAR = "FARM_BLENDER_PROBED"  # a local farm's workers find the Blender `farm up` found in it
 
 

@@ -29,10 +29,6 @@ SCENE = Path(__file__).resolve().parent.parent / "examples" / "bouncing-balls.to
 FRAMES = list(range(1, 17))
 
 
-def bare() -> float:
-    return bare_with_cpu()[0]
-
-
 def bare_with_cpu() -> tuple[float, float]:
     """The bare renders' wall time, and the CPU (user + system) they used."""
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
@@ -55,10 +51,6 @@ def _bare() -> float:
             if p.wait() != 0:
                 raise RuntimeError("a bare render failed")
         return time.time() - start
-
-
-def farm(settings) -> float:
-    return farm_with_cpu(settings)[0]
 
 
 def farm_with_cpu(settings) -> tuple[float, float | None]:
